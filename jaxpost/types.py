@@ -1,0 +1,80 @@
+"""Pytrees shared across jaxpost, and the axis-letter glossary.
+
+Axis letters used in every shape comment and docstring:
+  B  sequences in a batch (B = P * G for rollouts)
+  P  prompts            G  samples per prompt
+  T  tokens (time)      S  KV-cache slots
+  V  vocabulary         D  model width
+  H  attention heads    K  key/value heads (GQA groups)
+  E  head dimension     F  MLP hidden width
+  L  layers
+
+Token roles (``Batch.roles``) let methods address the spans of the chat template
+separately: the prompt, the reasoning inside ``<think>...</think>`` and the answer.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+# Role of a token in a templated example. PAD marks packing/padding slots.
+ROLE_PAD = 0
+ROLE_PROMPT = 1
+ROLE_THINK = 2
+ROLE_ANSWER = 3
+
+
+@flax.struct.dataclass
+class Batch:
+  """A packed, next-token-prediction batch.
+
+  Several examples may share a row (packing); ``segment_ids`` keeps them apart in
+  attention and ``positions`` restarts at 0 for each example.
+
+  Attributes:
+    tokens: i32[B, T] input tokens.
+    targets: i32[B, T] the token to predict at each position (the next token of the
+      same example; arbitrary where ``loss_mask`` is 0).
+    loss_mask: f32[B, T] 1 where the target counts in the loss.
+    segment_ids: i32[B, T] example index within the row, starting at 1; 0 = padding.
+    positions: i32[B, T] position of each token within its own example.
+    roles: i32[B, T] role (ROLE_*) of the *target* token, so a loss can weight the
+      reasoning and answer spans differently.
+  """
+
+  tokens: jax.Array
+  targets: jax.Array
+  loss_mask: jax.Array
+  segment_ids: jax.Array
+  positions: jax.Array
+  roles: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.tokens.shape
+
+  @classmethod
+  def from_tokens(cls, tokens: jax.Array, mask: jax.Array | None = None) -> "Batch":
+    """Causal-LM batch from unpacked rows: predict tokens[t+1] from tokens[:t+1].
+
+    Args:
+      tokens: i32[B, T] token ids.
+      mask: optional {0,1}[B, T], 1 for real tokens (right padding).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if mask is None:
+      mask = jnp.ones_like(tokens)
+    mask = jnp.asarray(mask, jnp.int32)
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    target_mask = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1) * mask
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    return cls(
+        tokens=tokens,
+        targets=targets,
+        loss_mask=target_mask.astype(jnp.float32),
+        segment_ids=mask,
+        positions=positions,
+        roles=jnp.where(target_mask > 0, ROLE_ANSWER, ROLE_PAD).astype(jnp.int32),
+    )

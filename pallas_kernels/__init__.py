@@ -1,0 +1,1 @@
+"""Pallas kernels (with XLA paths) for jaxpost: fused LM-head divergences, log-marginals."""

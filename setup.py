@@ -1,0 +1,38 @@
+"""jaxpost: a JAX/Flax NNX framework for LLM post-training."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "chex>=0.1.90",
+    "ml-collections>=1.1",
+    "sentencepiece>=0.2",
+    "tokenizers>=0.22",
+    # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
+    "tensorflow-datasets>=4.9.9",
+    "array-record>=0.8",
+    "absl-py>=2.1",
+    "numpy>=2.0",
+    "tqdm>=4.66",
+    "matplotlib>=3.9",
+    "tensorboardX>=2.6",
+]
+
+setup(
+    name="jaxpost",
+    version="0.1.0",
+    description="LLM post-training (SFT, distillation, RL, detection) in JAX/Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxpost", "jaxpost.*", "pallas_kernels", "pallas_kernels.*"]),
+    install_requires=CORE,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.6"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+    },
+)
