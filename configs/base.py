@@ -1,0 +1,68 @@
+"""Every jaxpost config field, with its default and meaning. Method configs start here."""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.recipe = "sft"  # outer loop to run: one of jaxpost.recipes.RECIPES
+  c.seed = 0  # seeds parameter init, data order and sampling
+
+  c.model = config_dict.ConfigDict()
+  c.model.size = "tiny"  # named size in jaxpost.models.NAMED_SIZES
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
+  c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
+
+  c.tokenizer = config_dict.ConfigDict()
+  c.tokenizer.path = ""  # .model (sentencepiece) or tokenizer.json; "" = train one in workdir
+  c.tokenizer.vocab_size = 64  # vocabulary size when training a sentencepiece model
+  c.tokenizer.train_examples = 20_000  # examples of training text for tokenizer training
+
+  c.data = config_dict.ConfigDict()
+  c.data.source = "tasks"  # tasks | jsonl | tfds
+  c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
+  c.data.path = ""  # jsonl source: path of a .jsonl file; tfds source: dataset name or dir
+  c.data.split = "train"  # tfds source: split to read
+  c.data.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of failing
+  c.data.seq_len = 128  # tokens per packed row
+  c.data.batch_size = 64  # rows per optimiser step (global batch)
+  c.data.pack = True  # several examples per row (segment ids keep them apart)
+  c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
+
+  c.loss = config_dict.ConfigDict()
+  c.loss.name = "cross_entropy"  # key in the loss registry (jaxpost.losses)
+  c.loss.reduction = "token_mean"  # token_mean | sequence_mean
+  c.loss.label_smoothing = 0.0  # mass spread uniformly over the vocabulary
+  c.loss.z_loss = 0.0  # coefficient of the logZ^2 stabiliser
+
+  c.optim = config_dict.ConfigDict()
+  c.optim.name = "adamw"  # adamw | sgd
+  c.optim.lr = 3e-4  # peak learning rate
+  c.optim.warmup_steps = 50  # linear warmup from 0
+  c.optim.decay = "cosine"  # cosine | linear | constant, after warmup
+  c.optim.final_lr_frac = 0.1  # final lr as a fraction of peak
+  c.optim.weight_decay = 0.01  # decoupled weight decay (adamw)
+  c.optim.b1 = 0.9  # adam beta1 (sgd: momentum, 0 = none)
+  c.optim.b2 = 0.95  # adam beta2
+  c.optim.eps = 1e-8  # adam epsilon
+  c.optim.grad_clip = 1.0  # clip by global norm; 0 = off
+
+  c.train = config_dict.ConfigDict()
+  c.train.steps = 1000  # optimiser updates in total
+  c.train.microbatches = 1  # gradient accumulation splits of the global batch
+  c.train.log_every = 25  # steps between metric lines
+  c.train.checkpoint_every = 250  # steps between checkpoints (and one at the end)
+  c.train.keep_checkpoints = 2  # checkpoints kept on disk
+  c.train.async_checkpoint = True  # save in a background thread
+  c.train.max_minutes = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+  c.train.progress = True  # tqdm progress bar
+
+  c.eval = config_dict.ConfigDict()
+  c.eval.every = 250  # steps between held-out evaluations (and one at the end); 0 = end only
+  c.eval.levels = ""  # levels to report; "" = the training levels
+  c.eval.final_levels = ""  # extra levels reported only at the end ("all" = every level)
+  c.eval.num_examples = 200  # held-out problems per level
+  c.eval.batch_size = 200  # prompts decoded at once
+  c.eval.max_new_tokens = 96  # generation budget per answer
+  return c

@@ -1,0 +1,36 @@
+"""SFT on the embedded tasks (or a JSONL / tfds dataset via --config.data.*).
+
+Variants: ``tiny`` (CPU minutes) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
+"""
+
+from jaxpost.config_lib import load_sibling
+
+
+def get_config(variant: str = "tiny"):
+  c = load_sibling(__file__, "base").get_config()
+  c.recipe = "sft"
+  if variant == "tiny":
+    c.model.size = "tiny"
+    c.data.levels = "mul2x2:1.0"
+    c.data.batch_size = 32
+    c.data.seq_len = 128
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 20
+    c.train.steps = 100
+    c.train.log_every = 10
+    c.train.checkpoint_every = 50
+    c.eval.every = 50
+    c.eval.num_examples = 64
+    c.eval.batch_size = 64
+  elif variant == "qwen2.5-0.5b":
+    c.model.size = "qwen2.5-0.5b"
+    c.model.dtype = "bfloat16"
+    c.model.max_seq_len = 2048
+    c.data.seq_len = 2048
+    c.data.batch_size = 64
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 100
+    c.train.steps = 2000
+  else:
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | qwen2.5-0.5b")
+  return c

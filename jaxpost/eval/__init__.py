@@ -1,0 +1,1 @@
+"""Evaluation: held-out exact-match accuracy by greedy decoding."""

@@ -1,0 +1,55 @@
+"""Command line: ``python -m jaxpost.main --config=configs/sft.py:tiny --workdir=DIR``.
+
+Dotted overrides (``--config.optim.lr=3e-4``) are type-checked by ml_collections and
+unknown keys are rejected before any work starts; ``config_lib.validate`` then checks
+values. Re-running with the same workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxpost import config_lib, recipes
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/sft.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (resumes if it has checkpoints)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(f"invalid config: {e}") from None
+  logging.info("config:\n%s", config)
+  result = recipes.get(config.recipe).run(config, _WORKDIR.value)
+  print(summary(result))
+
+
+def summary(result: dict) -> str:
+  """A human-readable end-of-run report, then the raw numbers as JSON."""
+  lines = [f"finished at step {result.get('step')} in {result.get('wall_minutes', 0):.1f} min"]
+  acc = {k.split("/")[-1]: v for k, v in result.items() if k.startswith("eval/accuracy/")}
+  if acc:
+    lines.append("held-out exact-match accuracy by level:")
+    from jaxpost.data import tasks
+
+    for level, a in acc.items():
+      diff = getattr(tasks.LEVELS.get(level), "difficulty", "")
+      lines.append(f"  {level:<10} {diff:<7} {100 * a:6.1f}%")
+  for key in ("plot", "metrics_path"):
+    if key in result:
+      lines.append(f"{key}: {result[key]}")
+  numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}
+  lines.append(json.dumps(numbers))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  app.run(main)

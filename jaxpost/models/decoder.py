@@ -1,0 +1,435 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3 family) in Flax NNX, with a KV cache.
+
+Parameter layout follows the HF module names so checkpoint import is a rename plus
+reshape: ``embed``, ``layers[i].attn.{q,k,v,o}_proj``, ``layers[i].mlp.{gate,up,down}_proj``,
+``layers[i].{input_norm,post_attn_norm}``, ``final_norm``, ``lm_head``. Projections keep
+the head axes unflattened (e.g. q kernel is [D, H, E]) so each axis can carry its own
+logical sharding name.
+
+Logical axis names: 'vocab', 'embed' (D), 'q_heads' (H), 'kv_heads' (K), 'head_dim' (E),
+'mlp' (F), 'norm' (norm weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpost.models.config import ModelConfig
+
+# Finite, so a query row that sees no key (padding) gives a uniform softmax, not NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_INIT_STD = 0.02
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of the tokens seen so far, for incremental decoding.
+
+  All rows write in lockstep: slot ``j`` holds the j-th token fed to the model in every
+  row; rows with fewer real tokens mark the rest with segment id 0 (never attended to).
+
+  Attributes:
+    k: [L, B, S, K, E] keys, RoPE already applied.
+    v: [L, B, S, K, E] values.
+    segment_ids: i32[B, S] segment id of each slot; 0 = empty or padding.
+    length: i32[] number of slots written so far.
+  """
+
+  k: jax.Array
+  v: jax.Array
+  segment_ids: jax.Array
+  length: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """Result of ``Decoder.forward``.
+
+  Attributes:
+    logits: f32[B, T, V], or None when ``compute_logits=False``.
+    final_hidden: [B, T, D] residual stream after the final norm, i.e. the lm head input
+      (``logits == final_hidden @ lm_head_weight()``), in the compute dtype.
+    hidden_states: one [B, T, D] residual stream per requested ``hidden_layers`` index,
+      in request order; index i is the stream after block i (before the final norm).
+    cache: the updated cache if one was passed, else None.
+  """
+
+  logits: jax.Array | None
+  final_hidden: jax.Array
+  hidden_states: tuple[jax.Array, ...]
+  cache: KVCache | None
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
+  """Empty cache with ``max_len`` slots per row; ``dtype`` defaults to the compute dtype."""
+  dtype = config.jnp_dtype if dtype is None else dtype
+  shape = (config.n_layers, batch_size, max_len, config.n_kv_heads, config.head_dim)
+  return KVCache(
+    k=jnp.zeros(shape, dtype),
+    v=jnp.zeros(shape, dtype),
+    segment_ids=jnp.zeros((batch_size, max_len), jnp.int32),
+    length=jnp.zeros((), jnp.int32),
+  )
+
+
+def make_attention_mask(
+  q_segment_ids: jax.Array,
+  kv_segment_ids: jax.Array,
+  q_offset: jax.Array | int = 0,
+) -> jax.Array:
+  """Causal, segment-aware attention mask.
+
+  Query t sits at slot ``q_offset + t``; it may see slot j iff j <= q_offset + t and both
+  carry the same nonzero segment id.
+
+  Args:
+    q_segment_ids: i32[B, T] segment ids of the queries (0 = padding).
+    kv_segment_ids: i32[B, S] segment ids of the key slots (0 = padding / empty).
+    q_offset: slot index of the first query (the cache length before this call).
+
+  Returns:
+    bool[B, T, S], True where attention is allowed.
+  """
+  t = q_segment_ids.shape[1]
+  s = kv_segment_ids.shape[1]
+  q_index = q_offset + jnp.arange(t, dtype=jnp.int32)
+  causal = jnp.arange(s, dtype=jnp.int32)[None, :] <= q_index[:, None]  # [T, S]
+  same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  real = (q_segment_ids != 0)[:, :, None]
+  return causal[None] & same & real
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, HF "rotate_half" convention (halves, not pairs).
+
+  Args:
+    x: [B, T, N, E] queries or keys (N heads).
+    positions: i32[B, T] position of each token.
+    theta: base frequency; inv_freq[i] = theta^(-2i/E).
+
+  Returns:
+    [B, T, N, E] rotated, in x's dtype (the rotation itself is computed in float32).
+  """
+  e = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))  # [E/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, E]
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query scaled dot-product attention; logits and softmax in float32.
+
+  Args:
+    q: [B, T, H, E] queries.
+    k: [B, S, K, E] keys, H a multiple of K (query head h uses kv head h // (H / K)).
+    v: [B, S, K, E] values.
+    mask: bool[B, T, S], True where attention is allowed.
+
+  Returns:
+    [B, T, H, E] in q's dtype.
+  """
+  b, t, h, e = q.shape
+  kh = k.shape[2]
+  qg = q.reshape(b, t, kh, h // kh, e)  # [B, T, K, G, E]
+  scores = jnp.einsum("btkge,bske->bkgts", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (e**-0.5)
+  scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bske->btkge", probs, v)
+  return out.reshape(b, t, h, e).astype(q.dtype)
+
+
+def _param(init, key, shape, dtype, names: tuple[str, ...]) -> nnx.Param:
+  # Eager sharding is off so models build without a mesh; the names are applied by
+  # whoever shards the state (nnx.get_partition_spec + logical axis rules).
+  return nnx.Param(init(key, shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+  """Affine map contracting the trailing ``len(in_shape)`` axes of the input.
+
+  Attributes:
+    kernel: [*in_shape, *out_shape].
+    bias: [*out_shape] when ``use_bias``.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    in_names: Sequence[str],
+    out_names: Sequence[str],
+    *,
+    use_bias: bool,
+    param_dtype,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.n_in = len(in_shape)
+    self.dtype = dtype
+    init = jax.nn.initializers.normal(_INIT_STD)
+    self.kernel = _param(
+      init,
+      rngs.params(),
+      (*in_shape, *out_shape),
+      param_dtype,
+      (*in_names, *out_names),
+    )
+    if use_bias:
+      self.bias = _param(
+        jax.nn.initializers.zeros, rngs.params(), tuple(out_shape), param_dtype, tuple(out_names)
+      )
+    else:
+      self.bias = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.n_in)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """RMS normalization over the last axis, computed in float32.
+
+  Attributes:
+    weight: [N] scale, initialised to ones.
+  """
+
+  def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.weight = _param(jax.nn.initializers.ones, rngs.params(), (dim,), param_dtype, ("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+    y = xf * jax.lax.rsqrt(var + self.eps) * self.weight[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE and optional q/k norm and q/k/v bias."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    kw = dict(param_dtype=c.jnp_param_dtype, dtype=c.jnp_dtype, rngs=rngs)
+    d, h, k, e = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
+    self.q_proj = Linear((d,), (h, e), ("embed",), ("q_heads", "head_dim"), use_bias=c.attn_bias, **kw)
+    self.k_proj = Linear((d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw)
+    self.v_proj = Linear((d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw)
+    self.o_proj = Linear((h, e), (d,), ("q_heads", "head_dim"), ("embed",), use_bias=False, **kw)
+    if c.qk_norm:
+      self.q_norm = RMSNorm(e, c.norm_eps, param_dtype=c.jnp_param_dtype, rngs=rngs)
+      self.k_norm = RMSNorm(e, c.norm_eps, param_dtype=c.jnp_param_dtype, rngs=rngs)
+    else:
+      self.q_norm = self.k_norm = None
+
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    *,
+    cache: KVCache | None = None,
+    layer: int = 0,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Attends the T new tokens to themselves, or to the cache including them.
+
+    Args:
+      x: [B, T, D] normalized residual stream.
+      positions: i32[B, T] RoPE positions.
+      mask: bool[B, T, S] from ``make_attention_mask``; S = T without a cache, else the
+        number of cache slots.
+      cache: if given, this layer's keys/values are written at slots
+        [cache.length, cache.length + T) of layer ``layer`` and attention reads the cache.
+      layer: index of this block in the cache.
+
+    Returns:
+      ([B, T, D] output, cache with this layer's k/v written or None).
+    """
+    q = self.q_proj(x)  # [B, T, H, E]
+    k = self.k_proj(x)  # [B, T, K, E]
+    v = self.v_proj(x)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    theta = self.config.rope_theta
+    q, k = rope(q, positions, theta), rope(k, positions, theta)
+    if cache is not None:
+      start = (layer, 0, cache.length, 0, 0)
+      cache_k = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start)
+      cache_v = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start)
+      cache = cache.replace(k=cache_k, v=cache_v)
+      k, v = cache_k[layer].astype(q.dtype), cache_v[layer].astype(q.dtype)
+    return self.o_proj(attention(q, k, v, mask)), cache
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    kw = dict(use_bias=False, param_dtype=c.jnp_param_dtype, dtype=c.jnp_dtype, rngs=rngs)
+    self.gate_proj = Linear((c.d_model,), (c.mlp_dim,), ("embed",), ("mlp",), **kw)
+    self.up_proj = Linear((c.d_model,), (c.mlp_dim,), ("embed",), ("mlp",), **kw)
+    self.down_proj = Linear((c.mlp_dim,), (c.d_model,), ("mlp",), ("embed",), **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    pd = config.jnp_param_dtype
+    self.input_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=pd, rngs=rngs)
+    self.attn = Attention(config, rngs=rngs)
+    self.post_attn_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=pd, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(
+    self,
+    x: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    *,
+    cache: KVCache | None = None,
+    layer: int = 0,
+  ) -> tuple[jax.Array, KVCache | None]:
+    h, cache = self.attn(self.input_norm(x), positions, mask, cache=cache, layer=layer)
+    x = x + h
+    x = x + self.mlp(self.post_attn_norm(x))
+    return x, cache
+
+
+class Decoder(nnx.Module):
+  """Decoder-only language model.
+
+  Attributes:
+    embed: [V, D] token embedding ('vocab', 'embed').
+    layers: L ``Block``s.
+    final_norm: RMSNorm before the lm head.
+    lm_head: ``Linear`` with kernel [D, V], or None when embeddings are tied.
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.config = c
+    pd = c.jnp_param_dtype
+    init = jax.nn.initializers.normal(_INIT_STD)
+    self.embed = _param(init, rngs.params(), (c.vocab_size, c.d_model), pd, ("vocab", "embed"))
+    self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.n_layers)])
+    self.final_norm = RMSNorm(c.d_model, c.norm_eps, param_dtype=pd, rngs=rngs)
+    if c.tie_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = Linear(
+        (c.d_model,),
+        (c.vocab_size,),
+        ("embed",),
+        ("vocab",),
+        use_bias=False,
+        param_dtype=pd,
+        dtype=c.jnp_dtype,
+        rngs=rngs,
+      )
+
+  def lm_head_weight(self) -> jax.Array:
+    """[D, V] lm head matrix in the parameter dtype (``embed.T`` when tied)."""
+    if self.lm_head is None:
+      return self.embed[...].T
+    return self.lm_head.kernel[...]
+
+  def __call__(
+    self,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+  ) -> jax.Array:
+    """f32[B, T, V] logits of i32[B, T] tokens; see ``forward`` for the arguments."""
+    return self.forward(tokens, positions=positions, segment_ids=segment_ids).logits
+
+  def forward(
+    self,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    cache: KVCache | None = None,
+    hidden_layers: tuple[int, ...] = (),
+    compute_logits: bool = True,
+  ) -> ModelOutput:
+    """Runs the model on T new tokens per row.
+
+    Args:
+      tokens: i32[B, T].
+      positions: i32[B, T] RoPE positions; default 0..T-1 (offset by ``cache.length``
+        when a cache is given). Packed rows restart at 0 per segment; left-padded rows
+        start at 0 at the first real token.
+      segment_ids: i32[B, T], 0 = padding; default all ones. A token attends to earlier
+        (or same) slots of the same nonzero segment, so packed sequences never mix.
+      cache: optional ``KVCache``; the tokens are written at slots
+        [length, length + T) and may attend to every earlier slot of their segment.
+        The caller must keep length + T <= cache.max_len (not checked under jit).
+      hidden_layers: block indices whose output residual streams to return; negative
+        indices count from the end (-1 = last block).
+      compute_logits: if False, skip the lm head (``logits`` is None), e.g. for fused
+        loss kernels that consume ``final_hidden`` and ``lm_head_weight()``.
+
+    Returns:
+      ``ModelOutput``.
+    """
+    c = self.config
+    b, t = tokens.shape
+    offset = 0 if cache is None else cache.length
+    if positions is None:
+      positions = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    segment_ids = segment_ids.astype(jnp.int32)
+    wanted = [i % c.n_layers if -c.n_layers <= i < c.n_layers else None for i in hidden_layers]
+    if None in wanted:
+      raise ValueError(f"hidden_layers {hidden_layers} out of range for {c.n_layers} layers")
+
+    if cache is None:
+      mask = make_attention_mask(segment_ids, segment_ids)
+    else:
+      if not isinstance(cache.length, jax.core.Tracer) and int(cache.length) + t > cache.max_len:
+        raise ValueError(f"cache overflow: {int(cache.length)} + {t} > {cache.max_len} slots")
+      kv_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, cache.length))
+      cache = cache.replace(segment_ids=kv_segments)
+      mask = make_attention_mask(segment_ids, kv_segments, q_offset=cache.length)
+
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(c.jnp_dtype)  # [B, T, D]
+    streams = {}
+    for i, block in enumerate(self.layers):
+      x, cache = block(x, positions, mask, cache=cache, layer=i)
+      streams[i] = x
+    h = self.final_norm(x)
+    logits = None
+    if compute_logits:
+      w = self.lm_head_weight().astype(c.jnp_dtype)
+      logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+    if cache is not None:
+      cache = cache.replace(length=cache.length + t)
+    return ModelOutput(
+      logits=logits,
+      final_hidden=h,
+      hidden_states=tuple(streams[i] for i in wanted),
+      cache=cache,
+    )

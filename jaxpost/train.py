@@ -1,0 +1,141 @@
+"""The one train step: a pure, jitted function of (TrainState, Batch).
+
+Every recipe that updates a model by gradient (SFT, distillation, RL) goes through
+``make_train_step``: the model is split once with ``nnx.split`` into a static graph
+and a state pytree, the loss is looked up by name and bound to its hyperparameters
+outside jit, and gradient accumulation scans over micro-batches with normalisers
+taken from the *whole* batch, so the result does not depend on the split.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxpost.losses.reduce import Normalizers, compute_normalizers
+from jaxpost.types import Batch
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs from the device side.
+
+  Attributes:
+    step: i32[] number of optimiser updates applied.
+    params: trainable parameters (an ``nnx.State`` of ``nnx.Param``).
+    opt_state: optax state.
+    rng: u32[2] raw PRNG key data (raw so Orbax stores it as a plain array).
+  """
+
+  step: jax.Array
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def split_model(model: nnx.Module, trainable=nnx.Param):
+  """Splits a model into (graphdef, trainable state, the rest)."""
+  graphdef, params, rest = nnx.split(model, trainable, ...)
+  return graphdef, params, rest
+
+
+def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation, seed: int):
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=jax.random.key_data(jax.random.key(seed)),
+  )
+
+
+# (params, rest, batch, norm) -> (loss, metrics). Recipes build one from a model call
+# and a registered loss; distillation / RL provide their own (teacher, rollouts, ...).
+ObjectiveFn = Callable[[nnx.State, nnx.State, Batch, Normalizers], tuple[jax.Array, dict]]
+
+
+def lm_objective(graphdef, loss_fn) -> ObjectiveFn:
+  """Objective for losses on the model's own logits (SFT and its token-level variants)."""
+
+  def objective(params, rest, batch: Batch, norm: Normalizers):
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
+    return loss_fn(logits, batch, norm=norm)
+
+  return objective
+
+
+def _split_microbatches(batch: Batch, n: int) -> Batch:
+  b = batch.tokens.shape[0]
+  if b % n:
+    raise ValueError(f"batch size {b} is not divisible by train.microbatches={n}")
+  return jax.tree.map(lambda x: x.reshape(n, b // n, *x.shape[1:]), batch)  # [M, B/M, ...]
+
+
+def accumulate_grads(objective: ObjectiveFn, params, rest, batch: Batch, microbatches: int):
+  """Loss, metrics and gradient of the full batch, computed ``microbatches`` rows at a time.
+
+  Every piece is normalised by the full batch's counts, so the sum over pieces equals
+  the full-batch value and gradient (up to float summation order).
+  """
+  norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  if microbatches == 1:
+    (loss, metrics), grads = grad_fn(params, rest, batch, norm)
+    return loss, metrics, grads, norm
+
+  def body(carry, mb):
+    out = grad_fn(params, rest, mb, norm)
+    return jax.tree.map(jnp.add, carry, out), None
+
+  mbs = _split_microbatches(batch, microbatches)
+  first = jax.tree.map(lambda x: x[0], mbs)
+  zeros = jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      jax.eval_shape(grad_fn, params, rest, first, norm),
+  )
+  ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, mbs)
+  return loss, metrics, grads, norm
+
+
+def make_train_step(
+    objective: ObjectiveFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    microbatches: int = 1,
+    schedule: optax.Schedule | None = None,
+    donate: bool = True,
+):
+  """Returns ``step(state, batch, rest) -> (state, metrics)``, jitted.
+
+  Metrics are f32[] scalars named ``train/...``.
+  """
+
+  def step(state: TrainState, batch: Batch, rest: nnx.State):
+    loss, metrics, grads, norm = accumulate_grads(
+        objective, state.params, rest, batch, microbatches
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {f"train/{k}": v for k, v in metrics.items()}
+    out["train/loss"] = loss
+    out["train/grad_norm"] = optax.global_norm(grads)
+    out["train/tokens"] = norm.tokens
+    if schedule is not None:
+      out["train/lr"] = schedule(state.step)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new, out
+
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def bind_loss(name: str, hparams: dict) -> Callable:
+  """Registered loss ``name`` with its hyperparameters bound (outside jit)."""
+  from jaxpost.losses import registry
+
+  return functools.partial(registry.get(name), **hparams)
