@@ -16,7 +16,8 @@ def get_config() -> config_dict.ConfigDict:
 
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.path = ""  # .model (sentencepiece) or tokenizer.json; "" = train one in workdir
-  c.tokenizer.vocab_size = 64  # vocabulary size when training a sentencepiece model
+  c.tokenizer.vocab_size = 512  # vocabulary size when training a sentencepiece model
+  c.tokenizer.byte_fallback = True  # trained tokenizer: unseen characters as UTF-8 bytes (+256 ids)
   c.tokenizer.train_examples = 20_000  # examples of training text for tokenizer training
 
   c.data = config_dict.ConfigDict()

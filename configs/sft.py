@@ -11,6 +11,9 @@ def get_config(variant: str = "tiny"):
   c.recipe = "sft"
   if variant == "tiny":
     c.model.size = "tiny"
+    # Arithmetic text needs few pieces; no byte fallback keeps the LM head small.
+    c.tokenizer.vocab_size = 64
+    c.tokenizer.byte_fallback = False
     c.data.levels = "mul2x2:1.0"
     c.data.batch_size = 32
     c.data.seq_len = 128

@@ -8,6 +8,7 @@ values. Re-running with the same workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,7 +20,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (resumes if it
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter from Orbax (it logs every save step through absl)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv) -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
@@ -28,6 +37,7 @@ def main(argv) -> None:
   except config_lib.ConfigError as e:
     raise app.UsageError(f"invalid config: {e}") from None
   logging.info("config:\n%s", config)
+  logging.info("workdir: %s", _WORKDIR.value)
   result = recipes.get(config.recipe).run(config, _WORKDIR.value)
   print(summary(result))
 

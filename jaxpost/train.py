@@ -124,7 +124,7 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     out = {f"train/{k}": v for k, v in metrics.items()}
     out["train/loss"] = loss
-    out["train/grad_norm"] = optax.global_norm(grads)
+    out["train/grad_norm"] = optax.tree.norm(grads)
     out["train/tokens"] = norm.tokens
     if schedule is not None:
       out["train/lr"] = schedule(state.step)

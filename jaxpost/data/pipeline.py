@@ -34,7 +34,12 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   os.makedirs(workdir, exist_ok=True)
   texts = _tokenizer_corpus(config)
   logging.info("training a %d-piece sentencepiece tokenizer", config.tokenizer.vocab_size)
-  return SentencePieceTokenizer.train(texts, prefix, vocab_size=config.tokenizer.vocab_size)
+  return SentencePieceTokenizer.train(
+      texts,
+      prefix,
+      vocab_size=config.tokenizer.vocab_size,
+      byte_fallback=config.tokenizer.byte_fallback,
+  )
 
 
 def _tokenizer_corpus(config) -> list[str]:

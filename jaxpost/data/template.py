@@ -91,8 +91,8 @@ class Encoded:
   def __post_init__(self):
     if self.tokens.shape != self.roles.shape or self.tokens.ndim != 1:
       raise ValueError(
-          f"tokens and roles must be 1-D and the same shape, got {self.tokens.shape} and "
-          f"{self.roles.shape}"
+        f"tokens and roles must be 1-D and the same shape, got {self.tokens.shape} and "
+        f"{self.roles.shape}"
       )
 
   def __len__(self) -> int:
@@ -158,11 +158,11 @@ def parse_response(text: str, *, finished: bool = True) -> Response:
     return Response(text=text, thinking="", answer="", format_ok=False, finished=finished)
   thinking, answer = split_response(text)
   return Response(
-      text=text,
-      thinking=thinking,
-      answer=answer,
-      format_ok=text.startswith(THINK_OPEN),
-      finished=finished,
+    text=text,
+    thinking=thinking,
+    answer=answer,
+    format_ok=text.startswith(THINK_OPEN),
+    finished=finished,
   )
 
 
@@ -186,8 +186,7 @@ def _check_span(name: str, text: str) -> None:
     raise TypeError(f"Example.{name} must be str, got {type(text).__name__}")
   if THINK_OPEN in text or THINK_CLOSE in text:
     raise ValueError(
-        f"Example.{name} contains a think tag, which would break the span structure: "
-        f"{_preview(text)}"
+      f"Example.{name} contains a think tag, which would break the span structure: {_preview(text)}"
     )
 
 
@@ -213,7 +212,7 @@ def encode_prompt(tok: Tokenizer, prompt: str, *, add_bos: bool = False) -> list
 
 
 def encode_example(
-    tok: Tokenizer, ex: Example, *, add_bos: bool = False, add_eos: bool = True
+  tok: Tokenizer, ex: Example, *, add_bos: bool = False, add_eos: bool = True
 ) -> Encoded:
   """Tokenizes an example span by span and labels every token with its role.
 
@@ -231,11 +230,11 @@ def encode_example(
   if add_eos and tok.eos_id < 0:
     raise ValueError("add_eos=True but the tokenizer defines no EOS token")
   spans = [
-      (encode_prompt(tok, ex.prompt, add_bos=add_bos), ROLE_PROMPT),
-      (tok.encode(THINK_OPEN), ROLE_THINK),
-      (tok.encode(ex.thinking), ROLE_THINK),
-      (tok.encode(THINK_CLOSE), ROLE_THINK),
-      (tok.encode(ex.answer), ROLE_ANSWER),
+    (encode_prompt(tok, ex.prompt, add_bos=add_bos), ROLE_PROMPT),
+    (tok.encode(THINK_OPEN), ROLE_THINK),
+    (tok.encode(ex.thinking), ROLE_THINK),
+    (tok.encode(THINK_CLOSE), ROLE_THINK),
+    (tok.encode(ex.answer), ROLE_ANSWER),
   ]
   if add_eos:
     spans.append(([tok.eos_id], ROLE_ANSWER))
@@ -287,11 +286,11 @@ def render_messages(messages: Sequence[Mapping[str, str]]) -> tuple[str, str]:
       raise ValueError(f"messages[{i}] lacks {sorted(missing)}")
     if msg["role"] not in CHAT_ROLES:
       raise ValueError(
-          f"messages[{i}] has role {msg['role']!r}; expected one of {sorted(CHAT_ROLES)}"
+        f"messages[{i}] has role {msg['role']!r}; expected one of {sorted(CHAT_ROLES)}"
       )
     if not isinstance(msg["content"], str):
       raise ValueError(
-          f"messages[{i}].content must be a string, got {type(msg['content']).__name__}"
+        f"messages[{i}].content must be a string, got {type(msg['content']).__name__}"
       )
   *context, last = messages
   if last["role"] != "assistant":

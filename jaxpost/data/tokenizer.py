@@ -59,12 +59,23 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
   return out
 
 
-def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
-  """Yields the training texts, failing clearly on a non-string."""
-  for i, text in enumerate(texts):
-    if not isinstance(text, str):
-      raise TypeError(f"training text {i} is {type(text).__name__}, expected str")
-    yield text
+class _CheckedTexts:
+  """Iterates the training texts, failing clearly on a non-string.
+
+  SentencePiece turns exceptions raised inside its input iterator into an opaque
+  RuntimeError, so the original error is kept here and re-raised by the caller.
+  """
+
+  def __init__(self, texts: Iterable[str]):
+    self._texts = texts
+    self.error: Exception | None = None
+
+  def __iter__(self) -> Iterator[str]:
+    for i, text in enumerate(self._texts):
+      if not isinstance(text, str):
+        self.error = TypeError(f"training text {i} is {type(text).__name__}, expected str")
+        raise self.error
+      yield text
 
 
 class SentencePieceTokenizer:
@@ -81,15 +92,15 @@ class SentencePieceTokenizer:
 
   @classmethod
   def train(
-      cls,
-      texts: Iterable[str],
-      model_prefix: PathLike,
-      *,
-      vocab_size: int,
-      special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
-      model_type: str = "bpe",
-      byte_fallback: bool = True,
-      character_coverage: float = 1.0,
+    cls,
+    texts: Iterable[str],
+    model_prefix: PathLike,
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+    model_type: str = "bpe",
+    byte_fallback: bool = True,
+    character_coverage: float = 1.0,
   ) -> SentencePieceTokenizer:
     """Trains a model on in-memory texts and writes ``<model_prefix>.model``.
 
@@ -117,44 +128,49 @@ class SentencePieceTokenizer:
       raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     n_reserved = 4 + len(special_tokens) + (_NUM_BYTE_PIECES if byte_fallback else 0)
     if vocab_size <= n_reserved:
+      fallback = f", {_NUM_BYTE_PIECES} byte-fallback pieces" if byte_fallback else ""
+      hint = " or pass byte_fallback=False" if byte_fallback else ""
       raise ValueError(
-          f"vocab_size={vocab_size} leaves no room for learned pieces: {n_reserved} ids "
-          f"are reserved (4 control ids, {len(special_tokens)} special tokens"
-          + (f", {_NUM_BYTE_PIECES} byte-fallback pieces)" if byte_fallback else ")")
+        f"vocab_size={vocab_size} leaves no room for learned pieces: {n_reserved} ids are "
+        f"reserved (4 control ids, {len(special_tokens)} special tokens{fallback}); use "
+        f"vocab_size >= {n_reserved + 40}{hint}"
       )
     if len(set(special_tokens)) != len(special_tokens) or not all(special_tokens):
       raise ValueError(f"special_tokens must be distinct non-empty strings: {special_tokens}")
     model = io.BytesIO()
+    checked = _CheckedTexts(texts)
     try:
       spm.SentencePieceTrainer.train(
-          sentence_iterator=_checked_texts(texts),
-          model_writer=model,
-          model_type=model_type,
-          vocab_size=vocab_size,
-          # A smaller vocabulary than asked is fine: tiny arithmetic corpora have few
-          # merges, and a hard limit would make training fail instead.
-          hard_vocab_limit=False,
-          pad_id=_PAD_ID,
-          unk_id=_UNK_ID,
-          bos_id=_BOS_ID,
-          eos_id=_EOS_ID,
-          user_defined_symbols=list(special_tokens),
-          split_digits=True,
-          byte_fallback=byte_fallback,
-          character_coverage=character_coverage,
-          # Round-trip exactness: leave the text exactly as given.
-          add_dummy_prefix=False,
-          remove_extra_whitespaces=False,
-          normalization_rule_name="identity",
-          allow_whitespace_only_pieces=True,
-          # Determinism and no silent drops: every sentence, in order, one thread.
-          input_sentence_size=0,
-          shuffle_input_sentence=False,
-          num_threads=1,
-          max_sentence_length=1 << 24,
-          minloglevel=2,
+        sentence_iterator=iter(checked),
+        model_writer=model,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        # A smaller vocabulary than asked is fine: tiny arithmetic corpora have few
+        # merges, and a hard limit would make training fail instead.
+        hard_vocab_limit=False,
+        pad_id=_PAD_ID,
+        unk_id=_UNK_ID,
+        bos_id=_BOS_ID,
+        eos_id=_EOS_ID,
+        user_defined_symbols=list(special_tokens),
+        split_digits=True,
+        byte_fallback=byte_fallback,
+        character_coverage=character_coverage,
+        # Round-trip exactness: leave the text exactly as given.
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        # Determinism and no silent drops: every sentence, in order, one thread.
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+        num_threads=1,
+        max_sentence_length=1 << 24,
+        minloglevel=2,
       )
     except RuntimeError as e:
+      if checked.error is not None:
+        raise checked.error from None
       raise ValueError(f"SentencePiece training failed: {e}") from e
     path = Path(f"{os.fspath(model_prefix)}.model")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,9 +215,9 @@ class SentencePieceTokenizer:
 # Fallback names for special tokens when neither the caller nor a tokenizer_config.json
 # says which to use; tried in order.
 _SPECIAL_CANDIDATES = {
-    "eos": ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|im_end|>", "[SEP]"),
-    "bos": ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]"),
-    "pad": ("<pad>", "[PAD]", "<|pad|>", "<|endoftext|>"),
+  "eos": ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|im_end|>", "[SEP]"),
+  "bos": ("<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]"),
+  "pad": ("<pad>", "[PAD]", "<|pad|>", "<|endoftext|>"),
 }
 
 
@@ -229,7 +245,7 @@ class HFTokenizer:
   """A HuggingFace ``tokenizers`` tokenizer (``tokenizer.json``) behind `Tokenizer`."""
 
   def __init__(
-      self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, bos_id: int, eos_id: int, path=None
+    self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, bos_id: int, eos_id: int, path=None
   ):
     self._tok = tokenizer
     self.path = path
@@ -240,12 +256,12 @@ class HFTokenizer:
 
   @classmethod
   def load(
-      cls,
-      path: PathLike,
-      *,
-      pad_token: str | None = None,
-      eos_token: str | None = None,
-      bos_token: str | None = None,
+    cls,
+    path: PathLike,
+    *,
+    pad_token: str | None = None,
+    eos_token: str | None = None,
+    bos_token: str | None = None,
   ) -> HFTokenizer:
     """Loads ``tokenizer.json`` (or a directory holding one).
 
@@ -291,11 +307,11 @@ class HFTokenizer:
       raise ValueError(f"cannot tell the EOS token of {path}; pass eos_token=...")
     pad_id = resolve("pad")
     return cls(
-        tok,
-        pad_id=eos_id if pad_id < 0 else pad_id,
-        bos_id=resolve("bos"),
-        eos_id=eos_id,
-        path=str(path),
+      tok,
+      pad_id=eos_id if pad_id < 0 else pad_id,
+      bos_id=resolve("bos"),
+      eos_id=eos_id,
+      path=str(path),
     )
 
   def encode(self, text: str) -> list[int]:

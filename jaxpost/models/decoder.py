@@ -228,9 +228,15 @@ class Attention(nnx.Module):
     self.config = c
     kw = dict(param_dtype=c.jnp_param_dtype, dtype=c.jnp_dtype, rngs=rngs)
     d, h, k, e = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
-    self.q_proj = Linear((d,), (h, e), ("embed",), ("q_heads", "head_dim"), use_bias=c.attn_bias, **kw)
-    self.k_proj = Linear((d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw)
-    self.v_proj = Linear((d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw)
+    self.q_proj = Linear(
+      (d,), (h, e), ("embed",), ("q_heads", "head_dim"), use_bias=c.attn_bias, **kw
+    )
+    self.k_proj = Linear(
+      (d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw
+    )
+    self.v_proj = Linear(
+      (d,), (k, e), ("embed",), ("kv_heads", "head_dim"), use_bias=c.attn_bias, **kw
+    )
     self.o_proj = Linear((h, e), (d,), ("q_heads", "head_dim"), ("embed",), use_bias=False, **kw)
     if c.qk_norm:
       self.q_norm = RMSNorm(e, c.norm_eps, param_dtype=c.jnp_param_dtype, rngs=rngs)

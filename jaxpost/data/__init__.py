@@ -1,0 +1,86 @@
+"""Data: tokenizers, the reasoning template, generated tasks and user-data readers.
+
+TensorFlow Datasets is imported lazily (by `read_tfds` only); TensorFlow never is.
+"""
+
+from jaxpost.data.jsonl import DataError, ReadResult, read_jsonl, record_to_example
+from jaxpost.data.tasks import (
+  DIFFICULTIES,
+  LEVELS,
+  Level,
+  Mixture,
+  Problem,
+  check_answer,
+  heldout_set,
+  is_heldout,
+  levels_by_difficulty,
+  make_problem,
+  mixture,
+  score_response,
+  trace_errors,
+  training_corpus,
+)
+from jaxpost.data.template import (
+  THINK_CLOSE,
+  THINK_OPEN,
+  Encoded,
+  Example,
+  Response,
+  decode_response,
+  encode_example,
+  encode_prompt,
+  parse_response,
+  render_example,
+  render_messages,
+  render_prompt,
+  render_response,
+  split_response,
+)
+from jaxpost.data.tfds_source import TfdsExamples, read_tfds
+from jaxpost.data.tokenizer import (
+  HFTokenizer,
+  SentencePieceTokenizer,
+  Tokenizer,
+  load_tokenizer,
+)
+
+__all__ = [
+  "DIFFICULTIES",
+  "LEVELS",
+  "THINK_CLOSE",
+  "THINK_OPEN",
+  "DataError",
+  "Encoded",
+  "Example",
+  "HFTokenizer",
+  "Level",
+  "Mixture",
+  "Problem",
+  "ReadResult",
+  "Response",
+  "SentencePieceTokenizer",
+  "TfdsExamples",
+  "Tokenizer",
+  "check_answer",
+  "decode_response",
+  "encode_example",
+  "encode_prompt",
+  "heldout_set",
+  "is_heldout",
+  "levels_by_difficulty",
+  "load_tokenizer",
+  "make_problem",
+  "mixture",
+  "parse_response",
+  "read_jsonl",
+  "read_tfds",
+  "record_to_example",
+  "render_example",
+  "render_messages",
+  "render_prompt",
+  "render_response",
+  "score_response",
+  "split_response",
+  "trace_errors",
+  "training_corpus",
+]

@@ -1,0 +1,119 @@
+"""Tests for jaxpost.data.jsonl."""
+
+import json
+import logging
+
+import pytest
+
+from jaxpost.data import DataError, Example, read_jsonl
+
+
+def _write(path, lines):
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return path
+
+
+def test_reads_both_formats_and_skips_blank_lines(tmp_path):
+  path = _write(
+    tmp_path / "data.jsonl",
+    [
+      json.dumps({"prompt": "1+1", "response": "<think>1+1=2</think>2", "id": 7}),
+      "",
+      "   ",
+      json.dumps({"prompt": "hi", "response": "hello"}),
+      json.dumps(
+        {
+          "messages": [
+            {"role": "user", "content": "2+3"},
+            {"role": "assistant", "content": "<think>2+3=5</think>5"},
+          ]
+        }
+      ),
+      json.dumps({"prompt": "ünï 🙂", "response": "ok"}, ensure_ascii=False),
+    ],
+  )
+  result = read_jsonl(path)
+  assert result.examples == [
+    Example("1+1", "1+1=2", "2"),
+    Example("hi", "", "hello"),
+    Example("2+3", "2+3=5", "5"),
+    Example("ünï 🙂", "", "ok"),
+  ]
+  assert (result.skipped, result.errors) == (0, [])
+
+
+def test_tolerates_byte_order_mark(tmp_path):
+  path = tmp_path / "bom.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "a", "response": "b"}).encode())
+  assert read_jsonl(path).examples == [Example("a", "", "b")]
+
+
+BAD_RECORDS = [
+  ("{not json", "invalid JSON"),
+  ("[1, 2]", "expected a JSON object"),
+  (json.dumps({"prompt": "x"}), "missing key 'response'"),
+  (json.dumps({"response": "x"}), "missing key 'prompt'"),
+  (json.dumps({"text": "x"}), "expected keys"),
+  (json.dumps({"prompt": 1, "response": "x"}), "'prompt' must be a string"),
+  (json.dumps({"prompt": "p", "response": None}), "'response' must be a string"),
+  (json.dumps({"prompt": "p", "response": ""}), "empty response"),
+  (json.dumps({"prompt": "p", "response": "<think>open"}), "without a closing"),
+  (json.dumps({"prompt": "p", "response": "a</think>b"}), "without an opening"),
+  (json.dumps({"messages": []}), "non-empty list"),
+  (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "last message"),
+  (
+    json.dumps(
+      {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    ),
+    "role 'robot'",
+  ),
+  (
+    json.dumps({"prompt": "p", "response": "r", "messages": []}),
+    "both 'messages' and 'prompt'",
+  ),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_RECORDS)
+def test_malformed_record_names_file_and_line(tmp_path, line, message):
+  good = json.dumps({"prompt": "a", "response": "b"})
+  path = _write(tmp_path / "bad.jsonl", [good, "", line, good])
+  with pytest.raises(DataError, match=message) as info:
+    read_jsonl(path)
+  assert f"{path}:3:" in str(info.value)
+  assert isinstance(info.value, ValueError)
+
+
+def test_invalid_utf8_is_a_malformed_line(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  path.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "\xe9", "response": "b"}\n')
+  with pytest.raises(DataError, match=r"latin1.jsonl:2:.*utf-8"):
+    read_jsonl(path)
+
+
+def test_skip_malformed_counts_and_logs(tmp_path, caplog):
+  good = json.dumps({"prompt": "a", "response": "b"})
+  lines = [good] + [line for line, _ in BAD_RECORDS] + [good]
+  path = _write(tmp_path / "mixed.jsonl", lines)
+  with caplog.at_level(logging.WARNING):
+    result = read_jsonl(path, skip_malformed=True)
+  assert result.examples == [Example("a", "", "b")] * 2
+  assert result.skipped == len(BAD_RECORDS) == len(result.errors)
+  for i, (error, (_, message)) in enumerate(zip(result.errors, BAD_RECORDS, strict=True)):
+    assert error.startswith(f"{path}:{i + 2}:")
+    assert message in error
+  assert sum("skipping malformed record" in r.getMessage() for r in caplog.records) == len(
+    BAD_RECORDS
+  )
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="JSONL file not found"):
+    read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_empty_file(tmp_path):
+  path = tmp_path / "empty.jsonl"
+  path.write_text("")
+  result = read_jsonl(path)
+  assert (result.examples, result.skipped) == ([], 0)
