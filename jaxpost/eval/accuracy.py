@@ -60,7 +60,7 @@ class Evaluator:
       ids = [template.encode_prompt(self.tok, p) for p in chunk]
       # Pad the batch to a fixed row count so every call reuses one compilation.
       ids += [ids[-1]] * (self.batch_size - len(ids))
-      tokens, mask = sampler.left_pad(ids, self.tok.pad_id)
+      tokens, mask = _pad_to_bucket(*sampler.left_pad(ids, self.tok.pad_id), self.tok.pad_id)
       gen = self._generate(state, tokens, mask, jax.random.key(0))
       new, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
       for row in range(len(chunk)):
@@ -82,6 +82,22 @@ class Evaluator:
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
     return {level: self.evaluate_level(state, level) for level in levels}
+
+
+PROMPT_BUCKET = 32
+
+
+def _pad_to_bucket(tokens: np.ndarray, mask: np.ndarray, pad_id: int):
+  """More left padding, up to a multiple of PROMPT_BUCKET columns.
+
+  Levels differ in prompt length; bucketing lets them share one compiled decode.
+  """
+  width = -(-tokens.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
+  extra = width - tokens.shape[1]
+  return (
+      np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
+      np.pad(mask, ((0, 0), (extra, 0))),
+  )
 
 
 def _strip_eos(ids: np.ndarray, eos_id: int) -> list[int]:
