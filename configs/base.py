@@ -57,6 +57,7 @@ def get_config() -> config_dict.ConfigDict:
   c.train.keep_checkpoints = 2  # checkpoints kept on disk
   c.train.async_checkpoint = True  # save in a background thread
   c.train.max_minutes = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+  c.train.stop_after = 0  # stop (with a checkpoint) after this many steps of this run; 0 = never
   c.train.progress = True  # tqdm progress bar
 
   c.eval = config_dict.ConfigDict()

@@ -70,6 +70,8 @@ def validate(c: config_dict.ConfigDict) -> None:
                 "tokenizer.vocab_size"):
     section, key = field.split(".")
     _positive(c[section][key], field)
+  if c.train.stop_after < 0:
+    raise ConfigError(f"train.stop_after={c.train.stop_after!r} must be >= 0 (0 = never)")
   if c.data.batch_size % c.train.microbatches:
     raise ConfigError(
         f"data.batch_size={c.data.batch_size} is not divisible by "

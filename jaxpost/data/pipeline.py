@@ -54,14 +54,20 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-def load_examples(config):
-  """The user dataset of ``config.data`` as a random-access sequence of Examples."""
+def load_examples(config, counts: dict | None = None):
+  """The user dataset of ``config.data`` as a random-access sequence of Examples.
+
+  ``counts``, if given, receives ``data/skipped_malformed`` (records dropped under
+  ``data.skip_malformed``) so the caller can record it.
+  """
   if config.data.source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
 
     result = read_jsonl(config.data.path, skip_malformed=config.data.skip_malformed)
     if result.skipped:
       logging.warning("skipped %d malformed records in %s", result.skipped, config.data.path)
+    if counts is not None:
+      counts["data/skipped_malformed"] = result.skipped
     return result.examples
   if config.data.source == "tfds":
     from jaxpost.data.tfds_source import read_tfds
@@ -98,11 +104,16 @@ def dataset_source(examples, tok: Tokenizer, seed: int) -> ExampleSource:
   return source
 
 
-def build_source(config, tok: Tokenizer) -> tuple[ExampleSource, int | None]:
-  """The training example source of ``config``, and the dataset size (None if unbounded)."""
+def build_source(
+    config, tok: Tokenizer, counts: dict | None = None
+) -> tuple[ExampleSource, int | None]:
+  """The training example source of ``config``, and the dataset size (None if unbounded).
+
+  ``counts``, if given, receives the data counts to record (see `load_examples`).
+  """
   from jaxpost.config_lib import parse_levels
 
   if config.data.source == "tasks":
     return task_source(parse_levels(config.data.levels), tok, config.seed), None
-  examples = load_examples(config)
+  examples = load_examples(config, counts)
   return dataset_source(examples, tok, config.seed), len(examples)

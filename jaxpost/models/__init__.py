@@ -3,6 +3,7 @@
 from jaxpost.models.config import NAMED_SIZES, ModelConfig, named_config, param_count
 from jaxpost.models.decoder import (
   Decoder,
+  create_model,
   KVCache,
   ModelOutput,
   attention,
@@ -14,6 +15,7 @@ from jaxpost.models.decoder import (
 __all__ = [
   "NAMED_SIZES",
   "Decoder",
+  "create_model",
   "KVCache",
   "ModelConfig",
   "ModelOutput",

@@ -12,6 +12,8 @@ Logical axis names: 'vocab', 'embed' (D), 'q_heads' (H), 'kv_heads' (K), 'head_d
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import flax.struct
@@ -196,7 +198,13 @@ class Linear(nnx.Module):
       self.bias = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.n_in)
+    kernel = self.kernel[...].astype(self.dtype)
+    lead, k_in = x.shape[: x.ndim - self.n_in], kernel.shape[: self.n_in]
+    out_shape = kernel.shape[self.n_in :]
+    # One plain 2-D matmul: XLA:CPU runs the backward of a multi-axis tensordot
+    # (contracting over [B, T] for the kernel gradient) several times slower.
+    x2 = x.astype(self.dtype).reshape(-1, math.prod(k_in))
+    y = (x2 @ kernel.reshape(math.prod(k_in), -1)).reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -439,3 +447,19 @@ class Decoder(nnx.Module):
       hidden_states=tuple(streams[i] for i in wanted),
       cache=cache,
     )
+
+
+
+@functools.cache
+def _jitted_constructor(config: ModelConfig):
+  return nnx.jit(lambda key: Decoder(config, rngs=nnx.Rngs(params=key)))
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> Decoder:
+  """Builds a ``Decoder`` with its initialisers compiled as one program.
+
+  Eager construction dispatches (and on CPU compiles) every parameter initialiser
+  separately, which costs seconds even for tiny models; one jitted constructor, cached
+  per config, does not.
+  """
+  return _jitted_constructor(config)(jax.random.key(seed))

@@ -34,7 +34,7 @@ def build_model(config, vocab_size: int) -> models.Decoder:
       param_dtype=config.model.param_dtype,
       max_seq_len=config.model.max_seq_len,
   )
-  return models.Decoder(model_config, rngs=nnx.Rngs(config.seed))
+  return models.create_model(model_config, config.seed)
 
 
 def loss_hparams(config) -> dict:
@@ -68,7 +68,8 @@ def run(config, workdir: str) -> dict:
 
   # Data: a tokenizer (trained once per workdir) and a stateless example source.
   tok = pipeline.prepare_tokenizer(config, workdir)
-  source, dataset_size = pipeline.build_source(config, tok)
+  data_counts = {}  # e.g. data/skipped_malformed: recorded at step 0, never dropped silently
+  source, dataset_size = pipeline.build_source(config, tok, data_counts)
 
   # Model and optimizer, split into a static graph and pytrees for the jitted step.
   model = build_model(config, tok.vocab_size)
@@ -104,7 +105,7 @@ def run(config, workdir: str) -> dict:
   )
   writer = metrics.MetricWriter(workdir)
   if jax.process_index() == 0 and int(state.step) == 0:
-    writer.write(0, {"model/params": n_params, "data/vocab_size": tok.vocab_size})
+    writer.write(0, {"model/params": n_params, "data/vocab_size": tok.vocab_size, **data_counts})
 
   def evaluate(step: int, final: bool = False) -> dict:
     levels = eval_levels(config, final)
@@ -139,7 +140,8 @@ def run(config, workdir: str) -> dict:
     state, step_metrics = train_step(state, Batch(**arrays), rest)
     pending.append((step_metrics, stats.as_metrics(capacity)))
     out_of_time = config.train.max_minutes and (time.time() - t_start) / 60 > config.train.max_minutes
-    if step % config.train.log_every == 0 or step == total or out_of_time:
+    stop_now = config.train.stop_after and step - first_step >= config.train.stop_after
+    if step % config.train.log_every == 0 or step == total or out_of_time or stop_now:
       fetched = jax.device_get([p[0] for p in pending])
       window_tokens += sum(float(m["train/tokens"]) for m in fetched)
       rate = window_tokens / max(time.time() - window_start, 1e-9)
@@ -157,6 +159,9 @@ def run(config, workdir: str) -> dict:
       save(step)
     if out_of_time:
       logging.warning("train.max_minutes reached at step %d; stopping", step)
+      break
+    if stop_now:
+      logging.warning("train.stop_after reached at step %d; stopping", step)
       break
   bar.close()
 

@@ -1,0 +1,194 @@
+"""Config errors fail early with messages naming the field; every field is documented."""
+
+import ast
+import io
+import os
+import subprocess
+import sys
+import tokenize
+
+import pytest
+from ml_collections import config_dict
+
+from jaxpost import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(REPO, "configs", "base.py")
+
+
+def _config(variant="tiny"):
+  return config_lib.load_sibling(os.path.join(REPO, "configs", "sft.py"), "sft").get_config(variant)
+
+
+def _cli(workdir, *overrides):
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxpost.main",
+      "--config=configs/sft.py:tiny",
+      f"--workdir={workdir}",
+      *overrides,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+
+
+@pytest.mark.parametrize(
+  "override, expected",
+  [
+    ("--config.optim.lrr=1", "lrr"),  # unknown key
+    ("--config.train.steps=abc", "train.steps"),  # wrong type
+    ("--config.loss.name=nope", "loss.name"),  # invalid value
+    ("--config.data.levels=foo:1", "data.levels"),  # unknown task level
+    ("--config.data.seq_len=4096", "data.seq_len"),  # > model.max_seq_len
+  ],
+)
+def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
+  workdir = tmp_path / "run"
+  proc = _cli(workdir, override)
+  assert proc.returncode != 0, proc.stdout + proc.stderr
+  assert expected in proc.stderr, proc.stderr[-2000:]
+  # Nothing was started: no workdir, let alone a tokenizer or checkpoints.
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    ("recipe", "dpo", "recipe"),
+    ("model.size", "huge", "model.size"),
+    ("model.dtype", "float16", "model.dtype"),
+    ("data.source", "csv", "data.source"),
+    ("data.overlong", "drop", "data.overlong"),
+    ("data.seq_len", 0, "data.seq_len"),
+    ("data.seq_len", 512, "data.seq_len=512 > model.max_seq_len"),
+    ("data.batch_size", -8, "data.batch_size"),
+    ("data.levels", "", "data.levels is empty"),
+    ("data.levels", "add3:0", "data.levels weight"),
+    ("data.levels", "add3:x", "bad level weight"),
+    ("loss.name", "nope", "loss.name"),
+    ("loss.reduction", "sum", "loss.reduction"),
+    ("optim.name", "lion", "optim.name"),
+    ("optim.decay", "step", "optim.decay"),
+    ("optim.lr", 0.0, "optim.lr"),
+    ("train.steps", 0, "train.steps"),
+    ("train.microbatches", 3, "train.microbatches=3"),
+    ("train.stop_after", -1, "train.stop_after"),
+    ("eval.num_examples", 0, "eval.num_examples"),
+    ("eval.levels", "add3,nope", "eval.levels"),
+    ("eval.final_levels", "nope", "eval.final_levels"),
+    ("tokenizer.vocab_size", 0, "tokenizer.vocab_size"),
+  ],
+)
+def test_validate_names_the_field(field, value, match):
+  c = _config()
+  config_lib.validate(c)  # the shipped config is valid
+  section, _, key = field.rpartition(".")
+  (c[section] if section else c)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_validate_dataset_source_needs_path():
+  c = _config()
+  c.data.source = "jsonl"
+  with pytest.raises(config_lib.ConfigError, match="data.path"):
+    config_lib.validate(c)
+  c.data.path = "/some/file.jsonl"
+  config_lib.validate(c)  # levels are not checked for a dataset source
+  c.data.levels = ""
+  config_lib.validate(c)
+
+
+def test_final_levels_all_is_valid():
+  c = _config()
+  c.eval.final_levels = "all"
+  config_lib.validate(c)
+
+
+def test_wrong_type_is_rejected_on_assignment():
+  c = _config()
+  with pytest.raises(TypeError):
+    c.train.steps = "abc"
+
+
+def test_recipe_validates_before_touching_workdir(tmp_path):
+  from jaxpost.recipes import sft
+
+  c = _config()
+  c.loss.name = "nope"
+  workdir = tmp_path / "run"
+  with pytest.raises(config_lib.ConfigError, match="loss.name"):
+    sft.run(c, str(workdir))
+  assert not workdir.exists()
+
+
+def _documented_fields(path):
+  """{'section.key': has_trailing_comment} for every ``c.<...> = value`` leaf in a config file."""
+  source = open(path, encoding="utf-8").read()
+  comment_lines = {
+    tok.start[0]
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+    if tok.type == tokenize.COMMENT
+  }
+  fields = {}
+  for node in ast.walk(ast.parse(source)):
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+      continue
+    target = node.targets[0]
+    parts = []
+    while isinstance(target, ast.Attribute):
+      parts.append(target.attr)
+      target = target.value
+    if not (isinstance(target, ast.Name) and target.id == "c" and parts):
+      continue
+    value = node.value
+    if isinstance(value, ast.Call) and ast.unparse(value.func).endswith("ConfigDict"):
+      continue  # a section, not a field
+    fields[".".join(reversed(parts))] = node.end_lineno in comment_lines
+  return fields
+
+
+def _leaves(c, prefix=""):
+  out = set()
+  for k, v in c.items():
+    if isinstance(v, config_dict.ConfigDict):
+      out |= _leaves(v, f"{prefix}{k}.")
+    else:
+      out.add(prefix + k)
+  return out
+
+
+def test_every_base_field_has_a_trailing_comment():
+  fields = _documented_fields(BASE)
+  assert len(fields) > 40
+  undocumented = sorted(k for k, ok in fields.items() if not ok)
+  assert not undocumented, f"fields in configs/base.py without a trailing comment: {undocumented}"
+  # base.py assigns (and so documents) every field of the config it returns.
+  base = config_lib.load_sibling(BASE, "base").get_config()
+  assert set(fields) == _leaves(base)
+
+
+def _shipped_configs():
+  """(file, variant) for every config file next to base.py; sft.py's variants by name."""
+  out = []
+  for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
+    if name.endswith(".py") and name != "base.py":
+      variants = ("tiny", "qwen2.5-0.5b") if name == "sft.py" else (None,)
+      out += [(name, v) for v in variants]
+  return out
+
+
+@pytest.mark.parametrize("name, variant", _shipped_configs())
+def test_shipped_configs_only_set_base_fields_and_validate(name, variant):
+  """A config that invents a key would bypass the documentation in base.py."""
+  base = config_lib.load_sibling(BASE, "base").get_config()
+  module = config_lib.load_sibling(BASE, name.removesuffix(".py"))
+  c = module.get_config() if variant is None else module.get_config(variant)
+  assert _leaves(c) == _leaves(base)
+  config_lib.validate(c)
