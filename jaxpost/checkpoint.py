@@ -20,12 +20,12 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        enable_async_checkpointing=async_save,
-        create=True,
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
     )
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data")
+      self.directory, options=options, item_names=("state", "data")
     )
 
   def latest_step(self) -> int | None:
@@ -37,11 +37,9 @@ class Checkpointer:
   def save(self, step: int, state: Any, data: dict, *, force: bool = False) -> bool:
     """Starts a (possibly asynchronous) save of ``state`` and the JSON ``data``."""
     return self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)
-        ),
-        force=force,
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+      force=force,
     )
 
   def restore(self, step: int | None, like: Any) -> tuple[Any, dict]:
@@ -58,10 +56,10 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-        ),
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+      ),
     )
     return out.state, dict(out.data)
 

@@ -65,17 +65,25 @@ def validate(c: config_dict.ConfigDict) -> None:
   _choice(c.loss.reduction, "loss.reduction", REDUCTIONS)
   _choice(c.optim.name, "optim.name", OPTIMIZERS)
   _choice(c.optim.decay, "optim.decay", SCHEDULES)
-  for field in ("data.seq_len", "data.batch_size", "train.steps", "train.microbatches",
-                "optim.lr", "eval.num_examples", "eval.batch_size", "eval.max_new_tokens",
-                "tokenizer.vocab_size"):
+  for field in (
+    "data.seq_len",
+    "data.batch_size",
+    "train.steps",
+    "train.microbatches",
+    "optim.lr",
+    "eval.num_examples",
+    "eval.batch_size",
+    "eval.max_new_tokens",
+    "tokenizer.vocab_size",
+  ):
     section, key = field.split(".")
     _positive(c[section][key], field)
   if c.train.stop_after < 0:
     raise ConfigError(f"train.stop_after={c.train.stop_after!r} must be >= 0 (0 = never)")
   if c.data.batch_size % c.train.microbatches:
     raise ConfigError(
-        f"data.batch_size={c.data.batch_size} is not divisible by "
-        f"train.microbatches={c.train.microbatches}"
+      f"data.batch_size={c.data.batch_size} is not divisible by "
+      f"train.microbatches={c.train.microbatches}"
     )
   if c.data.seq_len > c.model.max_seq_len:
     raise ConfigError(f"data.seq_len={c.data.seq_len} > model.max_seq_len={c.model.max_seq_len}")

@@ -56,7 +56,9 @@ def read_jsonl_metrics(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_metrics(path: str, out_png: str, keys: tuple[str, ...] = ("train/loss", "eval/accuracy")) -> str:
+def plot_metrics(
+  path: str, out_png: str, keys: tuple[str, ...] = ("train/loss", "eval/accuracy")
+) -> str:
   """Plots each key of a metrics.jsonl against step, one panel per key."""
   import matplotlib
 

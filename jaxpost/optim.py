@@ -9,7 +9,7 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def make_schedule(
-    *, lr: float, warmup_steps: int, total_steps: int, decay: str, final_lr_frac: float
+  *, lr: float, warmup_steps: int, total_steps: int, decay: str, final_lr_frac: float
 ) -> optax.Schedule:
   """Linear warmup from 0 to ``lr`` then ``decay`` down to ``final_lr_frac * lr``."""
   if decay not in SCHEDULES:
@@ -29,15 +29,17 @@ def make_schedule(
   return optax.join_schedules([warm, after], [warmup_steps])
 
 
-def make_optimizer(optim_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  optim_config, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax chain (clip -> optimiser) and its schedule from ``config.optim``."""
   c = optim_config
   schedule = make_schedule(
-      lr=c.lr,
-      warmup_steps=c.warmup_steps,
-      total_steps=total_steps,
-      decay=c.decay,
-      final_lr_frac=c.final_lr_frac,
+    lr=c.lr,
+    warmup_steps=c.warmup_steps,
+    total_steps=total_steps,
+    decay=c.decay,
+    final_lr_frac=c.final_lr_frac,
   )
   if c.name == "adamw":
     opt = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)

@@ -47,10 +47,10 @@ def split_model(model: nnx.Module, trainable=nnx.Param):
 
 def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation, seed: int):
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=optimizer.init(params),
-      rng=jax.random.key_data(jax.random.key(seed)),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jax.random.key_data(jax.random.key(seed)),
   )
 
 
@@ -96,20 +96,20 @@ def accumulate_grads(objective: ObjectiveFn, params, rest, batch: Batch, microba
   mbs = _split_microbatches(batch, microbatches)
   first = jax.tree.map(lambda x: x[0], mbs)
   zeros = jax.tree.map(
-      lambda s: jnp.zeros(s.shape, s.dtype),
-      jax.eval_shape(grad_fn, params, rest, first, norm),
+    lambda s: jnp.zeros(s.shape, s.dtype),
+    jax.eval_shape(grad_fn, params, rest, first, norm),
   )
   ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, mbs)
   return loss, metrics, grads, norm
 
 
 def make_train_step(
-    objective: ObjectiveFn,
-    optimizer: optax.GradientTransformation,
-    *,
-    microbatches: int = 1,
-    schedule: optax.Schedule | None = None,
-    donate: bool = True,
+  objective: ObjectiveFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  microbatches: int = 1,
+  schedule: optax.Schedule | None = None,
+  donate: bool = True,
 ):
   """Returns ``step(state, batch, rest) -> (state, metrics)``, jitted.
 
@@ -118,7 +118,7 @@ def make_train_step(
 
   def step(state: TrainState, batch: Batch, rest: nnx.State):
     loss, metrics, grads, norm = accumulate_grads(
-        objective, state.params, rest, batch, microbatches
+      objective, state.params, rest, batch, microbatches
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

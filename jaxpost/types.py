@@ -56,7 +56,7 @@ class Batch:
     return self.tokens.shape
 
   @classmethod
-  def from_tokens(cls, tokens: jax.Array, mask: jax.Array | None = None) -> "Batch":
+  def from_tokens(cls, tokens: jax.Array, mask: jax.Array | None = None) -> Batch:
     """Causal-LM batch from unpacked rows: predict tokens[t+1] from tokens[:t+1].
 
     Args:
@@ -71,10 +71,10 @@ class Batch:
     target_mask = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1) * mask
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     return cls(
-        tokens=tokens,
-        targets=targets,
-        loss_mask=target_mask.astype(jnp.float32),
-        segment_ids=mask,
-        positions=positions,
-        roles=jnp.where(target_mask > 0, ROLE_ANSWER, ROLE_PAD).astype(jnp.int32),
+      tokens=tokens,
+      targets=targets,
+      loss_mask=target_mask.astype(jnp.float32),
+      segment_ids=mask,
+      positions=positions,
+      roles=jnp.where(target_mask > 0, ROLE_ANSWER, ROLE_PAD).astype(jnp.int32),
     )

@@ -47,7 +47,14 @@ def model_flops_per_step(cfg: models.ModelConfig, batch: int, seq: int) -> float
   Attention: QK^T and PV are 2 x 2 x T^2 x H x E per sequence and layer in the
   forward, halved for the causal triangle, x3 for forward + backward.
   """
-  d, f, h, k, e, layers = cfg.d_model, cfg.mlp_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.n_layers
+  d, f, h, k, e, layers = (
+    cfg.d_model,
+    cfg.mlp_dim,
+    cfg.n_heads,
+    cfg.n_kv_heads,
+    cfg.head_dim,
+    cfg.n_layers,
+  )
   per_layer = d * h * e + 2 * d * k * e + h * e * d + 3 * d * f
   matmul_params = layers * per_layer + d * cfg.vocab_size
   tokens = batch * seq
@@ -89,14 +96,14 @@ def main() -> None:
   flops = model_flops_per_step(cfg, args.batch, args.seq)
   n_tokens = args.batch * args.seq
   results = {
-      "params": sum(x.size for x in jax.tree.leaves(params)),
-      "step_s": round(median, 4),
-      "tokens_per_s": round(n_tokens / median, 1),
-      "model_gflop_per_step": round(flops / 1e9, 2),
-      "xla_gflop_per_step": round(xla_flops / 1e9, 2),
-      "achieved_gflop_s": round(flops / median / 1e9, 1),
-      "matmul_gflop_s": round(peak / 1e9, 1),
-      "fraction_of_matmul": round(flops / median / peak, 3),
+    "params": sum(x.size for x in jax.tree.leaves(params)),
+    "step_s": round(median, 4),
+    "tokens_per_s": round(n_tokens / median, 1),
+    "model_gflop_per_step": round(flops / 1e9, 2),
+    "xla_gflop_per_step": round(xla_flops / 1e9, 2),
+    "achieved_gflop_s": round(flops / median / 1e9, 1),
+    "matmul_gflop_s": round(peak / 1e9, 1),
+    "fraction_of_matmul": round(flops / median / peak, 3),
   }
   print(" ".join(f"{k}={v}" for k, v in results.items()))
 

@@ -38,10 +38,10 @@ class PackStats:
 
   def as_metrics(self, capacity: int) -> dict[str, float]:
     return {
-        "data/examples": float(self.examples),
-        "data/truncated": float(self.truncated),
-        "data/rejected_overlong": float(self.rejected),
-        "data/fill": self.tokens / capacity,
+      "data/examples": float(self.examples),
+      "data/truncated": float(self.truncated),
+      "data/rejected_overlong": float(self.rejected),
+      "data/fill": self.tokens / capacity,
     }
 
 
@@ -56,20 +56,20 @@ def _fit(tokens, roles, seq_len: int, overlong: str, stats: PackStats, index: in
     stats.rejected += 1
     return None
   raise OverlongError(
-      f"example {index} has {len(tokens)} tokens > seq_len={seq_len}; set "
-      "data.overlong to 'truncate' or 'reject', or raise data.seq_len"
+    f"example {index} has {len(tokens)} tokens > seq_len={seq_len}; set "
+    "data.overlong to 'truncate' or 'reject', or raise data.seq_len"
   )
 
 
 def pack_batch(
-    source: ExampleSource,
-    start: int,
-    *,
-    batch_size: int,
-    seq_len: int,
-    pack: bool = True,
-    overlong: str = "error",
-    max_consecutive_rejects: int = 10_000,
+  source: ExampleSource,
+  start: int,
+  *,
+  batch_size: int,
+  seq_len: int,
+  pack: bool = True,
+  overlong: str = "error",
+  max_consecutive_rejects: int = 10_000,
 ) -> tuple[dict[str, np.ndarray], int, PackStats]:
   """Fills ``batch_size`` rows of ``seq_len`` tokens from ``source(start), source(start+1), ...``.
 
@@ -137,10 +137,10 @@ def _to_batch_arrays(tokens, roles, segments, positions) -> dict[str, np.ndarray
   target_roles = np.where(same_segment, target_roles, ROLE_PAD)
   is_response = (target_roles == ROLE_THINK) | (target_roles == ROLE_ANSWER)
   return {
-      "tokens": tokens,
-      "targets": np.where(same_segment, targets, 0).astype(np.int32),
-      "loss_mask": is_response.astype(np.float32),
-      "segment_ids": segments,
-      "positions": positions,
-      "roles": target_roles.astype(np.int32),
+    "tokens": tokens,
+    "targets": np.where(same_segment, targets, 0).astype(np.int32),
+    "loss_mask": is_response.astype(np.float32),
+    "segment_ids": segments,
+    "positions": positions,
+    "roles": target_roles.astype(np.int32),
   }

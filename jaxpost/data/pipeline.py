@@ -35,10 +35,10 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   texts = _tokenizer_corpus(config)
   logging.info("training a %d-piece sentencepiece tokenizer", config.tokenizer.vocab_size)
   return SentencePieceTokenizer.train(
-      texts,
-      prefix,
-      vocab_size=config.tokenizer.vocab_size,
-      byte_fallback=config.tokenizer.byte_fallback,
+    texts,
+    prefix,
+    vocab_size=config.tokenizer.vocab_size,
+    byte_fallback=config.tokenizer.byte_fallback,
   )
 
 
@@ -49,8 +49,8 @@ def _tokenizer_corpus(config) -> list[str]:
     return list(tasks.training_corpus(tuple(tasks.LEVELS), n, config.seed))
   examples = load_examples(config)
   return [
-      template.render_prompt(ex.prompt) + template.render_response(ex)
-      for ex in examples[: min(n, len(examples))]
+    template.render_prompt(ex.prompt) + template.render_response(ex)
+    for ex in examples[: min(n, len(examples))]
   ]
 
 
@@ -105,7 +105,7 @@ def dataset_source(examples, tok: Tokenizer, seed: int) -> ExampleSource:
 
 
 def build_source(
-    config, tok: Tokenizer, counts: dict | None = None
+  config, tok: Tokenizer, counts: dict | None = None
 ) -> tuple[ExampleSource, int | None]:
   """The training example source of ``config``, and the dataset size (None if unbounded).
 

@@ -29,21 +29,21 @@ class Evaluator:
   """Greedy-decodes held-out problems and scores them; one compiled decode per prompt width."""
 
   def __init__(
-      self,
-      graphdef,
-      tok: Tokenizer,
-      *,
-      num_examples: int,
-      batch_size: int,
-      max_new_tokens: int,
-      seed: int = 0,
+    self,
+    graphdef,
+    tok: Tokenizer,
+    *,
+    num_examples: int,
+    batch_size: int,
+    max_new_tokens: int,
+    seed: int = 0,
   ):
     self.tok = tok
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
     self._generate = sampler.make_generate_fn(
-        graphdef, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id
+      graphdef, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id
     )
     self._problems: dict[str, list[tasks.Problem]] = {}
 
@@ -73,11 +73,11 @@ class Evaluator:
     scores = [tasks.score_response(p, r) for p, r in zip(problems, responses, strict=True)]
     n = len(problems)
     return LevelResult(
-        level=level,
-        accuracy=sum(s["correct"] for s in scores) / n,
-        format_rate=sum(s["format_ok"] for s in scores) / n,
-        n=n,
-        samples=[(p.prompt, r, p.answer) for p, r in zip(problems[:3], responses[:3], strict=True)],
+      level=level,
+      accuracy=sum(s["correct"] for s in scores) / n,
+      format_rate=sum(s["format_ok"] for s in scores) / n,
+      n=n,
+      samples=[(p.prompt, r, p.answer) for p, r in zip(problems[:3], responses[:3], strict=True)],
     )
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
@@ -95,8 +95,8 @@ def _pad_to_bucket(tokens: np.ndarray, mask: np.ndarray, pad_id: int):
   width = -(-tokens.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
   extra = width - tokens.shape[1]
   return (
-      np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
-      np.pad(mask, ((0, 0), (extra, 0))),
+    np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id),
+    np.pad(mask, ((0, 0), (extra, 0))),
   )
 
 

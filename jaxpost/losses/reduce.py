@@ -79,7 +79,7 @@ def token_mean(x: jax.Array, mask: jax.Array, norm: Normalizers) -> jax.Array:
 
 
 def sequence_mean(
-    x: jax.Array, mask: jax.Array, segment_ids: jax.Array, norm: Normalizers
+  x: jax.Array, mask: jax.Array, segment_ids: jax.Array, norm: Normalizers
 ) -> jax.Array:
   """Mean over sequences of each sequence's token mean (every example weighs the same).
 
@@ -107,7 +107,7 @@ REDUCTIONS = ("token_mean", "sequence_mean")
 
 
 def reduce(
-    x: jax.Array, mask: jax.Array, segment_ids: jax.Array, norm: Normalizers, how: str
+  x: jax.Array, mask: jax.Array, segment_ids: jax.Array, norm: Normalizers, how: str
 ) -> jax.Array:
   """Dispatch by name to one of ``REDUCTIONS``."""
   if how == "token_mean":

@@ -30,13 +30,13 @@ def token_logp(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Ar
 
 @register("cross_entropy")
 def cross_entropy(
-    logits: jax.Array,
-    batch: Batch,
-    *,
-    norm: reduce.Normalizers,
-    reduction: str = "token_mean",
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
+  logits: jax.Array,
+  batch: Batch,
+  *,
+  norm: reduce.Normalizers,
+  reduction: str = "token_mean",
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Masked next-token cross-entropy.
 
@@ -66,7 +66,7 @@ def cross_entropy(
   loss = reduce.reduce(nll, mask, batch.segment_ids, norm, reduction)
   correct = (jnp.argmax(logits, axis=-1) == batch.targets).astype(jnp.float32)
   metrics = {
-      "nll": reduce.token_mean(-logp, mask, norm),
-      "token_accuracy": reduce.token_mean(correct, mask, norm),
+    "nll": reduce.token_mean(-logp, mask, norm),
+    "token_accuracy": reduce.token_mean(correct, mask, norm),
   }
   return loss, metrics

@@ -3,10 +3,10 @@
 from jaxpost.models.config import NAMED_SIZES, ModelConfig, named_config, param_count
 from jaxpost.models.decoder import (
   Decoder,
-  create_model,
   KVCache,
   ModelOutput,
   attention,
+  create_model,
   init_cache,
   make_attention_mask,
   rope,

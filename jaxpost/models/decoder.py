@@ -449,7 +449,6 @@ class Decoder(nnx.Module):
     )
 
 
-
 @functools.cache
 def _jitted_constructor(config: ModelConfig):
   return nnx.jit(lambda key: Decoder(config, rngs=nnx.Rngs(params=key)))

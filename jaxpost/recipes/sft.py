@@ -28,11 +28,11 @@ from jaxpost.types import Batch
 
 def build_model(config, vocab_size: int) -> models.Decoder:
   model_config = models.named_config(
-      config.model.size,
-      vocab_size=vocab_size,
-      dtype=config.model.dtype,
-      param_dtype=config.model.param_dtype,
-      max_seq_len=config.model.max_seq_len,
+    config.model.size,
+    vocab_size=vocab_size,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    max_seq_len=config.model.max_seq_len,
   )
   return models.create_model(model_config, config.seed)
 
@@ -52,9 +52,9 @@ def eval_levels(config, final: bool) -> list[str]:
     levels = []
   if final and config.eval.final_levels:
     extra = (
-        list(tasks.LEVELS)
-        if config.eval.final_levels == "all"
-        else list(config_lib.parse_levels(config.eval.final_levels))
+      list(tasks.LEVELS)
+      if config.eval.final_levels == "all"
+      else list(config_lib.parse_levels(config.eval.final_levels))
     )
     levels += [lv for lv in extra if lv not in levels]
   return levels
@@ -81,9 +81,9 @@ def run(config, workdir: str) -> dict:
 
   # Resume from the latest checkpoint in the workdir, if any.
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
-      keep=config.train.keep_checkpoints,
-      async_save=config.train.async_checkpoint,
+    os.path.join(workdir, "checkpoints"),
+    keep=config.train.keep_checkpoints,
+    async_save=config.train.async_checkpoint,
   )
   next_index = 0
   if ckpt.latest_step() is not None:
@@ -93,15 +93,15 @@ def run(config, workdir: str) -> dict:
 
   objective = train.lm_objective(graphdef, train.bind_loss(config.loss.name, loss_hparams(config)))
   train_step = train.make_train_step(
-      objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
+    objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
   )
   evaluator = accuracy.Evaluator(
-      graphdef,
-      tok,
-      num_examples=config.eval.num_examples,
-      batch_size=config.eval.batch_size,
-      max_new_tokens=config.eval.max_new_tokens,
-      seed=config.seed,
+    graphdef,
+    tok,
+    num_examples=config.eval.num_examples,
+    batch_size=config.eval.batch_size,
+    max_new_tokens=config.eval.max_new_tokens,
+    seed=config.seed,
   )
   writer = metrics.MetricWriter(workdir)
   if jax.process_index() == 0 and int(state.step) == 0:
@@ -130,16 +130,18 @@ def run(config, workdir: str) -> dict:
   pending, last = [], {}
   for step in range(first_step + 1, total + 1):
     arrays, next_index, stats = packing.pack_batch(
-        source,
-        next_index,
-        batch_size=config.data.batch_size,
-        seq_len=config.data.seq_len,
-        pack=config.data.pack,
-        overlong=config.data.overlong,
+      source,
+      next_index,
+      batch_size=config.data.batch_size,
+      seq_len=config.data.seq_len,
+      pack=config.data.pack,
+      overlong=config.data.overlong,
     )
     state, step_metrics = train_step(state, Batch(**arrays), rest)
     pending.append((step_metrics, stats.as_metrics(capacity)))
-    out_of_time = config.train.max_minutes and (time.time() - t_start) / 60 > config.train.max_minutes
+    out_of_time = (
+      config.train.max_minutes and (time.time() - t_start) / 60 > config.train.max_minutes
+    )
     stop_now = config.train.stop_after and step - first_step >= config.train.stop_after
     if step % config.train.log_every == 0 or step == total or out_of_time or stop_now:
       fetched = jax.device_get([p[0] for p in pending])
@@ -173,7 +175,7 @@ def run(config, workdir: str) -> dict:
   writer.close()
   if jax.process_index() == 0:
     result["plot"] = metrics.plot_metrics(
-        writer.path, os.path.join(workdir, "metrics.png"), keys=("train/loss", "eval/accuracy")
+      writer.path, os.path.join(workdir, "metrics.png"), keys=("train/loss", "eval/accuracy")
     )
   result["metrics_path"] = writer.path
   result["wall_minutes"] = (time.time() - t_start) / 60

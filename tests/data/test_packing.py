@@ -71,7 +71,7 @@ def test_overlong_policies(policy):
 def test_all_rejected_source_fails_loudly():
   with pytest.raises(packing.OverlongError, match="consecutive"):
     packing.pack_batch(
-        _source([20]), 0, batch_size=1, seq_len=8, overlong="reject", max_consecutive_rejects=50
+      _source([20]), 0, batch_size=1, seq_len=8, overlong="reject", max_consecutive_rejects=50
     )
 
 

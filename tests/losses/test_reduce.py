@@ -51,7 +51,9 @@ def test_pieces_add_up_to_the_whole():
   norm = reduce.compute_normalizers(mask, seg)
   for how in reduce.REDUCTIONS:
     whole = reduce.reduce(x, mask, seg, norm, how)
-    parts = sum(reduce.reduce(x[i : i + 1], mask[i : i + 1], seg[i : i + 1], norm, how) for i in range(2))
+    parts = sum(
+      reduce.reduce(x[i : i + 1], mask[i : i + 1], seg[i : i + 1], norm, how) for i in range(2)
+    )
     np.testing.assert_allclose(float(whole), float(parts), rtol=1e-6)
 
 

@@ -12,12 +12,12 @@ def _batch(seed=0, b=3, t=6, v=7):
   tokens = rng.integers(0, v, (b, t))
   mask = (rng.random((b, t)) > 0.3).astype(np.float32)
   batch = Batch(
-      tokens=jnp.asarray(tokens, jnp.int32),
-      targets=jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32),
-      loss_mask=jnp.asarray(mask),
-      segment_ids=jnp.ones((b, t), jnp.int32),
-      positions=jnp.broadcast_to(jnp.arange(t), (b, t)),
-      roles=jnp.full((b, t), 3, jnp.int32),
+    tokens=jnp.asarray(tokens, jnp.int32),
+    targets=jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32),
+    loss_mask=jnp.asarray(mask),
+    segment_ids=jnp.ones((b, t), jnp.int32),
+    positions=jnp.broadcast_to(jnp.arange(t), (b, t)),
+    roles=jnp.full((b, t), 3, jnp.int32),
   )
   logits = jnp.asarray(rng.normal(size=(b, t, v)) * 3, jnp.float32)
   return logits, batch
@@ -52,7 +52,9 @@ def test_cross_entropy_golden_uniform():
   # Uniform logits over V=4: loss = log 4 exactly.
   batch = Batch.from_tokens(jnp.array([[1, 2, 3]]))
   logits = jnp.zeros((1, 3, 4))
-  loss, _ = sft.cross_entropy(logits, batch, norm=compute_normalizers(batch.loss_mask, batch.segment_ids))
+  loss, _ = sft.cross_entropy(
+    logits, batch, norm=compute_normalizers(batch.loss_mask, batch.segment_ids)
+  )
   np.testing.assert_allclose(float(loss), np.log(4.0), rtol=1e-6)
 
 
@@ -74,9 +76,9 @@ def test_masked_positions_get_zero_gradient_and_any_value():
   assert np.all(np.asarray(g)[masked] == 0)
   poisoned = jnp.where(batch.loss_mask[..., None] > 0, logits, 1e6)
   np.testing.assert_allclose(
-      float(sft.cross_entropy(poisoned, batch, norm=norm)[0]),
-      float(sft.cross_entropy(logits, batch, norm=norm)[0]),
-      rtol=1e-6,
+    float(sft.cross_entropy(poisoned, batch, norm=norm)[0]),
+    float(sft.cross_entropy(logits, batch, norm=norm)[0]),
+    rtol=1e-6,
   )
 
 
