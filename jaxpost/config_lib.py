@@ -17,13 +17,24 @@ class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
 
 
-def load_sibling(config_file: str, name: str) -> types.ModuleType:
-  """Imports ``<dir of config_file>/<name>.py`` (config files are loaded by path, not package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+def _import_file(path: str, name: str) -> types.ModuleType:
   spec = importlib.util.spec_from_file_location(f"jaxpost_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def load_sibling(config_file: str, name: str) -> types.ModuleType:
+  """Imports ``<dir of config_file>/<name>.py`` (config files are loaded by path, not package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  return _import_file(path, name)
+
+
+def load_config(spec: str) -> config_dict.ConfigDict:
+  """``"configs/sft.py:tiny"`` -> that config, as ``--config=`` would give it (for scripts/notebooks)."""
+  path, _, variant = spec.partition(":")
+  module = _import_file(os.path.abspath(path), os.path.splitext(os.path.basename(path))[0])
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def parse_levels(spec: str) -> dict[str, float]:

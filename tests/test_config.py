@@ -192,3 +192,15 @@ def test_shipped_configs_only_set_base_fields_and_validate(name, variant):
   c = module.get_config() if variant is None else module.get_config(variant)
   assert _leaves(c) == _leaves(base)
   config_lib.validate(c)
+
+
+def test_load_config_matches_variants():
+  """Scripts and notebooks load configs the way --config=file:variant does."""
+  tiny = config_lib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+  assert tiny.model.size == "tiny" and tiny.recipe == "sft"
+  big = config_lib.load_config(os.path.join(REPO, "configs/sft.py:qwen2.5-0.5b"))
+  assert big.model.size == "qwen2.5-0.5b"
+  quick = config_lib.load_config(os.path.join(REPO, "configs/quickstart.py"))
+  config_lib.validate(quick)
+  with pytest.raises(ValueError, match="unknown variant"):
+    config_lib.load_config(os.path.join(REPO, "configs/sft.py:nope"))

@@ -13,6 +13,7 @@ Logical axis names: 'vocab', 'embed' (D), 'q_heads' (H), 'kv_heads' (K), 'head_d
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -210,6 +211,44 @@ class Linear(nnx.Module):
     return y
 
 
+def fused_linear(x: jax.Array, projections: Sequence[Linear]) -> list[jax.Array]:
+  """Applies several ``Linear``s that share an input as one matmul.
+
+  Parameters stay separate (HF layout, per-projection sharding names); only the compute
+  is fused: the kernels are concatenated along their flattened output axis, so XLA:CPU
+  runs one wide matmul (and one wide backward) instead of several narrow ones.
+
+  Args:
+    x: [..., D] shared input; every projection contracts the last axis only.
+    projections: Linears with ``n_in == 1`` and the same compute dtype.
+
+  Returns:
+    One output per projection, each [..., *out_shape].
+  """
+  dtype = projections[0].dtype
+  kernels, biases, shapes = [], [], []
+  for p in projections:
+    kernel = p.kernel[...].astype(dtype)
+    shapes.append(kernel.shape[1:])
+    kernels.append(kernel.reshape(kernel.shape[0], -1))
+    bias = p.bias[...].astype(dtype).reshape(-1) if p.bias is not None else None
+    biases.append(bias)
+  lead = x.shape[:-1]
+  y = x.astype(dtype).reshape(-1, x.shape[-1]) @ jnp.concatenate(kernels, axis=1)
+  if any(b is not None for b in biases):
+    y = y + jnp.concatenate(
+      [
+        b if b is not None else jnp.zeros(k.shape[1], dtype)
+        for b, k in zip(biases, kernels, strict=True)
+      ]
+    )
+  splits = list(itertools.accumulate(k.shape[1] for k in kernels))[:-1]
+  return [
+    part.reshape(*lead, *shape)
+    for part, shape in zip(jnp.split(y, splits, axis=-1), shapes, strict=True)
+  ]
+
+
 class RMSNorm(nnx.Module):
   """RMS normalization over the last axis, computed in float32.
 
@@ -275,9 +314,9 @@ class Attention(nnx.Module):
     Returns:
       ([B, T, D] output, cache with this layer's k/v written or None).
     """
-    q = self.q_proj(x)  # [B, T, H, E]
-    k = self.k_proj(x)  # [B, T, K, E]
-    v = self.v_proj(x)
+    q, k, v = fused_linear(
+      x, (self.q_proj, self.k_proj, self.v_proj)
+    )  # [B, T, H, E], [B, T, K, E], [B, T, K, E]
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     theta = self.config.rope_theta
@@ -302,7 +341,8 @@ class MLP(nnx.Module):
     self.down_proj = Linear((c.mlp_dim,), (c.d_model,), ("mlp",), ("embed",), **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    gate, up = fused_linear(x, (self.gate_proj, self.up_proj))
+    return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):

@@ -111,7 +111,7 @@ def run(config, workdir: str) -> dict:
     levels = eval_levels(config, final)
     if not levels:
       return {}
-    results = evaluator.evaluate(nnx.State.merge(state.params, rest), levels)
+    results = evaluator.evaluate(nnx.merge_state(state.params, rest), levels)
     m = accuracy.as_metrics(results)
     writer.write(step, m)
     for r in results.values():

@@ -1,0 +1,66 @@
+"""How hard is each shipped level for the quickstart model, given the quickstart's budget?
+
+Trains the quickstart configuration (same model, optimiser, batch rows and step count)
+on one level at a time, one example per row, and writes held-out exact-match accuracy
+to ``experiments/quickstart/levels.md``.
+
+  python experiments/quickstart/levels.py --levels add3,mul2x2,mul3x3 [--workdir runs/levels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from jaxpost.config_lib import load_config
+from jaxpost.data import tasks
+from jaxpost.recipes import sft
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def level_config(level: str):
+  c = load_config(os.path.join(ROOT, "configs", "quickstart.py"))
+  c.data.levels = f"{level}:1.0"
+  c.data.seq_len = 104  # the longest level (mul4x3) is 98 tokens
+  c.data.pack = False  # one example per row: every level sees the same number of examples
+  c.eval.every = 0
+  c.eval.final_levels = ""
+  c.eval.num_examples = 200
+  c.eval.batch_size = 200
+  c.eval.max_new_tokens = 100
+  c.train.max_minutes = 0.0
+  c.train.progress = False
+  return c
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument("--levels", default="add3,mul2x2,mul3x3")
+  p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "levels"))
+  p.add_argument("--out", default=os.path.join(HERE, "levels.md"))
+  args = p.parse_args()
+  rows = []
+  for level in args.levels.split(","):
+    c = level_config(level)
+    t = time.time()
+    result = sft.run(c, os.path.join(args.workdir, level))
+    minutes = (time.time() - t) / 60
+    acc = result[f"eval/accuracy/{level}"]
+    rows.append((level, tasks.LEVELS[level].difficulty, acc, minutes, c.train.steps))
+    print(f"{level}: {100 * acc:.1f}% in {minutes:.1f} min", flush=True)
+  lines = [
+      "| level | difficulty | held-out exact match (200) | steps | wall minutes |",
+      "|---|---|---|---|---|",
+  ]
+  for level, diff, acc, minutes, steps in rows:
+    lines.append(f"| {level} | {diff} | {100 * acc:.1f}% | {steps} | {minutes:.1f} |")
+  with open(args.out, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
