@@ -31,7 +31,7 @@ def load_sibling(config_file: str, name: str) -> types.ModuleType:
 
 
 def load_config(spec: str) -> config_dict.ConfigDict:
-  """``"configs/sft.py:tiny"`` -> that config, as ``--config=`` would give it (for scripts/notebooks)."""
+  """``"configs/sft.py:tiny"`` -> that config, as ``--config=`` gives it (scripts, notebooks)."""
   path, _, variant = spec.partition(":")
   module = _import_file(os.path.abspath(path), os.path.splitext(os.path.basename(path))[0])
   return module.get_config(variant) if variant else module.get_config()

@@ -44,16 +44,23 @@ def main(argv) -> None:
 
 def summary(result: dict) -> str:
   """A human-readable end-of-run report, then the raw numbers as JSON."""
+  from jaxpost.data import tasks
+
   lines = [f"finished at step {result.get('step')} in {result.get('wall_minutes', 0):.1f} min"]
+  trained = result.get("headline_levels", [])
+  if "eval/accuracy" in result:
+    lines.append(
+      f"held-out exact-match accuracy: {100 * result['eval/accuracy']:.1f}% "
+      f"(mean over {', '.join(trained) or 'the evaluated levels'})"
+    )
   acc = {k.split("/")[-1]: v for k, v in result.items() if k.startswith("eval/accuracy/")}
   if acc:
-    lines.append("held-out exact-match accuracy by level:")
-    from jaxpost.data import tasks
-
+    lines.append("by level:")
     for level, a in acc.items():
       diff = getattr(tasks.LEVELS.get(level), "difficulty", "")
-      lines.append(f"  {level:<10} {diff:<7} {100 * a:6.1f}%")
-  for key in ("plot", "metrics_path"):
+      note = "trained" if level in trained else ""
+      lines.append(f"  {level:<8} {diff:<7} {100 * a:6.1f}%  {note}".rstrip())
+  for key in ("plot", "metrics_path", "tensorboard_dir"):
     if key in result:
       lines.append(f"{key}: {result[key]}")
   numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}

@@ -21,10 +21,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def level_config(level: str):
+def level_config(level: str, seq_len: int):
   c = load_config(os.path.join(ROOT, "configs", "quickstart.py"))
   c.data.levels = f"{level}:1.0"
-  c.data.seq_len = 104  # the longest level (mul4x3) is 98 tokens
+  c.data.seq_len = seq_len  # overlong examples fail loudly (data.overlong='error')
   c.data.pack = False  # one example per row: every level sees the same number of examples
   c.eval.every = 0
   c.eval.final_levels = ""
@@ -38,13 +38,14 @@ def level_config(level: str):
 
 def main() -> None:
   p = argparse.ArgumentParser()
-  p.add_argument("--levels", default="add3,mul2x2,mul3x3")
+  p.add_argument("--levels", default="add3,mul2x2,mul3x2,mul3x3")
+  p.add_argument("--seq_len", type=int, default=88, help="mul3x3 needs 86, mul4x3 98")
   p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "levels"))
   p.add_argument("--out", default=os.path.join(HERE, "levels.md"))
   args = p.parse_args()
   rows = []
   for level in args.levels.split(","):
-    c = level_config(level)
+    c = level_config(level, args.seq_len)
     t = time.time()
     result = sft.run(c, os.path.join(args.workdir, level))
     minutes = (time.time() - t) / 60
@@ -52,8 +53,8 @@ def main() -> None:
     rows.append((level, tasks.LEVELS[level].difficulty, acc, minutes, c.train.steps))
     print(f"{level}: {100 * acc:.1f}% in {minutes:.1f} min", flush=True)
   lines = [
-      "| level | difficulty | held-out exact match (200) | steps | wall minutes |",
-      "|---|---|---|---|---|",
+    "| level | difficulty | held-out exact match (200) | steps | wall minutes |",
+    "|---|---|---|---|---|",
   ]
   for level, diff, acc, minutes, steps in rows:
     lines.append(f"| {level} | {diff} | {100 * acc:.1f}% | {steps} | {minutes:.1f} |")

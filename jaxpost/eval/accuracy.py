@@ -105,12 +105,20 @@ def _strip_eos(ids: np.ndarray, eos_id: int) -> list[int]:
   return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
-def as_metrics(results: dict[str, LevelResult], prefix: str = "eval") -> dict[str, float]:
-  """Slash-named metrics; ``eval/accuracy`` is the mean over the reported levels."""
+def as_metrics(
+  results: dict[str, LevelResult], prefix: str = "eval", headline: tuple[str, ...] | None = None
+) -> dict[str, float]:
+  """Slash-named metrics, per level and ``eval/accuracy``.
+
+  ``eval/accuracy`` is the mean over the ``headline`` levels (default: all reported),
+  so adding extra diagnostic levels at the end does not change the headline number.
+  """
   m = {}
   for level, r in results.items():
     m[f"{prefix}/accuracy/{level}"] = r.accuracy
     m[f"{prefix}/format/{level}"] = r.format_rate
-  if results:
-    m[f"{prefix}/accuracy"] = float(np.mean([r.accuracy for r in results.values()]))
+  headline = tuple(results) if headline is None else headline
+  scores = [results[level].accuracy for level in headline if level in results]
+  if scores:
+    m[f"{prefix}/accuracy"] = float(np.mean(scores))
   return m

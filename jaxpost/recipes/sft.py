@@ -112,7 +112,7 @@ def run(config, workdir: str) -> dict:
     if not levels:
       return {}
     results = evaluator.evaluate(nnx.merge_state(state.params, rest), levels)
-    m = accuracy.as_metrics(results)
+    m = accuracy.as_metrics(results, headline=tuple(eval_levels(config, final=False)))
     writer.write(step, m)
     for r in results.values():
       for prompt, response, answer in r.samples[:1]:
@@ -178,5 +178,7 @@ def run(config, workdir: str) -> dict:
       writer.path, os.path.join(workdir, "metrics.png"), keys=("train/loss", "eval/accuracy")
     )
   result["metrics_path"] = writer.path
+  result["tensorboard_dir"] = os.path.join(workdir, "tensorboard")
+  result["headline_levels"] = eval_levels(config, final=False)
   result["wall_minutes"] = (time.time() - t_start) / 60
   return result
