@@ -57,23 +57,44 @@ def read_jsonl_metrics(path: str) -> list[dict]:
 
 
 def plot_metrics(
-  path: str, out_png: str, keys: tuple[str, ...] = ("train/loss", "eval/accuracy")
+  path: str,
+  out_png: str,
+  panels: tuple[str, ...] = ("train/loss", "eval/accuracy/*"),
+  log_scale: tuple[str, ...] = ("train/loss",),
 ) -> str:
-  """Plots each key of a metrics.jsonl against step, one panel per key."""
+  """Plots metrics.jsonl series against step, one panel per entry of ``panels``.
+
+  A panel ``prefix/*`` overlays every series under ``prefix/`` (e.g. accuracy per level);
+  series logged only once (final-only evaluations) are drawn as single markers.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   records = read_jsonl_metrics(path)
-  keys = tuple(k for k in keys if any(k in r for r in records))
-  fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5 * max(1, len(keys)), 3.5))
+  all_keys = sorted({k for r in records for k in r if k != "step"})
+
+  def series_of(panel: str) -> list[str]:
+    if panel.endswith("/*"):
+      return [k for k in all_keys if k.startswith(panel[:-1])]
+    return [panel] if panel in all_keys else []
+
+  panels = tuple(p for p in panels if series_of(p))
+  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 3.8))
   axes = np.atleast_1d(axes)
-  for ax, key in zip(axes, keys, strict=False):
-    pts = sorted((r["step"], float(r[key])) for r in records if key in r)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+  for ax, panel in zip(axes, panels, strict=False):
+    for key in series_of(panel):
+      pts = sorted((r["step"], float(r[key])) for r in records if key in r)
+      label = key.rsplit("/", 1)[-1] if panel.endswith("/*") else None
+      marker = "o" if len(pts) < 30 else None
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+    if panel in log_scale:
+      ax.set_yscale("log")
+    if panel.endswith("/*"):
+      ax.legend(fontsize=7, ncol=2)
     ax.set_xlabel("step")
-    ax.set_title(key)
+    ax.set_title(panel.rstrip("/*"))
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(out_png, dpi=110)

@@ -96,7 +96,7 @@ def test_disabled_writes_nothing(tmp_path):
 def test_plot_metrics_writes_png(tmp_path):
   path = tmp_path / "metrics.jsonl"
   rows = [{"step": s, "train/loss": 3.0 / s} for s in range(1, 6)]
-  rows.append({"step": 5, "eval/accuracy": 0.5})
+  rows.append({"step": 5, "eval/accuracy/add3": 0.5, "eval/accuracy/mul2x2": 0.25})
   path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
   out = metrics.plot_metrics(str(path), str(tmp_path / "m.png"))
   assert out == str(tmp_path / "m.png")
@@ -109,6 +109,8 @@ def test_plot_metrics_with_missing_keys(tmp_path):
   """Keys absent from the file (e.g. no eval yet) are skipped, not an error."""
   path = tmp_path / "metrics.jsonl"
   path.write_text(json.dumps({"step": 1, "train/loss": 1.0}) + "\n", encoding="utf-8")
-  out = metrics.plot_metrics(str(path), str(tmp_path / "m.png"), keys=("train/loss", "eval/x"))
+  out = metrics.plot_metrics(
+    str(path), str(tmp_path / "m.png"), panels=("train/loss", "eval/x", "eval/y/*")
+  )
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -26,18 +26,24 @@ from jaxpost import models, train
 from jaxpost.types import Batch
 
 
-def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> float:
-  """Median FLOP/s of a jitted n x n f32 matmul."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
+def matmul_flops_per_s(sizes=(2048, 4096), repeats: int = 5) -> float:
+  """The machine's practical peak: best median FLOP/s of jitted n x n f32 matmuls.
+
+  Taking the best size makes the peak high and so the reported fraction conservative.
+  """
+  best = 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
     f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / statistics.median(times)
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      f(a, b).block_until_ready()
+      times.append(time.perf_counter() - t)
+    best = max(best, 2 * n**3 / statistics.median(times))
+  return best
 
 
 def model_flops_per_step(cfg: models.ModelConfig, batch: int, seq: int) -> float:

@@ -174,9 +174,7 @@ def run(config, workdir: str) -> dict:
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:
-    result["plot"] = metrics.plot_metrics(
-      writer.path, os.path.join(workdir, "metrics.png"), keys=("train/loss", "eval/accuracy")
-    )
+    result["plot"] = metrics.plot_metrics(writer.path, os.path.join(workdir, "metrics.png"))
   result["metrics_path"] = writer.path
   result["tensorboard_dir"] = os.path.join(workdir, "tensorboard")
   result["headline_levels"] = eval_levels(config, final=False)
