@@ -33,7 +33,8 @@ def main() -> None:
   )
   params = next(r["model/params"] for r in records if "model/params" in r)
   lines = [
-    f"Quickstart (`configs/quickstart.py`): {int(params):,}-parameter model, {final['step']} steps, "
+    f"Quickstart (`configs/quickstart.py`): {int(params):,}-parameter model, "
+    f"{final['step']} steps, "
     f"{args.wall_seconds / 60:.1f} minutes wall-clock for the whole command (tokenizer "
     f"training, compilation and evaluation included) on {os.cpu_count()} CPU cores "
     f"({platform.machine()}).",
