@@ -11,6 +11,8 @@ CORE = [
   "ml-collections>=1.1",
   "sentencepiece>=0.2",
   "tokenizers>=0.22",
+  # HF checkpoint import/export (jaxpost.models.hf); never unpickles.
+  "safetensors>=0.4",
   # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
   "tensorflow-datasets>=4.9.9",
   "array-record>=0.8",
@@ -34,5 +36,7 @@ setup(
     "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.6"],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
+    # Parity tests against transformers (tests/models/test_hf.py).
+    "interop": ["torch==2.13.0", "transformers>=4.50"],
   },
 )

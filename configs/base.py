@@ -30,6 +30,7 @@ def get_config() -> config_dict.ConfigDict:
   c.data.batch_size = 64  # rows per optimiser step (global batch)
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
+  c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
 
   c.loss = config_dict.ConfigDict()
   c.loss.name = "cross_entropy"  # key in the loss registry (jaxpost.losses)
@@ -48,6 +49,17 @@ def get_config() -> config_dict.ConfigDict:
   c.optim.b2 = 0.95  # adam beta2
   c.optim.eps = 1e-8  # adam epsilon
   c.optim.grad_clip = 1.0  # clip by global norm; 0 = off
+
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1  # data-parallel axis: splits batch rows; -1 = the devices left over
+  c.mesh.fsdp = 1  # fully-sharded data parallel: splits batch rows and params' embed axis
+  c.mesh.tensor = 1  # tensor parallel: splits heads, MLP width and vocabulary
+
+  c.distributed = config_dict.ConfigDict()
+  c.distributed.initialize = False  # multi-host: call jax.distributed.initialize() first
+  c.distributed.coordinator_address = ""  # host:port of process 0; "" = from the environment
+  c.distributed.num_processes = 0  # processes in the job; 0 = from the environment
+  c.distributed.process_id = -1  # this process's index; -1 = from the environment
 
   c.train = config_dict.ConfigDict()
   c.train.steps = 1000  # optimiser updates in total

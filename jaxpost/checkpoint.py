@@ -49,7 +49,10 @@ class Checkpointer:
       step: checkpoint step or None for the latest.
       like: a pytree with the target structure, shapes, dtypes and shardings
         (concrete arrays or ``jax.ShapeDtypeStruct``); Orbax needs it to rebuild
-        the state on the current devices.
+        the state on the current devices. The shardings need not be those the
+        checkpoint was saved with: each process reads just its shards of the target
+        layout, so a state saved on one mesh restores onto another (more or fewer
+        devices, other axes), e.g. ``like=sharding.abstract_state(state, mesh)``.
     """
     step = self.latest_step() if step is None else step
     if step is None:

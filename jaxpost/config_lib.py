@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import types
 
@@ -15,6 +16,10 @@ from jaxpost.optim import OPTIMIZERS, SCHEDULES
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
+
+
+# Device mesh axes, outermost first (``mesh.*`` in the config; see jaxpost.sharding).
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def _import_file(path: str, name: str) -> types.ModuleType:
@@ -114,3 +119,79 @@ def validate(c: config_dict.ConfigDict) -> None:
     if spec and spec != "all":
       for name in parse_levels(spec):
         _choice(name, field, tasks.LEVELS)
+  _validate_parallelism(c)
+
+
+def _validate_parallelism(c: config_dict.ConfigDict) -> None:
+  """Mesh, data streams and the distributed switch.
+
+  The mesh is checked against ``jax.device_count()`` here unless
+  ``distributed.initialize`` is set: then the device count is only known after
+  ``jax.distributed.initialize()``, and ``sharding.make_mesh`` checks it.
+  """
+  _positive(c.data.streams, "data.streams")
+  if c.data.batch_size % c.data.streams:
+    raise ConfigError(
+      f"data.batch_size={c.data.batch_size} is not divisible by data.streams={c.data.streams}"
+    )
+  mesh_sizes(c.mesh)
+  if c.distributed.num_processes < 0:
+    raise ConfigError(f"distributed.num_processes={c.distributed.num_processes!r} must be >= 0")
+  if c.distributed.process_id < -1:
+    raise ConfigError(f"distributed.process_id={c.distributed.process_id!r} must be >= -1")
+  if not c.distributed.initialize:
+    import jax
+
+    validate_mesh(c, jax.device_count())
+
+
+def mesh_sizes(mesh: config_dict.ConfigDict, num_devices: int | None = None) -> dict[str, int]:
+  """Sizes of the ``MESH_AXES`` from the ``mesh`` config section.
+
+  Args:
+    mesh: the ``mesh`` section; each axis a positive int, or -1 (at most one) for the
+      devices left over.
+    num_devices: devices the mesh must cover exactly; None checks the values only
+      (a -1 is then returned as -1).
+
+  Returns:
+    {axis: size} in ``MESH_AXES`` order.
+
+  Raises:
+    ConfigError: naming the ``mesh.*`` field.
+  """
+  sizes = {}
+  for axis in MESH_AXES:
+    value = mesh[axis]
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
+      raise ConfigError(f"mesh.{axis}={value!r} must be a positive int or -1 (fill the rest)")
+    sizes[axis] = value
+  fill = [axis for axis, value in sizes.items() if value == -1]
+  if len(fill) > 1:
+    raise ConfigError(f"only one mesh axis may be -1, got mesh.{fill[0]} and mesh.{fill[1]}")
+  if num_devices is None:
+    return sizes
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if fill:
+    if num_devices % fixed:
+      raise ConfigError(
+        f"mesh: the fixed axes ({fixed} devices) do not divide the {num_devices} devices, "
+        f"so mesh.{fill[0]}=-1 cannot fill the rest"
+      )
+    sizes[fill[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    shape = "*".join(f"{a}={v}" for a, v in sizes.items())
+    raise ConfigError(f"mesh {shape} has {math.prod(sizes.values())} devices, not {num_devices}")
+  return sizes
+
+
+def validate_mesh(c: config_dict.ConfigDict, num_devices: int) -> dict[str, int]:
+  """``mesh_sizes`` for ``num_devices``, and the global batch splits over data * fsdp."""
+  sizes = mesh_sizes(c.mesh, num_devices)
+  shards = sizes["data"] * sizes["fsdp"]
+  if c.data.batch_size % shards:
+    raise ConfigError(
+      f"data.batch_size={c.data.batch_size} is not divisible by mesh data*fsdp={shards} "
+      "(batch rows are split over both axes)"
+    )
+  return sizes

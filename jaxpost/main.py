@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,7 +40,8 @@ def main(argv) -> None:
   logging.info("config:\n%s", config)
   logging.info("workdir: %s", _WORKDIR.value)
   result = recipes.get(config.recipe).run(config, _WORKDIR.value)
-  print(summary(result))
+  if jax.process_index() == 0:  # multi-host: one summary
+    print(summary(result))
 
 
 def summary(result: dict) -> str:

@@ -11,21 +11,24 @@ from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
 
-def token_logp(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Log-prob of each target token and the log-normaliser, in f32.
+def token_logp(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Log-prob of each target token, the log-normaliser and the max logit, in f32.
 
   Args:
     logits: [B, T, V] any float dtype.
     targets: i32[B, T].
 
   Returns:
-    (logp f32[B, T], logz f32[B, T]).
+    (logp f32[B, T], logz f32[B, T], is_top bool[B, T]); ``is_top`` says the target is
+    the model's top-1 token (ties count as top-1).
   """
   chex.assert_rank(logits, 3)
   logits = logits.astype(jnp.float32)
-  logz = jax.nn.logsumexp(logits, axis=-1)
+  # One max pass serves both the stable logsumexp and the top-1 check.
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  logz = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return picked - logz, logz
+  return picked - logz, logz, picked >= top
 
 
 @register("cross_entropy")
@@ -55,7 +58,7 @@ def cross_entropy(
     (loss f32[], metrics) with metrics additive over micro-batches.
   """
   chex.assert_rank([batch.targets, batch.loss_mask], 2)
-  logp, logz = token_logp(logits, batch.targets)
+  logp, logz, is_top = token_logp(logits, batch.targets)
   nll = -logp
   if label_smoothing:
     mean_logp = jnp.mean(logits.astype(jnp.float32), axis=-1) - logz
@@ -64,7 +67,7 @@ def cross_entropy(
     nll = nll + z_loss * jnp.square(logz)
   mask = batch.loss_mask
   loss = reduce.reduce(nll, mask, batch.segment_ids, norm, reduction)
-  correct = (jnp.argmax(logits, axis=-1) == batch.targets).astype(jnp.float32)
+  correct = is_top.astype(jnp.float32)
   metrics = {
     "nll": reduce.token_mean(-logp, mask, norm),
     "token_accuracy": reduce.token_mean(correct, mask, norm),

@@ -8,11 +8,139 @@ separate model classes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+ROPE_SCALING_TYPES = ("linear", "llama3", "yarn")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling for context extension (HF ``rope_scaling`` semantics).
+
+  ``rope_type`` picks the rule (see ``jaxpost.models.decoder.rope_frequencies``):
+
+  * ``linear``: every inverse frequency is divided by ``factor`` (position interpolation).
+  * ``llama3``: frequencies whose wavelength exceeds
+    ``original_max_position_embeddings / low_freq_factor`` are divided by ``factor``,
+    those below ``original_max_position_embeddings / high_freq_factor`` are kept, and
+    the band between is blended smoothly (Llama 3.1+).
+  * ``yarn``: per-frequency blend of interpolation and extrapolation with a linear ramp
+    between ``beta_fast`` and ``beta_slow`` rotations over the original context, and
+    cos/sin multiplied by an attention factor (YaRN; Qwen2.5 long-context configs).
+
+  Attributes:
+    rope_type: one of ``ROPE_SCALING_TYPES``.
+    factor: context extension factor (> 0; >= 1 for llama3 and yarn).
+    original_max_position_embeddings: pre-extension context length (llama3, yarn).
+    low_freq_factor: llama3 only; wavelengths above original / low_freq_factor scale.
+    high_freq_factor: llama3 only; wavelengths below original / high_freq_factor stay.
+    beta_fast: yarn ramp bound (rotations) where extrapolation ends.
+    beta_slow: yarn ramp bound (rotations) where interpolation starts.
+    attention_factor: yarn cos/sin multiplier; None derives it from ``factor`` (and
+      ``mscale`` / ``mscale_all_dim`` when both are set).
+    mscale: yarn attention-factor numerator scale.
+    mscale_all_dim: yarn attention-factor denominator scale.
+    truncate: yarn: round the ramp bounds outward to whole dimensions.
+  """
+
+  rope_type: str
+  factor: float
+  original_max_position_embeddings: int | None = None
+  low_freq_factor: float | None = None
+  high_freq_factor: float | None = None
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  attention_factor: float | None = None
+  mscale: float | None = None
+  mscale_all_dim: float | None = None
+  truncate: bool = True
+
+  def __post_init__(self):
+    if self.rope_type not in ROPE_SCALING_TYPES:
+      raise ValueError(
+        f"rope_scaling type {self.rope_type!r} is not supported; supported: "
+        f"{list(ROPE_SCALING_TYPES)}"
+      )
+    if not (isinstance(self.factor, int | float) and self.factor > 0):
+      raise ValueError(f"rope_scaling factor must be a positive number, got {self.factor!r}")
+    if self.rope_type in ("llama3", "yarn"):
+      if self.factor < 1:
+        raise ValueError(f"{self.rope_type} rope_scaling needs factor >= 1, got {self.factor}")
+      orig = self.original_max_position_embeddings
+      if not (isinstance(orig, int) and not isinstance(orig, bool) and orig > 0):
+        raise ValueError(
+          f"{self.rope_type} rope_scaling needs a positive int "
+          f"original_max_position_embeddings, got {orig!r}"
+        )
+    if self.rope_type == "llama3":
+      low, high = self.low_freq_factor, self.high_freq_factor
+      if low is None or high is None or not 0 < low < high:
+        raise ValueError(
+          f"llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, got {low!r}, "
+          f"{high!r}"
+        )
+    if self.rope_type == "yarn" and not self.beta_fast >= self.beta_slow > 0:
+      raise ValueError(
+        f"yarn rope_scaling needs beta_fast >= beta_slow > 0, got {self.beta_fast}, "
+        f"{self.beta_slow}"
+      )
+    if self.attention_factor is not None and not self.attention_factor > 0:
+      raise ValueError(f"attention_factor must be positive, got {self.attention_factor!r}")
+
+  @classmethod
+  def parse(cls, value: Any) -> RopeScaling:
+    """A ``RopeScaling`` from itself, a mapping, or a tuple of (key, value) pairs.
+
+    Raises:
+      ValueError: any other value, an unknown field, or invalid settings.
+    """
+    if isinstance(value, RopeScaling):
+      return value
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+      value = dict(value)
+    if not isinstance(value, Mapping):
+      raise ValueError(
+        "rope_scaling must be None, a RopeScaling, a mapping or a tuple of (key, value) "
+        f"pairs, got {value!r}"
+      )
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+      raise ValueError(f"unknown rope_scaling fields {unknown}; known: {sorted(fields)}")
+    return cls(**value)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The settings that apply to ``rope_type``, as an HF ``rope_scaling`` dict."""
+    keys = {
+      "linear": ("factor",),
+      "llama3": (
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+      ),
+      "yarn": (
+        "factor",
+        "original_max_position_embeddings",
+        "beta_fast",
+        "beta_slow",
+        "attention_factor",
+        "mscale",
+        "mscale_all_dim",
+      ),
+    }[self.rope_type]
+    out: dict[str, Any] = {"rope_type": self.rope_type}
+    for key in keys:
+      if getattr(self, key) is not None:
+        out[key] = getattr(self, key)
+    if self.rope_type == "yarn" and not self.truncate:  # newer key; omitted at its default
+      out["truncate"] = False
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +156,8 @@ class ModelConfig:
     head_dim: E, per-head width (need not equal D / H, e.g. Qwen3). Must be even (RoPE).
     mlp_dim: F, SwiGLU hidden width.
     rope_theta: RoPE base frequency.
-    rope_scaling: reserved for the HF-import issue (e.g. Llama-3 frequency scaling);
-      must be None for now.
+    rope_scaling: RoPE frequency scaling (``RopeScaling``) or None for plain RoPE. A
+      mapping or a tuple of (key, value) pairs with the same fields is converted.
     max_seq_len: longest sequence the model is meant to see (RoPE itself has no limit).
     norm_eps: RMSNorm epsilon.
     qk_norm: RMSNorm over E on each query and key head before RoPE (Qwen3).
@@ -48,7 +176,7 @@ class ModelConfig:
   head_dim: int
   mlp_dim: int
   rope_theta: float = 10000.0
-  rope_scaling: tuple | None = None
+  rope_scaling: RopeScaling | None = None
   max_seq_len: int = 2048
   norm_eps: float = 1e-6
   qk_norm: bool = False
@@ -81,8 +209,9 @@ class ModelConfig:
       raise ValueError(f"rope_theta must be positive, got {self.rope_theta!r}")
     if not self.norm_eps > 0:
       raise ValueError(f"norm_eps must be positive, got {self.norm_eps!r}")
-    if self.rope_scaling is not None:
-      raise ValueError("rope_scaling is reserved and not implemented yet; leave it None")
+    if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+      # Frozen dataclass: normalise in place so the config stays hashable.
+      object.__setattr__(self, "rope_scaling", RopeScaling.parse(self.rope_scaling))
     for name in ("param_dtype", "dtype"):
       value = getattr(self, name)
       if value not in _DTYPES:
@@ -168,8 +297,6 @@ NAMED_SIZES: dict[str, ModelConfig] = {
     qk_norm=True,
     tie_embeddings=True,
   ),
-  # The published checkpoint uses llama3 RoPE frequency scaling; it goes into
-  # rope_scaling once that is implemented.
   "llama3.2-1b": ModelConfig(
     vocab_size=128256,
     d_model=2048,
@@ -179,6 +306,13 @@ NAMED_SIZES: dict[str, ModelConfig] = {
     head_dim=64,
     mlp_dim=8192,
     rope_theta=500_000.0,
+    rope_scaling=RopeScaling(
+      rope_type="llama3",
+      factor=32.0,
+      original_max_position_embeddings=8192,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+    ),
     max_seq_len=131072,
     norm_eps=1e-5,
     tie_embeddings=True,

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxpost.models.config import ModelConfig
+from jaxpost.models.config import ModelConfig, RopeScaling
 
 # Finite, so a query row that sees no key (padding) gives a uniform softmax, not NaN.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -111,25 +112,95 @@ def make_attention_mask(
   return causal[None] & same & real
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(
+  head_dim: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[np.ndarray, float]:
+  """RoPE inverse frequencies and cos/sin multiplier, with optional context scaling.
+
+  Computed in float64 on the host (the config is static), then rounded to float32.
+
+  Args:
+    head_dim: E (even).
+    theta: base frequency; unscaled inv_freq[i] = theta^(-2i/E).
+    scaling: optional ``RopeScaling`` (linear, llama3 or yarn; see its docstring).
+
+  Returns:
+    (f32[E/2] inverse frequencies, attention factor multiplying cos and sin).
+  """
+  e = head_dim
+  inv_freq = 1.0 / theta ** (np.arange(0, e, 2, dtype=np.float64) / e)  # [E/2]
+  attention_factor = 1.0
+  if scaling is None:
+    pass
+  elif scaling.rope_type == "linear":
+    inv_freq = inv_freq / scaling.factor
+  elif scaling.rope_type == "llama3":
+    original = scaling.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    scaled = inv_freq / scaling.factor
+    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    # Weight of the unscaled frequency: 0 at wavelen = original / low, 1 at original / high.
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled + smooth * inv_freq
+    inv_freq = np.where(
+      wavelen > original / low, scaled, np.where(wavelen < original / high, inv_freq, blended)
+    )
+  elif scaling.rope_type == "yarn":
+    factor, original = scaling.factor, scaling.original_max_position_embeddings
+
+    def dim_of(rotations: float) -> float:
+      # Dimension index whose frequency turns ``rotations`` times over the original context.
+      return e * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    lo, hi = dim_of(scaling.beta_fast), dim_of(scaling.beta_slow)
+    if scaling.truncate:
+      lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, e - 1)
+    if lo == hi:
+      hi += 0.001  # avoid a zero-width ramp
+    ramp = np.clip((np.arange(e // 2, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    # ramp 0 (fast-turning dims) keeps the original frequency, ramp 1 interpolates.
+    inv_freq = inv_freq * (1 - ramp) + inv_freq / factor * ramp
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+      return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if scaling.attention_factor is not None:
+      attention_factor = scaling.attention_factor
+    elif scaling.mscale and scaling.mscale_all_dim:
+      attention_factor = mscale(factor, scaling.mscale) / mscale(factor, scaling.mscale_all_dim)
+    else:
+      attention_factor = mscale(factor)
+  else:
+    raise ValueError(f"unsupported rope scaling type {scaling.rope_type!r}")
+  return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def rope(
+  x: jax.Array, positions: jax.Array, theta: float, scaling: RopeScaling | None = None
+) -> jax.Array:
   """Rotary position embedding, HF "rotate_half" convention (halves, not pairs).
 
   Args:
     x: [B, T, N, E] queries or keys (N heads).
     positions: i32[B, T] position of each token.
-    theta: base frequency; inv_freq[i] = theta^(-2i/E).
+    theta: base frequency; inv_freq[i] = theta^(-2i/E) before scaling.
+    scaling: optional context-extension scaling of the frequencies (and, for yarn, of
+      cos/sin); see ``rope_frequencies``.
 
   Returns:
     [B, T, N, E] rotated, in x's dtype (the rotation itself is computed in float32).
   """
-  e = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))  # [E/2]
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+  inv_freq, attention_factor = rope_frequencies(x.shape[-1], theta, scaling)
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, E/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, E]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if attention_factor != 1.0:
+    cos, sin = cos * attention_factor, sin * attention_factor
   xf = x.astype(jnp.float32)
   x1, x2 = jnp.split(xf, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  return (xf * cos + rotated * sin).astype(x.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -319,8 +390,8 @@ class Attention(nnx.Module):
     )  # [B, T, H, E], [B, T, K, E], [B, T, K, E]
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    theta = self.config.rope_theta
-    q, k = rope(q, positions, theta), rope(k, positions, theta)
+    theta, scaling = self.config.rope_theta, self.config.rope_scaling
+    q, k = rope(q, positions, theta, scaling), rope(k, positions, theta, scaling)
     if cache is not None:
       start = (layer, 0, cache.length, 0, 0)
       cache_k = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start)

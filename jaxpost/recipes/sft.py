@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from jaxpost import checkpoint, config_lib, metrics, models, optim, train
-from jaxpost.data import packing, pipeline, tasks
+from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train
+from jaxpost.data import pipeline, streams, tasks
 from jaxpost.eval import accuracy
 from jaxpost.types import Batch
 
@@ -63,11 +63,13 @@ def eval_levels(config, final: bool) -> list[str]:
 def run(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir``; returns the final metrics."""
   config_lib.validate(config)
+  sharding.initialize_distributed(config)  # multi-host: before anything else touches devices
+  mesh = sharding.make_mesh(config)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
 
   # Data: a tokenizer (trained once per workdir) and a stateless example source.
-  tok = pipeline.prepare_tokenizer(config, workdir)
+  tok = sharding.primary_first(lambda: pipeline.prepare_tokenizer(config, workdir))
   data_counts = {}  # e.g. data/skipped_malformed: recorded at step 0, never dropped silently
   source, dataset_size = pipeline.build_source(config, tok, data_counts)
 
@@ -76,8 +78,12 @@ def run(config, workdir: str) -> dict:
   optimizer, schedule = optim.make_optimizer(config.optim, config.train.steps)
   graphdef, params, rest = train.split_model(model)
   state = train.init_train_state(params, optimizer, config.seed)
+  # Sharded by the parameters' logical axis names; a restore lands on the same layout.
+  state = sharding.shard_train_state(state, mesh, sharding.DEFAULT_RULES)
+  rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info("model %s: %d parameters", config.model.size, n_params)
+  del model, params  # unsharded copies
 
   # Resume from the latest checkpoint in the workdir, if any.
   ckpt = checkpoint.Checkpointer(
@@ -85,15 +91,28 @@ def run(config, workdir: str) -> dict:
     keep=config.train.keep_checkpoints,
     async_save=config.train.async_checkpoint,
   )
-  next_index = 0
+  # Each host packs only the rows its devices need; the global batch does not depend on
+  # the number of hosts (see jaxpost.data.streams).
+  packer = streams.StreamPacker(
+    source,
+    batch_size=config.data.batch_size,
+    seq_len=config.data.seq_len,
+    streams=config.data.streams,
+    rows=sharding.process_rows(mesh, config.data.batch_size),
+    pack=config.data.pack,
+    overlong=config.data.overlong,
+  )
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(None, like=state)
-    next_index = int(data_state["next_index"])
-    logging.info("resumed from step %d (example %d)", int(state.step), next_index)
+    packer.restore(data_state)
+    logging.info("resumed from step %d (example %d)", int(state.step), packer.next_index)
 
   objective = train.lm_objective(graphdef, train.bind_loss(config.loss.name, loss_hparams(config)))
-  train_step = train.make_train_step(
-    objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
+  train_step = sharding.keep_state_sharding(
+    train.make_train_step(
+      objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
+    ),
+    sharding.tree_shardings(state, mesh, sharding.DEFAULT_RULES),
   )
   evaluator = accuracy.Evaluator(
     graphdef,
@@ -120,24 +139,19 @@ def run(config, workdir: str) -> dict:
     return m
 
   def save(step: int, force: bool = False) -> None:
-    ckpt.save(step, state, {"next_index": next_index, "dataset_size": dataset_size}, force=force)
+    ckpt.save(step, state, {**packer.state(), "dataset_size": dataset_size}, force=force)
 
   # The loop. Metrics stay on device until a log step, so steps dispatch back to back.
   first_step, total = int(state.step), config.train.steps
-  capacity = config.data.batch_size * config.data.seq_len
-  bar = tqdm(total=total, initial=first_step, disable=not config.train.progress, desc="sft")
+  capacity = packer.capacity
+  show_bar = config.train.progress and jax.process_index() == 0
+  bar = tqdm(total=total, initial=first_step, disable=not show_bar, desc="sft")
   window_tokens, window_start = 0.0, time.time()
   pending, last = [], {}
   for step in range(first_step + 1, total + 1):
-    arrays, next_index, stats = packing.pack_batch(
-      source,
-      next_index,
-      batch_size=config.data.batch_size,
-      seq_len=config.data.seq_len,
-      pack=config.data.pack,
-      overlong=config.data.overlong,
-    )
-    state, step_metrics = train_step(state, Batch(**arrays), rest)
+    arrays, stats = packer.next_batch()
+    batch = sharding.shard_batch(Batch(**arrays), mesh, global_batch_size=config.data.batch_size)
+    state, step_metrics = train_step(state, batch, rest)
     pending.append((step_metrics, stats.as_metrics(capacity)))
     out_of_time = (
       config.train.max_minutes and (time.time() - t_start) / 60 > config.train.max_minutes

@@ -98,3 +98,17 @@ def test_registry_lookup_and_errors():
     registry.get("nope")
   with pytest.raises(ValueError, match="already registered"):
     registry.register("cross_entropy")(lambda *a, **k: None)
+
+
+def test_token_accuracy_matches_argmax():
+  logits, batch = _batch(4)
+  norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
+  targets = jnp.where(
+    jnp.arange(batch.targets.shape[1]) % 2 == 0, jnp.argmax(logits, -1), batch.targets
+  )
+  batch = batch.replace(targets=targets)
+  _, metrics = sft.cross_entropy(logits, batch, norm=norm)
+  correct = (np.argmax(np.asarray(logits), -1) == np.asarray(targets)) * np.asarray(batch.loss_mask)
+  np.testing.assert_allclose(
+    float(metrics["token_accuracy"]), correct.sum() / float(norm.tokens), rtol=1e-6
+  )
