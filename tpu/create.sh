@@ -4,6 +4,8 @@
 set -euo pipefail
 
 prog=tpu/create.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -29,41 +31,6 @@ Examples:
   tpu/create.sh --name jaxpost-v5e --zone us-west4-a --type v5litepod-8
   tpu/create.sh --name jaxpost-v4 --zone us-central2-b --type v4-32 --queued --spot
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$prog" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted line that can be pasted back into a shell.
-quote() {
-  local out="" arg q="'\\''"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+="$arg "
-    elif [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      arg=${BASH_REMATCH[2]}
-      out+="${BASH_REMATCH[1]}'${arg//\'/$q}' "
-    else
-      out+="'${arg//\'/$q}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-
-dry_run=0
-run() {
-  if ((dry_run)); then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
-
-need_value() {  # FLAG [VALUE...]
-  [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "$1 needs a value"
 }
 
 name="" zone="" type="v5litepod-8" runtime="" project="" queued=0 spot=0
@@ -107,9 +74,7 @@ common=(--zone="$zone" --accelerator-type="$type")
 [[ -n "$project" ]] && common+=(--project="$project")
 ((spot)) && common+=(--spot)
 
-if ! ((dry_run)); then
-  command -v gcloud >/dev/null || die "gcloud not found (install the Google Cloud CLI)"
-fi
+need_command gcloud "install the Google Cloud CLI"
 
 if ((queued)); then
   run gcloud compute tpus queued-resources create "$name-qr" --node-id="$name" \

@@ -4,6 +4,8 @@
 set -euo pipefail
 
 prog=tpu/gpu_multinode.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -57,41 +59,6 @@ Examples:
 EOF
 }
 
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$prog" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted line that can be pasted back into a shell.
-quote() {
-  local out="" arg q="'\\''"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+="$arg "
-    elif [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      arg=${BASH_REMATCH[2]}
-      out+="${BASH_REMATCH[1]}'${arg//\'/$q}' "
-    else
-      out+="'${arg//\'/$q}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-
-dry_run=0
-run() {
-  if ((dry_run)); then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
-
-need_value() {  # FLAG [VALUE...]
-  [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "$1 needs a value"
-}
-
 root=$(cd "$(dirname "$0")/.." && pwd)
 nodes="" gpus=8 config="" workdir="" coordinator="" node_id="" hosts_csv="" slurm=0
 partition="" time_limit="" job_name="jaxpost" dir="$root" python=".venv/bin/python"
@@ -138,11 +105,7 @@ fi
 [[ -n "$config" ]] || die "--config is required (e.g. configs/sft.py:qwen2.5-0.5b)"
 [[ -n "$workdir" ]] || die "--workdir is required"
 [[ -f "$root/${config%%:*}" ]] || die "--config: no file ${config%%:*} in $root"
-for o in "${overrides[@]}"; do
-  [[ "$o" =~ ^--config\.[A-Za-z0-9_.]+=.* ]] || die "bad override '$o' (want --config.KEY=VALUE)"
-  [[ "$o" != --config.distributed.* ]] \
-    || die "distributed.* is set by this script; drop '$o'"
-done
+check_overrides "${overrides[@]}"
 if [[ -z "$tag" ]]; then
   tag=${workdir%/}
   tag=${tag##*/}
@@ -162,9 +125,7 @@ if ((slurm)); then
     --gpus-per-node="$gpus" --chdir="$dir" --output="$log_dir/%x-%j.out")
   [[ -n "$partition" ]] && sbatch+=(--partition="$partition")
   [[ -n "$time_limit" ]] && sbatch+=(--time="$time_limit")
-  if ! ((dry_run)); then
-    command -v sbatch >/dev/null || die "sbatch not found (run this on a SLURM login node)"
-  fi
+  need_command sbatch "run this on a SLURM login node"
   run mkdir -p "$dir/$log_dir"
   run "${sbatch[@]}" --wrap="$step"
   exit 0

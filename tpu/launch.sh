@@ -4,6 +4,8 @@
 set -euo pipefail
 
 prog=tpu/launch.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -36,41 +38,6 @@ Examples:
   tpu/launch.sh --name jaxpost-v4 --zone us-central2-b --config configs/sft.py:qwen2.5-0.5b \
     --workdir gs://my-bucket/runs/v4 --detach -- --config.optim.lr=2e-5
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$prog" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted line that can be pasted back into a shell.
-quote() {
-  local out="" arg q="'\\''"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+="$arg "
-    elif [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      arg=${BASH_REMATCH[2]}
-      out+="${BASH_REMATCH[1]}'${arg//\'/$q}' "
-    else
-      out+="'${arg//\'/$q}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-
-dry_run=0
-run() {
-  if ((dry_run)); then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
-
-need_value() {  # FLAG [VALUE...]
-  [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "$1 needs a value"
 }
 
 name="" zone="" project="" config="" workdir="" tag="" dir="jaxpost" log_dir="logs" detach=0
@@ -108,11 +75,7 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 config_file=${config%%:*}
 [[ -f "$root/$config_file" ]] || die "--config: no file $config_file in $root"
-for o in "${overrides[@]}"; do
-  [[ "$o" =~ ^--config\.[A-Za-z0-9_.]+=.* ]] || die "bad override '$o' (want --config.KEY=VALUE)"
-  [[ "$o" != --config.distributed.* ]] \
-    || die "distributed.* is set by this script; drop '$o'"
-done
+check_overrides "${overrides[@]}"
 if [[ "$workdir" != gs://* ]]; then
   printf '%s: warning: --workdir %s is local to each host; %s\n' "$prog" "$workdir" \
     "a multi-host slice needs a shared gs:// path for its checkpoints" >&2
@@ -125,9 +88,7 @@ fi
 for v in "$tag" "$dir" "$log_dir"; do
   [[ "$v" =~ ^[A-Za-z0-9_][A-Za-z0-9_./-]*$ ]] || die "bad name '$v' for --tag/--dir/--log-dir"
 done
-if ! ((dry_run)); then
-  command -v gcloud >/dev/null || die "gcloud not found (install the Google Cloud CLI)"
-fi
+need_command gcloud "install the Google Cloud CLI"
 
 main=$(quote .venv/bin/python -m jaxpost.main --config="$config" --workdir="$workdir" \
   --config.distributed.initialize=True "${overrides[@]}")

@@ -4,6 +4,8 @@
 set -euo pipefail
 
 prog=tpu/setup.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -31,41 +33,6 @@ Examples:
   tpu/setup.sh --name jaxpost-v5e --zone us-west4-a --repo https://github.com/ORG/jaxpost.git
   tpu/setup.sh --name jaxpost-v4 --zone us-central2-b --local
 EOF
-}
-
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$prog" >&2
-  exit 2
-}
-
-# Prints its arguments as one shell-quoted line that can be pasted back into a shell.
-quote() {
-  local out="" arg q="'\\''"
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+="$arg "
-    elif [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      arg=${BASH_REMATCH[2]}
-      out+="${BASH_REMATCH[1]}'${arg//\'/$q}' "
-    else
-      out+="'${arg//\'/$q}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-
-dry_run=0
-run() {
-  if ((dry_run)); then
-    quote "$@"
-  else
-    "$@"
-  fi
-}
-
-need_value() {  # FLAG [VALUE...]
-  [[ $# -ge 2 && -n "$2" && "$2" != -* ]] || die "$1 needs a value"
 }
 
 name="" zone="" project="" repo="" ref="main" local_copy=0 dir="jaxpost" python="python3.11"
@@ -106,9 +73,7 @@ else
   fi
   [[ "$repo" =~ ^[A-Za-z0-9_@:/.+~-]+$ ]] || die "bad --repo '$repo'"
 fi
-if ! ((dry_run)); then
-  command -v gcloud >/dev/null || die "gcloud not found (install the Google Cloud CLI)"
-fi
+need_command gcloud "install the Google Cloud CLI"
 
 target=(--zone="$zone" --worker=all)
 [[ -n "$project" ]] && target+=(--project="$project")
