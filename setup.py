@@ -12,7 +12,7 @@ CORE = [
   "sentencepiece>=0.2",
   "tokenizers>=0.22",
   # HF checkpoint import/export (jaxpost.models.hf); never unpickles.
-  "safetensors>=0.4",
+  "safetensors>=0.8",
   # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
   "tensorflow-datasets>=4.9.9",
   "array-record>=0.8",

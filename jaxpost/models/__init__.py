@@ -1,6 +1,12 @@
-"""Decoder model, KV cache and named model sizes."""
+"""Decoder model, KV cache, named model sizes, Hugging Face import/export (``models.hf``)."""
 
-from jaxpost.models.config import NAMED_SIZES, ModelConfig, named_config, param_count
+from jaxpost.models.config import (
+  NAMED_SIZES,
+  ModelConfig,
+  RopeScaling,
+  named_config,
+  param_count,
+)
 from jaxpost.models.decoder import (
   Decoder,
   KVCache,
@@ -10,6 +16,7 @@ from jaxpost.models.decoder import (
   init_cache,
   make_attention_mask,
   rope,
+  rope_frequencies,
 )
 
 __all__ = [
@@ -18,6 +25,8 @@ __all__ = [
   "create_model",
   "KVCache",
   "ModelConfig",
+  "RopeScaling",
+  "rope_frequencies",
   "ModelOutput",
   "attention",
   "init_cache",

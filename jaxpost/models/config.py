@@ -81,8 +81,7 @@ class RopeScaling:
       low, high = self.low_freq_factor, self.high_freq_factor
       if low is None or high is None or not 0 < low < high:
         raise ValueError(
-          f"llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, got {low!r}, "
-          f"{high!r}"
+          f"llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, got {low!r}, {high!r}"
         )
     if self.rope_type == "yarn" and not self.beta_fast >= self.beta_slow > 0:
       raise ValueError(

@@ -3,9 +3,9 @@
 A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or shards
 listed in ``model.safetensors.index.json``. Import builds the ``Decoder`` abstractly
 (``nnx.eval_shape``) and fills each parameter straight from the files, so even a 1B
-model is never randomly initialised first. Tensors are read with the ``safetensors``
-package (bfloat16 ones through a memory map, since its NumPy API has no bfloat16);
-pickled PyTorch ``.bin`` files are never read.
+model is never randomly initialised first. Tensors are read and written with the
+``safetensors`` NumPy API (bfloat16 as ``ml_dtypes.bfloat16``, supported since
+safetensors 0.8); pickled PyTorch ``.bin`` files are never read.
 
 Name mapping (HF -> ours; torch ``Linear`` weights are [out, in], our kernels [in, out]
 with the head axes unflattened):
@@ -203,9 +203,7 @@ def config_from_hf(
     if ckpt_dtype not in _CONFIG_DTYPES:
       raise HFCheckpointError(f"unsupported checkpoint dtype {ckpt_dtype!r}")
     param_dtype = (
-      _CONFIG_DTYPES[ckpt_dtype]
-      if param_dtype is None
-      else _dtype_name(param_dtype, "param_dtype")
+      _CONFIG_DTYPES[ckpt_dtype] if param_dtype is None else _dtype_name(param_dtype, "param_dtype")
     )
     dtype = param_dtype if dtype is None else _dtype_name(dtype, "dtype")
     return ModelConfig(
@@ -389,20 +387,12 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
 # --------------------------------------------------------------------------- safetensors I/O
 
 
-def _raw_header(path: Path) -> tuple[int, dict[str, Any]]:
-  """(offset of the data section, header dict) of a safetensors file."""
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    return 8 + n, json.loads(f.read(n))
-
-
 class _TensorReader:
   """Lazy name -> NumPy array access over one checkpoint's safetensors files."""
 
   def __init__(self, hf_dir: Path):
     self._stack = contextlib.ExitStack()
     self._handles: dict[Path, Any] = {}
-    self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
     self.where: dict[str, Path] = {}
     self.dtypes: dict[str, str] = {}
     self.shapes: dict[str, tuple[int, ...]] = {}
@@ -443,23 +433,15 @@ class _TensorReader:
 
   def get(self, name: str) -> np.ndarray:
     """The tensor ``name`` as a NumPy array (bfloat16 as ml_dtypes.bfloat16)."""
-    path, tag = self.where[name], self.dtypes[name]
+    tag = self.dtypes[name]
     if tag not in _TENSOR_DTYPES:
       raise HFCheckpointError(
         f"tensor {name} has unsupported dtype {tag}; supported: {sorted(_TENSOR_DTYPES)}"
       )
-    if tag != "BF16":
-      return self._handles[path].get_tensor(name)
-    # safetensors' NumPy API has no bfloat16: map the raw little-endian bytes instead.
-    if path not in self._headers:
-      self._headers[path] = _raw_header(path)
-    base, header = self._headers[path]
-    begin, end = header[name]["data_offsets"]
-    shape = self.shapes[name]
-    if end == begin:
-      return np.zeros(shape, ml_dtypes.bfloat16)
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=base + begin, shape=(end - begin,))
-    return raw.view(ml_dtypes.bfloat16).reshape(shape)
+    value = self._handles[self.where[name]].get_tensor(name)
+    if value.dtype != _TENSOR_DTYPES[tag]:  # e.g. a safetensors without bfloat16 support
+      raise HFCheckpointError(f"tensor {name} ({tag}) was read as {value.dtype}")
+    return value
 
 
 def _read_config(hf_dir: Path) -> dict[str, Any]:
@@ -513,9 +495,7 @@ def load_model(hf_dir: PathLike, *, dtype: Any = None, param_dtype: Any = None) 
     missing = [s.hf for s in specs if s.hf not in reader.where]
     if missing:
       raise HFCheckpointError(f"{arch} checkpoint {hf_dir} is missing tensors: {_names(missing)}")
-    unexpected = sorted(
-      n for n in reader.where if n not in expected and not _ignorable(n, config)
-    )
+    unexpected = sorted(n for n in reader.where if n not in expected and not _ignorable(n, config))
     if unexpected:
       raise HFCheckpointError(
         f"{arch} checkpoint {hf_dir} has unexpected tensors: {_names(unexpected)}"
@@ -681,4 +661,3 @@ def save_model(
   (out / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
   written.append(out / CONFIG_NAME)
   return written
-

@@ -407,7 +407,7 @@ def test_partition_specs_have_logical_names():
     (dict(d_model=0), "d_model"),
     (dict(head_dim=15), "even"),
     (dict(dtype="float16"), "dtype"),
-    (dict(rope_scaling=("llama3", 8.0)), "reserved"),
+    (dict(rope_scaling=("llama3", 8.0)), "rope_scaling must be"),
   ],
 )
 def test_config_validation(overrides, match):

@@ -227,6 +227,26 @@ def test_export_loads_in_transformers(variant, tmp_path):
     assert np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value())), p
 
 
+def test_bfloat16_checkpoint_from_transformers(tmp_path):
+  torch, transformers = _interop()
+  arch, extra, _ = VARIANTS["qwen2-bias"]
+  _hf_model(arch, extra, seed=7).to(torch.bfloat16).save_pretrained(tmp_path)
+  model = hf_lib.load_model(tmp_path)
+  assert model.config.param_dtype == model.config.dtype == "bfloat16"
+  ref = transformers.AutoModelForCausalLM.from_pretrained(
+    tmp_path, attn_implementation="eager", dtype=torch.float32
+  ).eval()
+  ref_embed = ref.model.embed_tokens.weight.detach().numpy()
+  assert np.array_equal(np.asarray(model.embed[...]).astype(np.float32), ref_embed)
+  # bfloat16 weights widened to float32 on load compute the same logits as transformers.
+  wide = hf_lib.load_model(tmp_path, param_dtype=jnp.float32)
+  assert wide.config.param_dtype == wide.config.dtype == "float32"
+  tokens, mask = right_padded_batch(seed=3)
+  real = mask.astype(bool)
+  diff = our_logits(wide, tokens, mask)[real] - hf_logits(ref, tokens, mask)[real]
+  assert np.abs(diff).max() <= LOGIT_TOL
+
+
 @pytest.mark.parametrize(
   "rope_scaling",
   [
@@ -390,7 +410,9 @@ def _edit_tensors(path, edit):
     (
       lambda p: _edit_tensors(
         p,
-        lambda t: t.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}),
+        lambda t: t.update(
+          {"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)}
+        ),
       ),
       r"model\.layers\.0\.self_attn\.k_proj\.weight \(8, 32\) \(expected \(16, 32\)\)",
     ),
