@@ -2,12 +2,17 @@
 
 Sharded == single device for the train step and greedy decoding; params keep their
 declared shardings; batches split over data * fsdp; rule fallbacks; mesh config errors;
-checkpoints saved on 8 devices restore onto 4 and onto 1.
+checkpoints saved on 8 devices restore onto 4 and onto 1; two real JAX processes
+(4 devices each, see sharding_worker.py) assemble the same global batches as one.
 """
 
 import functools
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpost import checkpoint, config_lib, models, sharding, train
-from jaxpost.data import packing
+from jaxpost.data import packing, streams
 from jaxpost.rollout import left_pad, make_generate_fn
 from jaxpost.types import ROLE_ANSWER, ROLE_PROMPT, Batch
 
@@ -31,7 +36,7 @@ CFG = models.named_config(
   "tiny",
   vocab_size=V,
   d_model=32,
-  n_layers=2,
+  n_layers=1,
   n_heads=4,
   n_kv_heads=2,
   head_dim=8,
@@ -62,7 +67,9 @@ def _model_parts(config=CFG):
   def fill(path, leaf):
     name = jax.tree_util.keystr(path)
     noise = rng.standard_normal(leaf.shape).astype(np.float32)
-    return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else (0.5 if "embed" in name else 0.2) * noise)
+    if "norm" in name:
+      return jnp.asarray(1.0 + 0.2 * noise)
+    return jnp.asarray((0.5 if "embed" in name else 0.2) * noise)
 
   model = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
   return train.split_model(model)
@@ -82,7 +89,9 @@ def _host_batch(b=8, t=16, seed=0) -> Batch:
 
 
 def _optimizer():
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=0.01))
+  # eps=1e-4, not 1e-8: Adam's first steps are ~lr * g / (|g| + eps), which turns f32
+  # reduction-order noise in a gradient entry near eps into an lr-sized difference.
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, eps=1e-4, weight_decay=0.01))
 
 
 def _assert_close(a, b, rtol=RTOL, atol=ATOL):
@@ -358,3 +367,42 @@ def test_checkpoint_saved_on_8_devices_restores_on_4_and_1(tmp_path, trained):
     assert {d for x in jax.tree.leaves(restored) for d in x.sharding.device_set} == set(
       jax.devices()[:n]
     )
+
+
+def test_two_processes_build_the_single_process_global_batch(tmp_path):
+  """2 processes x 4 CPU devices: each packs its rows; the global batches are unchanged."""
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  worker = os.path.join(REPO, "tests", "sharding_worker.py")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, worker, str(port), str(i), str(tmp_path / f"{i}.json")],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=REPO,
+      env={
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+      },
+    )
+    for i in range(2)
+  ]
+  logs = [p.communicate(timeout=240)[0] for p in procs]
+  for p, log in zip(procs, logs, strict=True):
+    assert p.returncode == 0, log[-3000:]
+  results = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+
+  import sharding_worker as w
+
+  packer = streams.StreamPacker(w.source, batch_size=w.B, seq_len=w.T, streams=w.STREAMS)
+  want = [packer.next_batch()[0]["tokens"].sum(axis=1).tolist() for _ in range(3)]
+  for r in results:
+    assert r["process_count"] == 2 and r["shape"] == [w.B, w.T]
+    assert r["row_sums"] == want
+    assert r["state"] == packer.state()
+  # Each process fed its own half of the rows.
+  assert sorted(results[0]["rows"] + results[1]["rows"]) == list(range(w.B))
+  assert len(results[0]["rows"]) == len(results[1]["rows"]) == w.B // 2
