@@ -10,6 +10,7 @@ def get_config() -> config_dict.ConfigDict:
 
   c.model = config_dict.ConfigDict()
   c.model.size = "tiny"  # named size in jaxpost.models.NAMED_SIZES
+  c.model.hf_dir = ""  # start from a Hugging Face checkpoint dir instead (overrides model.size)
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
   c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
@@ -71,6 +72,7 @@ def get_config() -> config_dict.ConfigDict:
   c.train.max_minutes = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
   c.train.stop_after = 0  # stop (with a checkpoint) after this many steps of this run; 0 = never
   c.train.progress = True  # tqdm progress bar
+  c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
 
   c.eval = config_dict.ConfigDict()
   c.eval.every = 250  # steps between held-out evaluations (and one at the end); 0 = end only

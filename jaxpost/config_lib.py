@@ -73,6 +73,8 @@ def validate(c: config_dict.ConfigDict) -> None:
 
   _choice(c.recipe, "recipe", recipes.RECIPES)
   _choice(c.model.size, "model.size", NAMED_SIZES)
+  if c.model.hf_dir and not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
+    raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
   _choice(c.model.dtype, "model.dtype", ("float32", "bfloat16"))
   _choice(c.model.param_dtype, "model.param_dtype", ("float32", "bfloat16"))
   _choice(c.data.source, "data.source", ("tasks", "jsonl", "tfds"))

@@ -62,7 +62,7 @@ def summary(result: dict) -> str:
       diff = getattr(tasks.LEVELS.get(level), "difficulty", "")
       note = "trained" if level in trained else ""
       lines.append(f"  {level:<8} {diff:<7} {100 * a:6.1f}%  {note}".rstrip())
-  for key in ("plot", "metrics_path", "tensorboard_dir"):
+  for key in ("plot", "metrics_path", "tensorboard_dir", "hf_dir"):
     if key in result:
       lines.append(f"{key}: {result[key]}")
   numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}

@@ -28,6 +28,9 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   """
   if config.tokenizer.path:
     return load_tokenizer(config.tokenizer.path)
+  if config.model.hf_dir:
+    # A pretrained checkpoint comes with its own vocabulary.
+    return load_tokenizer(config.model.hf_dir)
   prefix = os.path.join(workdir, TOKENIZER_PREFIX)
   if os.path.exists(prefix + ".model"):
     return SentencePieceTokenizer.load(prefix + ".model")

@@ -18,15 +18,29 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train
 from jaxpost.data import pipeline, streams, tasks
+from jaxpost.data.tokenizer import HFTokenizer
 from jaxpost.eval import accuracy
+from jaxpost.models import hf
 from jaxpost.types import Batch
 
 
 def build_model(config, vocab_size: int) -> models.Decoder:
+  """The named size, or the Hugging Face checkpoint of ``model.hf_dir``."""
+  if config.model.hf_dir:
+    model = hf.load_model(
+      config.model.hf_dir, dtype=config.model.dtype, param_dtype=config.model.param_dtype
+    )
+    if vocab_size > model.config.vocab_size:
+      raise config_lib.ConfigError(
+        f"the tokenizer has {vocab_size} ids but {config.model.hf_dir} embeds only "
+        f"{model.config.vocab_size}"
+      )
+    return model
   model_config = models.named_config(
     config.model.size,
     vocab_size=vocab_size,
@@ -35,6 +49,17 @@ def build_model(config, vocab_size: int) -> models.Decoder:
     max_seq_len=config.model.max_seq_len,
   )
   return models.create_model(model_config, config.seed)
+
+
+def export_hf(graphdef, params, rest, tok, out_dir: str) -> str:
+  """Writes the trained model (and an HF tokenizer, if that is what we have) for transformers."""
+  if jax.process_count() > 1:
+    # Every host must join the gather; only process 0 writes.
+    params = multihost_utils.process_allgather(params, tiled=True)
+  if jax.process_index() == 0:
+    hf_tok = tok if isinstance(tok, HFTokenizer) else None
+    hf.save_model(nnx.merge(graphdef, params, rest), out_dir, tokenizer=hf_tok)
+  return out_dir
 
 
 def loss_hparams(config) -> dict:
@@ -185,6 +210,8 @@ def run(config, workdir: str) -> dict:
   if ckpt.latest_step() != final_step:
     save(final_step, force=True)
   result = {"step": final_step, **last, **evaluate(final_step, final=True)}
+  if config.train.export_hf:
+    result["hf_dir"] = export_hf(graphdef, state.params, rest, tok, os.path.join(workdir, "hf"))
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:
