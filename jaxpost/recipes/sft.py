@@ -104,8 +104,12 @@ def run(config, workdir: str) -> dict:
   graphdef, params, rest = train.split_model(model)
   state = train.init_train_state(params, optimizer, config.seed)
   # Sharded by the parameters' logical axis names; a restore lands on the same layout.
-  state = sharding.shard_train_state(state, mesh, sharding.DEFAULT_RULES)
-  rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
+  # One device needs none of it, and skipping it keeps the small-model step ~25% faster
+  # on CPU (committed single-device shardings cost host-side dispatch time).
+  sharded = mesh.devices.size > 1 or jax.process_count() > 1
+  if sharded:
+    state = sharding.shard_train_state(state, mesh, sharding.DEFAULT_RULES)
+    rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info("model %s: %d parameters", config.model.size, n_params)
   del model, params  # unsharded copies
@@ -133,12 +137,13 @@ def run(config, workdir: str) -> dict:
     logging.info("resumed from step %d (example %d)", int(state.step), packer.next_index)
 
   objective = train.lm_objective(graphdef, train.bind_loss(config.loss.name, loss_hparams(config)))
-  train_step = sharding.keep_state_sharding(
-    train.make_train_step(
-      objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
-    ),
-    sharding.tree_shardings(state, mesh, sharding.DEFAULT_RULES),
+  train_step = train.make_train_step(
+    objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
   )
+  if sharded:
+    train_step = sharding.keep_state_sharding(
+      train_step, sharding.tree_shardings(state, mesh, sharding.DEFAULT_RULES)
+    )
   evaluator = accuracy.Evaluator(
     graphdef,
     tok,
@@ -175,7 +180,9 @@ def run(config, workdir: str) -> dict:
   pending, last = [], {}
   for step in range(first_step + 1, total + 1):
     arrays, stats = packer.next_batch()
-    batch = sharding.shard_batch(Batch(**arrays), mesh, global_batch_size=config.data.batch_size)
+    batch = Batch(**arrays)
+    if sharded:
+      batch = sharding.shard_batch(batch, mesh, global_batch_size=config.data.batch_size)
     state, step_metrics = train_step(state, batch, rest)
     pending.append((step_metrics, stats.as_metrics(capacity)))
     out_of_time = (
