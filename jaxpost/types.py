@@ -78,3 +78,33 @@ class Batch:
       positions=positions,
       roles=jnp.where(target_mask > 0, ROLE_ANSWER, ROLE_PAD).astype(jnp.int32),
     )
+
+
+@flax.struct.dataclass
+class Rollout:
+  """Sampled completions laid out for the policy update (B = P * G rows).
+
+  Row b holds prompt + completion, right-padded; ``batch.loss_mask`` is 1 exactly on
+  completion targets, so prompt and padding never count. All per-token arrays are
+  aligned with ``batch.targets``: entry [b, t] describes target token t + 1.
+
+  Attributes:
+    batch: tokens/targets/loss_mask/segment_ids/positions/roles of prompt + completion.
+    advantages: f32[B, T] per-token advantage (outcome methods broadcast one value).
+    old_logp: f32[B, T] log-prob of each target under the policy that sampled it, as
+      the trainer computes it (pi_old of the PPO ratio).
+    sampler_logp: f32[B, T] log-prob recorded by the sampler (mu); differs from
+      ``old_logp`` only by sampler/trainer numerics or an off-policy engine.
+    ref_logp: f32[B, T] log-prob under the frozen reference policy (zeros if unused).
+    group_ids: i32[B] prompt index of each row (rows of one prompt share it).
+    turn_ids: i32[B, T] turn index of each target in multi-turn rollouts, starting at
+      1; 0 on prompt and padding. Single-turn rollouts use 1 on every completion token.
+  """
+
+  batch: Batch
+  advantages: jax.Array
+  old_logp: jax.Array
+  sampler_logp: jax.Array
+  ref_logp: jax.Array
+  group_ids: jax.Array
+  turn_ids: jax.Array
