@@ -1,0 +1,125 @@
+"""Reward registry: config name -> host-side reward function.
+
+Contract for every registered reward::
+
+    reward(sample: Sample, **hparams) -> float
+
+* Called on the host, in plain Python, once per completion, outside ``jit``.
+* ``sample`` is a `Sample`; hyperparameters are keyword-only and bound with
+  ``functools.partial`` outside (see `combine.make_spec`), so every call of one term
+  in a run sees the same hyperparameters.
+* The result is one finite real number. A reward that raises, returns something that
+  is not a finite number or runs past its time limit is scored 0 for that term and
+  counted in the metrics by `combine.score`; it never stops the run.
+* A reward may register a ``check`` function, called with the hyperparameters when a
+  spec is built, so a bad value fails loudly at start-up instead of as one error per
+  sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable
+
+from jaxpost.data.tasks import Problem
+
+RewardFn = Callable[..., float]
+CheckFn = Callable[..., None]
+
+_REWARDS: dict[str, RewardFn] = {}
+_CHECKS: dict[str, CheckFn] = {}
+
+# Metric names `combine.score` writes next to ``reward/<name>``; a reward may not take one.
+RESERVED_NAMES = frozenset({"mean", "errors", "timeouts", "skipped", "stuck_workers"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """One completion to score, with everything a reward may look at.
+
+  Attributes:
+    prompt: the task text, without template decoration (``Problem.prompt``).
+    completion: the decoded response, everything the model generated before EOS
+      (EOS itself excluded), e.g. ``"<think>7+8+0=15,...</think>825"``.
+    answer: the reference answer ("" when the data has none).
+    num_tokens: number of generated completion tokens, counting the EOS token when
+      one was emitted (the lengths DAPO's overlong punishment is measured in).
+    truncated: True when generation hit the token cap without emitting EOS.
+    level: the task level (a name in ``jaxpost.data.tasks.LEVELS``), "" if unknown.
+  """
+
+  prompt: str
+  completion: str
+  answer: str
+  num_tokens: int
+  truncated: bool = False
+  level: str = ""
+
+  def __post_init__(self):
+    for name in ("prompt", "completion", "answer", "level"):
+      if not isinstance(getattr(self, name), str):
+        raise TypeError(f"Sample.{name} must be str, got {type(getattr(self, name)).__name__}")
+    if operator.index(self.num_tokens) < 0:
+      raise ValueError(f"Sample.num_tokens must be >= 0, got {self.num_tokens}")
+
+  @classmethod
+  def from_problem(
+    cls, problem: Problem, completion: str, *, num_tokens: int, truncated: bool = False
+  ) -> Sample:
+    """A sample for a completion of one of the embedded tasks (``data/tasks.py``)."""
+    return cls(
+      prompt=problem.prompt,
+      completion=completion,
+      answer=problem.answer,
+      num_tokens=num_tokens,
+      truncated=truncated,
+      level=problem.level,
+    )
+
+
+def register(name: str, *, check: CheckFn | None = None) -> Callable[[RewardFn], RewardFn]:
+  """Decorator adding a reward under ``name`` (the name used in the config's spec).
+
+  Args:
+    name: registry key; equals the function's name.
+    check: optional ``check(**hparams) -> None`` that raises ValueError on bad
+      hyperparameter values; run once when a spec is built.
+  """
+  if name in RESERVED_NAMES or "/" in name or not name:
+    raise ValueError(f"reward name {name!r} is reserved or invalid")
+
+  def wrap(fn: RewardFn) -> RewardFn:
+    if name in _REWARDS:
+      raise ValueError(f"reward {name!r} is already registered")
+    _REWARDS[name] = fn
+    if check is not None:
+      _CHECKS[name] = check
+    return fn
+
+  return wrap
+
+
+def get(name: str) -> RewardFn:
+  """Looks up a reward by name, with the list of known names in the error."""
+  _import_builtin_rewards()
+  try:
+    return _REWARDS[name]
+  except KeyError:
+    raise KeyError(f"unknown reward {name!r}; registered: {sorted(_REWARDS)}") from None
+
+
+def get_check(name: str) -> CheckFn | None:
+  """The hyperparameter check registered with ``name``, if any."""
+  get(name)  # same error for unknown names
+  return _CHECKS.get(name)
+
+
+def names() -> list[str]:
+  _import_builtin_rewards()
+  return sorted(_REWARDS)
+
+
+def _import_builtin_rewards() -> None:
+  # Importing the modules runs their @register decorators.
+  from jaxpost.rewards import shaping, verifiers  # noqa: F401

@@ -1,0 +1,17 @@
+"""Fused LM head + token-wise divergence (ce, fkl, rkl, jsd, weighted rkl); see ``ops``."""
+
+from pallas_kernels.fused_linear_divergence.ops import (
+  IMPLEMENTATIONS,
+  default_chunk_size,
+  fused_linear_divergence,
+)
+from pallas_kernels.fused_linear_divergence.reference import KINDS, TokenStats, TopK
+
+__all__ = [
+  "IMPLEMENTATIONS",
+  "KINDS",
+  "TokenStats",
+  "TopK",
+  "default_chunk_size",
+  "fused_linear_divergence",
+]
