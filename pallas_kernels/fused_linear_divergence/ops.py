@@ -157,6 +157,9 @@ def fused_linear_divergence(
     labels = jnp.zeros((n,), jnp.int32)
   if weights is None:
     weights = jnp.ones((n,), jnp.float32)
+  # Zero masked rows up front: dW = h^T dz would turn garbage (NaN) there into NaN
+  # even though dz is 0 on those rows.
+  h = jnp.where(mask[:, None], h, jnp.zeros((), h.dtype))
   return _fused(cfg, h, w, teacher, labels.astype(jnp.int32), mask, weights)
 
 

@@ -117,12 +117,16 @@ def _bucket_logps(s: jax.Array, zs: jax.Array, lse_s: jax.Array, top: TopK):
   # Student tail: logsumexp over the tokens that are *not* in the teacher's top k,
   # computed directly (not as log(1 - sum p)) so a tiny tail keeps its precision.
   rows = jnp.arange(zs.shape[0])[:, None]
-  z_rest = zs.at[rows, ids].set(-jnp.inf)
-  s_tail = jax.nn.logsumexp(z_rest, axis=-1) - lse_s  # [N]
+  rest = jnp.ones(zs.shape, bool).at[rows, ids].set(False)
+  # When the k ids cover the whole vocabulary the tail bucket does not exist: both tails
+  # are -inf (mass 0), whatever rounding left in the teacher's 1 - sum(p).
+  empty = ~jnp.any(rest, axis=-1)
+  z_rest = jnp.where(rest & ~empty[:, None], zs, jnp.where(empty[:, None], 0.0, -jnp.inf))
+  s_tail = jnp.where(empty, -jnp.inf, jax.nn.logsumexp(z_rest, axis=-1) - lse_s)  # [N]
   t_top = top.logp.astype(s.dtype)
   t_mass = jnp.sum(jnp.exp(t_top), axis=-1)
-  t_tail = jnp.where(t_mass < 1.0, jnp.log1p(-jnp.minimum(t_mass, 1.0)), -jnp.inf)
-  # log1p(-1) = -inf is the intended "no tail mass"; the where keeps its gradient finite.
+  t_tail = jnp.log1p(-jnp.minimum(t_mass, 1.0))  # -inf when the top k hold all the mass
+  t_tail = jnp.where(empty, -jnp.inf, t_tail)
   s_b = jnp.concatenate([s_top, s_tail[:, None]], axis=-1)
   t_b = jnp.concatenate([t_top, t_tail[:, None]], axis=-1)
   return s_b, t_b
