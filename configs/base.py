@@ -39,6 +39,11 @@ def get_config() -> config_dict.ConfigDict:
   c.loss.label_smoothing = 0.0  # mass spread uniformly over the vocabulary
   c.loss.z_loss = 0.0  # coefficient of the logZ^2 stabiliser
 
+  c.kernels = config_dict.ConfigDict()
+  # fused* = pallas_kernels.fused_linear_divergence: same values, no [B*T, V] buffer
+  c.kernels.lm_head = "logits"  # logits (materialise [B, T, V]) | fused | fused_xla | fused_pallas
+  c.kernels.chunk_size = 0  # token rows per chunk of the fused op (0 = automatic)
+
   c.optim = config_dict.ConfigDict()
   c.optim.name = "adamw"  # adamw | sgd
   c.optim.lr = 3e-4  # peak learning rate

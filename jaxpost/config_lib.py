@@ -81,6 +81,11 @@ def validate(c: config_dict.ConfigDict) -> None:
   _choice(c.data.overlong, "data.overlong", OVERLONG_CHOICES)
   _choice(c.loss.name, "loss.name", registry.names())
   _choice(c.loss.reduction, "loss.reduction", REDUCTIONS)
+  from jaxpost.losses.head import LM_HEADS
+
+  _choice(c.kernels.lm_head, "kernels.lm_head", sorted(LM_HEADS))
+  if c.kernels.chunk_size < 0:
+    raise ConfigError(f"kernels.chunk_size must be >= 0, got {c.kernels.chunk_size}")
   _choice(c.optim.name, "optim.name", OPTIMIZERS)
   _choice(c.optim.decay, "optim.decay", SCHEDULES)
   for field in (

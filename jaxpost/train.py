@@ -59,13 +59,37 @@ def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation,
 ObjectiveFn = Callable[[nnx.State, nnx.State, Batch, Normalizers], tuple[jax.Array, dict]]
 
 
-def lm_objective(graphdef, loss_fn) -> ObjectiveFn:
-  """Objective for losses on the model's own logits (SFT and its token-level variants)."""
+def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int = 0) -> ObjectiveFn:
+  """Objective for losses on the model's own next-token distribution (SFT and variants).
+
+  Args:
+    graphdef: the model's static graph.
+    loss_fn: registered loss with hyperparameters bound.
+    lm_head: "logits" (materialise [B, T, V]) or a fused path from
+      ``jaxpost.losses.head.LM_HEADS``: the loss then gets a ``FusedHead`` and the fused
+      kernel never builds the full logits. Values and gradients are the same.
+    chunk_size: token rows per chunk of the fused op (0 = its default).
+  """
+  from jaxpost.losses.head import LM_HEADS, FusedHead
+
+  if lm_head not in LM_HEADS:
+    raise ValueError(f"unknown lm_head {lm_head!r}; expected one of {sorted(LM_HEADS)}")
+  implementation = LM_HEADS[lm_head]
 
   def objective(params, rest, batch: Batch, norm: Normalizers):
     model = nnx.merge(graphdef, params, rest)
-    logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
-    return loss_fn(logits, batch, norm=norm)
+    if implementation is None:
+      outputs = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
+    else:
+      out = model.forward(
+        batch.tokens,
+        positions=batch.positions,
+        segment_ids=batch.segment_ids,
+        compute_logits=False,
+      )
+      weight = model.lm_head_weight().astype(out.final_hidden.dtype)
+      outputs = FusedHead(out.final_hidden, weight, implementation, chunk_size)
+    return loss_fn(outputs, batch, norm=norm)
 
   return objective
 

@@ -204,3 +204,10 @@ def test_load_config_matches_variants():
   config_lib.validate(quick)
   with pytest.raises(ValueError, match="unknown variant"):
     config_lib.load_config(os.path.join(REPO, "configs/sft.py:nope"))
+
+
+def test_bad_lm_head_fails_before_work():
+  c = config_lib.load_config("configs/sft.py:tiny")
+  c.kernels.lm_head = "fast"
+  with pytest.raises(config_lib.ConfigError, match="kernels.lm_head"):
+    config_lib.validate(c)

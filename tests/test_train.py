@@ -110,3 +110,25 @@ def test_step_is_deterministic():
       state, _ = step(state, batch, rest)
     outs.append(state.params)
   _assert_trees_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lm_head", ["fused_xla", "fused_pallas"])
+def test_fused_lm_head_equals_full_logits(lm_head):
+  """The kernels.lm_head switch changes memory, never the loss, metrics or gradients."""
+  graphdef, params, rest = _model_parts()
+  batch = _batch(pack=True, b=4, t=16)
+  bound = train.bind_loss("cross_entropy", {"label_smoothing": 0.1, "z_loss": 1e-3})
+  full = train.lm_objective(graphdef, bound)
+  fused = train.lm_objective(graphdef, bound, lm_head=lm_head, chunk_size=24)
+  loss, metrics, grads, _ = train.accumulate_grads(full, params, rest, batch, 2)
+  loss_f, metrics_f, grads_f, _ = train.accumulate_grads(fused, params, rest, batch, 2)
+  np.testing.assert_allclose(loss_f, loss, rtol=1e-5)
+  for k in metrics:
+    np.testing.assert_allclose(metrics_f[k], metrics[k], rtol=1e-5, atol=1e-6)
+  _assert_trees_close(grads_f, grads, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_lm_head_raises():
+  graphdef, _, _ = _model_parts()
+  with pytest.raises(ValueError, match="lm_head"):
+    train.lm_objective(graphdef, train.bind_loss("cross_entropy", {}), lm_head="fast")

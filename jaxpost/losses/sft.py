@@ -7,33 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost.losses import reduce
+from jaxpost.losses.head import FusedHead, target_stats
 from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
 
-def token_logp(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Log-prob of each target token, the log-normaliser and the max logit, in f32.
-
-  Args:
-    logits: [B, T, V] any float dtype.
-    targets: i32[B, T].
-
-  Returns:
-    (logp f32[B, T], logz f32[B, T], is_top bool[B, T]); ``is_top`` says the target is
-    the model's top-1 token (ties count as top-1).
-  """
-  chex.assert_rank(logits, 3)
-  logits = logits.astype(jnp.float32)
-  # One max pass serves both the stable logsumexp and the top-1 check.
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
-  logz = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return picked - logz, logz, picked >= top
-
-
 @register("cross_entropy")
 def cross_entropy(
-  logits: jax.Array,
+  logits: jax.Array | FusedHead,
   batch: Batch,
   *,
   norm: reduce.Normalizers,
@@ -46,7 +27,7 @@ def cross_entropy(
   loss = reduce_t( -(1 - eps) log p(y_t) - eps * mean_v log p(v) + z * logZ_t^2 )
 
   Args:
-    logits: [B, T, V] model outputs.
+    logits: [B, T, V] model outputs, or a ``FusedHead`` (same result, no full logits).
     batch: the batch; uses targets, loss_mask, segment_ids.
     norm: global normalisers.
     reduction: 'token_mean' (every token weighs the same) or 'sequence_mean'
@@ -58,18 +39,14 @@ def cross_entropy(
     (loss f32[], metrics) with metrics additive over micro-batches.
   """
   chex.assert_rank([batch.targets, batch.loss_mask], 2)
-  logp, logz, is_top = token_logp(logits, batch.targets)
-  nll = -logp
-  if label_smoothing:
-    mean_logp = jnp.mean(logits.astype(jnp.float32), axis=-1) - logz
-    nll = (1.0 - label_smoothing) * nll - label_smoothing * mean_logp
+  stats = target_stats(logits, batch.targets, batch.loss_mask, label_smoothing=label_smoothing)
+  nll = stats.nll
   if z_loss:
-    nll = nll + z_loss * jnp.square(logz)
+    nll = nll + z_loss * jnp.square(stats.logz)
   mask = batch.loss_mask
   loss = reduce.reduce(nll, mask, batch.segment_ids, norm, reduction)
-  correct = is_top.astype(jnp.float32)
   metrics = {
-    "nll": reduce.token_mean(-logp, mask, norm),
-    "token_accuracy": reduce.token_mean(correct, mask, norm),
+    "nll": reduce.token_mean(-stats.logp, mask, norm),
+    "token_accuracy": reduce.token_mean(stats.is_top, mask, norm),
   }
   return loss, metrics

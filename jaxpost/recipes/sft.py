@@ -136,7 +136,12 @@ def run(config, workdir: str) -> dict:
     packer.restore(data_state)
     logging.info("resumed from step %d (example %d)", int(state.step), packer.next_index)
 
-  objective = train.lm_objective(graphdef, train.bind_loss(config.loss.name, loss_hparams(config)))
+  objective = train.lm_objective(
+    graphdef,
+    train.bind_loss(config.loss.name, loss_hparams(config)),
+    lm_head=config.kernels.lm_head,
+    chunk_size=config.kernels.chunk_size,
+  )
   train_step = train.make_train_step(
     objective, optimizer, microbatches=config.train.microbatches, schedule=schedule
   )

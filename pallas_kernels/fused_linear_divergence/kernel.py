@@ -325,6 +325,7 @@ def forward(cfg, h, w, teacher, labels, mask, weights):
     teacher_lse=jnp.where(mask, lse_t, zero),
     student_max=jnp.where(mask, c(_M_S), zero),
     entropy=jnp.where(mask, entropy, zero),
+    label_logit=jnp.where(mask, c(_PICK) if cfg.kind == "ce" else zero, zero),
   )
   return stats, jnp.where(mask, extra, zero)
 

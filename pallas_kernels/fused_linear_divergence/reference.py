@@ -60,6 +60,9 @@ class TokenStats:
     student_max: max of the student's logits / T (no gradient); the label is the
       model's top-1 token when its logit equals this.
     entropy: entropy of the student's softmax(logits / T).
+    label_logit: the label's logit / T (ce only, else 0; no gradient). With
+      ``student_lse`` it gives the unsmoothed log-prob, and ``label_logit ==
+      student_max`` says the label is the top-1 token (exact: both are the same float).
   """
 
   loss: jax.Array
@@ -67,6 +70,7 @@ class TokenStats:
   teacher_lse: jax.Array
   student_max: jax.Array
   entropy: jax.Array
+  label_logit: jax.Array
 
 
 def acc_dtype(*arrays) -> jnp.dtype:
@@ -166,11 +170,12 @@ def token_divergence(
   s = zs - lse_s[:, None]
   entropy = -jnp.sum(jnp.exp(s) * s, axis=-1)
   lse_t = jnp.zeros_like(lse_s)
+  label_logit = jnp.zeros_like(lse_s)
   if kind == "ce":
     if labels is None:
       raise ValueError("kind='ce' needs labels")
-    picked = jnp.take_along_axis(s, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
-    loss = -picked
+    label_logit = jnp.take_along_axis(zs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+    loss = lse_s - label_logit
     if label_smoothing:
       loss = (1.0 - label_smoothing) * loss - label_smoothing * jnp.mean(s, axis=-1)
   elif kind in TEACHER_KINDS:
@@ -196,6 +201,7 @@ def token_divergence(
     teacher_lse=jnp.where(mask, jax.lax.stop_gradient(lse_t), zero),
     student_max=jnp.where(mask, top, zero),
     entropy=jnp.where(mask, entropy, zero),
+    label_logit=jnp.where(mask, jax.lax.stop_gradient(label_logit), zero),
   )
 
 

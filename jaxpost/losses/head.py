@@ -1,0 +1,136 @@
+"""What a loss receives from the model: full logits, or the LM head's inputs for a fused op.
+
+Losses are written once against ``target_stats`` (and, for distillation, the divergence
+helpers that follow the same pattern). Given logits ``[B, T, V]`` they compute the
+log-softmax in XLA as usual; given a ``FusedHead`` (final hidden states + LM-head
+weight) they call ``pallas_kernels.fused_linear_divergence``, which never materialises
+the ``[B*T, V]`` logits. Both give the same values and gradients (tested), so the
+switch (``config.kernels.lm_head``) is a memory/speed choice, never a numerics one.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.fused_linear_divergence import fused_linear_divergence
+
+# config.kernels.lm_head -> implementation of the fused op (None = full logits).
+LM_HEADS = {"logits": None, "fused": "auto", "fused_xla": "xla", "fused_pallas": "pallas"}
+
+
+@flax.struct.dataclass
+class FusedHead:
+  """The LM head's inputs, standing in for logits = hidden @ weight.
+
+  Attributes:
+    hidden: [B, T, D] final hidden states (after the final norm).
+    weight: [D, V] LM-head matrix.
+    implementation: fused-op path ("auto" picks XLA on CPU, Pallas on TPU/GPU).
+    chunk_size: token rows per chunk (0 = the op's default).
+  """
+
+  hidden: jax.Array
+  weight: jax.Array
+  implementation: str = flax.struct.field(pytree_node=False, default="auto")
+  chunk_size: int = flax.struct.field(pytree_node=False, default=0)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.weight.shape[1]
+
+
+@flax.struct.dataclass
+class TargetStats:
+  """Per-token statistics of the target token, all f32[B, T].
+
+  Attributes:
+    nll: -(1 - eps) log p(y) - eps mean_v log p(v) (eps = label smoothing).
+    logp: log p(y), unsmoothed (on the fused path with label smoothing: no gradient).
+    logz: log-normaliser of the logits (differentiable, for z-loss).
+    is_top: 1.0 where y is the model's top-1 token (ties count), no gradient.
+    entropy: entropy of the model's next-token distribution.
+  """
+
+  nll: jax.Array
+  logp: jax.Array
+  logz: jax.Array
+  is_top: jax.Array
+  entropy: jax.Array
+
+
+def target_stats(
+  outputs: jax.Array | FusedHead,
+  targets: jax.Array,
+  mask: jax.Array,
+  *,
+  label_smoothing: float = 0.0,
+) -> TargetStats:
+  """Log-prob statistics of ``targets`` under the model, from logits or a fused head.
+
+  Args:
+    outputs: f32[B, T, V] logits or a ``FusedHead``.
+    targets: i32[B, T] target ids.
+    mask: [B, T] 1 where the target counts; other positions get zeros (and, on the
+      fused path, no gradient), so callers must mask their reductions as usual.
+    label_smoothing: eps of ``nll``.
+
+  Returns:
+    ``TargetStats``.
+  """
+  chex.assert_rank([targets, mask], 2)
+  if isinstance(outputs, FusedHead):
+    return _fused_target_stats(outputs, targets, mask, label_smoothing)
+  chex.assert_rank(outputs, 3)
+  logits = outputs.astype(jnp.float32)
+  # One max pass serves both the stable logsumexp and the top-1 check.
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  shifted = logits - top[..., None]
+  logz = top + jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  logp = picked - logz
+  nll = -logp
+  if label_smoothing:
+    mean_logp = jnp.mean(logits, axis=-1) - logz
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * mean_logp
+  probs = jnp.exp(logits - logz[..., None])
+  entropy = logz - jnp.sum(probs * logits, axis=-1)
+  return TargetStats(
+    nll=nll,
+    logp=logp,
+    logz=logz,
+    is_top=jax.lax.stop_gradient((picked >= top).astype(jnp.float32)),
+    entropy=entropy,
+  )
+
+
+def _fused_target_stats(head: FusedHead, targets, mask, label_smoothing) -> TargetStats:
+  b, t, d = head.hidden.shape
+  stats = fused_linear_divergence(
+    head.hidden.reshape(b * t, d),
+    head.weight,
+    kind="ce",
+    labels=targets.reshape(b * t),
+    mask=mask.reshape(b * t) > 0,
+    label_smoothing=label_smoothing,
+    implementation=None if head.implementation == "auto" else head.implementation,
+    chunk_size=head.chunk_size or None,
+  )
+  if label_smoothing:
+    # The op differentiates only the smoothed loss; log p(y) is then a metric.
+    logp = jax.lax.stop_gradient(stats.label_logit - stats.student_lse)
+  else:
+    logp = -stats.loss
+  is_top = (stats.label_logit >= stats.student_max).astype(jnp.float32)
+  return jax.tree.map(
+    lambda x: x.reshape(b, t),
+    TargetStats(
+      nll=stats.loss,
+      logp=logp,
+      logz=stats.student_lse,
+      is_top=jax.lax.stop_gradient(is_top),
+      entropy=stats.entropy,
+    ),
+  )
