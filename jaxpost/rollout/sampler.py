@@ -1,9 +1,34 @@
-"""Autoregressive generation with a KV cache: greedy or temperature sampling.
+"""Autoregressive generation with a KV cache: the sampler every RL and eval loop uses.
 
-Prompts are left-padded so every row decodes in lockstep: after the prefill, step n
-writes cache slot P + n in all rows. Padding slots carry segment id 0 and are never
-attended to; RoPE positions start at 0 at each row's first real token, so a row's
-result does not depend on how much padding it got.
+Read this file top to bottom; it is the whole story of how a completion is drawn.
+
+1. Prompts of different lengths share one batch by *left* padding, so every row decodes
+   in lockstep: after a prefill over the P prompt columns, decode step n writes cache
+   slot P + n in all rows. Padding slots carry segment id 0 and are never attended to,
+   and RoPE positions start at 0 at each row's first real token, so a row's result does
+   not depend on how much padding it got.
+2. The prefill and a ``lax.while_loop`` of single-token decode steps are compiled as one
+   program over a cache preallocated to P + N - 1 slots; the loop exits early once every
+   row has emitted a stop token.
+3. Each step turns the f32 logits into a token: divide by the temperature, truncate
+   (top-k, then top-p, then min-p), draw from what is left. Each row draws from its own
+   key stream, ``fold_in(row_key, step)``, so a row's sample does not depend on which
+   other rows share its batch, how the batch is sharded, or how long the loop runs.
+   Stop ids are a traced argument (padded to a multiple of 4), the sampling settings
+   static: changing the stop set does not recompile.
+4. The log-prob *recorded* for a token is log_softmax(logits / temperature) without the
+   truncation: that is what the trainer recomputes from a full forward pass (it never
+   sees the filters), so at the sampling parameters the PPO ratio starts at exactly 1 up
+   to float noise. The log-prob under the truncated distribution actually sampled from
+   is recorded alongside, for importance corrections.
+5. Stop *tokens* end a row on device. Stop *strings* are matched on the host after
+   decoding (``apply_stop_strings``): a string is a property of text, reachable through
+   many tokenizations and possibly straddling token boundaries, and detokenizing is a
+   host (Python/Rust) operation that cannot run inside the compiled loop. The price is
+   the few tokens decoded past a stop string before a stop token or the budget ends it.
+6. ``generate_groups`` draws G samples for each of P prompts (B = P * G rows, row
+   p * G + g); ``rollout/batching.py`` lays prompts and completions out as the
+   right-padded ``Batch`` the trainer scores.
 """
 
 from __future__ import annotations
@@ -11,6 +36,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -25,15 +51,23 @@ class GenerateOutput:
   """Generated continuations.
 
   Attributes:
-    tokens: i32[B, N] new tokens; ``pad_id`` after a row's EOS (the EOS itself is kept).
-    lengths: i32[B] number of generated tokens per row, EOS included.
-    logp: f32[B, N] log-probability of each generated token under the sampling
-      distribution (softmax(logits / temperature); temperature 1 for greedy); 0 after EOS.
+    tokens: i32[B, N] new tokens; ``pad_id`` after a row's stop token (which is kept).
+    lengths: i32[B] number of generated tokens per row, stop token included.
+    logp: f32[B, N] log-probability of each generated token under
+      log_softmax(logits / temperature), no truncation (temperature 1 when greedy); the
+      distribution the trainer scores. 0 after the row ended.
+    filtered_logp: f32[B, N] log-probability under the truncated (top-k/top-p/min-p)
+      distribution actually sampled from; equals ``logp`` when no filter is active, 0
+      when greedy (a point mass). 0 after the row ended.
+    stopped: bool[B] the row ended on a stop token (or, after ``apply_stop_strings``, a
+      stop string); False = it ran out of ``max_new_tokens`` (truncated).
   """
 
   tokens: jax.Array
   lengths: jax.Array
   logp: jax.Array
+  filtered_logp: jax.Array
+  stopped: jax.Array
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,33 +91,136 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.nd
   return tokens, mask
 
 
+# ----------------------------------------------------------------------------------------
+# One step: logits -> token.
+
+
+def filter_logits(
+  logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+) -> jax.Array:
+  """Truncates a next-token distribution: top-k, then top-p, then min-p.
+
+  Each filter sees the distribution the previous one left (renormalised), so top-p
+  measures mass within the top k. Removed entries become -inf. Ties with the last kept
+  value are kept, so a filter may keep more tokens than asked; the argmax always
+  survives, so greedy decoding is unaffected by any filter.
+
+  - top-k keeps the k largest logits ("Hierarchical Neural Story Generation",
+    arXiv:1805.04833); 0 = off.
+  - top-p keeps the smallest prefix of tokens, by decreasing probability, whose mass
+    reaches p ("The Curious Case of Neural Text Degeneration", arXiv:1904.09751); 1 = off.
+  - min-p keeps tokens with p_i >= min_p * max_j p_j ("Turning Up the Heat: Min-p
+    Sampling for Creative and Coherent LLM Outputs", arXiv:2407.01082); 0 = off.
+    The ratio test is invariant to renormalisation, so it needs no softmax.
+
+  Args:
+    logits: f32[B, V] logits, already divided by the temperature.
+    top_k: k, 0 = off.
+    top_p: p in (0, 1], 1 = off.
+    min_p: in [0, 1], 0 = off.
+
+  Returns:
+    f32[B, V] logits with the removed tokens at -inf.
+  """
+  chex.assert_rank(logits, 2)
+  logits = logits.astype(jnp.float32)
+  v = logits.shape[-1]
+  if 0 < top_k < v:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1] k-th largest
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [B, V] descending; -inf sorts last
+    probs = jax.nn.softmax(ordered, axis=-1)
+    # Keep token i while the mass strictly before it is < p: the token that crosses p
+    # is kept, and the most likely token always (mass before it is 0 < p).
+    before = jnp.cumsum(probs, axis=-1) - probs
+    cutoff = jnp.min(jnp.where(before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  if min_p > 0.0:
+    # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
+    cutoff = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.float32(min_p))
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return logits
+
+
+def _row_keys(key: jax.Array, rows: int) -> jax.Array:
+  """key[B] per-row keys from one key (row b gets fold_in(key, b)) or from B keys.
+
+  Accepts typed keys (``jax.random.key``) and raw uint32 key data (``PRNGKey``).
+  """
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  if key.ndim == 0:
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(rows))
+  chex.assert_shape(key, (rows,))
+  return key
+
+
 def sample_logits(
-  logits: jax.Array, key: jax.Array, temperature: float
-) -> tuple[jax.Array, jax.Array]:
+  logits: jax.Array,
+  key: jax.Array,
+  temperature: float,
+  *,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  min_p: float = 0.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Draws one token per row.
 
   Args:
-    logits: f32[B, V] next-token logits.
-    key: PRNG key (unused when greedy).
-    temperature: 0 = greedy argmax; > 0 = sample from softmax(logits / temperature).
+    logits: f32[B, V] next-token logits (any float dtype; upcast to f32).
+    key: one PRNG key (row b draws with fold_in(key, b)) or key[B], one per row. Unused
+      when greedy.
+    temperature: 0 = greedy argmax; > 0 = sample from the truncated
+      softmax(logits / temperature).
+    top_k: see ``filter_logits``; ignored when greedy.
+    top_p: see ``filter_logits``; ignored when greedy.
+    min_p: see ``filter_logits``; ignored when greedy.
 
   Returns:
-    (tokens i32[B], logp f32[B]) with logp the token's log-probability under the
-    sampling distribution (plain log_softmax(logits) when greedy).
+    (tokens i32[B], logp f32[B], filtered_logp f32[B]): ``logp`` is the token's
+    log-probability under log_softmax(logits / temperature) with no truncation
+    (log_softmax(logits) when greedy), the distribution the trainer scores;
+    ``filtered_logp`` is under the truncated distribution actually drawn from (0 when
+    greedy: a point mass).
   """
+  chex.assert_rank(logits, 2)
   logits = logits.astype(jnp.float32)
   if temperature == 0.0:
-    tokens = jnp.argmax(logits, axis=-1)
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
-  else:
-    logprobs = jax.nn.log_softmax(logits / temperature, axis=-1)
-    tokens = jax.random.categorical(key, logprobs, axis=-1)
-  tokens = tokens.astype(jnp.int32)
-  return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    return tokens, picked, jnp.zeros_like(picked)
+  # Divide (not multiply by 1 / T), in f32: the trainer must score log_softmax(logits / T)
+  # the same way for the recorded logp to match it to float precision.
+  scaled = logits / temperature
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  filtered = filter_logits(scaled, top_k=top_k, top_p=top_p, min_p=min_p)
+  keys = _row_keys(key, logits.shape[0])
+  # vmap over rows: each row's Gumbel noise comes from its own key only.
+  tokens = jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+  picked = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+  if not (0 < top_k < logits.shape[-1] or top_p < 1.0 or min_p > 0.0):
+    return tokens, picked, picked  # nothing truncated: one distribution
+  filtered_logp = jax.nn.log_softmax(filtered, axis=-1)
+  return tokens, picked, jnp.take_along_axis(filtered_logp, tokens[:, None], axis=-1)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled loop: prefill, then one token per while_loop iteration.
 
 
 @functools.partial(
-  jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "pad_id", "temperature")
+  jax.jit,
+  static_argnames=(
+    "graphdef",
+    "max_new_tokens",
+    "pad_id",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+  ),
 )
 def _generate(
   graphdef: nnx.GraphDef,
@@ -91,15 +228,21 @@ def _generate(
   prompt_tokens: jax.Array,
   prompt_mask: jax.Array,
   key: jax.Array,
+  stop_ids: jax.Array,
   *,
   max_new_tokens: int,
-  eos_id: int,
   pad_id: int,
   temperature: float,
+  top_k: int,
+  top_p: float,
+  min_p: float,
 ) -> GenerateOutput:
+  chex.assert_rank([prompt_tokens, prompt_mask], 2)
   model: Decoder = nnx.merge(graphdef, state)
   b, p = prompt_tokens.shape
   n = max_new_tokens
+  row_keys = _row_keys(key, b)  # [B]
+  stops = stop_ids.astype(jnp.int32)  # [S]
   mask = prompt_mask.astype(jnp.int32)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   # The last sampled token is never fed back, so P + N - 1 slots suffice.
@@ -108,18 +251,25 @@ def _generate(
 
   def emit(carry, logits, step):
     """Samples token ``step`` for every row and records it for rows still running."""
-    cache, tokens, logp, lengths, done, _, next_pos = carry
-    token, token_logp = sample_logits(logits, jax.random.fold_in(key, step), temperature)
+    cache, tokens, logp, flogp, lengths, done, _, next_pos = carry
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+    token, token_logp, token_flogp = sample_logits(
+      logits, step_keys, temperature, top_k=top_k, top_p=top_p, min_p=min_p
+    )
+    # Finished rows keep decoding in lockstep (their cache slots are harmless) but
+    # record nothing: pad tokens and zero log-probs after the stop token.
     alive = ~done
     tokens = tokens.at[:, step].set(jnp.where(alive, token, pad_id))
     logp = logp.at[:, step].set(jnp.where(alive, token_logp, 0.0))
+    flogp = flogp.at[:, step].set(jnp.where(alive, token_flogp, 0.0))
     lengths = lengths + alive.astype(jnp.int32)
-    done = done | (token == eos_id)
-    return cache, tokens, logp, lengths, done, token, next_pos
+    done = done | jnp.any(token[:, None] == stops[None, :], axis=-1)
+    return cache, tokens, logp, flogp, lengths, done, token, next_pos
 
   carry = (
     prefill.cache,
     jnp.full((b, n), pad_id, jnp.int32),
+    jnp.zeros((b, n), jnp.float32),
     jnp.zeros((b, n), jnp.float32),
     jnp.zeros((b,), jnp.int32),
     jnp.zeros((b,), bool),
@@ -130,22 +280,24 @@ def _generate(
 
   def cond(loop):
     step, carry = loop
-    return (step < n) & ~jnp.all(carry[4])
+    return (step < n) & ~jnp.all(carry[5])
 
   def body(loop):
-    step, (cache, tokens, logp, lengths, done, last, next_pos) = loop
+    step, (cache, tokens, logp, flogp, lengths, done, last, next_pos) = loop
     out = model.forward(
       last[:, None],
       positions=next_pos[:, None],
       segment_ids=jnp.ones((b, 1), jnp.int32),
       cache=cache,
     )
-    carry = (out.cache, tokens, logp, lengths, done, last, next_pos + 1)
+    carry = (out.cache, tokens, logp, flogp, lengths, done, last, next_pos + 1)
     return step + 1, emit(carry, out.logits[:, 0], step)
 
   _, carry = jax.lax.while_loop(cond, body, (jnp.int32(1), carry))
-  _, tokens, logp, lengths, _, _, _ = carry
-  return GenerateOutput(tokens=tokens, lengths=lengths, logp=logp)
+  _, tokens, logp, flogp, lengths, done, _, _ = carry
+  return GenerateOutput(
+    tokens=tokens, lengths=lengths, logp=logp, filtered_logp=flogp, stopped=done
+  )
 
 
 def make_generate_fn(
@@ -153,25 +305,56 @@ def make_generate_fn(
   *,
   max_new_tokens: int,
   eos_id: int,
+  stop_ids: Sequence[int] = (),
   pad_id: int = 0,
   temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  min_p: float = 0.0,
 ) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array], GenerateOutput]:
   """Jitted ``(state, prompt_tokens, prompt_mask, key) -> GenerateOutput``.
 
-  ``graphdef`` and ``state`` come from ``nnx.split(model)``. Compilations are cached per
-  (graphdef, settings, shapes), so calling this repeatedly is cheap.
+  ``graphdef`` and ``state`` come from ``nnx.split(model)``. ``key`` is one PRNG key
+  (row b uses fold_in(key, b)) or key[B], one stream per row. Compilations are cached
+  per (graphdef, settings, shapes), so calling this repeatedly is cheap.
+
+  Args:
+    graphdef: the model's static graph.
+    max_new_tokens: N, the decode budget per row.
+    eos_id: stop token (a negative id never matches: no stop token).
+    stop_ids: further stop tokens (e.g. a chat template's end-of-turn token).
+    pad_id: filler after a row's stop token.
+    temperature: 0 = greedy; > 0 = sampling.
+    top_k: keep the k most likely tokens; 0 = off.
+    top_p: nucleus mass in (0, 1]; 1 = off.
+    min_p: keep tokens with p >= min_p * p_max, in [0, 1]; 0 = off.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if not 0.0 <= min_p <= 1.0:
+    raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+  # Stop ids are a traced argument, padded to a multiple of 4 by repeating one of them,
+  # so every small stop set shares one compilation.
+  stops = sorted({int(eos_id), *map(int, stop_ids)})
+  stops += stops[:1] * (-len(stops) % 4)
+  if temperature == 0:
+    top_k, top_p, min_p = 0, 1.0, 0.0  # greedy ignores the filters: one compilation
   return functools.partial(
     _generate,
     graphdef,
     max_new_tokens=max_new_tokens,
-    eos_id=eos_id,
+    stop_ids=np.asarray(stops, np.int32),
     pad_id=pad_id,
     temperature=float(temperature),
+    top_k=int(top_k),
+    top_p=float(top_p),
+    min_p=float(min_p),
   )
 
 
@@ -182,11 +365,15 @@ def generate(
   *,
   max_new_tokens: int,
   eos_id: int,
+  stop_ids: Sequence[int] = (),
   pad_id: int = 0,
   temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  min_p: float = 0.0,
   key: jax.Array | None = None,
 ) -> GenerateOutput:
-  """Generates up to ``max_new_tokens`` per row, stopping early once all rows hit EOS.
+  """Generates up to ``max_new_tokens`` per row, stopping early once all rows stopped.
 
   Args:
     model: the decoder (not modified).
@@ -195,12 +382,16 @@ def generate(
     prompt_mask: {0,1}[B, P], 1 on real tokens.
     max_new_tokens: N.
     eos_id: token that ends a row.
-    pad_id: filler after EOS.
+    stop_ids: further tokens that end a row.
+    pad_id: filler after the stop token.
     temperature: 0 = greedy; > 0 = sampling (needs ``key``).
-    key: PRNG key for sampling.
+    top_k: see ``make_generate_fn``.
+    top_p: see ``make_generate_fn``.
+    min_p: see ``make_generate_fn``.
+    key: PRNG key for sampling, or key[B] (one per row).
 
   Returns:
-    ``GenerateOutput`` with [B, N] tokens and logp and [B] lengths.
+    ``GenerateOutput`` with [B, N] tokens and log-probs and [B] lengths and stop flags.
   """
   if key is None:
     if temperature > 0:
@@ -211,7 +402,158 @@ def generate(
     graphdef,
     max_new_tokens=max_new_tokens,
     eos_id=eos_id,
+    stop_ids=stop_ids,
     pad_id=pad_id,
     temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    min_p=min_p,
   )
   return fn(state, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key)
+
+
+# ----------------------------------------------------------------------------------------
+# G samples per prompt.
+
+
+def group_keys(key: jax.Array, num_prompts: int, num_samples: int) -> jax.Array:
+  """key[P * G]: row p * G + g gets fold_in(fold_in(key, p), g).
+
+  Sample (p, g) depends only on (key, p, g), not on P or G, so adding prompts or
+  samples leaves the existing draws unchanged.
+  """
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  chex.assert_shape(key, ())
+  per_prompt = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_prompts))
+  per_sample = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(None, 0)), in_axes=(0, None))(
+    per_prompt, jnp.arange(num_samples)
+  )  # [P, G]
+  return per_sample.reshape(num_prompts * num_samples)
+
+
+def generate_groups(
+  generate_fn: Callable[[nnx.State, jax.Array, jax.Array, jax.Array], GenerateOutput],
+  state: nnx.State,
+  prompts: Sequence[Sequence[int]],
+  num_samples: int,
+  key: jax.Array,
+  *,
+  pad_id: int = 0,
+  width: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, GenerateOutput]:
+  """G samples for each of P prompts in one batch of B = P * G rows.
+
+  Rows of one prompt are adjacent (row = p * G + g, so ``rows.reshape(P, G)`` groups
+  them and the group id of row b is b // G), and each row has its own key stream
+  (``group_keys``).
+
+  Args:
+    generate_fn: from ``make_generate_fn`` (sampling settings are bound there).
+    state: the model state.
+    prompts: P token lists.
+    num_samples: G.
+    key: one PRNG key.
+    pad_id: left-padding token.
+    width: pad prompts to this many columns (>= the longest prompt), e.g. a fixed
+      bucket so every call reuses one compilation; default the longest prompt.
+
+  Returns:
+    (prompt_tokens i32[B, P'], prompt_mask i32[B, P'], GenerateOutput with B rows), the
+    left-padded prompts as fed to the sampler (what ``batching.rollout_batch`` takes).
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  repeated = [p for p in prompts for _ in range(num_samples)]
+  tokens, mask = left_pad(repeated, pad_id)
+  if width is not None:
+    if width < tokens.shape[1]:
+      raise ValueError(f"width {width} is shorter than the longest prompt {tokens.shape[1]}")
+    extra = width - tokens.shape[1]
+    tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id)
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+  keys = group_keys(key, len(prompts), num_samples)
+  out = generate_fn(state, jnp.asarray(tokens), jnp.asarray(mask), keys)
+  return tokens, mask, out
+
+
+# ----------------------------------------------------------------------------------------
+# Stop strings, on the host after decoding (see the module docstring for why).
+
+
+def find_stop_string(
+  ids: Sequence[int], detokenize: Callable[[Sequence[int]], str], stop_strings: Sequence[str]
+) -> int | None:
+  """Number of tokens up to and including the one that completes the first stop string.
+
+  "First" is the stop string completed by the fewest tokens, i.e. the one a streaming
+  detokenizer would see first. Binary search over prefixes, so O(log n) decodes; it
+  assumes that a stop string present in the text of ``ids[:n]`` is also present in the
+  text of every longer prefix (true of ordinary detokenizers).
+
+  Args:
+    ids: generated token ids (the completion only).
+    detokenize: ids -> text, e.g. ``tokenizer.decode``.
+    stop_strings: non-empty strings.
+
+  Returns:
+    n such that ``ids[:n]`` is the completion cut after the stop string, or None if no
+    stop string occurs.
+  """
+  if any(not s for s in stop_strings):
+    raise ValueError("stop strings must be non-empty")
+  ids = [int(i) for i in ids]
+
+  def hit(n: int) -> bool:
+    text = detokenize(ids[:n])
+    return any(s in text for s in stop_strings)
+
+  if not stop_strings or not hit(len(ids)):
+    return None
+  lo, hi = 1, len(ids)  # hit(hi) holds; find the smallest such n
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if hit(mid):
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
+
+
+def apply_stop_strings(
+  out: GenerateOutput,
+  detokenize: Callable[[Sequence[int]], str],
+  stop_strings: Sequence[str],
+  *,
+  pad_id: int = 0,
+) -> GenerateOutput:
+  """Cuts each row after its first stop string (host side, NumPy arrays out).
+
+  Rows that already ended on a stop token are cut only if a stop string completes
+  earlier. A cut row counts as ``stopped`` (not truncated); everything after the cut
+  becomes ``pad_id`` with zero log-probs.
+
+  Args:
+    out: the sampler's output (device or host arrays).
+    detokenize: ids -> text.
+    stop_strings: non-empty strings.
+    pad_id: filler after the cut.
+
+  Returns:
+    ``GenerateOutput`` of NumPy arrays.
+  """
+  tokens, lengths, logp, flogp, stopped = (
+    np.array(x) for x in (out.tokens, out.lengths, out.logp, out.filtered_logp, out.stopped)
+  )
+  for row in range(tokens.shape[0]):
+    cut = find_stop_string(tokens[row, : lengths[row]], detokenize, stop_strings)
+    if cut is None:
+      continue
+    tokens[row, cut:] = pad_id
+    logp[row, cut:] = 0.0
+    flogp[row, cut:] = 0.0
+    lengths[row] = cut
+    stopped[row] = True
+  return GenerateOutput(
+    tokens=tokens, lengths=lengths, logp=logp, filtered_logp=flogp, stopped=stopped
+  )
