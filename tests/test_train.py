@@ -112,12 +112,22 @@ def test_step_is_deterministic():
   _assert_trees_close(outs[0], outs[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("lm_head", ["fused_xla", "fused_pallas"])
-def test_fused_lm_head_equals_full_logits(lm_head):
+@pytest.mark.parametrize(
+  "lm_head,hparams",
+  [
+    # z-loss differentiates lse: the general per-token-cotangent path.
+    ("fused_xla", {"label_smoothing": 0.1, "z_loss": 1e-3}),
+    ("fused_pallas", {"label_smoothing": 0.1, "z_loss": 1e-3}),
+    # Linear reductions: the gradient-in-forward path.
+    ("fused_xla", {"reduction": "sequence_mean", "label_smoothing": 0.1}),
+    ("fused_pallas", {}),
+  ],
+)
+def test_fused_lm_head_equals_full_logits(lm_head, hparams):
   """The kernels.lm_head switch changes memory, never the loss, metrics or gradients."""
   graphdef, params, rest = _model_parts()
   batch = _batch(pack=True, b=4, t=16)
-  bound = train.bind_loss("cross_entropy", {"label_smoothing": 0.1, "z_loss": 1e-3})
+  bound = train.bind_loss("cross_entropy", hparams)
   full = train.lm_objective(graphdef, bound)
   fused = train.lm_objective(graphdef, bound, lm_head=lm_head, chunk_size=24)
   loss, metrics, grads, _ = train.accumulate_grads(full, params, rest, batch, 2)

@@ -15,7 +15,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.fused_linear_divergence import fused_linear_divergence
+from pallas_kernels.fused_linear_divergence import (
+  TokenStats,
+  fused_linear_divergence,
+  fused_linear_divergence_sum,
+)
 
 # config.kernels.lm_head -> implementation of the fused op (None = full logits).
 LM_HEADS = {"logits": None, "fused": "auto", "fused_xla": "xla", "fused_pallas": "pallas"}
@@ -106,11 +110,45 @@ def target_stats(
   )
 
 
-def _fused_target_stats(head: FusedHead, targets, mask, label_smoothing) -> TargetStats:
+def reduced_nll(
+  outputs: jax.Array | FusedHead,
+  targets: jax.Array,
+  mask: jax.Array,
+  reduce_fn,
+  *,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, TargetStats]:
+  """``reduce_fn(nll)`` and the per-token statistics, for a *linear* ``reduce_fn``.
+
+  With a ``FusedHead`` this takes the fused op's gradient-in-forward path: the
+  reduction's per-token weights are known before the loss is computed (they are the
+  gradient of the linear ``reduce_fn``), so each chunk's logits are built once instead
+  of being recomputed in the backward pass. The statistics then carry no gradient;
+  use ``target_stats`` when something non-linear in them (z-loss) is differentiated.
+
+  Args:
+    outputs: f32[B, T, V] logits or a ``FusedHead``.
+    targets: i32[B, T].
+    mask: [B, T] 1 where the target counts.
+    reduce_fn: f32[B, T] -> f32[], linear (e.g. a masked token or sequence mean).
+    label_smoothing: eps of the nll.
+
+  Returns:
+    (reduce_fn(nll) f32[], TargetStats).
+  """
+  if not isinstance(outputs, FusedHead):
+    stats = target_stats(outputs, targets, mask, label_smoothing=label_smoothing)
+    return reduce_fn(stats.nll), stats
+  token_weights = jax.grad(reduce_fn)(jnp.zeros(targets.shape, jnp.float32))
+  total, stats = _call_fused(
+    outputs, targets, mask, label_smoothing, token_weights=token_weights.reshape(-1)
+  )
+  return total, _as_target_stats(stats, targets.shape, label_smoothing)
+
+
+def _call_fused(head: FusedHead, targets, mask, label_smoothing, token_weights=None):
   b, t, d = head.hidden.shape
-  stats = fused_linear_divergence(
-    head.hidden.reshape(b * t, d),
-    head.weight,
+  kwargs = dict(
     kind="ce",
     labels=targets.reshape(b * t),
     mask=mask.reshape(b * t) > 0,
@@ -118,6 +156,18 @@ def _fused_target_stats(head: FusedHead, targets, mask, label_smoothing) -> Targ
     implementation=None if head.implementation == "auto" else head.implementation,
     chunk_size=head.chunk_size or None,
   )
+  hidden = head.hidden.reshape(b * t, d)
+  if token_weights is None:
+    return fused_linear_divergence(hidden, head.weight, **kwargs)
+  return fused_linear_divergence_sum(hidden, head.weight, token_weights=token_weights, **kwargs)
+
+
+def _fused_target_stats(head: FusedHead, targets, mask, label_smoothing) -> TargetStats:
+  stats = _call_fused(head, targets, mask, label_smoothing)
+  return _as_target_stats(stats, targets.shape, label_smoothing)
+
+
+def _as_target_stats(stats: TokenStats, shape, label_smoothing) -> TargetStats:
   if label_smoothing:
     # The op differentiates only the smoothed loss; log p(y) is then a metric.
     logp = jax.lax.stop_gradient(stats.label_logit - stats.student_lse)
@@ -125,7 +175,7 @@ def _fused_target_stats(head: FusedHead, targets, mask, label_smoothing) -> Targ
     logp = -stats.loss
   is_top = (stats.label_logit >= stats.student_max).astype(jnp.float32)
   return jax.tree.map(
-    lambda x: x.reshape(b, t),
+    lambda x: x.reshape(shape),
     TargetStats(
       nll=stats.loss,
       logp=logp,

@@ -115,3 +115,64 @@ def reduce(
   if how == "sequence_mean":
     return sequence_mean(x, mask, segment_ids, norm)
   raise ValueError(f"unknown reduction {how!r}; expected one of {REDUCTIONS}")
+
+
+# Loss-aggregation modes of the RL losses (verl's ``agg_loss``; methods/rl.md section 0).
+AGGREGATIONS = (
+  "token_mean",
+  "seq_mean_token_sum",
+  "seq_mean_token_mean",
+  "seq_mean_token_sum_norm",
+)
+
+
+def aggregate(
+  x: jax.Array,
+  mask: jax.Array,
+  segment_ids: jax.Array,
+  norm: Normalizers,
+  mode: str,
+  *,
+  constant: float | None = None,
+) -> jax.Array:
+  """Per-token loss -> scalar under one of the ``AGGREGATIONS`` modes.
+
+  With m the mask and N_seq = ``norm.sequences`` (sequences with a counted token):
+    token_mean:              sum_{i,t} m x / sum_{i,t} m                (DAPO, verl default)
+    seq_mean_token_sum:      (1 / N_seq) sum_i sum_t m x
+    seq_mean_token_mean:     (1 / N_seq) sum_i [sum_t m x / sum_t m]   (GRPO, GSPO)
+    seq_mean_token_sum_norm: sum_{i,t} m x / C                          (Dr. GRPO)
+
+  Every mode divides by global counts (or a constant), so the values of row-wise
+  micro-batches add up to the full-batch value.
+
+  Args:
+    x: f32[B, T] per-token values.
+    mask: f32[B, T] 1 where x counts.
+    segment_ids: i32[B, T] packing segments; each segment is one sequence.
+    norm: global normalisers.
+    mode: one of ``AGGREGATIONS``.
+    constant: C of ``seq_mean_token_sum_norm``. None uses the padded length T, as verl
+      does when ``loss_scale_factor`` is unset. C is not divided by the number of
+      sequences (the card's reading of verl), so to get Dr. GRPO's
+      (1/G) sum_i sum_t / L_max over the global batch pass C = N_seq * L_max.
+
+  Returns:
+    f32[] the aggregated value.
+  """
+  chex.assert_rank([x, mask, segment_ids], 2)
+  chex.assert_equal_shape([x, mask, segment_ids])
+  if mode == "token_mean":
+    return token_mean(x, mask, norm)
+  if mode == "seq_mean_token_mean":
+    return sequence_mean(x, mask, segment_ids, norm)
+  if mode == "seq_mean_token_sum":
+    # Slot 0 of segment_sums is padding, as in sequence_mean.
+    sums = segment_sums(jnp.where(mask > 0, x, 0.0), segment_ids)[:, 1:]
+    return jnp.sum(sums) / _safe(norm.sequences)
+  if mode == "seq_mean_token_sum_norm":
+    c = x.shape[1] if constant is None else constant
+    if not c > 0:
+      raise ValueError(f"seq_mean_token_sum_norm needs a positive constant, got {c!r}")
+    return token_sum(x, mask) / c
+  raise ValueError(f"unknown aggregation {mode!r}; expected one of {AGGREGATIONS}")

@@ -49,4 +49,4 @@ def names() -> list[str]:
 
 def _import_builtin_losses() -> None:
   # Importing the family modules runs their @register decorators.
-  from jaxpost.losses import sft  # noqa: F401
+  from jaxpost.losses import policy, sft  # noqa: F401

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpost.losses import reduce
-from jaxpost.losses.head import FusedHead, target_stats
+from jaxpost.losses.head import FusedHead, reduced_nll, target_stats
 from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
@@ -39,12 +39,19 @@ def cross_entropy(
     (loss f32[], metrics) with metrics additive over micro-batches.
   """
   chex.assert_rank([batch.targets, batch.loss_mask], 2)
-  stats = target_stats(logits, batch.targets, batch.loss_mask, label_smoothing=label_smoothing)
-  nll = stats.nll
-  if z_loss:
-    nll = nll + z_loss * jnp.square(stats.logz)
   mask = batch.loss_mask
-  loss = reduce.reduce(nll, mask, batch.segment_ids, norm, reduction)
+
+  def reduce_fn(x):
+    return reduce.reduce(x, mask, batch.segment_ids, norm, reduction)
+
+  if z_loss:
+    stats = target_stats(logits, batch.targets, mask, label_smoothing=label_smoothing)
+    loss = reduce_fn(stats.nll + z_loss * jnp.square(stats.logz))
+  else:
+    # Linear in the per-token nll: a fused head computes its gradient in the forward.
+    loss, stats = reduced_nll(
+      logits, batch.targets, mask, reduce_fn, label_smoothing=label_smoothing
+    )
   metrics = {
     "nll": reduce.token_mean(-stats.logp, mask, norm),
     "token_accuracy": reduce.token_mean(stats.is_top, mask, norm),

@@ -4,6 +4,7 @@ from pallas_kernels.fused_linear_divergence.ops import (
   IMPLEMENTATIONS,
   default_chunk_size,
   fused_linear_divergence,
+  fused_linear_divergence_sum,
 )
 from pallas_kernels.fused_linear_divergence.reference import KINDS, TokenStats, TopK
 
@@ -14,4 +15,5 @@ __all__ = [
   "TopK",
   "default_chunk_size",
   "fused_linear_divergence",
+  "fused_linear_divergence_sum",
 ]

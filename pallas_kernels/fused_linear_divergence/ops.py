@@ -107,6 +107,80 @@ def fused_linear_divergence(
     ``TokenStats`` of f32[N] arrays; differentiable in ``h`` and ``w`` through
     ``loss``, ``student_lse`` and ``entropy``.
   """
+  args = _validate(
+    h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
+    implementation, chunk_size, interpret,
+  )  # fmt: skip
+  if args is None:  # implementation == "reference"
+    return reference.reference_divergence(
+      h,
+      w,
+      teacher,
+      labels,
+      mask,
+      weights,
+      kind=kind,
+      beta=beta,
+      temperature=temperature,
+      label_smoothing=label_smoothing,
+    )
+  return _fused(*args)
+
+
+def fused_linear_divergence_sum(
+  h: jax.Array,
+  w: jax.Array,
+  *,
+  kind: str,
+  token_weights: jax.Array,
+  teacher=None,
+  labels: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  weights: jax.Array | None = None,
+  beta: float = 0.5,
+  temperature: float = 1.0,
+  label_smoothing: float = 0.0,
+  implementation: str | None = None,
+  chunk_size: int | None = None,
+  interpret: bool | None = None,
+) -> tuple[jax.Array, TokenStats]:
+  """sum_n token_weights[n] * loss[n], with its gradient computed in the forward pass.
+
+  The fast path for a training loss whose per-token weights are known up front (mask /
+  token count, per-sequence weights, ...): each chunk's logits are computed once and
+  both the statistics and dlogits come from them, so the cost is the 8 N D V floor
+  (6 with a logits or top-k teacher) instead of the general op's 12. The per-token
+  ``TokenStats`` are returned for metrics and carry no gradient; only the sum does.
+
+  Args:
+    token_weights: f32[N] weight of each token's loss (no gradient).
+    Everything else as in ``fused_linear_divergence``.
+
+  Returns:
+    (total f32[], TokenStats without gradient).
+  """
+  args = _validate(
+    h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
+    implementation, chunk_size, interpret,
+  )  # fmt: skip
+  if token_weights.shape != (h.shape[0],):
+    raise ValueError(f"token_weights must have shape ({h.shape[0]},), got {token_weights.shape}")
+  if args is None:
+    stats = reference.reference_divergence(
+      h, w, teacher, labels, mask, weights, kind=kind, beta=beta, temperature=temperature,
+      label_smoothing=label_smoothing,
+    )  # fmt: skip
+    total = jnp.sum(jax.lax.stop_gradient(token_weights) * stats.loss)
+    return total, jax.lax.stop_gradient(stats)
+  total, stats = _fused_sum(*args, jax.lax.stop_gradient(token_weights))
+  return total, jax.lax.stop_gradient(stats)
+
+
+def _validate(
+  h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
+  implementation, chunk_size, interpret,
+):  # fmt: skip
+  """Checks the arguments; returns the custom_vjp's inputs, or None for "reference"."""
   if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[0]:
     raise ValueError(f"need h [N, D] and w [D, V]; got {h.shape} and {w.shape}")
   if kind not in KINDS:
@@ -132,18 +206,7 @@ def fused_linear_divergence(
   if implementation == "pallas" and isinstance(teacher, TopK):
     raise ValueError("the Pallas path does not take a top-k teacher; use implementation='xla'")
   if implementation == "reference":
-    return reference.reference_divergence(
-      h,
-      w,
-      teacher,
-      labels,
-      mask,
-      weights,
-      kind=kind,
-      beta=beta,
-      temperature=temperature,
-      label_smoothing=label_smoothing,
-    )
+    return None
   cfg = _Config(
     kind=kind,
     beta=float(beta),
@@ -160,7 +223,7 @@ def fused_linear_divergence(
   # Zero masked rows up front: dW = h^T dz would turn garbage (NaN) there into NaN
   # even though dz is 0 on those rows.
   h = jnp.where(mask[:, None], h, jnp.zeros((), h.dtype))
-  return _fused(cfg, h, w, teacher, labels.astype(jnp.int32), mask, weights)
+  return cfg, h, w, teacher, labels.astype(jnp.int32), mask, weights
 
 
 def _check_teacher(kind, teacher, n, v):
@@ -278,10 +341,17 @@ def _fused_fwd(cfg, h, w, teacher, labels, mask, weights):
 
 def _fused_bwd(cfg, res, g: TokenStats):
   h, w, teacher, labels, mask, weights, stats, extra = res
-  n = h.shape[0]
-  # Masked rows get exactly zero cotangent, whatever their (possibly garbage) inputs.
   f32 = acc_dtype(h, w)
+  # Masked rows get exactly zero cotangent, whatever their (possibly garbage) inputs.
   cot = tuple(jnp.where(mask, x.astype(f32), 0.0) for x in (g.loss, g.student_lse, g.entropy))
+  dh, dw = _grads(cfg, h, w, teacher, labels, mask, weights, cot, stats, extra)
+  return dh, dw, None, None, None, None
+
+
+def _grads(cfg, h, w, teacher, labels, mask, weights, cot, stats, extra):
+  """(dh, dW) for per-token cotangents ``cot`` = (g_loss, g_lse, g_entropy), by chunks."""
+  n = h.shape[0]
+  f32 = acc_dtype(h, w)
   t_rows, t_shared = _teacher_rows(teacher)
   per_row = (h, t_rows, labels, mask, weights, cot, stats, extra)
   if cfg.implementation == "pallas":
@@ -292,16 +362,20 @@ def _fused_bwd(cfg, res, g: TokenStats):
     dlogits_fn = functools.partial(_xla_dlogits, cfg, w, t_shared)
 
   def body(dw, chunk):
-    h_c = chunk[0]
     dz = dlogits_fn(chunk)  # f32[C, V], gradient w.r.t. the raw logits h_c @ w
-    dz = dz.astype(h.dtype)  # matmul operand in the input dtype, f32 accumulation
-    dh_c = jnp.dot(dz, w.T, preferred_element_type=f32).astype(h.dtype)
-    dw = dw + jnp.dot(h_c.T, dz, preferred_element_type=f32)
-    return dw, dh_c
+    return _accumulate(dw, chunk[0], w, dz)
 
   dw0 = jnp.zeros(w.shape, f32)
   dw, dh = jax.lax.scan(body, dw0, _to_chunks(per_row, cfg.chunk_size))
-  return _from_chunks(dh, n), dw.astype(w.dtype), None, None, None, None
+  return _from_chunks(dh, n), dw.astype(w.dtype)
+
+
+def _accumulate(dw, h_c, w, dz):
+  """dh_c = dz w^T and dW += h_c^T dz; operands in the input dtype, f32 accumulation."""
+  f32 = dw.dtype
+  dz = dz.astype(h_c.dtype)
+  dh_c = jnp.dot(dz, w.T, preferred_element_type=f32).astype(h_c.dtype)
+  return dw + jnp.dot(h_c.T, dz, preferred_element_type=f32), dh_c
 
 
 def _xla_dlogits(cfg, w, t_shared, chunk) -> jax.Array:
@@ -319,3 +393,67 @@ def _xla_dlogits(cfg, w, t_shared, chunk) -> jax.Array:
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+# ----------------------------------------------------------- gradient in the forward pass
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_sum(cfg, h, w, teacher, labels, mask, weights, token_weights):
+  stats = _forward(cfg, h, w, teacher, labels, mask, weights)[0]
+  return jnp.sum(token_weights * stats.loss), stats
+
+
+def _fused_sum_fwd(cfg, h, w, teacher, labels, mask, weights, token_weights):
+  f32 = acc_dtype(h, w)
+  g_loss = jnp.where(mask, token_weights.astype(f32), 0.0)
+  if cfg.implementation == "pallas":
+    stats, extra = _forward(cfg, h, w, teacher, labels, mask, weights)
+    zero = jnp.zeros_like(g_loss)
+    dh, dw = _grads(cfg, h, w, teacher, labels, mask, weights, (g_loss, zero, zero), stats, extra)
+  else:
+    stats, dh, dw = _xla_value_and_grads(cfg, h, w, teacher, labels, mask, weights, g_loss)
+  return (jnp.sum(g_loss * stats.loss), stats), (dh, dw)
+
+
+def _fused_sum_bwd(cfg, res, g):
+  dh, dw = res
+  g_total = g[0]  # the stats output is stop-gradient'ed by the public wrapper
+  return (
+    (g_total * dh).astype(dh.dtype),
+    (g_total * dw).astype(dw.dtype),
+    None,
+    None,
+    None,
+    None,
+    None,
+  )
+
+
+def _xla_value_and_grads(cfg, h, w, teacher, labels, mask, weights, g_loss):
+  """One scan: each chunk's logits give its statistics and its dlogits."""
+  n = h.shape[0]
+  t_rows, t_shared = _teacher_rows(teacher)
+
+  def body(dw, chunk):
+    h_c, t_c, y_c, m_c, w_c, g_c = chunk
+    zt = _teacher_logits(t_c, t_shared, cfg.temperature)
+
+    def per_token(zs):
+      st = _token_stats(cfg, zs, zt, y_c, m_c, w_c)
+      return st.loss, st
+
+    _, vjp, st = jax.vjp(per_token, _student_logits(h_c, w, cfg.temperature), has_aux=True)
+    (dzs,) = vjp(g_c.astype(dw.dtype))
+    dw, dh_c = _accumulate(dw, h_c, w, dzs / cfg.temperature)
+    return dw, (dh_c, st)
+
+  per_row = (h, t_rows, labels, mask, weights, g_loss)
+  dw, (dh, stats) = jax.lax.scan(
+    body, jnp.zeros(w.shape, acc_dtype(h, w)), _to_chunks(per_row, cfg.chunk_size)
+  )
+  stats = jax.tree.map(lambda x: _from_chunks(x, n), stats)
+  return stats, _from_chunks(dh, n), dw.astype(w.dtype)
+
+
+_fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)
