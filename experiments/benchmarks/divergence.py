@@ -7,9 +7,11 @@ teacher given as hidden states + its own LM head (D_t = D), for
   naive: full f32 [N, V] logits for student and teacher, jax.nn.log_softmax, jax.grad
   fused: pallas_kernels.fused_linear_divergence, XLA path (the default on CPU)
 
-and reports the compiled program's temporary memory (``memory_analysis``), the
-XLA-reported FLOPs against the 8 N D V floor (student forward + backward 6 N D V, teacher
-forward 2 N D V), and the median wall time. Ratios are fused / naive in the same run.
+and a bare-matmul program doing only the fused path's four matmuls per chunk (the time
+of the 8 N D V floor on this machine). It reports the compiled program's temporary
+memory (``memory_analysis``), the XLA-reported FLOPs against the 8 N D V floor (student
+forward + backward 6 N D V, teacher forward 2 N D V), and the median wall time. Ratios
+are against naive in the same run.
 
 XLA's cost analysis counts a loop body once, so the fused FLOPs are the compiled
 program's count times the number of token chunks (conservative: the little work outside
@@ -69,6 +71,23 @@ def _step(kind: str, implementation: str, chunk_size: int | None, in_forward: bo
   return jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
 
 
+def _matmul_floor(chunk_size: int):
+  """Only the fused op's four matmuls per chunk (zs, zt, dh, dW): the time floor of 8NDV."""
+
+  def run(h, w, ht, wt):
+    n, d = h.shape
+    xs = (h.reshape(-1, chunk_size, d), ht.reshape(-1, chunk_size, d))
+
+    def body(dw, x):
+      h_c, ht_c = x
+      dz = jnp.dot(h_c, w) - jnp.dot(ht_c, wt)  # stands in for the elementwise epilogue
+      return dw + jnp.dot(h_c.T, dz), jnp.dot(dz, w.T)
+
+    return jax.lax.scan(body, jnp.zeros_like(w), xs)
+
+  return jax.jit(run)
+
+
 def _median_time(fn, args, repeats: int) -> float:
   jax.block_until_ready(fn(*args))
   times = []
@@ -107,7 +126,10 @@ def measure(n: int, d: int, v: int, kind: str, repeats: int) -> dict:
     out[f"{name}_flops"] = _flops(compiled) * chunks
     out[f"{name}_s"] = _median_time(fn, args, repeats)
     del fn, compiled
+  chunk = default_chunk_size(n, v)
+  out["matmul_floor_s"] = _median_time(_matmul_floor(chunk), args, repeats)
   floor = 8 * n * d * v
+  out["matmul_floor_time_ratio"] = out["matmul_floor_s"] / out["naive_s"]
   for name in ("naive", "fused", "fused_sum"):
     out[f"{name}_mem_ratio"] = out[f"{name}_temp_bytes"] / out["naive_temp_bytes"]
     out[f"{name}_time_ratio"] = out[f"{name}_s"] / out["naive_s"]
@@ -140,7 +162,15 @@ def main() -> None:
           f"| {r[f'{name}_s']:.2f} | {r[f'{name}_time_ratio']:.2f} |",
           flush=True,
         )
+      print(
+        f"| {n} | {d} | {v} | {kind} | matmuls only (8NDV floor) | | | 1.00 "
+        f"| {r['matmul_floor_s']:.2f} | {r['matmul_floor_time_ratio']:.2f} |",
+        flush=True,
+      )
   parts = [f"rows={len(results)}"]
+  parts.append(
+    f"matmul_floor_min_time_ratio={min(r['matmul_floor_time_ratio'] for r in results):.4f}"
+  )
   for name in ("fused", "fused_sum"):
     for key in ("mem_ratio", "time_ratio", "flops_vs_floor"):
       worst = max(r[f"{name}_{key}"] for r in results)

@@ -74,6 +74,11 @@ def main() -> None:
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=256)
+  p.add_argument(
+    "--lm_head",
+    default="fused",
+    help="config.kernels.lm_head: logits (materialised) or fused (gradient-in-forward LM head)",
+  )
   args = p.parse_args()
 
   cfg = models.named_config("w-tiny")
@@ -81,7 +86,9 @@ def main() -> None:
   optimizer = optax.adamw(1e-4)
   graphdef, params, rest = train.split_model(model)
   state = train.init_train_state(params, optimizer, 0)
-  objective = train.lm_objective(graphdef, train.bind_loss("cross_entropy", {}))
+  objective = train.lm_objective(
+    graphdef, train.bind_loss("cross_entropy", {}), lm_head=args.lm_head
+  )
   step = train.make_train_step(objective, optimizer)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq))
   batch = Batch.from_tokens(jnp.asarray(tokens, jnp.int32))
@@ -102,6 +109,7 @@ def main() -> None:
   flops = model_flops_per_step(cfg, args.batch, args.seq)
   n_tokens = args.batch * args.seq
   results = {
+    "lm_head": args.lm_head,
     "params": sum(x.size for x in jax.tree.leaves(params)),
     "step_s": round(median, 4),
     "tokens_per_s": round(n_tokens / median, 1),
