@@ -419,3 +419,37 @@ def test_named_config():
   assert named_config("tiny", vocab_size=300).vocab_size == 300
   with pytest.raises(ValueError, match="unknown model size"):
     named_config("gpt-5")
+
+
+def test_blocked_causal_attention_equals_full():
+  """Skipping key blocks the causal mask hides changes nothing for real queries."""
+  from jaxpost.models.decoder import attention
+
+  b, t, h, kh, e = 2, 24, 4, 2, 8
+  keys = jax.random.split(jax.random.key(3), 3)
+  q = jax.random.normal(keys[0], (b, t, h, e))
+  k = jax.random.normal(keys[1], (b, t, kh, e))
+  v = jax.random.normal(keys[2], (b, t, kh, e))
+  # Packed rows with padding at the end of the second row.
+  seg = jnp.asarray([[1] * 10 + [2] * 14, [1] * 7 + [2] * 9 + [0] * 8], jnp.int32)
+  mask = make_attention_mask(seg, seg)
+  full = attention(q, k, v, mask)
+  for block in (4, 8, 12):
+    blocked = attention(q, k, v, mask, causal_block=block)
+    real = np.asarray(seg != 0)
+    np.testing.assert_allclose(
+      np.asarray(blocked)[real], np.asarray(full)[real], rtol=1e-6, atol=1e-6
+    )
+  # Not a multiple of T, or keys from a cache (S != T): the plain path.
+  np.testing.assert_array_equal(attention(q, k, v, mask, causal_block=7), full)
+
+
+def test_model_with_blocked_attention_matches_unblocked(monkeypatch):
+  from jaxpost.models import decoder
+
+  model = Decoder(CFG, rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 48), 0, CFG.vocab_size)
+  monkeypatch.setattr(decoder, "_CAUSAL_BLOCK", 0)
+  full = model(tokens)
+  monkeypatch.setattr(decoder, "_CAUSAL_BLOCK", 16)
+  np.testing.assert_allclose(model(tokens), full, rtol=1e-5, atol=1e-5)
