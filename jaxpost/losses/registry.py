@@ -1,8 +1,14 @@
 """Loss registry: config name -> loss function.
 
-Contract for every registered loss::
+Two families share the registry, each with one contract. Token-level losses (SFT and its
+variants, distillation; ``sft.py``)::
 
-    loss(logits: f32[B, T, V], batch: Batch, *, norm: Normalizers, **hparams)
+    loss(logits: f32[B, T, V] | FusedHead, batch: Batch, *, norm: Normalizers, **hparams)
+        -> (loss: f32[], metrics: dict[str, f32[]])
+
+Policy losses (the GRPO family; ``policy.py``) take the current policy's log-probs::
+
+    loss(logp: f32[B, T], rollout: Rollout, *, norm: Normalizers, entropy=None, **hparams)
         -> (loss: f32[], metrics: dict[str, f32[]])
 
 ``norm`` holds the global-batch counts (see ``losses/reduce.py``). Both the loss and
