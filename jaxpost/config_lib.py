@@ -127,6 +127,110 @@ def validate(c: config_dict.ConfigDict) -> None:
       for name in parse_levels(spec):
         _choice(name, field, tasks.LEVELS)
   _validate_parallelism(c)
+  _validate_rl(c)
+
+
+def _validate_rl(c: config_dict.ConfigDict) -> None:
+  """The ``rl`` and ``reward`` sections, and how the loss fits the recipe."""
+  from jaxpost.losses import advantages, correction, kl, policy, registry
+  from jaxpost.losses.reduce import AGGREGATIONS
+
+  policy_losses = [n for n in registry.names() if registry.get(n).__module__ == policy.__name__]
+  if c.recipe == "rl" and c.loss.name not in policy_losses:
+    raise ConfigError(
+      f"loss.name={c.loss.name!r} is not a policy loss; the rl recipe needs one of "
+      f"{tuple(policy_losses)}"
+    )
+  if c.recipe != "rl" and c.loss.name in policy_losses:
+    raise ConfigError(f"loss.name={c.loss.name!r} is a policy loss; it needs recipe='rl'")
+  r = c.rl
+  _choice(r.advantage, "rl.advantage", advantages.ADVANTAGES)
+  _choice(r.kl_estimator, "rl.kl_estimator", kl.ESTIMATORS)
+  _choice(r.ratio, "rl.ratio", ("", *policy.RATIOS))
+  _choice(r.agg, "rl.agg", ("", *AGGREGATIONS))
+  _choice(r.is_level, "rl.is_level", ("", *correction.IS_LEVELS))
+  _choice(r.is_mode, "rl.is_mode", correction.IS_MODES)
+  _choice(r.prefix, "rl.prefix", ("", *(p for p in policy.PREFIXES if p)))
+  _choice(r.prefix_behavior, "rl.prefix_behavior", ("old", "sampler"))
+  for field in (
+    "rl.prompts_per_step",
+    "rl.samples_per_prompt",
+    "rl.max_new_tokens",
+    "rl.epochs",
+    "rl.minibatches",
+    "rl.max_sample_rounds",
+    "rl.is_cap",
+    "rl.clip_ratio_c",
+  ):
+    _positive(c.rl[field.split(".")[1]], field)
+  for field in ("rl.temperature", "rl.entropy_coef", "rl.step_reward", "rl.agg_constant"):
+    if c.rl[field.split(".")[1]] < 0:
+      raise ConfigError(f"{field}={c.rl[field.split('.')[1]]!r} must be >= 0")
+  if r.temperature == 0:
+    raise ConfigError("rl.temperature=0 (greedy) gives identical samples; use > 0")
+  for field in ("rl.clip_eps_low", "rl.clip_eps_high", "rl.kl_coef"):
+    value = c.rl[field.split(".")[1]]
+    if value < 0 and value != -1.0:
+      raise ConfigError(f"{field}={value!r} must be >= 0, or -1 for the loss's preset")
+  if r.dual_clip and not r.clip_ratio_c > 1:
+    raise ConfigError(f"rl.clip_ratio_c={r.clip_ratio_c!r} must be > 1 with rl.dual_clip")
+  if r.top_k < 0 or not 0 < r.top_p <= 1 or not 0 <= r.min_p <= 1:
+    raise ConfigError(f"rl.top_k/top_p/min_p out of range: {r.top_k}, {r.top_p}, {r.min_p}")
+  if r.is_floor < 0 or (r.is_floor and r.is_floor > r.is_cap):
+    raise ConfigError(f"rl.is_floor={r.is_floor!r} must be in [0, rl.is_cap]")
+  if r.max_new_tokens >= c.model.max_seq_len:
+    raise ConfigError(
+      f"rl.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in "
+      f"model.max_seq_len={c.model.max_seq_len}"
+    )
+  rows = r.prompts_per_step * r.samples_per_prompt
+  if rows % (r.minibatches * c.train.microbatches):
+    raise ConfigError(
+      f"rl.prompts_per_step * rl.samples_per_prompt = {rows} rows do not split into "
+      f"rl.minibatches={r.minibatches} x train.microbatches={c.train.microbatches}"
+    )
+  if r.init_from and not os.path.isdir(os.path.join(r.init_from, "checkpoints")):
+    raise ConfigError(f"rl.init_from={r.init_from!r} has no checkpoints/ directory")
+  if c.reward.timeout_s < 0:
+    raise ConfigError(f"reward.timeout_s={c.reward.timeout_s!r} must be >= 0 (0 = no limit)")
+  if c.recipe == "rl":
+    if c.data.source != "tasks":
+      raise ConfigError("the rl recipe draws prompts from the tasks: data.source must be 'tasks'")
+    try:
+      reward_spec(c)
+    except (KeyError, TypeError, ValueError) as e:
+      raise ConfigError(f"reward: {e}") from None
+    if not c.distributed.initialize:
+      import jax
+
+      shards = validate_mesh(c, jax.device_count())
+      shards = math.prod(shards[a] for a in ("data", "fsdp"))
+      if (rows // r.minibatches) % shards:
+        raise ConfigError(
+          f"{rows // r.minibatches} rows per update do not split over mesh data*fsdp={shards}"
+        )
+
+
+def reward_spec(c: config_dict.ConfigDict) -> tuple:
+  """``reward.terms`` with each term's hyperparameter block, validated (``rewards.make_spec``).
+
+  Length budgets left at 0 (``overlong.max_len``, ``length.norm_tokens``) mean the
+  sampling cap ``rl.max_new_tokens``.
+  """
+  from jaxpost import rewards
+
+  blocks = {}
+  for name, block in c.reward.items():
+    if isinstance(block, config_dict.ConfigDict):
+      blocks[name] = dict(block)
+  cap = c.rl.max_new_tokens
+  if blocks.get("overlong", {}).get("max_len", 1) == 0:
+    blocks["overlong"]["max_len"] = cap
+    blocks["overlong"]["cache_len"] = min(blocks["overlong"]["cache_len"], cap)
+  if blocks.get("length", {}).get("norm_tokens", 1) == 0:
+    blocks["length"]["norm_tokens"] = cap
+  terms = [tuple(t) for t in c.reward.terms]
+  return rewards.make_spec(terms, blocks)
 
 
 def _validate_parallelism(c: config_dict.ConfigDict) -> None:

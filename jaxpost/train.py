@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
-from jaxpost.types import Batch
+from jaxpost.types import Batch, Rollout
 
 
 @flax.struct.dataclass
@@ -56,7 +56,13 @@ def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation,
 
 # (params, rest, batch, norm) -> (loss, metrics). Recipes build one from a model call
 # and a registered loss; distillation / RL provide their own (teacher, rollouts, ...).
-ObjectiveFn = Callable[[nnx.State, nnx.State, Batch, Normalizers], tuple[jax.Array, dict]]
+# The batch is a ``Batch`` or a ``Rollout`` (RL: a Batch plus per-row advantages, ...).
+ObjectiveFn = Callable[[nnx.State, nnx.State, Batch | Rollout, Normalizers], tuple[jax.Array, dict]]
+
+
+def _token_batch(batch: Batch | Rollout) -> Batch:
+  """The token ``Batch`` inside a ``Rollout`` (normalisers come from its loss mask)."""
+  return batch.batch if isinstance(batch, Rollout) else batch
 
 
 def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int = 0) -> ObjectiveFn:
@@ -94,20 +100,25 @@ def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int 
   return objective
 
 
-def _split_microbatches(batch: Batch, n: int) -> Batch:
-  b = batch.tokens.shape[0]
+def _split_microbatches(batch: Batch | Rollout, n: int) -> Batch | Rollout:
+  # Every leaf is row-major (a Rollout's group_ids are [B]), so one reshape splits all.
+  b = _token_batch(batch).tokens.shape[0]
   if b % n:
     raise ValueError(f"batch size {b} is not divisible by train.microbatches={n}")
   return jax.tree.map(lambda x: x.reshape(n, b // n, *x.shape[1:]), batch)  # [M, B/M, ...]
 
 
-def accumulate_grads(objective: ObjectiveFn, params, rest, batch: Batch, microbatches: int):
+def accumulate_grads(
+  objective: ObjectiveFn, params, rest, batch: Batch | Rollout, microbatches: int
+):
   """Loss, metrics and gradient of the full batch, computed ``microbatches`` rows at a time.
 
   Every piece is normalised by the full batch's counts, so the sum over pieces equals
-  the full-batch value and gradient (up to float summation order).
+  the full-batch value and gradient (up to float summation order). ``batch`` may be a
+  ``Rollout``: the counts then come from its ``batch.loss_mask`` (completion tokens).
   """
-  norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
+  tokens = _token_batch(batch)
+  norm = compute_normalizers(tokens.loss_mask, tokens.segment_ids)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   if microbatches == 1:
     (loss, metrics), grads = grad_fn(params, rest, batch, norm)
@@ -140,7 +151,7 @@ def make_train_step(
   Metrics are f32[] scalars named ``train/...``.
   """
 
-  def step(state: TrainState, batch: Batch, rest: nnx.State):
+  def step(state: TrainState, batch: Batch | Rollout, rest: nnx.State):
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, rest, batch, microbatches
     )

@@ -3,7 +3,7 @@
 import importlib
 
 # config.recipe -> module with ``run(config, workdir) -> dict``.
-RECIPES = {"sft": "jaxpost.recipes.sft"}
+RECIPES = {"sft": "jaxpost.recipes.sft", "rl": "jaxpost.recipes.rl"}
 
 
 def get(name: str):

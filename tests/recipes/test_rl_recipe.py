@@ -1,0 +1,440 @@
+"""The RL recipe: its update step (micro-batches, 8 devices), scoring, host logic, end to end."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
+
+from jaxpost import config_lib, metrics, models, sharding, train
+from jaxpost.data import tasks
+from jaxpost.recipes import rl
+from jaxpost.rollout import batching, sampler
+from jaxpost.types import Batch, Rollout
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+V, B, T = 32, 16, 12  # vocab, rows, columns of the hand-made rollouts
+
+_CACHE_OPTIONS = {
+  "jax_compilation_cache_dir": None,  # set by the fixture
+  "jax_persistent_cache_min_compile_time_secs": 0.0,
+  "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subprocess_env(tmp_path_factory):
+  """A persistent compilation cache shared by this module's runs (the CLI run included)."""
+  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax"))}
+  saved = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.update({name.upper(): str(value) for name, value in options.items()})
+  yield env
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _config(variant="tiny", **overrides):
+  """configs/grpo.py:<variant>; overrides are 'section.key': value."""
+  c = config_lib.load_config(os.path.join(REPO, f"configs/grpo.py:{variant}"))
+  c.train.progress = False
+  for field, value in overrides.items():
+    section, _, key = field.rpartition(".")
+    (c[section] if section else c)[key] = value
+  return c
+
+
+def _tiny_model(seed=0):
+  """The tiny architecture, narrowed further so that each test compiles in seconds."""
+  config = models.named_config(
+    "tiny", vocab_size=V, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64
+  )
+  return train.split_model(models.create_model(config, seed))
+
+
+def _rollout(seed=0) -> Rollout:
+  """B rows of prompt (3 tokens) + completion (random length), random advantages/logps."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(4, T, size=B)
+  tokens = rng.integers(1, V, size=(B, T)).astype(np.int32)
+  real = np.arange(T)[None] < lengths[:, None]
+  batch = Batch.from_tokens(np.where(real, tokens, 0), real.astype(np.int32))
+  completion = (np.arange(T)[None] >= 2) & (np.asarray(batch.loss_mask) > 0)
+  batch = batch.replace(loss_mask=jnp.asarray(completion, jnp.float32))
+  mask = completion.astype(np.float32)
+  adv = np.repeat(rng.normal(size=B // 4), 4)  # groups of 4 rows share an advantage
+  return Rollout(
+    batch=batch,
+    advantages=jnp.asarray(adv[:, None] * mask, jnp.float32),
+    old_logp=jnp.asarray(-2.0 - 0.3 * rng.random((B, T)), jnp.float32) * mask,
+    sampler_logp=jnp.asarray(-2.0 - 0.3 * rng.random((B, T)), jnp.float32) * mask,
+    ref_logp=jnp.asarray(-2.0 - 0.3 * rng.random((B, T)), jnp.float32) * mask,
+    group_ids=jnp.asarray(np.repeat(np.arange(B // 4), 4), jnp.int32),
+    turn_ids=jnp.asarray(mask, jnp.int32),
+  )
+
+
+# Hyperparameters that exercise the KL, entropy, IS-correction and MinPRO paths at once.
+_HPARAMS = dict(
+  kl_coef=0.1, entropy_coef=0.01, is_level="token", prefix="min_exclusive", dual_clip=True
+)
+
+
+def _step(microbatches, loss="grpo", hparams=_HPARAMS, lm_head="logits"):
+  graphdef, params, rest = _tiny_model()
+  # SGD: the update is linear in the gradient, so comparing parameters compares gradients
+  # (Adam's first step, ~lr * sign(g), would amplify float noise in near-zero entries).
+  optimizer = optax.sgd(0.5)
+  state = train.init_train_state(params, optimizer, 0)
+  objective = rl.policy_objective(
+    graphdef, train.bind_loss(loss, hparams), temperature=0.7, lm_head=lm_head
+  )
+  step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
+  return state, rest, step
+
+
+def _assert_close(a, b, rtol, atol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_micro_batched_update_equals_full_batch():
+  rollout = _rollout()
+  state, rest, full = _step(1)
+  new_full, m_full = full(state, rollout, rest)
+  _, _, split = _step(4)
+  new_split, m_split = split(state, rollout, rest)
+  assert float(m_full["train/grad_norm"]) > 1e-3  # a real update, not a zero gradient
+  assert float(m_full["train/kl"]) > 0 and float(m_full["train/entropy"]) > 0
+  for k in m_full:
+    np.testing.assert_allclose(m_split[k], m_full[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  _assert_close(new_split.params, new_full.params, rtol=1e-5, atol=1e-6)
+  # And the update moved the parameters.
+  moved = max(
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(new_full.params), jax.tree.leaves(state.params), strict=True)
+  )
+  assert moved > 1e-5
+
+
+def test_sharded_update_on_8_devices_equals_single_device():
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  rollout = _rollout(seed=1)
+  state, rest, step = _step(2, loss="dapo", hparams={"entropy_coef": 0.01})
+  single, m_single = step(state, rollout, rest)
+
+  c = _config()
+  c.mesh.data = 8
+  mesh = sharding.make_mesh(c)
+  s_state = sharding.shard_train_state(state, mesh, sharding.DEFAULT_RULES)
+  s_rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
+  s_rollout = sharding.shard_batch(jax.device_get(rollout), mesh)
+  assert len(s_rollout.advantages.sharding.device_set) == 8
+  sharded, m_sharded = step(s_state, s_rollout, s_rest)
+  for k in m_single:
+    np.testing.assert_allclose(m_sharded[k], m_single[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  _assert_close(sharded.params, single.params, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_head_update_equals_logits_update():
+  rollout = _rollout(seed=2)
+  state, rest, step = _step(1)
+  ref, m_ref = step(state, rollout, rest)
+  _, _, fused = _step(1, lm_head="fused_xla")
+  out, m_out = fused(state, rollout, rest)
+  for k in m_ref:
+    np.testing.assert_allclose(m_out[k], m_ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  _assert_close(out.params, ref.params, rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_scores_what_the_sampler_recorded():
+  """old_logp == the sampler's log_softmax(logits / T): the PPO ratio starts at 1."""
+  graphdef, params, rest = _tiny_model(seed=3)
+  state = nnx.merge_state(params, rest)
+  gen = sampler.make_generate_fn(graphdef, max_new_tokens=6, eos_id=-1, temperature=0.7)
+  prompts = [[3, 4, 5], [6, 7], [8]]
+  tokens, mask, out = sampler.generate_groups(gen, state, prompts, 2, jax.random.key(0))
+  laid = batching.rollout_batch(tokens, mask, out)
+  score = rl.make_score_fn(graphdef, temperature=0.7, lm_head="logits", chunk_size=0)
+  logp, entropy = score(params, rest, laid.batch)
+  on = laid.batch.loss_mask > 0
+  assert on.sum() == 6 * 6
+  np.testing.assert_allclose(np.asarray(logp)[on], laid.sampler_logp[on], atol=2e-5)
+  # At temperature 0.7 the scores differ from the temperature-1 ones: the test can fail.
+  logp1, _ = rl.make_score_fn(graphdef, temperature=1.0, lm_head="logits", chunk_size=0)(
+    params, rest, laid.batch
+  )
+  assert np.max(np.abs(np.asarray(logp1)[on] - laid.sampler_logp[on])) > 1e-2
+  assert np.all(np.asarray(entropy)[on] > 0)
+
+
+def test_loss_hparams_resolve_presets():
+  c = _config(**{"loss.name": "grpo", "rl.kl_coef": -1.0})
+  h = rl.loss_hparams(c, rows_per_update=8)
+  assert h["kl_coef"] == pytest.approx(0.04)  # GRPO's preset
+  assert "clip_eps_low" not in h and "agg" not in h  # -1 / "" keep the preset
+  c.rl.kl_in_reward = True
+  assert rl.loss_hparams(c, 8)["kl_coef"] == 0.0  # not counted twice
+  assert rl.kl_coef(c) == pytest.approx(0.04)
+  c = _config(**{"loss.name": "dr_grpo", "rl.clip_eps_high": 0.28, "rl.max_new_tokens": 16})
+  h = rl.loss_hparams(c, rows_per_update=8)
+  assert h["clip_eps_high"] == 0.28
+  assert h["agg_constant"] == 8 * 16  # (1/G) sum_i sum_t / L_max per group of the update
+  c.rl.agg = "token_mean"
+  assert "agg_constant" not in rl.loss_hparams(c, 8)
+
+
+def test_kl_shaped_rewards_by_hand():
+  old = np.array([[-1.0, -2.0, 0.0]], np.float32)
+  ref = np.array([[-1.5, -1.0, 9.0]], np.float32)
+  mask = np.array([[1.0, 1.0, 0.0]], np.float32)
+  # k1 = old - ref = 0.5 and -1.0 (the masked 9.0 never counts): sum -0.5.
+  out = rl.kl_shaped_rewards(np.array([1.0]), old, ref, mask, beta=0.1, estimator="k1")
+  np.testing.assert_allclose(out, [1.0 + 0.05], rtol=1e-6)
+  # k2 = d^2 / 2 = 0.125 + 0.5.
+  out = rl.kl_shaped_rewards(np.array([1.0]), old, ref, mask, beta=0.1, estimator="k2")
+  np.testing.assert_allclose(out, [1.0 - 0.0625], rtol=1e-6)
+
+
+def _fake_groups(rewards_pg: np.ndarray, start: int) -> rl.Groups:
+  """Groups of P prompts x G rows whose tokens record (prompt index, sample)."""
+  p, g = rewards_pg.shape
+  tokens = np.zeros((p * g, 4), np.int32)
+  tokens[:, 0] = np.repeat(np.arange(start, start + p), g)
+  tokens[:, 1] = np.tile(np.arange(g), p)
+  batch = Batch.from_tokens(tokens)
+  batch = jax.tree.map(np.asarray, batch)
+  rows = p * g
+  return rl.Groups(
+    batch=batch,
+    sampler_logp=np.zeros((rows, 4), np.float32),
+    raw_logp=np.zeros((rows, 4), np.float32),
+    rewards=rewards_pg.reshape(-1).astype(np.float32),
+    correct=rewards_pg.reshape(-1) > 0,
+    truncated=np.zeros(rows, bool),
+    lengths=np.full(rows, 3, np.int32),
+    completions=[""] * rows,
+    problems=[tasks.Problem("add3", str(start + i), "", "0") for i in range(p)],
+  )
+
+
+def test_dynamic_sampling_keeps_informative_groups_and_refills():
+  # Round 0: prompts 0..2, only prompt 1 informative; round 1: prompts 3..5, 3 and 5 are.
+  rounds = [
+    np.array([[1, 1], [0, 1], [0, 0]], np.float32),
+    np.array([[1, 0], [1, 1], [0, 1]], np.float32),
+  ]
+
+  def sample_round(k, problems):
+    assert [int(q.prompt) for q in problems] == [3 * k, 3 * k + 1, 3 * k + 2]
+    return _fake_groups(rounds[k], 3 * k), {"reward/mean": float(rounds[k].mean())}
+
+  def problem_at(i):
+    return tasks.Problem("add3", str(i), "", "0")
+
+  groups, ms, n_rounds, filled, nxt = rl.collect_groups(
+    sample_round, problem_at, 0, 3, 2, dynamic=True, max_rounds=4
+  )
+  assert (n_rounds, filled, nxt, len(ms)) == (2, 0, 6, 2)
+  assert [q.prompt for q in groups.problems] == ["1", "3", "5"]
+  np.testing.assert_array_equal(groups.batch.tokens[:, 0], [1, 1, 3, 3, 5, 5])
+  np.testing.assert_array_equal(groups.batch.tokens[:, 1], [0, 1, 0, 1, 0, 1])
+  np.testing.assert_array_equal(groups.rewards, [0, 1, 1, 0, 0, 1])
+
+  # One round only: one informative group, two filled from the dropped ones.
+  groups, _, n_rounds, filled, nxt = rl.collect_groups(
+    sample_round, problem_at, 0, 3, 2, dynamic=True, max_rounds=1
+  )
+  assert (n_rounds, filled, nxt) == (1, 2, 3)
+  assert [q.prompt for q in groups.problems] == ["1", "0", "2"]
+
+  # Without dynamic sampling the first round is used as drawn.
+  groups, _, n_rounds, filled, _ = rl.collect_groups(
+    sample_round, problem_at, 0, 3, 2, dynamic=False, max_rounds=4
+  )
+  assert (n_rounds, filled) == (1, 0)
+  np.testing.assert_array_equal(groups.rewards, rounds[0].reshape(-1))
+
+
+class _CharTokenizer:
+  """One token per character (ids are code points): step ends are easy to place by hand."""
+
+  eos_id = 1
+
+  def decode(self, ids):
+    return "".join(chr(i) for i in ids)
+
+
+def test_step_token_rewards_by_hand():
+  completions = ["<think>2*3=6,6+1=8</think>8", "<think>2*3=6,6+1=7</think>7"]
+  g = len(completions)
+  rows = [[ord(ch) for ch in "Q"] + [ord(ch) for ch in text] for text in completions]
+  t = max(map(len, rows)) + 1
+  tokens = np.zeros((g, t), np.int32)
+  mask = np.zeros((g, t), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, : len(row)] = row
+    mask[i, : len(row)] = 1
+  batch = jax.tree.map(np.asarray, Batch.from_tokens(tokens, mask))
+  batch = batch.replace(loss_mask=batch.loss_mask * (np.arange(t)[None] >= 0))  # all targets
+  groups = dataclasses.replace(
+    _fake_groups(np.zeros((1, g)), 0), batch=batch, completions=completions
+  )
+  out = rl.step_token_rewards(_CharTokenizer(), groups, g)
+  # Steps: "2*3=6" right in both rows; "6+1=8" wrong, "6+1=7" right -> raw [1, 0, 1, 1],
+  # z-scored: mean 0.75, std sqrt(3)/4.
+  z_right, z_wrong = 0.25 / (np.sqrt(3) / 4), -0.75 / (np.sqrt(3) / 4)
+  # Target column j predicts token j + 1; "Q<think>2*3=6" ends at token 12 -> column 11.
+  end1, end2 = len("Q<think>2*3=6") - 2, len("Q<think>2*3=6,6+1=8") - 2
+  expected = np.zeros((g, t), np.float32)
+  expected[0, end1], expected[0, end2] = z_right, z_wrong
+  expected[1, end1], expected[1, end2] = z_right, z_right
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    ("loss.name", "cross_entropy", "not a policy loss"),
+    ("rl.advantage", "ppo", "rl.advantage"),
+    ("rl.ratio", "tok", "rl.ratio"),
+    ("rl.agg", "mean", "rl.agg"),
+    ("rl.is_level", "row", "rl.is_level"),
+    ("rl.prefix", "min", "rl.prefix"),
+    ("rl.kl_estimator", "k4", "rl.kl_estimator"),
+    ("rl.kl_coef", -0.5, "rl.kl_coef"),
+    ("rl.temperature", 0.0, "temperature"),
+    ("rl.minibatches", 3, "rl.minibatches=3"),
+    ("rl.max_new_tokens", 256, "rl.max_new_tokens"),
+    ("rl.init_from", "/nonexistent/sft", "rl.init_from"),
+    ("reward.terms", (("nope", 1.0),), "reward"),
+    ("data.source", "jsonl", "data.source"),
+  ],
+)
+def test_validate_names_the_rl_field(field, value, match):
+  c = _config()
+  config_lib.validate(c)
+  section, _, key = field.rpartition(".")
+  (c[section] if section else c)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_policy_loss_in_the_sft_recipe_is_rejected():
+  c = config_lib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+  c.loss.name = "grpo"
+  with pytest.raises(config_lib.ConfigError, match="recipe='rl'"):
+    config_lib.validate(c)
+
+
+def test_shipped_variants_validate():
+  for variant in ("tiny", "quickstart", "qwen2.5-0.5b"):
+    c = config_lib.load_config(os.path.join(REPO, f"configs/grpo.py:{variant}"))
+    assert c.recipe == "rl"
+    config_lib.validate(c)
+
+
+def _run_config(**overrides):
+  """A random tiny model whose reward varies (a length penalty), so updates are non-zero."""
+  return _config(
+    **{
+      "reward.terms": (("length", 1.0),),
+      "rl.samples_per_prompt": 4,
+      "rl.prompts_per_step": 2,
+      "rl.max_new_tokens": 12,
+      "rl.temperature": 2.0,
+      "eval.num_examples": 4,
+      "eval.batch_size": 4,
+      "eval.max_new_tokens": 4,
+      **overrides,
+    }
+  )
+
+
+def _train_records(workdir):
+  return {
+    r["step"]: r
+    for r in metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+    if "train/loss" in r
+  }
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+  full = str(tmp_path / "full")
+  res_full = rl.run(_run_config(), full)  # checkpoints at RL steps 2 and 4
+  # A run that stopped at step 2: the full run's workdir as it was then.
+  parts = str(tmp_path / "parts")
+  shutil.copytree(full, parts)
+  shutil.rmtree(os.path.join(parts, "checkpoints", "4"))
+  with open(os.path.join(parts, "metrics.jsonl")) as f:
+    kept = [line for line in f if json.loads(line)["step"] <= 2]
+  with open(os.path.join(parts, "metrics.jsonl"), "w") as f:
+    f.writelines(kept)
+  res_parts = rl.run(_run_config(), parts)
+  a, b = _train_records(full), _train_records(parts)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+  assert any(a[s]["train/grad_norm"] > 0 for s in (3, 4))  # the resumed steps did update
+  for s in (3, 4):
+    for k in ("train/loss", "rl/reward_mean", "rl/len_mean", "train/grad_norm"):
+      assert a[s][k] == pytest.approx(b[s][k], rel=1e-5, abs=1e-7), (s, k)
+  assert res_full["step"] == res_parts["step"] == 4
+  for k in ("rl/zero_adv_group_frac", "rl/logp_mismatch_p99", "train/clip_frac_low"):
+    assert k in res_full
+
+
+def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, subprocess_env):
+  """The CLI on one device: DAPO with dynamic sampling, KL in the reward, minibatches."""
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxpost.main",
+      "--config=configs/grpo.py:tiny",
+      f"--workdir={workdir}",
+      "--config.train.progress=False",
+      "--config.train.steps=2",
+      "--config.loss.name=dapo",
+      "--config.rl.dynamic_sampling=True",
+      "--config.rl.max_sample_rounds=2",
+      "--config.rl.kl_coef=0.01",
+      "--config.rl.kl_in_reward=True",
+      "--config.rl.kl_estimator=k1",
+      "--config.rl.minibatches=2",
+      "--config.rl.step_reward=0.5",
+      "--config.rl.temperature=2.0",
+      "--config.eval.max_new_tokens=4",
+      "--config.eval.num_examples=4",
+      "--config.eval.batch_size=4",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**subprocess_env, "XLA_FLAGS": ""},
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "held-out exact-match accuracy" in proc.stdout
+  records = _train_records(str(workdir))
+  assert sorted(records) == [1, 2]
+  for r in records.values():
+    assert 1 <= r["rl/sample_rounds"] <= 2
+    assert np.isfinite(r["train/loss"])
+    # KL in the reward, not the loss: the sampling policy's KL makes rewards differ.
+    assert "train/kl" not in r
+  with open(workdir / "metrics.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.isdir(workdir / "checkpoints")
