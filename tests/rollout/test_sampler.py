@@ -409,3 +409,17 @@ def test_sharded_mesh_matches_single_device(model):
   np.testing.assert_array_equal(np.asarray(got[0]), want[0])
   np.testing.assert_allclose(np.asarray(got[1]), want[1], rtol=0, atol=1e-6)
   assert len(set(np.asarray(want[0]).tolist())) > 3
+
+
+def test_inverse_cdf_draws_match_probabilities_and_skip_removed_tokens():
+  from jaxpost.rollout.sampler import _inverse_cdf_sample
+
+  probs = np.array([0.1, 0.0, 0.6, 0.3, 0.0], np.float32)
+  logits = jnp.log(jnp.asarray(probs))[None].repeat(20000, axis=0)  # -inf where p = 0
+  keys = jax.random.split(jax.random.key(7), 20000)
+  tokens = np.asarray(_inverse_cdf_sample(keys, logits))
+  freq = np.bincount(tokens, minlength=5) / tokens.size
+  assert freq[1] == 0 and freq[4] == 0  # removed tokens are never drawn, even at the end
+  np.testing.assert_allclose(freq, probs, atol=0.015)
+  # One key per row: a row's draw does not depend on the other rows.
+  np.testing.assert_array_equal(_inverse_cdf_sample(keys[:5], logits[:5]), tokens[:5])
