@@ -65,39 +65,66 @@ def _token_batch(batch: Batch | Rollout) -> Batch:
   return batch.batch if isinstance(batch, Rollout) else batch
 
 
+def model_outputs(
+  model, batch: Batch, *, lm_head: str = "logits", chunk_size: int = 0, temperature: float = 1.0
+):
+  """What a loss consumes: f32 logits / T ``[B, T, V]``, or a ``FusedHead`` over the same.
+
+  Args:
+    model: the merged decoder.
+    batch: uses tokens, positions, segment_ids.
+    lm_head: "logits" (materialise [B, T, V]) or a fused path from
+      ``jaxpost.losses.head.LM_HEADS``: the loss then gets a ``FusedHead`` and the fused
+      kernel never builds the full logits. Values and gradients are the same.
+    chunk_size: token rows per chunk of the fused op (0 = its default).
+    temperature: divides the logits (a fused head folds it into the weight: logits / T =
+      hidden @ (W / T)); the sampler records log_softmax(logits / T) the same way.
+  """
+  from jaxpost.losses.head import FusedHead
+
+  implementation = _fused_implementation(lm_head)
+  if implementation is None:
+    logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
+    logits = logits.astype(jnp.float32)
+    return logits if temperature == 1.0 else logits / temperature  # divide, as sampled
+  out = model.forward(
+    batch.tokens,
+    positions=batch.positions,
+    segment_ids=batch.segment_ids,
+    compute_logits=False,
+  )
+  weight = model.lm_head_weight().astype(jnp.float32)
+  if temperature != 1.0:
+    weight = weight / temperature
+  return FusedHead(
+    out.final_hidden, weight.astype(out.final_hidden.dtype), implementation, chunk_size
+  )
+
+
 def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int = 0) -> ObjectiveFn:
   """Objective for losses on the model's own next-token distribution (SFT and variants).
 
   Args:
     graphdef: the model's static graph.
     loss_fn: registered loss with hyperparameters bound.
-    lm_head: "logits" (materialise [B, T, V]) or a fused path from
-      ``jaxpost.losses.head.LM_HEADS``: the loss then gets a ``FusedHead`` and the fused
-      kernel never builds the full logits. Values and gradients are the same.
-    chunk_size: token rows per chunk of the fused op (0 = its default).
+    lm_head, chunk_size: see ``model_outputs``.
   """
-  from jaxpost.losses.head import LM_HEADS, FusedHead
-
-  if lm_head not in LM_HEADS:
-    raise ValueError(f"unknown lm_head {lm_head!r}; expected one of {sorted(LM_HEADS)}")
-  implementation = LM_HEADS[lm_head]
+  _fused_implementation(lm_head)  # fail at build time, not inside jit
 
   def objective(params, rest, batch: Batch, norm: Normalizers):
     model = nnx.merge(graphdef, params, rest)
-    if implementation is None:
-      outputs = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
-    else:
-      out = model.forward(
-        batch.tokens,
-        positions=batch.positions,
-        segment_ids=batch.segment_ids,
-        compute_logits=False,
-      )
-      weight = model.lm_head_weight().astype(out.final_hidden.dtype)
-      outputs = FusedHead(out.final_hidden, weight, implementation, chunk_size)
+    outputs = model_outputs(model, batch, lm_head=lm_head, chunk_size=chunk_size)
     return loss_fn(outputs, batch, norm=norm)
 
   return objective
+
+
+def _fused_implementation(lm_head: str) -> str | None:
+  from jaxpost.losses.head import LM_HEADS
+
+  if lm_head not in LM_HEADS:
+    raise ValueError(f"unknown lm_head {lm_head!r}; expected one of {sorted(LM_HEADS)}")
+  return LM_HEADS[lm_head]
 
 
 def _split_microbatches(batch: Batch | Rollout, n: int) -> Batch | Rollout:

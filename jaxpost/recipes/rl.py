@@ -48,7 +48,7 @@ from jaxpost.data import pipeline, tasks, template
 from jaxpost.data.tokenizer import SentencePieceTokenizer
 from jaxpost.eval import accuracy
 from jaxpost.losses import advantages, kl, policy
-from jaxpost.losses.head import LM_HEADS, FusedHead, TargetStats, target_stats
+from jaxpost.losses.head import TargetStats, target_stats
 from jaxpost.recipes import sft
 from jaxpost.rollout import batching, sampler
 from jaxpost.types import Batch, Rollout
@@ -145,22 +145,10 @@ def score_targets(
     ``TargetStats`` with f32[B, T] ``logp`` and ``entropy`` (zeros off the loss mask on
     the fused path).
   """
-  implementation = LM_HEADS[lm_head]
   model = nnx.merge(graphdef, params, rest)
-  if implementation is None:
-    logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
-    outputs = logits.astype(jnp.float32) / temperature  # divide, as the sampler does
-  else:
-    out = model.forward(
-      batch.tokens,
-      positions=batch.positions,
-      segment_ids=batch.segment_ids,
-      compute_logits=False,
-    )
-    weight = (model.lm_head_weight().astype(jnp.float32) / temperature).astype(
-      out.final_hidden.dtype
-    )
-    outputs = FusedHead(out.final_hidden, weight, implementation, chunk_size)
+  outputs = train.model_outputs(
+    model, batch, lm_head=lm_head, chunk_size=chunk_size, temperature=temperature
+  )
   return target_stats(outputs, batch.targets, batch.loss_mask)
 
 
