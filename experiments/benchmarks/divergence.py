@@ -76,6 +76,8 @@ def _matmul_floor(chunk_size: int):
 
   def run(h, w, ht, wt):
     n, d = h.shape
+    rows = -(-n // chunk_size) * chunk_size  # pad to whole chunks, as the fused op does
+    h, ht = (jnp.pad(x, ((0, rows - n), (0, 0))) for x in (h, ht))
     xs = (h.reshape(-1, chunk_size, d), ht.reshape(-1, chunk_size, d))
 
     def body(dw, x):
@@ -142,8 +144,11 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true", help="one small row (smoke run)")
   parser.add_argument("--kinds", default=",".join(KINDS))
+  parser.add_argument("--rows", default="", help="indices into ROWS, e.g. 1 (default all)")
   args = parser.parse_args()
   rows = QUICK_ROWS if args.quick else ROWS
+  if args.rows:
+    rows = tuple(rows[int(i)] for i in args.rows.split(","))
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
   print(
     "| N | D | V | kind | path | temp MiB | temp / naive | FLOPs / 8NDV | median s | time / naive |"
