@@ -160,7 +160,7 @@ def plot(results: list[dict], args, path: str) -> None:
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--sft_steps", type=int, default=650)
+  p.add_argument("--sft_steps", type=int, default=700)
   p.add_argument("--rl_minutes", type=float, default=10.0)
   p.add_argument("--root", default="/tmp/grpo_demo")
   p.add_argument("--out", default=HERE)
