@@ -3,9 +3,11 @@
 W-tiny (Qwen2-architecture, 8.13M params), batch 8 x 256 random tokens, causal-LM
 cross-entropy, AdamW lr 1e-4; median of 10 steps after 3 warm-up. Reports tokens/s and
 achieved FLOP/s as a fraction of a dense f32 matmul's FLOP/s measured in the same run
-(the machine's practical peak), so the ratio means the same on any machine.
+(the machine's practical peak), so the ratio means the same on any machine. The LM head
+runs fused with the cross-entropy by default (``--lm_head fused``; ``logits`` materialises
+them).
 
-  python experiments/benchmarks/train_step.py [--steps 10] [--warmup 3]
+  python experiments/benchmarks/train_step.py [--steps 10] [--warmup 3] [--lm_head fused]
 
 The last line is key=value pairs.
 """
