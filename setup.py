@@ -38,5 +38,7 @@ setup(
     "gpu": ["jax[cuda12]>=0.10.2"],
     # Parity tests against transformers (tests/models/test_hf.py).
     "interop": ["torch==2.13.0", "transformers>=4.50"],
+    # Peers for experiments/benchmarks/generate.py and grpo_step.py only.
+    "bench": ["torch==2.13.0", "transformers>=4.50", "trl>=1.16"],
   },
 )

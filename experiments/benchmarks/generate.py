@@ -23,6 +23,9 @@ default OpenMP threads spin at barriers and ``generate`` slows down several-fold
     [--new_tokens 128] [--torch_threads 1]
 
 The last line is key=value pairs.
+
+Peers are not runtime dependencies: `pip install -e '.[bench]'` (torch 2.13.0 CPU,
+transformers, TRL) installs them for this benchmark.
 """
 
 from __future__ import annotations

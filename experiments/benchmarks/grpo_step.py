@@ -46,6 +46,9 @@ minutes and a back-to-back comparison would mostly measure the drift.
 On a busy machine use ``--torch_threads 1`` (see generate.py and README.md).
 
 Prints a markdown table; the last line is key=value pairs.
+
+Peers are not runtime dependencies: `pip install -e '.[bench]'` (torch 2.13.0 CPU,
+transformers, TRL) installs them for this benchmark.
 """
 
 from __future__ import annotations
