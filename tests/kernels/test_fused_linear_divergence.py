@@ -80,23 +80,11 @@ def _run(x, kind, impl, *, beta=0.5, temperature=1.0, teacher="hidden", chunk_si
     )
     # Random per-token cotangents on every differentiable output (z-loss style on lse).
     g = x["g"].astype(st.loss.dtype)
-    return jnp.sum(g * st.loss) + jnp.sum(0.1 * g * st.student_lse) + jnp.sum(0.3 * g * st.entropy)
+    value = jnp.sum(g * st.loss) + jnp.sum(0.1 * g * st.student_lse)
+    return value + jnp.sum(0.3 * g * st.entropy), st
 
-  value, grads = jax.value_and_grad(objective, argnums=(0, 1))(x["h"], x["w"])
-  stats = fused_linear_divergence(
-    x["h"],
-    x["w"],
-    kind=kind,
-    teacher=t,
-    labels=x["labels"],
-    mask=x["mask"],
-    weights=x["weights"],
-    beta=beta,
-    temperature=temperature,
-    implementation=impl,
-    chunk_size=chunk_size,
-    **kw,
-  )
+  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+  (value, stats), grads = grad_fn(x["h"], x["w"])
   return stats, value, grads
 
 
