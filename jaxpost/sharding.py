@@ -47,14 +47,14 @@ DEFAULT_RULES: Rules = (
   ("norm", None),
   ("seq", None),  # T
   ("cache_seq", None),  # S, KV-cache slots
-  ("layers", None),  # L, KV-cache layer axis
 )
 
 # Logical names of the non-parameter arrays.
 BATCH_AXES = ("batch", "seq")  # every Batch field is [B, T]
+# A KVCache holds one k and one v array per layer; these name each layer's axes.
 CACHE_AXES = KVCache(
-  k=("layers", "batch", "cache_seq", "kv_heads", "head_dim"),
-  v=("layers", "batch", "cache_seq", "kv_heads", "head_dim"),
+  k=("batch", "kv_heads", "head_dim", "cache_seq"),
+  v=("batch", "kv_heads", "cache_seq", "head_dim"),
   segment_ids=("batch", "cache_seq"),
   length=(),
 )
@@ -317,11 +317,15 @@ def shard_batch(
 def cache_shardings(cache: KVCache, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> KVCache:
   """``NamedSharding``s of a ``KVCache`` (rows over data/fsdp, kv heads over tensor)."""
   fallbacks = []
-  out = jax.tree.map(
-    lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules, fallbacks)),
-    CACHE_AXES,
-    cache,
-    is_leaf=lambda n: isinstance(n, tuple),
+
+  def one(names, x):
+    return NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules, fallbacks))
+
+  out = KVCache(
+    k=tuple(one(CACHE_AXES.k, x) for x in cache.k),
+    v=tuple(one(CACHE_AXES.v, x) for x in cache.v),
+    segment_ids=one(CACHE_AXES.segment_ids, cache.segment_ids),
+    length=one(CACHE_AXES.length, cache.length),
   )
   _log_fallbacks(fallbacks, mesh)
   return out

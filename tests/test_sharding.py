@@ -281,8 +281,9 @@ def test_kv_cache_shardings():
   mesh = _mesh()
   cache = jax.eval_shape(lambda: models.init_cache(CFG, batch_size=8, max_len=16))
   s = sharding.cache_shardings(cache, mesh)
-  assert s.k.spec == P(None, ("data", "fsdp"), None, "tensor", None)
-  assert s.v.spec == s.k.spec
+  assert len(s.k) == len(s.v) == CFG.n_layers
+  assert all(k.spec == P(("data", "fsdp"), "tensor", None, None) for k in s.k)
+  assert all(v.spec == P(("data", "fsdp"), "tensor", None, None) for v in s.v)
   assert s.segment_ids.spec == P(("data", "fsdp"), None)
   assert s.length.spec == P()
 

@@ -428,8 +428,8 @@ def test_blocked_causal_attention_equals_full():
   b, t, h, kh, e = 2, 24, 4, 2, 8
   keys = jax.random.split(jax.random.key(3), 3)
   q = jax.random.normal(keys[0], (b, t, h, e))
-  k = jax.random.normal(keys[1], (b, t, kh, e))
-  v = jax.random.normal(keys[2], (b, t, kh, e))
+  k = jax.random.normal(keys[1], (b, kh, e, t))
+  v = jax.random.normal(keys[2], (b, kh, t, e))
   # Packed rows with padding at the end of the second row.
   seg = jnp.asarray([[1] * 10 + [2] * 14, [1] * 7 + [2] * 9 + [0] * 8], jnp.int32)
   mask = make_attention_mask(seg, seg)
