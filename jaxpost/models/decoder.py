@@ -519,6 +519,11 @@ class Decoder(nnx.Module):
       return self.embed[...].T
     return self.lm_head.kernel[...]
 
+  def logits(self, final_hidden: jax.Array) -> jax.Array:
+    """f32[..., V] logits of [..., D] final hidden states (``ModelOutput.final_hidden``)."""
+    w = self.lm_head_weight().astype(self.config.jnp_dtype)
+    return jnp.einsum("...d,dv->...v", final_hidden, w, preferred_element_type=jnp.float32)
+
   def __call__(
     self,
     tokens: jax.Array,
@@ -588,8 +593,7 @@ class Decoder(nnx.Module):
     h = self.final_norm(x)
     logits = None
     if compute_logits:
-      w = self.lm_head_weight().astype(c.jnp_dtype)
-      logits = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+      logits = self.logits(h)
     if cache is not None:
       cache = cache.replace(length=cache.length + t)
     return ModelOutput(

@@ -194,40 +194,67 @@ def sample_logits(
   # Divide (not multiply by 1 / T), in f32: the trainer must score log_softmax(logits / T)
   # the same way for the recorded logp to match it to float precision.
   scaled = logits / temperature
-  logp = jax.nn.log_softmax(scaled, axis=-1)
   filtered = filter_logits(scaled, top_k=top_k, top_p=top_p, min_p=min_p)
-  keys = _row_keys(key, logits.shape[0])
-  tokens = _inverse_cdf_sample(keys, filtered)
-  picked = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+  tokens, filtered_lse = _inverse_cdf_sample(_row_keys(key, logits.shape[0]), filtered)
+  picked = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
   if not (0 < top_k < logits.shape[-1] or top_p < 1.0 or min_p > 0.0):
-    return tokens, picked, picked  # nothing truncated: one distribution
-  filtered_logp = jax.nn.log_softmax(filtered, axis=-1)
-  return tokens, picked, jnp.take_along_axis(filtered_logp, tokens[:, None], axis=-1)[:, 0]
+    logp = picked - filtered_lse  # nothing truncated: one distribution
+    return tokens, logp, logp
+  logp = picked - jax.nn.logsumexp(scaled, axis=-1)
+  return tokens, logp, picked - filtered_lse
 
 
-def _inverse_cdf_sample(keys: jax.Array, logits: jax.Array) -> jax.Array:
+_CDF_BLOCK = 128  # tokens per block of the two-level inverse CDF
+
+
+def _inverse_cdf_sample(keys: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One draw per row from softmax(logits), by inverting the row's CDF at one uniform.
 
   ``jax.random.categorical`` adds Gumbel noise to all V logits, i.e. V random numbers per
   row per step, which was half of a CPU decode step; one uniform per row gives the same
-  distribution. Each row uses only its own key. Zero-probability (-inf) tokens are never
-  drawn: the CDF is flat across them.
+  distribution. The CDF is inverted in two levels, so nothing scans the whole vocabulary
+  sequentially: the uniform first picks a block of ``_CDF_BLOCK`` tokens by the blocks'
+  masses, then a token inside that block (a prefix sum over [B, V] was the costliest op
+  of the draw on CPU). Each row uses only its own key. Zero-probability (-inf) tokens are
+  never drawn: the CDF is flat across them at both levels.
 
   Args:
     keys: key[B], one per row.
-    logits: f32[B, V], -inf where a filter removed a token.
+    logits: f32[B, V], -inf where a filter removed a token; at least one finite per row.
 
   Returns:
-    i32[B].
+    (tokens i32[B], log_normaliser f32[B] = logsumexp(logits) per row, so the drawn
+    token's log-probability is ``logits[token] - log_normaliser``).
   """
-  probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # unnormalised
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]  # [B] in [0, total)
-  index = jnp.sum(cdf <= u[:, None], axis=-1)  # first position whose CDF exceeds u
-  # u * total can round up to total; fall back to the last token that has mass.
-  v = logits.shape[-1]
-  last = v - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)
-  return jnp.where(index >= v, last, index).astype(jnp.int32)
+  b, v = logits.shape
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  probs = jnp.exp(logits - top)  # unnormalised, in (0, 1]; 0 where removed
+  blocks = -(-v // _CDF_BLOCK)
+  probs = jnp.pad(probs, ((0, 0), (0, blocks * _CDF_BLOCK - v))).reshape(b, blocks, _CDF_BLOCK)
+  mass = jnp.sum(probs, axis=-1)  # [B, blocks]
+  total = jnp.sum(mass, axis=-1)  # [B]
+  u = jax.vmap(jax.random.uniform)(keys) * total  # [B] in [0, total)
+  block = _first_above(jnp.cumsum(mass, axis=-1), u)
+  inside = jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0]  # [B, _CDF_BLOCK]
+  before = jnp.sum(jnp.where(jnp.arange(blocks) < block[:, None], mass, 0.0), axis=-1)
+  # Rounding can make the residual slightly negative; at 0 leading zero-mass tokens are
+  # still skipped (their CDF is 0 <= 0).
+  offset = _first_above(jnp.cumsum(inside, axis=-1), jnp.maximum(u - before, 0.0))
+  tokens = (block * _CDF_BLOCK + offset).astype(jnp.int32)
+  return tokens, top[:, 0] + jnp.log(total)
+
+
+def _first_above(cdf: jax.Array, u: jax.Array) -> jax.Array:
+  """Per row, the first index i with cdf[i] > u; the last index with mass if none is.
+
+  cdf: f32[B, M] non-decreasing, u: f32[B]. "None" only happens when rounding puts u at
+  or past the row's total; the fallback is the last index where the CDF rises.
+  """
+  m = cdf.shape[-1]
+  index = jnp.sum(cdf <= u[:, None], axis=-1)
+  rises = jnp.diff(cdf, axis=-1, prepend=0.0) > 0
+  last = m - 1 - jnp.argmax(rises[:, ::-1], axis=-1)
+  return jnp.where(index >= m, last, index)
 
 
 # ----------------------------------------------------------------------------------------
@@ -271,7 +298,10 @@ def _generate(
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   # The last sampled token is never fed back, so P + N - 1 slots suffice.
   cache = init_cache(model.config, b, p + n - 1)
-  prefill = model.forward(prompt_tokens, positions=positions, segment_ids=mask, cache=cache)
+  # Only the last prompt position's logits are needed: no LM head over the others.
+  prefill = model.forward(
+    prompt_tokens, positions=positions, segment_ids=mask, cache=cache, compute_logits=False
+  )
 
   def emit(carry, logits, step):
     """Samples token ``step`` for every row and records it for rows still running."""
@@ -300,7 +330,7 @@ def _generate(
     jnp.zeros((b,), jnp.int32),  # last sampled token
     positions[:, -1] + 1,  # RoPE position of the next token
   )
-  carry = emit(carry, prefill.logits[:, -1], 0)
+  carry = emit(carry, model.logits(prefill.final_hidden[:, -1]), 0)
 
   def cond(loop):
     step, carry = loop

@@ -417,9 +417,40 @@ def test_inverse_cdf_draws_match_probabilities_and_skip_removed_tokens():
   probs = np.array([0.1, 0.0, 0.6, 0.3, 0.0], np.float32)
   logits = jnp.log(jnp.asarray(probs))[None].repeat(20000, axis=0)  # -inf where p = 0
   keys = jax.random.split(jax.random.key(7), 20000)
-  tokens = np.asarray(_inverse_cdf_sample(keys, logits))
+  tokens, lse = _inverse_cdf_sample(keys, logits)
+  tokens = np.asarray(tokens)
   freq = np.bincount(tokens, minlength=5) / tokens.size
   assert freq[1] == 0 and freq[4] == 0  # removed tokens are never drawn, even at the end
   np.testing.assert_allclose(freq, probs, atol=0.015)
+  np.testing.assert_allclose(lse, 0.0, atol=1e-6)  # logsumexp(log probs) = log 1
   # One key per row: a row's draw does not depend on the other rows.
-  np.testing.assert_array_equal(_inverse_cdf_sample(keys[:5], logits[:5]), tokens[:5])
+  np.testing.assert_array_equal(_inverse_cdf_sample(keys[:5], logits[:5])[0], tokens[:5])
+
+
+def test_two_level_inverse_cdf_equals_a_flat_float64_inversion():
+  """Across blocks (V = 1000 is 7 full blocks and a partial one, some blocks with no mass),
+  the draw is the token a float64 searchsorted of the same uniform over the whole CDF
+  picks: the two-level inversion is exact, not just right in distribution."""
+  from jaxpost.rollout.sampler import _CDF_BLOCK, _inverse_cdf_sample
+
+  v, rows = 1000, 4000
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 2, (rows, v)).astype(np.float32)
+  logits[:, 128:384] = -np.inf  # two whole blocks removed
+  logits[:, 999] = 6.0  # mass in the last, partial block
+  logits[:, ::7] = -np.inf  # scattered removed tokens, including block edges
+  logits[:, 0] = -np.inf
+  keys = jax.random.split(jax.random.key(3), rows)
+  tokens, lse = _inverse_cdf_sample(keys, jnp.asarray(logits))
+  tokens = np.asarray(tokens)
+  assert v > 7 * _CDF_BLOCK
+  u = np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
+  probs = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+  cdf = np.cumsum(probs, axis=-1)
+  want = np.array(
+    [np.searchsorted(c, x * c[-1], side="right") for c, x in zip(cdf, u, strict=True)]
+  )
+  assert np.mean(tokens == want) > 0.999  # float32 vs float64 rounding at a boundary
+  assert np.all(np.isfinite(logits[np.arange(rows), tokens]))  # never a removed token
+  np.testing.assert_allclose(lse, np.log(cdf[:, -1]) + logits.max(-1), rtol=1e-6)
+  assert len(set(tokens.tolist())) > 200
