@@ -152,6 +152,7 @@ def _validate_rl(c: config_dict.ConfigDict) -> None:
   _choice(r.is_mode, "rl.is_mode", correction.IS_MODES)
   _choice(r.prefix, "rl.prefix", ("", *(p for p in policy.PREFIXES if p)))
   _choice(r.prefix_behavior, "rl.prefix_behavior", ("old", "sampler"))
+  _choice(r.old_logp, "rl.old_logp", ("recompute", "sampler"))
   for field in (
     "rl.prompts_per_step",
     "rl.samples_per_prompt",

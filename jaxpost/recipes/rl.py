@@ -10,8 +10,10 @@ One RL step:
               samples more prompts until P informative groups are found;
   3. score    one forward pass of the current policy over the B rows gives ``old_logp``
               (pi_old of the PPO ratio) scored exactly as the sampler records it,
-              log_softmax(f32 logits / temperature); the frozen initial policy gives
-              ``ref_logp`` when a KL coefficient is set (in the loss or in the reward);
+              log_softmax(f32 logits / temperature), or with ``rl.old_logp=sampler``
+              the sampler's recorded log-probs stand in for it (no forward); the
+              frozen initial policy gives ``ref_logp`` when a KL coefficient is set
+              (in the loss or in the reward);
   4. advantage group z-score (GRPO), mean-only (Dr. GRPO) or leave-one-out (RLOO), on
               the global batch, broadcast to tokens, plus optional token-level
               returns of per-step trace rewards;
@@ -473,9 +475,17 @@ def step_token_rewards(tok, groups: Groups, g: int) -> np.ndarray:
 
 
 def rollout_metrics(
-  groups: Groups, final_rewards: np.ndarray, adv: np.ndarray, old_logp: np.ndarray, g: int
+  groups: Groups,
+  final_rewards: np.ndarray,
+  adv: np.ndarray,
+  trainer_logp: np.ndarray | None,
+  g: int,
 ) -> dict[str, float]:
-  """Reward, advantage, length and sampler/trainer mismatch statistics (host side)."""
+  """Reward, advantage, length and sampler/trainer mismatch statistics (host side).
+
+  The mismatch quantiles compare the sampler's log-probs with ``trainer_logp``, the
+  trainer's forward at the same parameters; None (``rl.old_logp=sampler``) skips them.
+  """
   r = final_rewards.reshape(-1, g)  # [P, G]
   m = {
     "rl/reward_mean": float(final_rewards.mean()),
@@ -489,8 +499,10 @@ def rollout_metrics(
   for name, sel in (("correct", groups.correct), ("wrong", ~groups.correct)):
     if sel.any():
       m[f"rl/len_{name}"] = float(groups.lengths[sel].mean())
+  if trainer_logp is None:
+    return m
   on = groups.batch.loss_mask > 0
-  gap = np.abs(old_logp[on] - groups.raw_logp[on])
+  gap = np.abs(trainer_logp[on] - groups.raw_logp[on])
   if gap.size:
     for q in (50, 90, 99):
       m[f"rl/logp_mismatch_p{q}"] = float(np.percentile(gap, q))
@@ -708,7 +720,10 @@ def run(config, workdir: str) -> dict:
     if r.mask_truncated:  # DAPO overlong filtering: truncated rows carry no loss
       batch = batch.replace(loss_mask=batch.loss_mask * ~groups.truncated[:, None])
     device_batch = to_device(batch)
-    old_logp, _ = jax.device_get(score_fn(state.params, rest, device_batch))
+    if r.old_logp == "sampler":  # what the sampler recorded: log_softmax(logits / T)
+      old_logp = groups.raw_logp
+    else:
+      old_logp, _ = jax.device_get(score_fn(state.params, rest, device_batch))
     if ref_params is not None:
       ref_logp = np.asarray(jax.device_get(score_fn(ref_params, rest, device_batch)[0]))
     else:
@@ -753,7 +768,8 @@ def run(config, workdir: str) -> dict:
     # 6. Log, evaluate, checkpoint.
     last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
     last.update({k: float(np.mean([m[k] for m in reward_ms])) for k in reward_ms[-1]})
-    last.update(rollout_metrics(groups, final_rewards, adv, np.asarray(old_logp), G))
+    trainer_logp = np.asarray(old_logp) if r.old_logp == "recompute" else None
+    last.update(rollout_metrics(groups, final_rewards, adv, trainer_logp, G))
     last["rl/sample_rounds"] = float(rounds)
     last["rl/filled_groups"] = float(filled)
     last["perf/sample_s"] = t_sample

@@ -317,6 +317,7 @@ def test_step_token_rewards_by_hand():
     ("rl.kl_estimator", "k4", "rl.kl_estimator"),
     ("rl.kl_coef", -0.5, "rl.kl_coef"),
     ("rl.temperature", 0.0, "temperature"),
+    ("rl.old_logp", "trainer", "rl.old_logp"),
     ("rl.minibatches", 3, "rl.minibatches=3"),
     ("rl.max_new_tokens", 256, "rl.max_new_tokens"),
     ("rl.init_from", "/nonexistent/sft", "rl.init_from"),
@@ -393,6 +394,29 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   assert res_full["step"] == res_parts["step"] == 4
   for k in ("rl/zero_adv_group_frac", "rl/logp_mismatch_p99", "train/clip_frac_low"):
     assert k in res_full
+
+
+def test_sampler_old_logp_gives_the_recomputed_update(tmp_path):
+  """rl.old_logp=sampler: pi_old from the sampler's records instead of a forward pass.
+
+  They agree to float noise (tests/rollout), so the one update per batch is the same:
+  same loss, ratio 1, no clipping; only the mismatch quantiles (which need the trainer's
+  forward) are gone. A misaligned stand-in would move the ratio far from 1."""
+  runs = {}
+  for mode in ("recompute", "sampler"):
+    # The entropy bonus makes the gradient non-zero even if every group ties.
+    c = _run_config(
+      **{"train.steps": 1, "rl.old_logp": mode, "eval.every": 0, "rl.entropy_coef": 0.01}
+    )
+    rl.run(c, str(tmp_path / mode))
+    runs[mode] = _train_records(str(tmp_path / mode))[1]
+  a, b = runs["recompute"], runs["sampler"]
+  assert a["train/grad_norm"] > 0
+  for k in ("train/loss", "train/grad_norm", "rl/reward_mean"):
+    assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+  assert b["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+  assert b["train/clip_frac_low"] == b["train/clip_frac_high"] == 0.0
+  assert "rl/logp_mismatch_p99" in a and "rl/logp_mismatch_p99" not in b
 
 
 def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, subprocess_env):
