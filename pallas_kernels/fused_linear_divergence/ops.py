@@ -63,6 +63,9 @@ class _Config:
   interpret: bool
 
 
+_DW_BLOCK_BYTES = 16 * 2**20  # largest f32 [D, block] piece of h^T dz formed at once
+
+
 def default_chunk_size(n: int, v: int) -> int:
   """Token rows per chunk so one f32 [C, V] block is about 32 MiB (a multiple of 8)."""
   c = max(8, min(4096, _CHUNK_BYTES // (4 * v)))
@@ -371,11 +374,31 @@ def _grads(cfg, h, w, teacher, labels, mask, weights, cot, stats, extra):
 
 
 def _accumulate(dw, h_c, w, dz):
-  """dh_c = dz w^T and dW += h_c^T dz; operands in the input dtype, f32 accumulation."""
+  """dh_c = dz w^T and dW += h_c^T dz; operands in the input dtype, f32 accumulation.
+
+  h_c^T dz is added one vocabulary block at a time: XLA does not accumulate a matmul
+  into its destination, so a whole [D, V] product would be a temporary the size of dW
+  itself (297 MiB at D = 512, V = 151936); a block's product is at most
+  ``_DW_BLOCK_BYTES``, and each block is added into dW in place.
+  """
   f32 = dw.dtype
   dz = dz.astype(h_c.dtype)
   dh_c = jnp.dot(dz, w.T, preferred_element_type=f32).astype(h_c.dtype)
-  return dw + jnp.dot(h_c.T, dz, preferred_element_type=f32), dh_c
+  d, v = dw.shape
+  block = min(v, max(128, _DW_BLOCK_BYTES // (4 * d) // 128 * 128))
+
+  def add(start, size, dw):
+    part = jnp.dot(
+      h_c.T, jax.lax.dynamic_slice_in_dim(dz, start, size, axis=1), preferred_element_type=f32
+    )
+    old = jax.lax.dynamic_slice_in_dim(dw, start, size, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(dw, old + part, start, axis=1)
+
+  # A loop, not unrolled blocks: XLA would schedule all the blocks' products first.
+  dw = jax.lax.fori_loop(0, v // block, lambda j, dw: add(j * block, block, dw), dw)
+  if v % block:
+    dw = add(v - v % block, v % block, dw)
+  return dw, dh_c
 
 
 def _xla_dlogits(cfg, w, t_shared, chunk) -> jax.Array:
