@@ -66,7 +66,13 @@ def _token_batch(batch: Batch | Rollout) -> Batch:
 
 
 def model_outputs(
-  model, batch: Batch, *, lm_head: str = "logits", chunk_size: int = 0, temperature: float = 1.0
+  model,
+  batch: Batch,
+  *,
+  lm_head: str = "logits",
+  chunk_size: int = 0,
+  temperature: float = 1.0,
+  columns: jax.Array | None = None,
 ):
   """What a loss consumes: f32 logits / T ``[B, T, V]``, or a ``FusedHead`` over the same.
 
@@ -79,11 +85,14 @@ def model_outputs(
     chunk_size: token rows per chunk of the fused op (0 = its default).
     temperature: divides the logits (a fused head folds it into the weight: logits / T =
       hidden @ (W / T)); the sampler records log_softmax(logits / T) the same way.
+    columns: optional i32[B, W]: the LM head runs only at these positions of each row
+      (the output is [B, W, V] or a head over [B, W] hidden states); the forward pass
+      still covers all T tokens. E.g. an RL update scores completions, not prompts.
   """
   from jaxpost.losses.head import FusedHead
 
   implementation = _fused_implementation(lm_head)
-  if implementation is None:
+  if implementation is None and columns is None:
     logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
     logits = logits.astype(jnp.float32)
     return logits if temperature == 1.0 else logits / temperature  # divide, as sampled
@@ -93,12 +102,16 @@ def model_outputs(
     segment_ids=batch.segment_ids,
     compute_logits=False,
   )
+  hidden = out.final_hidden
+  if columns is not None:
+    hidden = jnp.take_along_axis(hidden, columns[..., None], axis=1)  # [B, W, D]
+  if implementation is None:
+    logits = model.logits(hidden)
+    return logits if temperature == 1.0 else logits / temperature
   weight = model.lm_head_weight().astype(jnp.float32)
   if temperature != 1.0:
     weight = weight / temperature
-  return FusedHead(
-    out.final_hidden, weight.astype(out.final_hidden.dtype), implementation, chunk_size
-  )
+  return FusedHead(hidden, weight.astype(hidden.dtype), implementation, chunk_size)
 
 
 def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int = 0) -> ObjectiveFn:

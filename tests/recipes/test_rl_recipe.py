@@ -181,6 +181,51 @@ def test_trainer_scores_what_the_sampler_recorded():
   assert np.all(np.asarray(entropy)[on] > 0)
 
 
+@pytest.mark.parametrize("lm_head", ["logits", "fused_xla"])
+def test_completion_window_scores_and_updates_like_the_full_head(lm_head):
+  """The LM head on the completion window only: same logp/entropy on the loss mask,
+  zeros elsewhere, and the same policy update, for prompts of different lengths."""
+  graphdef, params, rest = _tiny_model(seed=4)
+  gen = sampler.make_generate_fn(graphdef, max_new_tokens=6, eos_id=-1, temperature=1.5)
+  prompts = [[3, 4, 5, 6, 7], [6, 7], [8], [9, 10, 11]]
+  state = nnx.merge_state(params, rest)
+  tokens, mask, out = sampler.generate_groups(gen, state, prompts, 2, jax.random.key(1))
+  laid = batching.rollout_batch(tokens, mask, out)
+  on = laid.batch.loss_mask > 0
+  assert len(set(laid.prompt_lengths.tolist())) > 1  # completions start at different columns
+  head = dict(temperature=1.5, lm_head=lm_head, chunk_size=0)
+  full = rl.make_score_fn(graphdef, **head)(params, rest, laid.batch)
+  windowed = rl.make_score_fn(graphdef, window=6, **head)(params, rest, laid.batch)
+  for a, b in zip(full, windowed, strict=True):
+    np.testing.assert_allclose(np.asarray(b)[on], np.asarray(a)[on], rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(b)[~on] == 0)
+
+  rng = np.random.default_rng(0)
+  rollout = Rollout(
+    batch=laid.batch,
+    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
+    old_logp=np.asarray(full[0]) - 0.05 * on,  # ratio != 1, so the clip matters
+    sampler_logp=laid.sampler_logp,
+    ref_logp=np.asarray(full[0]) + 0.1 * on,
+    group_ids=np.repeat(np.arange(4, dtype=np.int32), 2),
+    turn_ids=on.astype(np.int32),
+  )
+  optimizer = optax.sgd(0.5)
+  train_state = train.init_train_state(params, optimizer, 0)
+  results = []
+  for window in (0, 6):
+    objective = rl.policy_objective(
+      graphdef, train.bind_loss("grpo", _HPARAMS), window=window, **head
+    )
+    step = train.make_train_step(objective, optimizer, donate=False)
+    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
+  (a, m_a), (b, m_b) = results
+  assert float(m_a["train/grad_norm"]) > 1e-3
+  for k in m_a:
+    np.testing.assert_allclose(m_b[k], m_a[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  _assert_close(b.params, a.params, rtol=1e-5, atol=1e-6)
+
+
 def test_loss_hparams_resolve_presets():
   c = _config(**{"loss.name": "grpo", "rl.kl_coef": -1.0})
   h = rl.loss_hparams(c, rows_per_update=8)
