@@ -15,14 +15,17 @@ jaxpost step, built from the RL recipe's public pieces (``jaxpost.recipes.rl``):
            negative stop id never matches, so every row decodes exactly 64 tokens);
   reward   on the host from the sampled ids; ``rollout.batching.rollout_batch`` lays out
            the [32, 96] rows;
-  score    ``rl.make_score_fn`` twice: ``old_logp`` under the current policy (the recipe
-           always recomputes it) and ``ref_logp`` under the frozen reference;
+  score    ``rl.make_score_fn`` twice: ``old_logp`` under the current policy (the
+           recipe's default, ``rl.old_logp=recompute``) and ``ref_logp`` under the frozen
+           reference; as in the recipe, the LM head runs on the 64 completion columns
+           only (``window``), not on the prompts;
   update   ``advantages.grpo`` + ``broadcast_to_tokens``, then ``train.make_train_step``
            over ``rl.policy_objective`` with the registered ``grpo`` loss (its preset is
            beta 0.04, k3, seq_mean_token_mean).
   Each step is timed from the start of sampling to ``block_until_ready`` of the update.
   ``--old_logp sampler`` takes pi_old from the sampler's recorded log-probs instead (one
-  forward fewer, what TRL does); ``--lm_head fused`` scores with the fused LM head.
+  forward fewer, what TRL does; the recipe's ``rl.old_logp=sampler``); ``--lm_head
+  fused`` scores with the fused LM head.
 
 TRL step: ``GRPOTrainer`` with ``per_device_train_batch_size=32, num_generations=8``
 (4 prompts x 8), ``max_completion_length=64`` and ``generation_kwargs`` adding
@@ -115,7 +118,8 @@ def make_jaxpost_step(
   generate_fn = sampler.make_generate_fn(
     graphdef, max_new_tokens=NEW_TOKENS, eos_id=-1, temperature=1.0
   )
-  head = dict(temperature=1.0, lm_head=lm_head, chunk_size=0)
+  # As the recipe does: the LM head only on the 64 completion columns of each row.
+  head = dict(temperature=1.0, lm_head=lm_head, chunk_size=0, window=NEW_TOKENS)
   score_fn = rl.make_score_fn(graphdef, **head)
   loss_fn = train.bind_loss("grpo", {})  # preset: k3 KL, beta 0.04, seq_mean_token_mean
   train_step = train.make_train_step(rl.policy_objective(graphdef, loss_fn, **head), optimizer)
