@@ -385,3 +385,14 @@ def gspo_token(
   Hyperparameters: see ``policy_loss``.
   """
   return _run(GSPO_TOKEN_DEFAULTS, logp, rollout, norm, entropy, hparams)
+
+
+# Registered policy-loss name -> its preset hyperparameters (what ``rl.*`` fields override).
+PRESETS: dict[str, dict[str, Any]] = {
+  "ppo": PPO_DEFAULTS,
+  "grpo": GRPO_DEFAULTS,
+  "dr_grpo": DR_GRPO_DEFAULTS,
+  "dapo": DAPO_DEFAULTS,
+  "gspo": GSPO_DEFAULTS,
+  "gspo_token": GSPO_TOKEN_DEFAULTS,
+}

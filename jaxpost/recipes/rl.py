@@ -56,14 +56,7 @@ from jaxpost.rollout import batching, sampler
 from jaxpost.types import ROLE_ANSWER, Batch, Rollout
 
 # loss.name -> the preset that the rl.* fields override ("" / -1 keep the preset value).
-PRESETS = {
-  "ppo": policy.PPO_DEFAULTS,
-  "grpo": policy.GRPO_DEFAULTS,
-  "dr_grpo": policy.DR_GRPO_DEFAULTS,
-  "dapo": policy.DAPO_DEFAULTS,
-  "gspo": policy.GSPO_DEFAULTS,
-  "gspo_token": policy.GSPO_TOKEN_DEFAULTS,
-}
+PRESETS = policy.PRESETS
 
 # Prompts are left-padded to a multiple of this many columns, so the sampler and the
 # train step compile once per bucket rather than once per prompt length.

@@ -235,7 +235,7 @@ def test_on_policy_gradient_is_reinforce(name, extra):
   logp = rollout.old_logp
   fn = registry.get(name)
   loss, metrics, g = _loss_and_grad(fn, logp, rollout, kl_coef=0.0, **extra)
-  agg = getattr(policy, name.upper() + "_DEFAULTS")["agg"]
+  agg = policy.PRESETS[name]["agg"]
   mask = np.asarray(rollout.batch.loss_mask)
   expected = -mask * np.asarray(rollout.advantages) / _token_divisor(rollout, agg)
   np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-7)
@@ -621,3 +621,16 @@ def test_errors():
     policy.ppo(logp, rollout, norm=norm, prefix="product")
   with pytest.raises(ValueError, match="unknown aggregation"):
     policy.ppo(logp, rollout, norm=norm, agg="mean")
+
+
+def test_presets_cover_every_policy_loss_and_are_what_it_runs():
+  """policy.PRESETS lists each registered policy loss; each is policy_loss at its preset."""
+  assert set(policy.PRESETS) == set(POLICY_LOSSES)
+  logp, rollout = _random(6)
+  logp = logp + 0.3  # ratios away from 1, so the clip ranges matter
+  for name, preset in policy.PRESETS.items():
+    preset = {k: v for k, v in preset.items() if v is not None}
+    want = _loss_and_grad(policy.policy_loss, logp, rollout, **preset)
+    got = _loss_and_grad(registry.get(name), logp, rollout)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-8, err_msg=name)
