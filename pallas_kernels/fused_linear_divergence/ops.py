@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -110,10 +111,7 @@ def fused_linear_divergence(
     ``TokenStats`` of f32[N] arrays; differentiable in ``h`` and ``w`` through
     ``loss``, ``student_lse`` and ``entropy``.
   """
-  args = _validate(
-    h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
-    implementation, chunk_size, interpret,
-  )  # fmt: skip
+  args = _validate(**locals())  # the arguments exactly as given
   if args is None:  # implementation == "reference"
     return reference.reference_divergence(
       h,
@@ -131,21 +129,7 @@ def fused_linear_divergence(
 
 
 def fused_linear_divergence_sum(
-  h: jax.Array,
-  w: jax.Array,
-  *,
-  kind: str,
-  token_weights: jax.Array,
-  teacher=None,
-  labels: jax.Array | None = None,
-  mask: jax.Array | None = None,
-  weights: jax.Array | None = None,
-  beta: float = 0.5,
-  temperature: float = 1.0,
-  label_smoothing: float = 0.0,
-  implementation: str | None = None,
-  chunk_size: int | None = None,
-  interpret: bool | None = None,
+  h: jax.Array, w: jax.Array, *, token_weights: jax.Array, **options
 ) -> tuple[jax.Array, TokenStats]:
   """sum_n token_weights[n] * loss[n], with its gradient computed in the forward pass.
 
@@ -156,31 +140,29 @@ def fused_linear_divergence_sum(
   ``TokenStats`` are returned for metrics and carry no gradient; only the sum does.
 
   Args:
+    h: [N, D] student hidden states.
+    w: [D, V] student LM head.
     token_weights: f32[N] weight of each token's loss (no gradient).
-    Everything else as in ``fused_linear_divergence``.
+    **options: the keyword arguments of ``fused_linear_divergence`` (``kind``,
+      ``teacher``, ``labels``, ``mask``, ...), with the same meaning and defaults.
 
   Returns:
     (total f32[], TokenStats without gradient).
   """
-  args = _validate(
-    h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
-    implementation, chunk_size, interpret,
-  )  # fmt: skip
   if token_weights.shape != (h.shape[0],):
     raise ValueError(f"token_weights must have shape ({h.shape[0]},), got {token_weights.shape}")
-  if args is None:
-    stats = reference.reference_divergence(
-      h, w, teacher, labels, mask, weights, kind=kind, beta=beta, temperature=temperature,
-      label_smoothing=label_smoothing,
-    )  # fmt: skip
-    total = jnp.sum(jax.lax.stop_gradient(token_weights) * stats.loss)
-    return total, jax.lax.stop_gradient(stats)
-  total, stats = _fused_sum(*args, jax.lax.stop_gradient(token_weights))
+  token_weights = jax.lax.stop_gradient(token_weights)
+  if options.get("implementation") == "reference":
+    stats = fused_linear_divergence(h, w, **options)
+    return jnp.sum(token_weights * stats.loss), jax.lax.stop_gradient(stats)
+  bound = inspect.signature(fused_linear_divergence).bind(h, w, **options)
+  bound.apply_defaults()
+  total, stats = _fused_sum(*_validate(**bound.arguments), token_weights)
   return total, jax.lax.stop_gradient(stats)
 
 
 def _validate(
-  h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
+  *, h, w, kind, teacher, labels, mask, weights, beta, temperature, label_smoothing,
   implementation, chunk_size, interpret,
 ):  # fmt: skip
   """Checks the arguments; returns the custom_vjp's inputs, or None for "reference"."""
