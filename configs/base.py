@@ -101,11 +101,10 @@ def get_config() -> config_dict.ConfigDict:
   c.rl.min_p = 0.0  # sampling: keep p >= min_p * p_max; 0 = off
   c.rl.advantage = "grpo"  # outcome advantage: grpo (z-score) | dr_grpo (mean only) | rloo
   c.rl.step_reward = 0.0  # weight of per-step trace rewards (token-level advantages); 0 = off
-  # pi_old of the PPO ratio: "recompute" = a forward pass of the policy before the updates
-  # (the trainer's own numerics; logs rl/logp_mismatch_*); "sampler" = the sampler's
-  # recorded log_softmax(logits / T), one forward fewer per step (TRL's choice): the
-  # ratio then also carries the sampler/trainer numerics gap, and no mismatch is logged.
-  c.rl.old_logp = "recompute"
+  # "sampler": pi_old = the sampler's recorded log_softmax(logits / T), one forward fewer
+  # per step (TRL's choice); the ratio then also carries the sampler/trainer numerics gap
+  # and rl/logp_mismatch_* is not logged.
+  c.rl.old_logp = "recompute"  # pi_old of the ratio: recompute (a forward pass) | sampler
   c.rl.epochs = 1  # passes of policy updates over each rollout batch
   c.rl.minibatches = 1  # optimiser updates per pass, each on B / minibatches shuffled rows
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill

@@ -5,3 +5,60 @@ import os
 # Must be set before jax initialises its backends; harmless for single-device tests.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402 (after the environment above)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
+
+_CACHE_OPTIONS = {
+  "jax_compilation_cache_dir": None,  # set by the fixture
+  "jax_persistent_cache_min_compile_time_secs": 0.0,
+  "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(tmp_path_factory):
+  """A persistent compilation cache shared by one module's runs (CLI subprocesses too).
+
+  Recipe tests compile the same few programs again and again (every run builds fresh
+  jitted closures); on 2 shared CPU cores that is most of their time. Yields the
+  environment for subprocesses, which then use the same cache. Modules opt in with
+  ``pytestmark = pytest.mark.usefixtures("subprocess_env")``.
+  """
+  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax"))}
+  saved = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()  # the cache is set up once per process: redo it
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  env.update({name.upper(): str(value) for name, value in options.items()})
+  yield env
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _random_decoder(config, seed: int = 0):
+  """A decoder with random O(1)-logit weights, built in NumPy (eager JAX init is slow)."""
+  from jaxpost.models.decoder import Decoder
+
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    name = jax.tree_util.keystr(path)
+    scale = 1.0 if "embed" in name else 0.3
+    return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else scale * noise)
+
+  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+
+
+@pytest.fixture(scope="session")
+def random_decoder():
+  """``random_decoder(config, seed=0) -> Decoder`` with random O(1)-logit weights."""
+  return _random_decoder

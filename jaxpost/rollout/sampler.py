@@ -417,15 +417,8 @@ def generate(
   prompt_tokens: jax.Array,
   prompt_mask: jax.Array,
   *,
-  max_new_tokens: int,
-  eos_id: int,
-  stop_ids: Sequence[int] = (),
-  pad_id: int = 0,
-  temperature: float = 0.0,
-  top_k: int = 0,
-  top_p: float = 1.0,
-  min_p: float = 0.0,
   key: jax.Array | None = None,
+  **settings,
 ) -> GenerateOutput:
   """Generates up to ``max_new_tokens`` per row, stopping early once all rows stopped.
 
@@ -434,35 +427,20 @@ def generate(
     prompt_tokens: i32[B, P] left-padded prompts (see ``left_pad``); every row needs at
       least one real token.
     prompt_mask: {0,1}[B, P], 1 on real tokens.
-    max_new_tokens: N.
-    eos_id: token that ends a row.
-    stop_ids: further tokens that end a row.
-    pad_id: filler after the stop token.
-    temperature: 0 = greedy; > 0 = sampling (needs ``key``).
-    top_k: see ``make_generate_fn``.
-    top_p: see ``make_generate_fn``.
-    min_p: see ``make_generate_fn``.
-    key: PRNG key for sampling, or key[B] (one per row).
+    key: PRNG key for sampling, or key[B] (one per row); needed when temperature > 0.
+    **settings: the keyword arguments of ``make_generate_fn`` (``max_new_tokens``,
+      ``eos_id``, ``stop_ids``, ``pad_id``, ``temperature``, ``top_k``, ``top_p``,
+      ``min_p``), same meaning and defaults.
 
   Returns:
     ``GenerateOutput`` with [B, N] tokens and log-probs and [B] lengths and stop flags.
   """
   if key is None:
-    if temperature > 0:
+    if settings.get("temperature", 0.0) > 0:
       raise ValueError("sampling with temperature > 0 needs a PRNG key")
     key = jax.random.key(0)
   graphdef, state = nnx.split(model)
-  fn = make_generate_fn(
-    graphdef,
-    max_new_tokens=max_new_tokens,
-    eos_id=eos_id,
-    stop_ids=stop_ids,
-    pad_id=pad_id,
-    temperature=temperature,
-    top_k=top_k,
-    top_p=top_p,
-    min_p=min_p,
-  )
+  fn = make_generate_fn(graphdef, **settings)
   return fn(state, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key)
 
 

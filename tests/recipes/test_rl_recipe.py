@@ -13,7 +13,6 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 
 from jaxpost import config_lib, metrics, models, sharding, train
 from jaxpost.data import tasks
@@ -24,27 +23,8 @@ from jaxpost.types import Batch, Rollout
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V, B, T = 32, 16, 12  # vocab, rows, columns of the hand-made rollouts
 
-_CACHE_OPTIONS = {
-  "jax_compilation_cache_dir": None,  # set by the fixture
-  "jax_persistent_cache_min_compile_time_secs": 0.0,
-  "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def subprocess_env(tmp_path_factory):
-  """A persistent compilation cache shared by this module's runs (the CLI run included)."""
-  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax"))}
-  saved = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.update({name.upper(): str(value) for name, value in options.items()})
-  yield env
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+# A persistent compilation cache for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("subprocess_env")
 
 
 def _config(variant="tiny", **overrides):

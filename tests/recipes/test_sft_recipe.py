@@ -11,7 +11,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from jaxpost import checkpoint, config_lib, metrics, optim, train
 from jaxpost.data import DataError
@@ -21,32 +20,8 @@ from jaxpost.recipes import sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CACHE_OPTIONS = {
-  "jax_compilation_cache_dir": None,  # set by the fixture
-  "jax_persistent_cache_min_compile_time_secs": 0.0,
-  "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def subprocess_env(tmp_path_factory):
-  """A persistent compilation cache shared by this module's runs (CLI subprocess included).
-
-  The runs here compile the same few programs again and again (every `sft.run` builds
-  fresh jitted closures); on 2 shared CPU cores that is most of their time. Yields the
-  environment for subprocesses, which then use the same cache.
-  """
-  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax"))}
-  saved = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()  # the cache is set up once per process: redo it
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  env.update({name.upper(): str(value) for name, value in options.items()})
-  yield env
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+# A persistent compilation cache for this module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("subprocess_env")
 
 
 def _config(**overrides):

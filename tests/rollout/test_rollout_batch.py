@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpost.models import Decoder, ModelConfig
+from jaxpost.models import ModelConfig
 from jaxpost.rollout.batching import rollout_batch
 from jaxpost.rollout.sampler import (
   GenerateOutput,
@@ -45,18 +45,8 @@ P_, A_, X_ = ROLE_PROMPT, ROLE_ANSWER, ROLE_PAD
 
 
 @pytest.fixture(scope="module")
-def model():
-  """Random O(1)-logit weights (NumPy-built: eager JAX init is slow on CPU)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(CFG, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    noise = rng.standard_normal(leaf.shape).astype(np.float32)
-    name = jax.tree_util.keystr(path)
-    scale = 1.0 if "embed" in name else 0.3
-    return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else scale * noise)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+def model(random_decoder):
+  return random_decoder(CFG)
 
 
 def _detok(ids):

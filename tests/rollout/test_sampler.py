@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxpost import config_lib, sharding
-from jaxpost.models import Decoder, ModelConfig
+from jaxpost.models import ModelConfig
 from jaxpost.rollout.sampler import (
   GenerateOutput,
   apply_stop_strings,
@@ -49,18 +49,8 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def model():
-  """Random O(1)-logit weights (NumPy-built: eager JAX init is slow on CPU)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(CFG, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    noise = rng.standard_normal(leaf.shape).astype(np.float32)
-    name = jax.tree_util.keystr(path)
-    scale = 1.0 if "embed" in name else 0.3
-    return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else scale * noise)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+def model(random_decoder):
+  return random_decoder(CFG)
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
