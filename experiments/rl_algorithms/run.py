@@ -7,9 +7,10 @@ own config) and runs ``configs/grpo.py:quickstart`` for a fixed number of RL ste
 the variant's overrides (``VARIANTS``), evaluating 200 held-out problems every 20 steps.
 A step budget rather than a wall-clock one: the machine is shared, so its speed drifts.
 
-Each variant writes ``<root>/<variant>/result.json``; variants finished by earlier
-invocations stay in the table, so they can be run a few at a time. Then writes
-results.md, results.json (every variant's numbers and curves) and accuracy_curves.png.
+Each variant writes ``<root>/<variant>/result.json`` ("/" in a name becomes "_div");
+variants finished by earlier invocations stay in the table, so they can be run a few at
+a time. Then writes results.md, results.json (every variant's numbers and curves) and
+accuracy_curves.png (single-update rows on top, off-policy rows below).
 
   python experiments/rl_algorithms/run.py                      # every variant, 80 steps
   python experiments/rl_algorithms/run.py --variants=grpo,dapo --steps=80
@@ -39,10 +40,37 @@ EVAL_EVERY = 20
 # 16 prompts x 8 samples, too few for a stable number on its own.
 TAIL = 10
 
+# Overrides shared by a single-update row and its off-policy twin.
+DAPO = {
+  "loss.name": "dapo",
+  "rl.dynamic_sampling": True,
+  "reward.terms": (("exact_answer", 1.0), ("overlong", 1.0)),
+  # max_len 0 means the sampling cap (56); the soft window is its last 8 tokens.
+  "reward.overlong.cache_len": 8,
+}
+# 2 epochs x 2 minibatches: 4 optimiser updates per batch, so from the second update on
+# the ratio leaves 1 and the clip ranges, GSPO's sequence ratio and MinPRO's prefix factor
+# engage. Adam's step is about lr whatever the gradient's scale, so 4 updates at lr / 4
+# move the policy about as far per batch as one update at 2e-4 does; warmup counts
+# optimiser updates, so x4 keeps it at the same 10 RL steps. grpo_2x2 (same lr, warmup
+# 10 updates) showed what happens without the scaling.
+MULTI_UPDATE = {
+  "rl.epochs": 2,
+  "rl.minibatches": 2,
+  "optim.lr": 5e-5,
+  "optim.warmup_steps": 40,
+}
+# Nucleus sampling at 0.9: the sampler draws from the truncated, renormalised mu while the
+# trainer scores the untruncated pi_old, so the token TIS weight pi_old / mu is the
+# nucleus mass kept at that position (in [0.9, 1]) instead of exactly 1.
+TOP_P = {"rl.top_p": 0.9}
+MULTI = "; 2 epochs x 2 minibatches (4 updates per batch) at lr 5e-5, warmup 40 updates"
+
 # name -> (what it changes, config overrides on top of configs/grpo.py:quickstart). The
 # quickstart sets rl.kl_coef=0, which every variant keeps (so GRPO's preset KL of 0.04 is
 # off), and samples at temperature 1 with recomputed pi_old, so with one update per
-# batch the ratio is exactly 1 and no clip range engages: only grpo_2x2 reuses a batch.
+# batch and no sampling filter the ratio is exactly 1 and no clip range engages. The rows
+# from grpo_2x2 on are off-policy: several updates per batch, or a top-p sampler.
 VARIANTS: dict[str, tuple[str, dict]] = {
   "grpo": (
     "the quickstart as is: z-score group advantage, token ratio, clip 0.2, seq_mean_token_mean",
@@ -55,13 +83,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
   "dapo": (
     "token_mean, clip-higher 0.28, dynamic sampling (up to 4 rounds), overlong penalty "
     "ramping from 0 at 48 tokens to -1 at the 56-token cap",
-    {
-      "loss.name": "dapo",
-      "rl.dynamic_sampling": True,
-      "reward.terms": (("exact_answer", 1.0), ("overlong", 1.0)),
-      # max_len 0 means the sampling cap (56); the soft window is its last 8 tokens.
-      "reward.overlong.cache_len": 8,
-    },
+    DAPO,
   ),
   "gspo": (
     "sequence-level ratio (geometric mean of token ratios), clip 3e-4 / 4e-4",
@@ -88,7 +110,37 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "leaves 1 and the clip can fire",
     {"rl.epochs": 2, "rl.minibatches": 2},
   ),
+  "grpo_2x2_lr/4": (
+    "grpo" + MULTI + " (the lr and warmup that grpo_2x2 lacked)",
+    MULTI_UPDATE,
+  ),
+  "gspo_2x2": ("gspo" + MULTI, {"loss.name": "gspo", **MULTI_UPDATE}),
+  "gspo_token_2x2": ("gspo_token" + MULTI, {"loss.name": "gspo_token", **MULTI_UPDATE}),
+  "dapo_2x2": ("dapo (dynamic sampling, overlong penalty)" + MULTI, {**DAPO, **MULTI_UPDATE}),
+  "ppo_2x2": ("ppo" + MULTI, {"loss.name": "ppo", **MULTI_UPDATE}),
+  "grpo+minpro_2x2": ("grpo+minpro" + MULTI, {"rl.prefix": "min_exclusive", **MULTI_UPDATE}),
+  "grpo_top_p0.9": (
+    "one update per batch, sampling with top-p 0.9 (the control of grpo+tis_top_p0.9)",
+    TOP_P,
+  ),
+  "grpo+tis_top_p0.9": (
+    "one update per batch, top-p 0.9 sampling, token TIS pi_old / mu (cap 2): the weight "
+    "is the nucleus mass kept at each token",
+    {**TOP_P, "rl.is_level": "token"},
+  ),
 }
+
+
+def off_policy(name: str) -> bool:
+  """Whether pi_theta / pi_old or pi_old / mu can leave 1 in a variant's updates."""
+  overrides = VARIANTS[name][1]
+  updates = overrides.get("rl.epochs", 1) * overrides.get("rl.minibatches", 1)
+  return updates > 1 or overrides.get("rl.top_p", 1.0) < 1.0
+
+
+def workdir_of(root: str, name: str) -> str:
+  # "grpo_2x2_lr/4" would otherwise be a nested directory.
+  return os.path.join(root, name.replace("/", "_div"))
 
 
 def grpo_demo():
@@ -124,9 +176,41 @@ def tail_mean(records: list[dict], key: str, n: int = TAIL) -> float:
   return float(np.mean(values)) if values else float("nan")
 
 
+# Metrics the loss logs only when its correction is on, plus the gradient norm.
+CORRECTION_METRICS = ("is_weight_mean", "is_clipped_frac", "prefix_weight_mean", "grad_norm")
+
+
+def correction_stats(train: list[dict]) -> dict:
+  """Run means of the logged ``CORRECTION_METRICS`` (per-update means, like the clip fractions)."""
+  out = {}
+  for key in CORRECTION_METRICS:
+    values = [r[f"train/{key}"] for r in train if f"train/{key}" in r]
+    if values:
+      out[key] = float(np.mean(values))
+  return out
+
+
+def load_result(root: str, name: str) -> dict | None:
+  """A finished variant's result.json, with correction stats added from its metrics.
+
+  Rows run before ``correction_stats`` existed lack them; their metrics.jsonl has them.
+  """
+  workdir = workdir_of(root, name)
+  path = os.path.join(workdir, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    out = json.load(f)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if "grad_norm" not in out and os.path.exists(metrics_path):
+    recs = metrics.read_jsonl_metrics(metrics_path)
+    out.update(correction_stats([r for r in recs if "rl/reward_mean" in r]))
+  return out
+
+
 def run_variant(name: str, demo, sft_dir: str, args) -> dict:
   note, overrides = VARIANTS[name]
-  workdir = os.path.join(args.root, name)
+  workdir = workdir_of(args.root, name)
   shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resume of an old one
   result = rl.run(variant_config(demo, sft_dir, overrides, args.steps), workdir)
   recs = metrics.read_jsonl_metrics(result["metrics_path"])
@@ -161,6 +245,7 @@ def run_variant(name: str, demo, sft_dir: str, args) -> dict:
     "sample_rounds": float(np.mean([r["rl/sample_rounds"] for r in train])),
     "filled_groups": float(np.mean([r["rl/filled_groups"] for r in train])),
     "zero_adv_group_frac": float(np.mean([r["rl/zero_adv_group_frac"] for r in train])),
+    **correction_stats(train),
     "eval_curve": evals,
     "reward_curve": [(r["step"], r["reward/exact_answer"]) for r in train],
   }
@@ -182,6 +267,26 @@ def identical_runs(results: list[dict]) -> list[list[dict]]:
   return list(groups.values())
 
 
+def table_rows(results: list[dict]) -> list[str]:
+  lines = [
+    "| variant | start % | acc after N steps % | best % (step) | minutes | steps/min | "
+    "train reward | clip frac low / high | ratio mean | IS weight / prefix factor | length |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    weights = " / ".join(
+      f"{r[k]:.4f}" if k in r else "-" for k in ("is_weight_mean", "prefix_weight_mean")
+    )
+    lines.append(
+      f"| {r['variant']} | {100 * r['start_accuracy']:.1f} | "
+      f"{100 * r['final_accuracy']:.1f} | {100 * r['best_accuracy']:.1f} ({r['best_step']}) | "
+      f"{r['minutes']:.1f} | {r['steps_per_min']:.1f} | {r['train_accuracy']:.3f} | "
+      f"{r['clip_frac_low']:.4f} / {r['clip_frac_high']:.4f} | {r['ratio_mean']:.4f} | "
+      f"{weights} | {r['len_mean']:.1f} |"
+    )
+  return lines
+
+
 def write_table(results: list[dict], path: str) -> None:
   steps = sorted({r["steps"] for r in results})
   n = "/".join(map(str, steps))
@@ -193,18 +298,23 @@ def write_table(results: list[dict], path: str) -> None:
     f"checkpoint (seed {SEED}, step {SFT_STEPS}). This is ONE seed and {n} steps per "
     "variant: differences of a few points are within seed noise (the GRPO demo's spread "
     "over three seeds was ±4 points after 10 minutes).",
-    "",
-    "| variant | start % | acc after N steps % | best % (step) | minutes | steps/min | "
-    "train reward | clip frac low / high | length |",
-    "|---|---|---|---|---|---|---|---|---|",
   ]
-  for r in results:
-    lines.append(
-      f"| {r['variant']} | {100 * r['start_accuracy']:.1f} | "
-      f"{100 * r['final_accuracy']:.1f} | {100 * r['best_accuracy']:.1f} ({r['best_step']}) | "
-      f"{r['minutes']:.1f} | {r['steps_per_min']:.1f} | {r['train_accuracy']:.3f} | "
-      f"{r['clip_frac_low']:.4f} / {r['clip_frac_high']:.4f} | {r['len_mean']:.1f} |"
-    )
+  on = [r for r in results if not off_policy(r["variant"])]
+  off = [r for r in results if off_policy(r["variant"])]
+  if on:
+    lines += [
+      "",
+      "## One update per batch, sampler = trainer (on-policy: ratio and IS weight exactly 1)",
+      "",
+      *table_rows(on),
+    ]
+  if off:
+    lines += [
+      "",
+      "## Off-policy: several updates per batch, or a top-p sampler",
+      "",
+      *table_rows(off),
+    ]
   lines += [
     "",
     "Columns: *acc after N steps* is the final evaluation (step N); *best* the highest of "
@@ -212,10 +322,18 @@ def write_table(results: list[dict], path: str) -> None:
     f"2-core CPU, compilation and {1 + max(steps) // EVAL_EVERY} held-out evaluations "
     "included, so steps/min drifts "
     "with the machine's load. *train reward* is the exact-answer reward (1 right, 0 "
-    "wrong) of every sample drawn at temperature 1, averaged over the last "
+    "wrong) of every sample drawn, averaged over the last "
     f"{TAIL} steps (for dapo over all its dynamic-sampling rounds, not only the kept "
-    "groups, and without the overlong penalty). *clip frac* is the fraction of "
-    "completion tokens whose ratio is clipped below / above, averaged over the run. "
+    "groups, and without the overlong penalty); samples are drawn at temperature 1, "
+    "and for the top_p0.9 rows from the 0.9 nucleus, which drops unlikely (often wrong) "
+    "tokens, so their train reward is not comparable with the other rows'. *clip frac* is "
+    "the fraction of completion tokens where the clip binds: ratio below 1 - eps_low with a "
+    "negative advantage / above 1 + eps_high with a positive one. *ratio "
+    "mean* the token mean of pi_theta / pi_old (gspo, gspo_token: the sequence ratio), "
+    "both averaged over every optimiser update of the run, so in the 2x2 rows a quarter "
+    "of the updates "
+    "(the first on each batch, at ratio 1) dilute them. *IS weight* is the token mean of "
+    "the truncated pi_old / mu, *prefix factor* that of MinPRO's factor (- where off). "
     f"*length* is the mean completion length in tokens over the last {TAIL} steps.",
   ]
   for group in identical_runs(results):
@@ -239,34 +357,50 @@ def write_table(results: list[dict], path: str) -> None:
 
 
 def plot(results: list[dict], path: str) -> None:
+  """Held-out accuracy and train reward; on-policy rows on top, off-policy rows below."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
-  colors = plt.get_cmap("tab10")
-  for i, group in enumerate(identical_runs(results)):
-    label, r, color = " = ".join(x["variant"] for x in group), group[0], colors(i % 10)
-    steps, acc = zip(*r["eval_curve"], strict=True)
-    axes[0].plot(steps, 100 * np.asarray(acc), marker="o", color=color, label=label)
-    steps, reward = map(np.asarray, zip(*r["reward_curve"], strict=True))
-    # One step's reward is a mean of 128 samples; a running mean shows the trend.
-    k = min(TAIL, len(reward))
-    smooth = np.convolve(reward, np.ones(k) / k, mode="valid")
-    axes[1].plot(steps[k - 1 :], smooth, color=color, label=label)
-  axes[0].set(xlabel="RL step", ylabel="held-out mul2x2 accuracy (%)", title="held-out accuracy")
-  axes[1].set(
-    xlabel="RL step",
-    ylabel=f"exact-answer reward, T=1 (running mean of {TAIL} steps)",
-    title="train reward",
-  )
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  # Below the panels: the curves fill them.
-  fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
-  fig.tight_layout(rect=(0, 0.1, 1, 1))
-  fig.savefig(path, dpi=120)
+  rows = [
+    ("one update per batch", [r for r in results if not off_policy(r["variant"])]),
+    ("off-policy", [r for r in results if off_policy(r["variant"])]),
+  ]
+  rows = [(title, rs) for title, rs in rows if rs]
+  reference = next((r for r in results if r["variant"] == "grpo"), None)
+  # One y scale per column, so the two rows compare at a glance.
+  fig, axes = plt.subplots(len(rows), 2, figsize=(15, 5 * len(rows)), squeeze=False, sharey="col")
+  for (title, rs), (ax_acc, ax_rew) in zip(rows, axes, strict=True):
+    # tab10 without its grey (7): grey is the reference curve.
+    colors = [plt.get_cmap("tab10")(i) for i in range(10) if i != 7]
+    curves = [(" = ".join(x["variant"] for x in g), g[0], {}) for g in identical_runs(rs)]
+    if reference is not None and reference not in rs:
+      # The single-update baseline, for scale in the off-policy panels.
+      curves.insert(0, ("grpo (one update per batch)", reference, {"ls": "--", "lw": 2.5}))
+    for i, (label, r, style) in enumerate(curves):
+      style = {"color": "0.3" if style else colors[i % len(colors)], **style}
+      steps, acc = zip(*r["eval_curve"], strict=True)
+      ax_acc.plot(steps, 100 * np.asarray(acc), marker="o", label=label, **style)
+      steps, reward = map(np.asarray, zip(*r["reward_curve"], strict=True))
+      # One step's reward is a mean of 128 samples; a running mean shows the trend.
+      k = min(TAIL, len(reward))
+      smooth = np.convolve(reward, np.ones(k) / k, mode="valid")
+      ax_rew.plot(steps[k - 1 :], smooth, label=label, **style)
+    ax_acc.set(
+      xlabel="RL step", ylabel="held-out mul2x2 accuracy (%)", title=f"held-out accuracy: {title}"
+    )
+    ax_rew.set(
+      xlabel="RL step",
+      ylabel=f"exact-answer reward (running mean of {TAIL} steps)",
+      title=f"train reward: {title}",
+    )
+    for ax in (ax_acc, ax_rew):
+      ax.grid(alpha=0.3)
+    # Right of the row: the curves fill the panels.
+    ax_rew.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -289,10 +423,9 @@ def main() -> None:
 
   done = {}
   for name in VARIANTS:
-    path = os.path.join(args.root, name, "result.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        done[name] = json.load(f)
+    loaded = load_result(args.root, name)
+    if loaded is not None:
+      done[name] = loaded
   for name in names:
     done[name] = run_variant(name, demo, args.sft_dir, args)
     summary = {k: v for k, v in done[name].items() if not k.endswith("_curve")}
