@@ -42,14 +42,14 @@ class KVCache:
   Attributes:
     k: one [B, K, E, S] array of keys per layer, RoPE already applied, slots last.
     v: one [B, K, S, E] array of values per layer.
+    segment_ids: i32[B, S] segment id of each slot; 0 = empty or padding.
+    length: i32[] number of slots written so far.
 
   The layouts are what a decode step's two attention matmuls consume as plain
   (row-major x row-major) products per (row, kv head): q [G, E] @ k [E, S] and
   probs [G, S] @ v [S, E]; with keys stored [S, E] XLA:CPU ran the score product
   about 2.5x slower. One array per layer rather than one stacked [L, ...] array, so
   each is updated in place and read without slicing.
-    segment_ids: i32[B, S] segment id of each slot; 0 = empty or padding.
-    length: i32[] number of slots written so far.
   """
 
   k: tuple[jax.Array, ...]
