@@ -62,3 +62,28 @@ def _random_decoder(config, seed: int = 0):
 def random_decoder():
   """``random_decoder(config, seed=0) -> Decoder`` with random O(1)-logit weights."""
   return _random_decoder
+
+
+@pytest.fixture(scope="module")
+def run_cli(subprocess_env):
+  """``run_cli(*flags) -> CompletedProcess`` of ``python -m jaxpost.main *flags``.
+
+  Runs from the repository root on one CPU device, as a user's command does (the
+  in-process tests run on 8 fake devices), with the module's compilation cache.
+  """
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+      [sys.executable, "-m", "jaxpost.main", *flags],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**subprocess_env, "XLA_FLAGS": ""},
+    )
+
+  return run

@@ -47,6 +47,19 @@ class Evaluator:
     )
     self._problems: dict[str, list[tasks.Problem]] = {}
 
+  @classmethod
+  def from_config(cls, graphdef, tok: Tokenizer, config) -> Evaluator:
+    """The evaluator a recipe's ``eval`` section (and seed) describes."""
+    e = config.eval
+    return cls(
+      graphdef,
+      tok,
+      num_examples=e.num_examples,
+      batch_size=e.batch_size,
+      max_new_tokens=e.max_new_tokens,
+      seed=config.seed,
+    )
+
   def problems(self, level: str) -> list[tasks.Problem]:
     if level not in self._problems:
       self._problems[level] = tasks.heldout_set(level, self.num_examples, seed=self.seed)

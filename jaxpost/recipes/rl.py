@@ -677,14 +677,7 @@ def run(config, workdir: str) -> dict:
   def to_device(tree):
     return sharding.shard_batch(tree, mesh) if sharded else jax.tree.map(jnp.asarray, tree)
 
-  evaluator = accuracy.Evaluator(
-    graphdef,
-    tok,
-    num_examples=config.eval.num_examples,
-    batch_size=config.eval.batch_size,
-    max_new_tokens=config.eval.max_new_tokens,
-    seed=config.seed,
-  )
+  evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
   writer = metrics.MetricWriter(workdir)
   if first_step == 0:
     writer.write(0, {"model/params": n_params, "data/vocab_size": tok.vocab_size})

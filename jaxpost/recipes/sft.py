@@ -149,14 +149,7 @@ def run(config, workdir: str) -> dict:
     train_step = sharding.keep_state_sharding(
       train_step, sharding.tree_shardings(state, mesh, sharding.DEFAULT_RULES)
     )
-  evaluator = accuracy.Evaluator(
-    graphdef,
-    tok,
-    num_examples=config.eval.num_examples,
-    batch_size=config.eval.batch_size,
-    max_new_tokens=config.eval.max_new_tokens,
-    seed=config.seed,
-  )
+  evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
   writer = metrics.MetricWriter(workdir)
   if jax.process_index() == 0 and int(state.step) == 0:
     writer.write(0, {"model/params": n_params, "data/vocab_size": tok.vocab_size, **data_counts})

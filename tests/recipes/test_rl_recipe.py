@@ -4,8 +4,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -444,36 +442,26 @@ def test_sampler_old_logp_gives_the_recomputed_update(tmp_path):
   assert "rl/logp_mismatch_p99" in a and "rl/logp_mismatch_p99" not in b
 
 
-def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, subprocess_env):
+def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, run_cli):
   """The CLI on one device: DAPO with dynamic sampling, KL in the reward, minibatches."""
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "jaxpost.main",
-      "--config=configs/grpo.py:tiny",
-      f"--workdir={workdir}",
-      "--config.train.progress=False",
-      "--config.train.steps=2",
-      "--config.loss.name=dapo",
-      "--config.rl.dynamic_sampling=True",
-      "--config.rl.max_sample_rounds=2",
-      "--config.rl.kl_coef=0.01",
-      "--config.rl.kl_in_reward=True",
-      "--config.rl.kl_estimator=k1",
-      "--config.rl.minibatches=2",
-      "--config.rl.step_reward=0.5",
-      "--config.rl.temperature=2.0",
-      "--config.eval.max_new_tokens=4",
-      "--config.eval.num_examples=4",
-      "--config.eval.batch_size=4",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**subprocess_env, "XLA_FLAGS": ""},
+  proc = run_cli(
+    "--config=configs/grpo.py:tiny",
+    f"--workdir={workdir}",
+    "--config.train.progress=False",
+    "--config.train.steps=2",
+    "--config.loss.name=dapo",
+    "--config.rl.dynamic_sampling=True",
+    "--config.rl.max_sample_rounds=2",
+    "--config.rl.kl_coef=0.01",
+    "--config.rl.kl_in_reward=True",
+    "--config.rl.kl_estimator=k1",
+    "--config.rl.minibatches=2",
+    "--config.rl.step_reward=0.5",
+    "--config.rl.temperature=2.0",
+    "--config.eval.max_new_tokens=4",
+    "--config.eval.num_examples=4",
+    "--config.eval.batch_size=4",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "held-out exact-match accuracy" in proc.stdout

@@ -5,8 +5,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -83,35 +81,23 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # atol=0, rtol=0
 
 
-def test_cli_quickstart_smoke(tmp_path, subprocess_env):
+def test_cli_quickstart_smoke(tmp_path, run_cli):
   """The README's quickstart command, reduced to seconds."""
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "jaxpost.main",
-      "--config=configs/quickstart.py",
-      f"--workdir={workdir}",
-      "--config.train.steps=6",
-      "--config.train.log_every=2",
-      "--config.train.checkpoint_every=3",
-      "--config.train.progress=False",
-      "--config.data.batch_size=8",
-      "--config.data.seq_len=64",
-      "--config.tokenizer.train_examples=2000",
-      "--config.eval.every=0",
-      "--config.eval.num_examples=8",
-      "--config.eval.batch_size=8",
-      "--config.eval.max_new_tokens=4",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    # One CPU device, as a user's quickstart runs: the unsharded fast path of the recipe
-    # (the in-process tests here run on 8 fake devices, the sharded path).
-    env={**subprocess_env, "XLA_FLAGS": ""},
+  proc = run_cli(
+    "--config=configs/quickstart.py",
+    f"--workdir={workdir}",
+    "--config.train.steps=6",
+    "--config.train.log_every=2",
+    "--config.train.checkpoint_every=3",
+    "--config.train.progress=False",
+    "--config.data.batch_size=8",
+    "--config.data.seq_len=64",
+    "--config.tokenizer.train_examples=2000",
+    "--config.eval.every=0",
+    "--config.eval.num_examples=8",
+    "--config.eval.batch_size=8",
+    "--config.eval.max_new_tokens=4",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
 
