@@ -105,6 +105,7 @@ def get_config() -> config_dict.ConfigDict:
   # per step (TRL's choice); the ratio then also carries the sampler/trainer numerics gap
   # and rl/logp_mismatch_* is not logged.
   c.rl.old_logp = "recompute"  # pi_old of the ratio: recompute (a forward pass) | sampler
+  c.rl.shared_prompt = True  # score/update each group's prompt once, not G times (exact)
   c.rl.epochs = 1  # passes of policy updates over each rollout batch
   c.rl.minibatches = 1  # optimiser updates per pass, each on B / minibatches shuffled rows
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill

@@ -190,6 +190,13 @@ def _validate_rl(c: config_dict.ConfigDict) -> None:
       f"rl.prompts_per_step * rl.samples_per_prompt = {rows} rows do not split into "
       f"rl.minibatches={r.minibatches} x train.microbatches={c.train.microbatches}"
     )
+  if r.shared_prompt and r.prompts_per_step % (r.minibatches * c.train.microbatches):
+    raise ConfigError(
+      f"rl.shared_prompt needs whole groups in every update and micro-batch, but "
+      f"rl.prompts_per_step={r.prompts_per_step} groups do not split into rl.minibatches="
+      f"{r.minibatches} x train.microbatches={c.train.microbatches}; change them or set "
+      "rl.shared_prompt=False"
+    )
   if r.init_from and not os.path.isdir(os.path.join(r.init_from, "checkpoints")):
     raise ConfigError(f"rl.init_from={r.init_from!r} has no checkpoints/ directory")
   if c.reward.timeout_s < 0:

@@ -89,8 +89,6 @@ def model_outputs(
       (the output is [B, W, V] or a head over [B, W] hidden states); the forward pass
       still covers all T tokens. E.g. an RL update scores completions, not prompts.
   """
-  from jaxpost.losses.head import FusedHead
-
   implementation = _fused_implementation(lm_head)
   if implementation is None and columns is None:
     logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
@@ -105,6 +103,18 @@ def model_outputs(
   hidden = out.final_hidden
   if columns is not None:
     hidden = jnp.take_along_axis(hidden, columns[..., None], axis=1)  # [B, W, D]
+  return head_outputs(
+    model, hidden, lm_head=lm_head, chunk_size=chunk_size, temperature=temperature
+  )
+
+
+def head_outputs(
+  model, hidden: jax.Array, *, lm_head: str = "logits", chunk_size: int = 0, temperature=1.0
+):
+  """``model_outputs`` from final hidden states [..., D] already computed by the caller."""
+  from jaxpost.losses.head import FusedHead
+
+  implementation = _fused_implementation(lm_head)
   if implementation is None:
     logits = model.logits(hidden)
     return logits if temperature == 1.0 else logits / temperature

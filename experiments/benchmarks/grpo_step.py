@@ -18,14 +18,17 @@ jaxpost step, built from the RL recipe's public pieces (``jaxpost.recipes.rl``):
   score    ``rl.make_score_fn`` twice: ``old_logp`` under the current policy (the
            recipe's default, ``rl.old_logp=recompute``) and ``ref_logp`` under the frozen
            reference; as in the recipe, the LM head runs on the 64 completion columns
-           only (``window``), not on the prompts;
+           only (``window``), not on the prompts, and each group's prompt runs once
+           (``group_size=8``, the recipe's ``rl.shared_prompt``; the sampler's
+           ``generate_groups`` prefills each prompt once too);
   update   ``advantages.grpo`` + ``broadcast_to_tokens``, then ``train.make_train_step``
            over ``rl.policy_objective`` with the registered ``grpo`` loss (its preset is
            beta 0.04, k3, seq_mean_token_mean).
   Each step is timed from the start of sampling to ``block_until_ready`` of the update.
   ``--old_logp sampler`` takes pi_old from the sampler's recorded log-probs instead (one
   forward fewer, what TRL does; the recipe's ``rl.old_logp=sampler``); ``--lm_head
-  fused`` scores with the fused LM head.
+  fused`` scores with the fused LM head; ``--shared_prompt 0`` runs every row's prompt
+  in scoring and the update (``rl.shared_prompt=False``).
 
 TRL step: ``GRPOTrainer`` with ``per_device_train_batch_size=32, num_generations=8``
 (4 prompts x 8), ``max_completion_length=64`` and ``generation_kwargs`` adding
@@ -44,7 +47,7 @@ step k, outside TRL's timing), because the shared machine's load drifts by 2-5x 
 minutes and a back-to-back comparison would mostly measure the drift.
 
   python experiments/benchmarks/grpo_step.py [--steps 5] [--warmup 1] [--skip_trl]
-    [--torch_threads 1] [--lm_head fused] [--old_logp sampler]
+    [--torch_threads 1] [--lm_head fused] [--old_logp sampler] [--shared_prompt 0]
 
 On a busy machine use ``--torch_threads 1`` (see generate.py and README.md).
 
@@ -98,7 +101,7 @@ PHASES = ("sample", "reward", "score", "update")
 
 
 def make_jaxpost_step(
-  model: models.Decoder, seed: int, *, lm_head: str, old_logp_from: str
+  model: models.Decoder, seed: int, *, lm_head: str, old_logp_from: str, shared_prompt: bool
 ) -> Callable[[int, np.ndarray], tuple[float, dict[str, float]]]:
   """``run(step, prompts i32[P, PROMPT_LEN]) -> (seconds, {phase: seconds})``, one GRPO step.
 
@@ -109,6 +112,7 @@ def make_jaxpost_step(
     old_logp_from: "recompute" (the recipe: a forward of the current policy) or
       "sampler" (the sampler's recorded log_softmax(logits / T), the same quantity up
       to float noise when there is one update per generation batch, as TRL assumes).
+    shared_prompt: score and update with each group's prompt run once.
   """
   graphdef, params, rest = train.split_model(model)
   ref_params = jax.tree.map(jnp.copy, params)
@@ -120,6 +124,7 @@ def make_jaxpost_step(
   )
   # As the recipe does: the LM head only on the 64 completion columns of each row.
   head = dict(temperature=1.0, lm_head=lm_head, chunk_size=0, window=NEW_TOKENS)
+  head["group_size"] = G if shared_prompt else 1
   score_fn = rl.make_score_fn(graphdef, **head)
   loss_fn = train.bind_loss("grpo", {})  # preset: k3 KL, beta 0.04, seq_mean_token_mean
   train_step = train.make_train_step(rl.policy_objective(graphdef, loss_fn, **head), optimizer)
@@ -289,6 +294,7 @@ def main() -> None:
     "--torch_threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default"
   )
   p.add_argument("--lm_head", default="logits", help="logits | fused | fused_xla (jaxpost)")
+  p.add_argument("--shared_prompt", type=int, default=1, help="1: each prompt runs once (recipe)")
   p.add_argument(
     "--old_logp",
     default="recompute",
@@ -316,7 +322,13 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as tmp:
     hf.save_model(model, tmp)  # before jaxpost trains: both start from these weights
-    run_jax = make_jaxpost_step(model, args.seed, lm_head=args.lm_head, old_logp_from=args.old_logp)
+    run_jax = make_jaxpost_step(
+      model,
+      args.seed,
+      lm_head=args.lm_head,
+      old_logp_from=args.old_logp,
+      shared_prompt=bool(args.shared_prompt),
+    )
     if args.skip_trl:
       trl_times, trl_own = [], []
       for k in range(n):
@@ -335,7 +347,12 @@ def main() -> None:
     runs = ", ".join(f"{x:.2f}" for x in times[args.warmup :])
     warm = ", ".join(f"{x:.1f}" for x in times[: args.warmup])
     print(f"| {name} | {med(times):.3f} | {runs} | {warm} |")
-  results = {"lm_head": args.lm_head, "old_logp": args.old_logp, "jax_step_s": round(jax_s, 4)}
+  results = {
+    "lm_head": args.lm_head,
+    "old_logp": args.old_logp,
+    "shared_prompt": args.shared_prompt,
+    "jax_step_s": round(jax_s, 4),
+  }
   if trl_times:
     import torch
 

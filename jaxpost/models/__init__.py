@@ -15,6 +15,7 @@ from jaxpost.models.decoder import (
   create_model,
   init_cache,
   make_attention_mask,
+  repeat_cache,
   rope,
   rope_frequencies,
 )
@@ -33,5 +34,6 @@ __all__ = [
   "make_attention_mask",
   "named_config",
   "param_count",
+  "repeat_cache",
   "rope",
 ]

@@ -93,6 +93,21 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -
   )
 
 
+def repeat_cache(cache: KVCache, repeats: int) -> KVCache:
+  """Each row's cache ``repeats`` times in adjacent rows: [B, ...] -> [B * repeats, ...].
+
+  Prompts shared by a group of samples are run once and their keys and values copied
+  to every sample; under ``jax.grad`` the copies' gradients sum back into the one
+  prompt pass, which is what makes a shared-prompt forward exact.
+  """
+  if repeats == 1:
+    return cache
+  rows = lambda x: jnp.repeat(x, repeats, axis=0)  # noqa: E731
+  return cache.replace(
+    k=tuple(map(rows, cache.k)), v=tuple(map(rows, cache.v)), segment_ids=rows(cache.segment_ids)
+  )
+
+
 def _replace(items: tuple, index: int, item) -> tuple:
   return items[:index] + (item,) + items[index + 1 :]
 

@@ -13,14 +13,18 @@ One RL step:
               log_softmax(f32 logits / temperature), or with ``rl.old_logp=sampler``
               the sampler's recorded log-probs stand in for it (no forward); the
               frozen initial policy gives ``ref_logp`` when a KL coefficient is set
-              (in the loss or in the reward);
+              (in the loss or in the reward); with ``rl.shared_prompt`` (default)
+              every forward pass, here and in the update, runs each group's prompt
+              once and its G completions on copies of its keys and values (exact:
+              the copies' gradients sum back into the one prompt pass);
   4. advantage group z-score (GRPO), mean-only (Dr. GRPO) or leave-one-out (RLOO), on
               the global batch, broadcast to tokens, plus optional token-level
               returns of per-step trace rewards;
   5. update   ``rl.epochs`` passes over the rollout, each ``rl.minibatches`` optimiser
-              steps on shuffled row slices; every step is the shared jitted
-              ``train.make_train_step`` over a ``Rollout`` (gradient accumulation over
-              ``train.microbatches``, normalisers from each update's global batch);
+              steps on shuffled row slices (whole groups with ``rl.shared_prompt``);
+              every step is the shared jitted ``train.make_train_step`` over a
+              ``Rollout`` (gradient accumulation over ``train.microbatches``,
+              normalisers from each update's global batch);
   6. log / evaluate / checkpoint.
 
 The policy loss is looked up by name (``loss.name``: ppo | grpo | dr_grpo | dapo | gspo
@@ -51,9 +55,10 @@ from jaxpost.data.tokenizer import SentencePieceTokenizer
 from jaxpost.eval import accuracy
 from jaxpost.losses import advantages, kl, policy
 from jaxpost.losses.head import TargetStats, target_stats
+from jaxpost.models import decoder
 from jaxpost.recipes import sft
 from jaxpost.rollout import batching, sampler
-from jaxpost.types import ROLE_ANSWER, Batch, Rollout
+from jaxpost.types import ROLE_PROMPT, ROLE_THINK, Batch, Rollout
 
 # loss.name -> the preset that the rl.* fields override ("" / -1 keep the preset value).
 PRESETS = policy.PRESETS
@@ -115,7 +120,9 @@ def completion_columns(roles: jax.Array, window: int) -> tuple[jax.Array, jax.Ar
   """The ``window`` target columns from each row's first completion target on.
 
   In a rollout batch (``rollout.batching``) row b's completion targets are the columns
-  [L_p - 1, L_p - 1 + L_c), L_c <= max_new_tokens, marked ROLE_ANSWER.
+  [L_p - 1, L_p - 1 + L_c), L_c <= max_new_tokens, after the L_p - 1 prompt targets
+  (ROLE_PROMPT) at [0, L_p - 1); counting those finds the start even for a row whose
+  completion is empty.
 
   Args:
     roles: i32[B, T] target roles.
@@ -125,9 +132,67 @@ def completion_columns(roles: jax.Array, window: int) -> tuple[jax.Array, jax.Ar
     (columns i32[B, W] clipped to [0, T), valid f32[B, W]: 0 on clipped repeats).
   """
   t = roles.shape[1]
-  start = jnp.argmax(roles == ROLE_ANSWER, axis=1)  # 0 for a row without completion
+  start = jnp.sum(roles == ROLE_PROMPT, axis=1)  # L_p - 1
   columns = start[:, None] + jnp.arange(window)[None, :]
   return jnp.minimum(columns, t - 1), (columns < t).astype(jnp.float32)
+
+
+def shared_prompt_hidden(model, batch: Batch, window: int, group_size: int) -> jax.Array:
+  """Final hidden states at the ``completion_columns`` of a batch of prompt groups.
+
+  Rows come in groups of G = ``group_size`` adjacent rows with the same prompt (as the
+  sampler's ``generate_groups`` and ``rollout.batching`` lay them out). Each group's
+  prompt runs once, left-padded to P = T - ``window`` columns into a KV cache, exactly
+  as the sampler prefilled it; the cache is copied to the G rows
+  (``decoder.repeat_cache``) and the rows' first ``window - 1`` completion tokens run on
+  top of it. Target column L_p - 1 + w is predicted from the prompt's last token (w = 0)
+  or from completion token w - 1, so the result equals gathering ``final_hidden`` of a
+  full forward pass at those columns, with 1/G of the prompt work in the forward and in
+  the backward pass (the copies' gradients sum into the one prompt pass).
+
+  Args:
+    model: the merged decoder.
+    batch: [B, T] rows in the ``rollout.batching`` layout, B divisible by G; every
+      prompt must fit in T - ``window`` columns (``check_prompt_groups``).
+    window: W, the completion window (``rl.max_new_tokens``).
+    group_size: G.
+
+  Returns:
+    [B, W, D] hidden states (rows whose window passes column T - 1 hold filler there).
+  """
+  b, t = batch.tokens.shape
+  p = t - window
+  if group_size < 1 or b % group_size or p < 1:
+    raise ValueError(f"{b} x {t} rows do not split into groups of {group_size} with {window}")
+
+  def take(x, cols):
+    return jnp.take_along_axis(x, cols, axis=1)
+
+  # Each group's prompt, left-padded to P columns, read off its first row.
+  first = slice(None, None, group_size)
+  n_prompt = jnp.sum(batch.roles[first] == ROLE_PROMPT, axis=1) + 1  # L_p
+  src = jnp.arange(p)[None, :] - (p - n_prompt)[:, None]  # [B / G, P]
+  real = src >= 0
+  src = jnp.maximum(src, 0)
+  prompt = model.forward(
+    jnp.where(real, take(batch.tokens[first], src), 0),
+    positions=jnp.where(real, take(batch.positions[first], src), 0),
+    segment_ids=jnp.where(real, take(batch.segment_ids[first], src), 0),
+    cache=decoder.init_cache(model.config, b // group_size, t - 1),
+    compute_logits=False,
+  )
+  # Completion tokens 0 .. W - 2 of every row, at slots P .. T - 2 of its group's cache.
+  columns, valid = completion_columns(batch.roles, window)
+  tokens_at = columns[:, 1:]  # target column c is predicted at token c
+  completion = model.forward(
+    take(batch.tokens, tokens_at),
+    positions=take(batch.positions, tokens_at),
+    segment_ids=take(batch.segment_ids, tokens_at) * valid[:, 1:].astype(jnp.int32),
+    cache=decoder.repeat_cache(prompt.cache, group_size),
+    compute_logits=False,
+  )
+  last_prompt = jnp.repeat(prompt.final_hidden[:, -1:], group_size, axis=0)
+  return jnp.concatenate([last_prompt, completion.final_hidden], axis=1)
 
 
 def score_targets(
@@ -140,6 +205,7 @@ def score_targets(
   lm_head: str = "logits",
   chunk_size: int = 0,
   window: int = 0,
+  group_size: int = 1,
 ) -> TargetStats:
   """Log-prob and entropy of ``batch.targets`` under log_softmax(f32 logits / temperature).
 
@@ -160,6 +226,8 @@ def score_targets(
       cover every completion (``rl.max_new_tokens``); stats elsewhere are 0. Same values
       and gradients on the loss mask, about a third less LM-head work for 32-token
       prompts and 64-token completions.
+    group_size: G > 1 (needs ``window``): rows are groups of G sharing a prompt, which
+      runs once per group (``shared_prompt_hidden``); same values and gradients.
 
   Returns:
     ``TargetStats`` with f32[B, T] ``logp`` and ``entropy`` (zeros off the loss mask on
@@ -167,11 +235,18 @@ def score_targets(
   """
   model = nnx.merge(graphdef, params, rest)
   kw = dict(lm_head=lm_head, chunk_size=chunk_size, temperature=temperature)
+  if group_size > 1 and not window:
+    raise ValueError("a shared-prompt forward (group_size > 1) needs the completion window")
   if not window:
     outputs = train.model_outputs(model, batch, **kw)
     return target_stats(outputs, batch.targets, batch.loss_mask)
   columns, valid = completion_columns(batch.roles, window)
-  outputs = train.model_outputs(model, batch, columns=columns, **kw)
+  if group_size > 1:
+    outputs = train.head_outputs(
+      model, shared_prompt_hidden(model, batch, window, group_size), **kw
+    )
+  else:
+    outputs = train.model_outputs(model, batch, columns=columns, **kw)
 
   def take(x):
     return jnp.take_along_axis(x, columns, axis=1)
@@ -184,43 +259,55 @@ def score_targets(
   )
 
 
-def policy_objective(
-  graphdef,
-  loss_fn,
-  *,
-  temperature: float,
-  lm_head: str = "logits",
-  chunk_size: int = 0,
-  window: int = 0,
-) -> train.ObjectiveFn:
+def policy_objective(graphdef, loss_fn, **scoring) -> train.ObjectiveFn:
   """``(params, rest, rollout, norm) -> (loss, metrics)`` for ``train.make_train_step``.
 
   Args:
     graphdef: the model's static graph.
     loss_fn: registered policy loss with its hyperparameters bound.
-    temperature: the sampling temperature.
-    lm_head: key of ``losses.head.LM_HEADS``.
-    chunk_size: token rows per chunk of the fused op.
-    window: LM head on the completion window only (see ``score_targets``); 0 = all.
+    **scoring: ``score_targets``'s keyword options (``temperature``, ``lm_head``,
+      ``chunk_size``, ``window``, ``group_size``).
   """
-  head = dict(temperature=temperature, lm_head=lm_head, chunk_size=chunk_size, window=window)
 
   def objective(params, rest, rollout: Rollout, norm):
-    stats = score_targets(graphdef, params, rest, rollout.batch, **head)
+    stats = score_targets(graphdef, params, rest, rollout.batch, **scoring)
     return loss_fn(stats.logp, rollout, norm=norm, entropy=stats.entropy)
 
   return objective
 
 
-def make_score_fn(graphdef, *, temperature: float, lm_head: str, chunk_size: int, window: int = 0):
-  """Jitted ``(params, rest, batch) -> (logp f32[B, T], entropy f32[B, T])``, no gradient."""
-  head = dict(temperature=temperature, lm_head=lm_head, chunk_size=chunk_size, window=window)
+def make_score_fn(graphdef, **scoring):
+  """Jitted ``(params, rest, batch) -> (logp f32[B, T], entropy f32[B, T])``, no gradient.
+
+  ``scoring``: ``score_targets``'s keyword options.
+  """
 
   def score(params, rest, batch):
-    stats = score_targets(graphdef, params, rest, batch, **head)
+    stats = score_targets(graphdef, params, rest, batch, **scoring)
     return stats.logp, stats.entropy
 
   return jax.jit(score)
+
+
+def check_prompt_groups(batch: Batch, group_size: int, window: int) -> None:
+  """Raises unless ``batch`` fits ``shared_prompt_hidden``: groups of G rows, one prompt each.
+
+  Host-side (NumPy) check run before a shared-prompt forward, which would otherwise
+  silently score every row against its group's first prompt.
+  """
+  roles, tokens = np.asarray(batch.roles), np.asarray(batch.tokens)
+  b, t = tokens.shape
+  if b % group_size:
+    raise ValueError(f"{b} rows do not split into groups of {group_size}")
+  n_prompt = (roles == ROLE_PROMPT).sum(axis=1) + 1
+  if n_prompt.max() > t - window:
+    raise ValueError(f"a {n_prompt.max()}-token prompt does not fit before a {window} window")
+  prompt = np.where(np.arange(t)[None] < n_prompt[:, None], tokens, -1).reshape(
+    b // group_size, group_size, t
+  )
+  same = np.all(prompt == prompt[:, :1], axis=(1, 2))
+  if not same.all():
+    raise ValueError(f"rows of groups {np.flatnonzero(~same).tolist()} do not share one prompt")
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,7 +412,10 @@ def sample_groups(
     generate_fn, model_state, prompts, num_samples, key, pad_id=tok.pad_id, width=width
   )
   out = jax.device_get(out)
-  laid = batching.rollout_batch(prompt_tokens, prompt_mask, out, pad_id=tok.pad_id)
+  think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
+  laid = batching.rollout_batch(
+    prompt_tokens, prompt_mask, out, pad_id=tok.pad_id, think_tags=think_tags
+  )
   tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
   completions, samples = [], []
   for row in range(tokens.shape[0]):
@@ -517,6 +607,8 @@ def rollout_metrics(
     "rl/zero_adv_group_frac": float(np.mean(r.max(axis=1) == r.min(axis=1))),
     "rl/zero_adv_frac": float(np.mean(adv == 0)),
     "rl/len_mean": float(groups.lengths.mean()),
+    # Completion tokens in the <think> block (tags included), per row.
+    "rl/think_len_mean": float(np.sum(groups.batch.roles == ROLE_THINK) / len(groups.lengths)),
     "rl/truncated_frac": float(groups.truncated.mean()),
   }
   for name, sel in (("correct", groups.correct), ("wrong", ~groups.correct)):
@@ -660,6 +752,7 @@ def run(config, workdir: str) -> dict:
     lm_head=config.kernels.lm_head,
     chunk_size=config.kernels.chunk_size,
     window=r.max_new_tokens,  # completions only: no LM head over the prompts
+    group_size=G if r.shared_prompt else 1,  # each group's prompt runs once
   )
   score_fn = make_score_fn(graphdef, **head)
   loss_fn = train.bind_loss(config.loss.name, loss_hparams(config, rows_per_update))
@@ -738,6 +831,8 @@ def run(config, workdir: str) -> dict:
     batch = groups.batch
     if r.mask_truncated:  # DAPO overlong filtering: truncated rows carry no loss
       batch = batch.replace(loss_mask=batch.loss_mask * ~groups.truncated[:, None])
+    if r.shared_prompt:
+      check_prompt_groups(batch, G, r.max_new_tokens)
     device_batch = to_device(batch)
     if r.old_logp == "sampler":  # what the sampler recorded: log_softmax(logits / T)
       old_logp = groups.raw_logp
@@ -770,12 +865,16 @@ def run(config, workdir: str) -> dict:
       turn_ids=(mask > 0).astype(np.int32),  # single turn: 1 on every completion token
     )
 
-    # 5. Policy updates: epochs x minibatches of shuffled rows.
+    # 5. Policy updates: epochs x minibatches of shuffled rows (of whole groups when
+    # the prompt forward is shared).
     t1 = time.time()
     order = np.random.default_rng([config.seed, step])
     step_metrics = []
     for _ in range(r.epochs):
-      perm = order.permutation(B)
+      if r.shared_prompt:
+        perm = (order.permutation(P)[:, None] * G + np.arange(G)).reshape(B)
+      else:
+        perm = order.permutation(B)
       for k in range(r.minibatches):
         rows = perm[k * rows_per_update : (k + 1) * rows_per_update]
         piece = jax.tree.map(lambda x, rows=rows: np.asarray(x)[rows], rollout)

@@ -1,6 +1,6 @@
 """Rollouts: autoregressive generation with a KV cache, and the layout the trainer scores."""
 
-from jaxpost.rollout.batching import RolloutBatch, rollout_batch
+from jaxpost.rollout.batching import RolloutBatch, rollout_batch, think_block
 from jaxpost.rollout.sampler import (
   GenerateOutput,
   apply_stop_strings,
@@ -23,4 +23,5 @@ __all__ = [
   "make_generate_fn",
   "rollout_batch",
   "sample_logits",
+  "think_block",
 ]

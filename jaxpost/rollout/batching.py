@@ -8,12 +8,14 @@ by one. This is the host-side step between them. The result fills ``Rollout.batc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.struct
 import jax
 import numpy as np
 
 from jaxpost.rollout.sampler import GenerateOutput
-from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT, Batch
+from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT, ROLE_THINK, Batch
 
 
 @flax.struct.dataclass
@@ -23,8 +25,9 @@ class RolloutBatch:
   Attributes:
     batch: tokens/targets/loss_mask/segment_ids/positions/roles, right-padded [B, T].
       ``loss_mask`` is 1 exactly on targets that are completion tokens (stop token
-      included); roles are ROLE_PROMPT on prompt targets, ROLE_ANSWER on completion
-      targets, ROLE_PAD elsewhere.
+      included); roles are ROLE_PROMPT on prompt targets, ROLE_THINK on completion
+      targets inside a leading think block (with ``think_tags``), ROLE_ANSWER on the
+      other completion targets, ROLE_PAD elsewhere.
     sampler_logp: f32[B, T] the sampler's log_softmax(logits / temperature) of each
       completion target, aligned with ``batch.targets``; 0 where ``loss_mask`` is 0.
     filtered_logp: f32[B, T] the same under the truncated (top-k/top-p/min-p)
@@ -50,6 +53,7 @@ def rollout_batch(
   *,
   pad_id: int = 0,
   width: int | None = None,
+  think_tags: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> RolloutBatch:
   """Lays out left-padded prompts and their completions as a right-padded ``Batch``.
 
@@ -67,6 +71,10 @@ def rollout_batch(
     pad_id: token and target id of padding slots.
     width: T, columns of the result; default P + N, fixed for a given sampler setup
       so the train step compiles once. Must fit the longest row.
+    think_tags: (open ids, close ids), the token ids of the template's ``<think>`` and
+      ``</think>`` (``think_block``); completion tokens in a leading think block get
+      ROLE_THINK, as the SFT template tags them. None: every completion token is
+      ROLE_ANSWER.
 
   Returns:
     ``RolloutBatch`` of NumPy arrays.
@@ -102,10 +110,13 @@ def rollout_batch(
   targets = np.where(has_target, targets, pad_id).astype(np.int32)
   completion = has_target & (col >= (lp - 1)[:, None])
   prompt = has_target & ~completion
-  roles = np.where(completion, ROLE_ANSWER, np.where(prompt, ROLE_PROMPT, ROLE_PAD))
-
   # Completion target j is generated token j - (L_p - 1).
   gen_index = np.clip(col - (lp - 1)[:, None], 0, n - 1)
+  answer = np.full((b, n), ROLE_ANSWER, np.int32)
+  if think_tags is not None:
+    answer[think_block(gen, lc, *think_tags)] = ROLE_THINK
+  completion_roles = np.take_along_axis(answer, gen_index, axis=1)
+  roles = np.where(completion, completion_roles, np.where(prompt, ROLE_PROMPT, ROLE_PAD))
 
   def align(x):
     x = np.asarray(x, np.float32)
@@ -127,3 +138,37 @@ def rollout_batch(
     prompt_lengths=lp,
     completion_lengths=lc,
   )
+
+
+def think_block(
+  tokens: np.ndarray, lengths: np.ndarray, open_ids: Sequence[int], close_ids: Sequence[int]
+) -> np.ndarray:
+  """bool[B, N]: the generated tokens of a leading ``<think> ... </think>`` block.
+
+  A row whose first tokens are ``open_ids`` is in the block from there through the first
+  ``close_ids`` after them (tags included, as the SFT template tags its think spans), or
+  to its end if the block never closes; other rows have no think block. The tags are
+  matched as token ids, the ones the template encodes them to and a model trained on
+  it emits; a tag spelled with other tokens is not recognised.
+
+  Args:
+    tokens: i32[B, N] generated tokens.
+    lengths: i32[B] generated tokens per row.
+    open_ids, close_ids: the tags' token ids (non-empty).
+  """
+  if not len(open_ids) or not len(close_ids):
+    raise ValueError("think tags must be non-empty token id lists")
+  tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+  out = np.zeros(tokens.shape, bool)
+  o, c = list(open_ids), list(close_ids)
+  for row, (ids, length) in enumerate(zip(tokens.tolist(), lengths.tolist(), strict=True)):
+    ids = ids[:length]
+    if ids[: len(o)] != o:
+      continue
+    end = length
+    for j in range(len(o), length - len(c) + 1):
+      if ids[j : j + len(c)] == c:
+        end = j + len(c)
+        break
+    out[row, :end] = True
+  return out

@@ -27,8 +27,9 @@ Read this file top to bottom; it is the whole story of how a completion is drawn
    host (Python/Rust) operation that cannot run inside the compiled loop. The price is
    the few tokens decoded past a stop string before a stop token or the budget ends it.
 6. ``generate_groups`` draws G samples for each of P prompts (B = P * G rows, row
-   p * G + g); ``rollout/batching.py`` lays prompts and completions out as the
-   right-padded ``Batch`` the trainer scores.
+   p * G + g); it prefills each prompt once and copies its cache to the G rows
+   (``group_size``), so prompt work does not grow with G. ``rollout/batching.py`` lays
+   prompts and completions out as the right-padded ``Batch`` the trainer scores.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpost.models.decoder import Decoder, init_cache
+from jaxpost.models.decoder import Decoder, init_cache, repeat_cache
 
 
 @flax.struct.dataclass
@@ -271,6 +272,7 @@ def _first_above(cdf: jax.Array, u: jax.Array) -> jax.Array:
     "top_k",
     "top_p",
     "min_p",
+    "group_size",
   ),
 )
 def _generate(
@@ -287,21 +289,31 @@ def _generate(
   top_k: int,
   top_p: float,
   min_p: float,
+  group_size: int = 1,
 ) -> GenerateOutput:
   chex.assert_rank([prompt_tokens, prompt_mask], 2)
   model: Decoder = nnx.merge(graphdef, state)
   b, p = prompt_tokens.shape
+  if group_size < 1 or b % group_size:
+    raise ValueError(f"group_size {group_size} must be >= 1 and divide the {b} rows")
   n = max_new_tokens
   row_keys = _row_keys(key, b)  # [B]
   stops = stop_ids.astype(jnp.int32)  # [S]
   mask = prompt_mask.astype(jnp.int32)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  # The last sampled token is never fed back, so P + N - 1 slots suffice.
-  cache = init_cache(model.config, b, p + n - 1)
+  # The last sampled token is never fed back, so P + N - 1 slots suffice. Rows of one
+  # group share their prompt: prefill its first row only, then copy the cache.
+  first = slice(None, None, group_size)
+  cache = init_cache(model.config, b // group_size, p + n - 1)
   # Only the last prompt position's logits are needed: no LM head over the others.
   prefill = model.forward(
-    prompt_tokens, positions=positions, segment_ids=mask, cache=cache, compute_logits=False
+    prompt_tokens[first],
+    positions=positions[first],
+    segment_ids=mask[first],
+    cache=cache,
+    compute_logits=False,
   )
+  last_hidden = jnp.repeat(prefill.final_hidden[:, -1], group_size, axis=0)
 
   def emit(carry, logits, step):
     """Samples token ``step`` for every row and records it for rows still running."""
@@ -321,7 +333,7 @@ def _generate(
     return cache, tokens, logp, flogp, lengths, done, token, next_pos
 
   carry = (
-    prefill.cache,
+    repeat_cache(prefill.cache, group_size),
     jnp.full((b, n), pad_id, jnp.int32),
     jnp.zeros((b, n), jnp.float32),
     jnp.zeros((b, n), jnp.float32),
@@ -330,7 +342,7 @@ def _generate(
     jnp.zeros((b,), jnp.int32),  # last sampled token
     positions[:, -1] + 1,  # RoPE position of the next token
   )
-  carry = emit(carry, model.logits(prefill.final_hidden[:, -1]), 0)
+  carry = emit(carry, model.logits(last_hidden), 0)
 
   def cond(loop):
     step, carry = loop
@@ -365,12 +377,17 @@ def make_generate_fn(
   top_k: int = 0,
   top_p: float = 1.0,
   min_p: float = 0.0,
-) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array], GenerateOutput]:
-  """Jitted ``(state, prompt_tokens, prompt_mask, key) -> GenerateOutput``.
+) -> Callable[..., GenerateOutput]:
+  """Jitted ``(state, prompt_tokens, prompt_mask, key, *, group_size=1) -> GenerateOutput``.
 
   ``graphdef`` and ``state`` come from ``nnx.split(model)``. ``key`` is one PRNG key
   (row b uses fold_in(key, b)) or key[B], one stream per row. Compilations are cached
   per (graphdef, settings, shapes), so calling this repeatedly is cheap.
+
+  ``group_size`` G > 1 promises that rows come in groups of G adjacent rows with the
+  same prompt (tokens and mask), as ``generate_groups`` lays them out: the prefill then
+  runs on one row per group and copies its cache, 1/G of the prompt work. Rows of a
+  group that differ are not detected and would decode from the first row's prompt.
 
   Args:
     graphdef: the model's static graph.
@@ -465,7 +482,7 @@ def group_keys(key: jax.Array, num_prompts: int, num_samples: int) -> jax.Array:
 
 
 def generate_groups(
-  generate_fn: Callable[[nnx.State, jax.Array, jax.Array, jax.Array], GenerateOutput],
+  generate_fn: Callable[..., GenerateOutput],
   state: nnx.State,
   prompts: Sequence[Sequence[int]],
   num_samples: int,
@@ -478,7 +495,7 @@ def generate_groups(
 
   Rows of one prompt are adjacent (row = p * G + g, so ``rows.reshape(P, G)`` groups
   them and the group id of row b is b // G), and each row has its own key stream
-  (``group_keys``).
+  (``group_keys``). Each prompt is prefilled once and its cache copied to its G rows.
 
   Args:
     generate_fn: from ``make_generate_fn`` (sampling settings are bound there).
@@ -505,7 +522,7 @@ def generate_groups(
     tokens = np.pad(tokens, ((0, 0), (extra, 0)), constant_values=pad_id)
     mask = np.pad(mask, ((0, 0), (extra, 0)))
   keys = group_keys(key, len(prompts), num_samples)
-  out = generate_fn(state, jnp.asarray(tokens), jnp.asarray(mask), keys)
+  out = generate_fn(state, jnp.asarray(tokens), jnp.asarray(mask), keys, group_size=num_samples)
   return tokens, mask, out
 
 

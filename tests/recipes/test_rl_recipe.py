@@ -13,10 +13,10 @@ import pytest
 from flax import nnx
 
 from jaxpost import config_lib, metrics, models, sharding, train
-from jaxpost.data import tasks
+from jaxpost.data import pipeline, tasks, template
 from jaxpost.recipes import rl
 from jaxpost.rollout import batching, sampler
-from jaxpost.types import Batch, Rollout
+from jaxpost.types import ROLE_THINK, Batch, Rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V, B, T = 32, 16, 12  # vocab, rows, columns of the hand-made rollouts
@@ -204,6 +204,113 @@ def test_completion_window_scores_and_updates_like_the_full_head(lm_head):
   _assert_close(b.params, a.params, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("lm_head", ["logits", "fused_xla"])
+def test_shared_prompt_forward_scores_and_updates_like_every_row(lm_head):
+  """Each group's prompt run once (group_size=G) == every row running its own prompt:
+  same logp/entropy, same update, with prompts of different lengths, rows that stopped
+  early, and a micro-batched update of whole groups."""
+  g = 3
+  graphdef, params, rest = _tiny_model(seed=5)
+  state = nnx.merge_state(params, rest)
+  prompts = [[3, 4, 5, 6, 7], [6, 7], [8], [9, 10, 11]]
+  free = sampler.make_generate_fn(graphdef, max_new_tokens=6, eos_id=-1, temperature=1.5)
+  _, _, out = sampler.generate_groups(free, state, prompts, g, jax.random.key(2))
+  eos = int(np.asarray(out.tokens)[0, 2])  # row 0 stops at step 2, others at random
+  gen = sampler.make_generate_fn(graphdef, max_new_tokens=6, eos_id=eos, temperature=1.5)
+  tokens, mask, out = sampler.generate_groups(gen, state, prompts, g, jax.random.key(2))
+  laid = batching.rollout_batch(tokens, mask, out)
+  lengths = np.asarray(out.lengths)
+  assert lengths.min() < 6 and lengths.max() == 6  # early stops and full rows
+  rl.check_prompt_groups(laid.batch, g, window=6)
+  on = laid.batch.loss_mask > 0
+  head = dict(temperature=1.5, lm_head=lm_head, chunk_size=0, window=6)
+  per_row = rl.make_score_fn(graphdef, **head)(params, rest, laid.batch)
+  shared = rl.make_score_fn(graphdef, group_size=g, **head)(params, rest, laid.batch)
+  for a, b in zip(per_row, shared, strict=True):
+    np.testing.assert_allclose(np.asarray(b)[on], np.asarray(a)[on], rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(np.asarray(b)))  # padding attends to nothing: still finite
+  # The shared forward really ran the groups' first prompts (a wrong prompt would not match).
+  np.testing.assert_allclose(np.asarray(shared[0])[on], laid.sampler_logp[on], atol=2e-5)
+
+  rng = np.random.default_rng(0)
+  rollout = Rollout(
+    batch=laid.batch,
+    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
+    old_logp=np.asarray(per_row[0]) - 0.05 * on,
+    sampler_logp=laid.sampler_logp,
+    ref_logp=np.asarray(per_row[0]) + 0.1 * on,
+    group_ids=np.repeat(np.arange(4, dtype=np.int32), g),
+    turn_ids=on.astype(np.int32),
+  )
+  optimizer = optax.sgd(0.5)
+  train_state = train.init_train_state(params, optimizer, 0)
+  results = []
+  for group_size, microbatches in ((1, 1), (g, 2)):
+    objective = rl.policy_objective(
+      graphdef, train.bind_loss("grpo", _HPARAMS), group_size=group_size, **head
+    )
+    step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
+    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
+  (a, m_a), (b, m_b) = results
+  assert float(m_a["train/grad_norm"]) > 1e-3
+  for k in m_a:
+    np.testing.assert_allclose(m_b[k], m_a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  _assert_close(b.params, a.params, rtol=1e-4, atol=1e-5)
+
+
+def test_check_prompt_groups_rejects_mixed_groups():
+  graphdef, params, rest = _tiny_model(seed=6)
+  gen = sampler.make_generate_fn(graphdef, max_new_tokens=4, eos_id=-1, temperature=1.0)
+  state = nnx.merge_state(params, rest)
+  tokens, mask, out = sampler.generate_groups(gen, state, [[3, 4], [5]], 2, jax.random.key(0))
+  batch = batching.rollout_batch(tokens, mask, out).batch
+  rl.check_prompt_groups(batch, 2, window=4)
+  swapped = jax.tree.map(lambda x: np.asarray(x)[[0, 2, 1, 3]], batch)  # groups mixed
+  with pytest.raises(ValueError, match=r"groups \[0, 1\] do not share one prompt"):
+    rl.check_prompt_groups(swapped, 2, window=4)
+  with pytest.raises(ValueError, match="do not split into groups of 3"):
+    rl.check_prompt_groups(batch, 3, window=4)
+  with pytest.raises(ValueError, match="does not fit"):
+    rl.check_prompt_groups(batch, 2, window=5)
+
+
+def test_sample_groups_tags_roles_as_the_sft_template(tmp_path):
+  """A sampled completion in the template's format gets the roles SFT gives the same
+  tokens (think block = ROLE_THINK, answer + EOS = ROLE_ANSWER), and its reward."""
+  c = _config()
+  tok = pipeline.prepare_tokenizer(c, str(tmp_path))
+  problem = tasks.Problem("add3", "123+456", "3+6=9,2+5=7,1+4=5", "579")
+  right = template.encode_example(tok, template.Example(problem.prompt, problem.thinking, "579"))
+  wrong = template.encode_example(tok, template.Example(problem.prompt, "", "578"))
+  n_prompt = len(template.encode_prompt(tok, problem.prompt))
+  completions = [e.tokens[n_prompt:] for e in (right, wrong)]
+  n = max(map(len, completions))
+
+  def generate_fn(state, tokens, mask, keys, *, group_size):
+    assert group_size == 2 and tokens.shape[0] == 2
+    out = np.zeros((2, n), np.int32)
+    for row, ids in enumerate(completions):
+      out[row, : len(ids)] = ids
+    return sampler.GenerateOutput(
+      tokens=out,
+      lengths=np.asarray([len(x) for x in completions], np.int32),
+      logp=np.zeros((2, n), np.float32),
+      filtered_logp=np.zeros((2, n), np.float32),
+      stopped=np.ones(2, bool),
+    )
+
+  spec = config_lib.reward_spec(c)
+  groups, _ = rl.sample_groups(
+    generate_fn, None, tok, [problem], 2, jax.random.key(0), spec, timeout_s=None
+  )
+  np.testing.assert_array_equal(groups.rewards, [1.0, 0.0])
+  for row, enc in enumerate((right, wrong)):
+    on = groups.batch.loss_mask[row] > 0
+    # Target j is token j + 1: the completion targets' roles are the tokens' SFT roles.
+    np.testing.assert_array_equal(groups.batch.roles[row][on], enc.roles[n_prompt:])
+    assert np.sum(groups.batch.roles[row] == ROLE_THINK) > 0
+
+
 def test_loss_hparams_resolve_presets():
   c = _config(**{"loss.name": "grpo", "rl.kl_coef": -1.0})
   h = rl.loss_hparams(c, rows_per_update=8)
@@ -342,6 +449,7 @@ def test_step_token_rewards_by_hand():
     ("rl.temperature", 0.0, "temperature"),
     ("rl.old_logp", "trainer", "rl.old_logp"),
     ("rl.minibatches", 3, "rl.minibatches=3"),
+    ("train.microbatches", 4, "rl.shared_prompt"),
     ("rl.max_new_tokens", 256, "rl.max_new_tokens"),
     ("rl.init_from", "/nonexistent/sft", "rl.init_from"),
     ("reward.terms", (("nope", 1.0),), "reward"),

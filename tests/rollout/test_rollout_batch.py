@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxpost.models import ModelConfig
-from jaxpost.rollout.batching import rollout_batch
+from jaxpost.rollout.batching import rollout_batch, think_block
 from jaxpost.rollout.sampler import (
   GenerateOutput,
   apply_stop_strings,
@@ -23,7 +23,7 @@ from jaxpost.rollout.sampler import (
   left_pad,
   make_generate_fn,
 )
-from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT
+from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT, ROLE_THINK
 
 CFG = ModelConfig(
   vocab_size=40,
@@ -41,7 +41,7 @@ TEMPERATURE = 0.7
 # Sampler (KV cache, left padding) vs trainer (one full forward, right padding): same
 # math in f32, different summation order; ~1e-7 seen.
 ATOL = 1e-5
-P_, A_, X_ = ROLE_PROMPT, ROLE_ANSWER, ROLE_PAD
+P_, A_, X_, T_ = ROLE_PROMPT, ROLE_ANSWER, ROLE_PAD, ROLE_THINK
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,46 @@ def test_layout_golden():
     assert np.all(x[:, 7:] == (pad if x is wide.batch.tokens or x is wide.batch.targets else 0))
 
 
+def test_think_block_by_hand():
+  # Tags: open = [1], close = [7, 8] (a two-token tag). Generated rows, lengths 6 6 4 5 3:
+  tokens = np.array(
+    [
+      [1, 4, 7, 8, 5, 2],  # block through the close tag, then the answer 5 and stop 2
+      [1, 7, 4, 8, 5, 2],  # 7 alone is not the close tag: no close -> all think
+      [5, 1, 7, 8, 0, 0],  # the block must lead the completion: none here
+      [1, 7, 8, 7, 8, 0],  # the first close after the open tag ends it
+      [1, 4, 7, 8, 0, 0],  # the close tag past the row's length does not count
+    ]
+  )
+  got = think_block(tokens, [6, 6, 4, 5, 3], [1], [7, 8])
+  want = [
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 1, 1],
+    [0, 0, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0],
+  ]
+  np.testing.assert_array_equal(got, np.asarray(want, bool))
+  with pytest.raises(ValueError, match="non-empty"):
+    think_block(tokens, [6] * 5, [], [7])
+
+
+def test_layout_tags_the_think_block():
+  pad = 99
+  tokens, mask = left_pad([[5, 6, 7], [8]], pad)
+  # Row 0's completion 1 2 is "<think> <stop>", an unclosed block; row 1's 3 4 9 6 is
+  # "<think> x </think> answer" with open = [3], close = [9].
+  rb = rollout_batch(tokens, mask, _golden_output(pad), pad_id=pad, think_tags=([3], [9]))
+  np.testing.assert_array_equal(
+    rb.batch.roles, [[P_, P_, A_, A_, X_, X_, X_], [T_, T_, T_, A_] + [X_] * 3]
+  )
+  rb = rollout_batch(tokens, mask, _golden_output(pad), pad_id=pad, think_tags=([1], [9]))
+  np.testing.assert_array_equal(rb.batch.roles[0], [P_, P_, T_, T_, X_, X_, X_])
+  # Only roles change: the loss mask is the same with or without tags.
+  plain = rollout_batch(tokens, mask, _golden_output(pad), pad_id=pad)
+  np.testing.assert_array_equal(rb.batch.loss_mask, plain.batch.loss_mask)
+
+
 def test_layout_rejects_bad_inputs():
   tokens, mask = left_pad([[5, 6, 7], [8]], 0)
   out = _golden_output(0)
@@ -165,9 +205,12 @@ def test_group_sampling_logp_matches_trainer_recomputation(model):
     assert mask[row].sum() == len(want)
   assert not np.array_equal(free_tokens[0], free_tokens[1])
   assert not np.array_equal(free_tokens[2], free_tokens[3])
-  # Same key, same samples; row order does not matter to a row's draws.
+  # Same key, same samples; row order does not matter to a row's draws. And
+  # generate_groups prefills each prompt once (group_size=G) where this call prefills
+  # every row: the same draws and log-probs.
   again = fn(state, jnp.asarray(tokens[::-1]), jnp.asarray(mask[::-1]), group_keys(key, p, g)[::-1])
   np.testing.assert_array_equal(np.asarray(again.tokens)[::-1], out.tokens)
+  np.testing.assert_allclose(np.asarray(again.logp)[::-1], out.logp, atol=1e-5)
 
   rb = rollout_batch(tokens, mask, out)
   b = rb.batch
