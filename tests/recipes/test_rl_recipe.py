@@ -258,6 +258,53 @@ def test_shared_prompt_forward_scores_and_updates_like_every_row(lm_head):
   _assert_close(b.params, a.params, rtol=1e-4, atol=1e-5)
 
 
+def test_shared_prompt_update_on_8_devices_equals_single_device():
+  """Groups of 2 rows over 8 devices (one row each): the prompt pass and its cache
+  copies cross devices, and the update is still the single-device one."""
+  g = 2
+  graphdef, params, rest = _tiny_model(seed=7)
+  gen = sampler.make_generate_fn(graphdef, max_new_tokens=5, eos_id=-1, temperature=1.5)
+  prompts = [[3, 4, 5], [6, 7], [8], [9, 10, 11, 12]]
+  state = nnx.merge_state(params, rest)
+  tokens, mask, out = sampler.generate_groups(gen, state, prompts, g, jax.random.key(3))
+  laid = batching.rollout_batch(tokens, mask, out)
+  on = laid.batch.loss_mask > 0
+  rng = np.random.default_rng(1)
+  rollout = Rollout(
+    batch=laid.batch,
+    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
+    old_logp=laid.sampler_logp - 0.05 * on,
+    sampler_logp=laid.sampler_logp,
+    ref_logp=laid.sampler_logp + 0.1 * on,
+    group_ids=np.repeat(np.arange(4, dtype=np.int32), g),
+    turn_ids=on.astype(np.int32),
+  )
+  optimizer = optax.sgd(0.5)
+  objective = rl.policy_objective(
+    graphdef,
+    train.bind_loss("grpo", _HPARAMS),
+    temperature=1.5,
+    lm_head="logits",
+    window=5,
+    group_size=g,
+  )
+  step = train.make_train_step(objective, optimizer, donate=False)
+  train_state = train.init_train_state(params, optimizer, 0)
+  single, m_single = step(train_state, jax.tree.map(jnp.asarray, rollout), rest)
+
+  c = _config()
+  c.mesh.data = 8
+  mesh = sharding.make_mesh(c)
+  s_state = sharding.shard_train_state(train_state, mesh, sharding.DEFAULT_RULES)
+  s_rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
+  s_rollout = sharding.shard_batch(rollout, mesh)
+  sharded, m_sharded = step(s_state, s_rollout, s_rest)
+  assert float(m_single["train/grad_norm"]) > 1e-3
+  for k in m_single:
+    np.testing.assert_allclose(m_sharded[k], m_single[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  _assert_close(sharded.params, single.params, rtol=1e-5, atol=1e-6)
+
+
 def test_check_prompt_groups_rejects_mixed_groups():
   graphdef, params, rest = _tiny_model(seed=6)
   gen = sampler.make_generate_fn(graphdef, max_new_tokens=4, eos_id=-1, temperature=1.0)
