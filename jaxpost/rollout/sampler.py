@@ -7,9 +7,12 @@ Read this file top to bottom; it is the whole story of how a completion is drawn
    slot P + n in all rows. Padding slots carry segment id 0 and are never attended to,
    and RoPE positions start at 0 at each row's first real token, so a row's result does
    not depend on how much padding it got.
-2. The prefill and a ``lax.while_loop`` of single-token decode steps are compiled as one
-   program over a cache preallocated to P + N - 1 slots; the loop exits early once every
-   row has emitted a stop token.
+2. The prefill and ``lax.while_loop``s of single-token decode steps are compiled as one
+   program. Decoding runs in up to 8 phases of at least 16 steps, each loop over a cache
+   just long enough for its steps and grown (padded with empty slots) between phases, so
+   attention reads the slots filled so far rather than all P + N - 1 of the budget
+   (``phases=`` on the jitted function overrides the count; 1 = one loop). Decoding
+   exits early once every row has emitted a stop token.
 3. Each step turns the f32 logits into a token: divide by the temperature, truncate
    (top-k, then top-p, then min-p), draw from what is left. Each row draws from its own
    key stream, ``fold_in(row_key, step)``, so a row's sample does not depend on which
@@ -44,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpost.models.decoder import Decoder, init_cache, repeat_cache
+from jaxpost.models.decoder import Decoder, KVCache, init_cache, repeat_cache
 
 
 @flax.struct.dataclass
@@ -262,6 +265,29 @@ def _first_above(cdf: jax.Array, u: jax.Array) -> jax.Array:
 # The compiled loop: prefill, then one token per while_loop iteration.
 
 
+# Decode phases per ``generate`` call at most, and the fewest steps in one: more phases
+# trim more unread cache slots but compile one more loop each.
+_MAX_PHASES = 8
+_MIN_PHASE_STEPS = 16
+
+
+def _phase_ends(n: int, phases: int = 0) -> list[int]:
+  """Last step (exclusive) of each decode phase over steps [1, n); ``phases`` 0 = auto."""
+  if phases <= 0:
+    phases = max(1, min(_MAX_PHASES, n // _MIN_PHASE_STEPS))
+  return sorted({max(1, -(-n * k // phases)) for k in range(1, phases + 1)})
+
+
+def _grow_cache(cache: KVCache, slots: int) -> KVCache:
+  """The cache with empty slots appended, up to ``slots`` slots per row."""
+  extra = slots - cache.max_len
+  if extra <= 0:
+    return cache
+  k = tuple(jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra))) for x in cache.k)
+  v = tuple(jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0))) for x in cache.v)
+  return cache.replace(k=k, v=v, segment_ids=jnp.pad(cache.segment_ids, ((0, 0), (0, extra))))
+
+
 @functools.partial(
   jax.jit,
   static_argnames=(
@@ -273,6 +299,7 @@ def _first_above(cdf: jax.Array, u: jax.Array) -> jax.Array:
     "top_p",
     "min_p",
     "group_size",
+    "phases",
   ),
 )
 def _generate(
@@ -290,6 +317,7 @@ def _generate(
   top_p: float,
   min_p: float,
   group_size: int = 1,
+  phases: int = 0,
 ) -> GenerateOutput:
   chex.assert_rank([prompt_tokens, prompt_mask], 2)
   model: Decoder = nnx.merge(graphdef, state)
@@ -301,10 +329,14 @@ def _generate(
   stops = stop_ids.astype(jnp.int32)  # [S]
   mask = prompt_mask.astype(jnp.int32)
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  # The last sampled token is never fed back, so P + N - 1 slots suffice. Rows of one
-  # group share their prompt: prefill its first row only, then copy the cache.
+  # Decode runs in phases, each a while_loop over a cache just long enough for its
+  # steps (step s attends to slots [0, P + s)), grown between phases: attention reads
+  # the filled slots, not the whole budget's. The last sampled token is never fed back,
+  # so the final phase needs P + N - 1 slots.
+  ends = _phase_ends(n, phases)
+  # Rows of one group share their prompt: prefill its first row only, copy the cache.
   first = slice(None, None, group_size)
-  cache = init_cache(model.config, b // group_size, p + n - 1)
+  cache = init_cache(model.config, b // group_size, p + ends[0] - 1)
   # Only the last prompt position's logits are needed: no LM head over the others.
   prefill = model.forward(
     prompt_tokens[first],
@@ -344,10 +376,6 @@ def _generate(
   )
   carry = emit(carry, model.logits(last_hidden), 0)
 
-  def cond(loop):
-    step, carry = loop
-    return (step < n) & ~jnp.all(carry[5])
-
   def body(loop):
     step, (cache, tokens, logp, flogp, lengths, done, last, next_pos) = loop
     out = model.forward(
@@ -359,7 +387,15 @@ def _generate(
     carry = (out.cache, tokens, logp, flogp, lengths, done, last, next_pos + 1)
     return step + 1, emit(carry, out.logits[:, 0], step)
 
-  _, carry = jax.lax.while_loop(cond, body, (jnp.int32(1), carry))
+  step = jnp.int32(1)
+  for end in ends:
+    carry = (_grow_cache(carry[0], p + end - 1), *carry[1:])
+
+    def cond(loop, end=end):
+      step, carry = loop
+      return (step < end) & ~jnp.all(carry[5])
+
+    step, carry = jax.lax.while_loop(cond, body, (step, carry))
   _, tokens, logp, flogp, lengths, done, _, _ = carry
   return GenerateOutput(
     tokens=tokens, lengths=lengths, logp=logp, filtered_logp=flogp, stopped=done

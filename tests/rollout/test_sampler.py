@@ -265,6 +265,35 @@ def test_greedy_matches_naive_full_forward(model):
   np.testing.assert_allclose(alone.logp[0], out.logp[2], atol=ATOL, rtol=0)
 
 
+def test_decode_phases_give_the_one_loop_result(model):
+  """Decoding in phases over a cache grown between them == one loop over the full cache:
+  greedy equals the naive full-forward decode, sampled tokens and log-probs agree, and a
+  stop token ends rows (and the last ones the loop) inside a later phase."""
+  n = 20  # auto = 1 phase below 32 steps; force several
+  tokens, mask = map(jnp.asarray, left_pad(PROMPTS, PAD))
+  graphdef, state = nnx.split(model)
+  want = naive_greedy(model, PROMPTS, n, ())
+  greedy = make_generate_fn(graphdef, max_new_tokens=n, eos_id=NO_EOS, pad_id=PAD)
+  for phases in (1, 4):
+    assert as_lists(greedy(state, tokens, mask, jax.random.key(0), phases=phases)) == want
+
+  settings = {**SAMPLING, "max_new_tokens": n}
+  key = jax.random.key(3)
+  free = make_generate_fn(graphdef, **settings)(state, tokens, mask, key, phases=1)
+  row0 = np.asarray(free.tokens)[0].tolist()
+  step = next(i for i in range(6, n) if row0[i] not in row0[:i])  # row 0 stops in phase 2+
+  settings["eos_id"] = row0[step]
+  fn = make_generate_fn(graphdef, **settings)
+  one = fn(state, tokens, mask, key, phases=1)
+  assert int(one.lengths[0]) == step + 1 < n
+  for phases in (4,):
+    out = fn(state, tokens, mask, key, phases=phases)
+    np.testing.assert_array_equal(out.tokens, one.tokens)
+    np.testing.assert_array_equal(out.lengths, one.lengths)
+    np.testing.assert_allclose(out.logp, one.logp, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out.filtered_logp, one.filtered_logp, atol=ATOL, rtol=0)
+
+
 def test_stop_tokens_truncate_and_pad(model):
   free = naive_greedy(model, PROMPTS, N, ())
   # Stop set: a token new at step >= 1 of row 0 (the EOS) and one of row 1 (stop_ids).
