@@ -8,6 +8,7 @@ per epoch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -61,22 +62,36 @@ def load_examples(config, counts: dict | None = None):
   """The user dataset of ``config.data`` as a random-access sequence of Examples.
 
   ``counts``, if given, receives ``data/skipped_malformed`` (records dropped under
-  ``data.skip_malformed``) so the caller can record it.
+  ``data.skip_malformed``) so the caller can record it. The last dataset read is kept
+  (keyed by its path's size and modification time), so training a tokenizer on it and
+  then building the training source reads it once.
   """
-  if config.data.source == "jsonl":
+  d = config.data
+  if d.source not in ("jsonl", "tfds"):
+    raise ValueError(f"data.source={d.source!r} has no example list")
+  # A missing path is left to the reader, whose error says what it looked for.
+  stat = os.stat(d.path) if os.path.exists(d.path) else None
+  version = (stat.st_size, stat.st_mtime_ns) if stat else None
+  examples, skipped = _read_examples(d.source, d.path, d.split, d.skip_malformed, version)
+  if counts is not None and d.source == "jsonl":
+    counts["data/skipped_malformed"] = skipped
+  return examples
+
+
+@functools.lru_cache(maxsize=1)
+def _read_examples(source: str, path: str, split: str, skip_malformed: bool, version: tuple):
+  """(examples, skipped records) of one dataset; ``version`` only keys the cache."""
+  del version
+  if source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
 
-    result = read_jsonl(config.data.path, skip_malformed=config.data.skip_malformed)
+    result = read_jsonl(path, skip_malformed=skip_malformed)
     if result.skipped:
-      logging.warning("skipped %d malformed records in %s", result.skipped, config.data.path)
-    if counts is not None:
-      counts["data/skipped_malformed"] = result.skipped
-    return result.examples
-  if config.data.source == "tfds":
-    from jaxpost.data.tfds_source import read_tfds
+      logging.warning("skipped %d malformed records in %s", result.skipped, path)
+    return result.examples, result.skipped
+  from jaxpost.data.tfds_source import read_tfds
 
-    return read_tfds(config.data.path, config.data.split)
-  raise ValueError(f"data.source={config.data.source!r} has no example list")
+  return read_tfds(path, split), 0
 
 
 def _encoded(tok: Tokenizer, ex: template.Example) -> tuple[np.ndarray, np.ndarray]:

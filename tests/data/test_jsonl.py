@@ -117,3 +117,30 @@ def test_empty_file(tmp_path):
   path.write_text("")
   result = read_jsonl(path)
   assert (result.examples, result.skipped) == ([], 0)
+
+
+def test_pipeline_reads_a_dataset_once_for_tokenizer_and_source(tmp_path, monkeypatch):
+  """Training the tokenizer on the dataset and building the source read the file once;
+  a changed file is read again."""
+  import os
+
+  from jaxpost import config_lib
+  from jaxpost.data import jsonl, pipeline
+
+  path = _write(
+    tmp_path / "d.jsonl",
+    [json.dumps({"prompt": f"{i}+{i}", "response": f"{2 * i}"}) for i in range(200)],
+  )
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  c = config_lib.load_config(os.path.join(repo, "configs/sft.py:tiny"))
+  c.data.source, c.data.path, c.tokenizer.vocab_size = "jsonl", str(path), 64
+  reads = []
+  real = jsonl.read_jsonl
+  monkeypatch.setattr(jsonl, "read_jsonl", lambda *a, **k: reads.append(a) or real(*a, **k))
+  tok = pipeline.prepare_tokenizer(c, str(tmp_path / "run"))
+  counts = {}
+  source, size = pipeline.build_source(c, tok, counts)
+  assert len(reads) == 1 and size == 200 and counts == {"data/skipped_malformed": 0}
+  assert len(source(0)[0]) > 0
+  _write(path, [json.dumps({"prompt": "1+1", "response": "2"})])
+  assert len(pipeline.load_examples(c)) == 1 and len(reads) == 2
