@@ -163,7 +163,9 @@ def shared_prompt_hidden(model, batch: Batch, window: int, group_size: int) -> j
   b, t = batch.tokens.shape
   p = t - window
   if group_size < 1 or b % group_size or p < 1:
-    raise ValueError(f"{b} x {t} rows do not split into groups of {group_size} with {window}")
+    raise ValueError(
+      f"[{b}, {t}] rows do not fit groups of {group_size} rows and a {window}-token window"
+    )
 
   def take(x, cols):
     return jnp.take_along_axis(x, cols, axis=1)

@@ -424,6 +424,8 @@ def make_generate_fn(
   same prompt (tokens and mask), as ``generate_groups`` lays them out: the prefill then
   runs on one row per group and copies its cache, 1/G of the prompt work. Rows of a
   group that differ are not detected and would decode from the first row's prompt.
+  ``phases=k`` (keyword, static) fixes the number of decode phases (module docstring,
+  point 2); the default 0 picks it from N.
 
   Args:
     graphdef: the model's static graph.
