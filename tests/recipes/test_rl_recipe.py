@@ -159,6 +159,42 @@ def test_trainer_scores_what_the_sampler_recorded():
   assert np.all(np.asarray(entropy)[on] > 0)
 
 
+def _rollout_of(laid, logp, group_size: int, seed: int = 0) -> Rollout:
+  """A Rollout over sampled rows: random advantages, pi_old / pi_ref off ``logp`` so the
+  ratio is not 1 (the clip matters) and the KL is not 0."""
+  on = laid.batch.loss_mask > 0
+  rng = np.random.default_rng(seed)
+  return Rollout(
+    batch=laid.batch,
+    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
+    old_logp=np.asarray(logp) - 0.05 * on,
+    sampler_logp=laid.sampler_logp,
+    ref_logp=np.asarray(logp) + 0.1 * on,
+    group_ids=np.repeat(np.arange(on.shape[0] // group_size, dtype=np.int32), group_size),
+    turn_ids=on.astype(np.int32),
+  )
+
+
+def _assert_same_updates(graphdef, params, rest, rollout, variants, tol, **head):
+  """One SGD step of the grpo loss per variant of ``policy_objective``'s options (plus
+  ``microbatches``); all give the first one's metrics and parameters."""
+  optimizer = optax.sgd(0.5)
+  train_state = train.init_train_state(params, optimizer, 0)
+  results = []
+  for variant in variants:
+    options = {**head, **variant}
+    microbatches = options.pop("microbatches", 1)
+    objective = rl.policy_objective(graphdef, train.bind_loss("grpo", _HPARAMS), **options)
+    step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
+    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
+  (a, m_a), *others = results
+  assert float(m_a["train/grad_norm"]) > 1e-3
+  for b, m_b in others:
+    for k in m_a:
+      np.testing.assert_allclose(m_b[k], m_a[k], rtol=tol[0], atol=tol[1], err_msg=k)
+    _assert_close(b.params, a.params, rtol=tol[0], atol=tol[1])
+
+
 @pytest.mark.parametrize("lm_head", ["logits", "fused_xla"])
 def test_completion_window_scores_and_updates_like_the_full_head(lm_head):
   """The LM head on the completion window only: same logp/entropy on the loss mask,
@@ -178,30 +214,9 @@ def test_completion_window_scores_and_updates_like_the_full_head(lm_head):
     np.testing.assert_allclose(np.asarray(b)[on], np.asarray(a)[on], rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(b)[~on] == 0)
 
-  rng = np.random.default_rng(0)
-  rollout = Rollout(
-    batch=laid.batch,
-    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
-    old_logp=np.asarray(full[0]) - 0.05 * on,  # ratio != 1, so the clip matters
-    sampler_logp=laid.sampler_logp,
-    ref_logp=np.asarray(full[0]) + 0.1 * on,
-    group_ids=np.repeat(np.arange(4, dtype=np.int32), 2),
-    turn_ids=on.astype(np.int32),
-  )
-  optimizer = optax.sgd(0.5)
-  train_state = train.init_train_state(params, optimizer, 0)
-  results = []
-  for window in (0, 6):
-    objective = rl.policy_objective(
-      graphdef, train.bind_loss("grpo", _HPARAMS), window=window, **head
-    )
-    step = train.make_train_step(objective, optimizer, donate=False)
-    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
-  (a, m_a), (b, m_b) = results
-  assert float(m_a["train/grad_norm"]) > 1e-3
-  for k in m_a:
-    np.testing.assert_allclose(m_b[k], m_a[k], rtol=2e-5, atol=1e-6, err_msg=k)
-  _assert_close(b.params, a.params, rtol=1e-5, atol=1e-6)
+  rollout = _rollout_of(laid, full[0], group_size=2)
+  variants = ({"window": 0}, {"window": 6})
+  _assert_same_updates(graphdef, params, rest, rollout, variants, (2e-5, 1e-6), **head)
 
 
 @pytest.mark.parametrize("lm_head", ["logits", "fused_xla"])
@@ -232,30 +247,9 @@ def test_shared_prompt_forward_scores_and_updates_like_every_row(lm_head):
   # The shared forward really ran the groups' first prompts (a wrong prompt would not match).
   np.testing.assert_allclose(np.asarray(shared[0])[on], laid.sampler_logp[on], atol=2e-5)
 
-  rng = np.random.default_rng(0)
-  rollout = Rollout(
-    batch=laid.batch,
-    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
-    old_logp=np.asarray(per_row[0]) - 0.05 * on,
-    sampler_logp=laid.sampler_logp,
-    ref_logp=np.asarray(per_row[0]) + 0.1 * on,
-    group_ids=np.repeat(np.arange(4, dtype=np.int32), g),
-    turn_ids=on.astype(np.int32),
-  )
-  optimizer = optax.sgd(0.5)
-  train_state = train.init_train_state(params, optimizer, 0)
-  results = []
-  for group_size, microbatches in ((1, 1), (g, 2)):
-    objective = rl.policy_objective(
-      graphdef, train.bind_loss("grpo", _HPARAMS), group_size=group_size, **head
-    )
-    step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
-    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
-  (a, m_a), (b, m_b) = results
-  assert float(m_a["train/grad_norm"]) > 1e-3
-  for k in m_a:
-    np.testing.assert_allclose(m_b[k], m_a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-  _assert_close(b.params, a.params, rtol=1e-4, atol=1e-5)
+  rollout = _rollout_of(laid, per_row[0], group_size=g)
+  variants = ({"group_size": 1}, {"group_size": g, "microbatches": 2})  # whole groups
+  _assert_same_updates(graphdef, params, rest, rollout, variants, (1e-4, 1e-5), **head)
 
 
 def test_shared_prompt_update_on_8_devices_equals_single_device():
@@ -268,17 +262,7 @@ def test_shared_prompt_update_on_8_devices_equals_single_device():
   state = nnx.merge_state(params, rest)
   tokens, mask, out = sampler.generate_groups(gen, state, prompts, g, jax.random.key(3))
   laid = batching.rollout_batch(tokens, mask, out)
-  on = laid.batch.loss_mask > 0
-  rng = np.random.default_rng(1)
-  rollout = Rollout(
-    batch=laid.batch,
-    advantages=(rng.normal(size=on.shape) * on).astype(np.float32),
-    old_logp=laid.sampler_logp - 0.05 * on,
-    sampler_logp=laid.sampler_logp,
-    ref_logp=laid.sampler_logp + 0.1 * on,
-    group_ids=np.repeat(np.arange(4, dtype=np.int32), g),
-    turn_ids=on.astype(np.int32),
-  )
+  rollout = _rollout_of(laid, laid.sampler_logp, group_size=g, seed=1)
   optimizer = optax.sgd(0.5)
   objective = rl.policy_objective(
     graphdef,
