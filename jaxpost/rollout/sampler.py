@@ -8,7 +8,7 @@ Read this file top to bottom; it is the whole story of how a completion is drawn
    and RoPE positions start at 0 at each row's first real token, so a row's result does
    not depend on how much padding it got.
 2. The prefill and ``lax.while_loop``s of single-token decode steps are compiled as one
-   program. Decoding runs in up to 8 phases of at least 16 steps, each loop over a cache
+   program. Decoding runs in up to 4 phases of at least 32 steps, each loop over a cache
    just long enough for its steps and grown (padded with empty slots) between phases, so
    attention reads the slots filled so far rather than all P + N - 1 of the budget
    (``phases=`` on the jitted function overrides the count; 1 = one loop). Decoding
@@ -267,8 +267,8 @@ def _first_above(cdf: jax.Array, u: jax.Array) -> jax.Array:
 
 # Decode phases per ``generate`` call at most, and the fewest steps in one: more phases
 # trim more unread cache slots but compile one more loop each.
-_MAX_PHASES = 8
-_MIN_PHASE_STEPS = 16
+_MAX_PHASES = 4
+_MIN_PHASE_STEPS = 32
 
 
 def _phase_ends(n: int, phases: int = 0) -> list[int]:
