@@ -170,9 +170,11 @@ def shared_prompt_hidden(model, batch: Batch, window: int, group_size: int) -> j
   def take(x, cols):
     return jnp.take_along_axis(x, cols, axis=1)
 
-  # Each group's prompt, left-padded to P columns, read off its first row.
+  # Each group's prompt, left-padded to P columns, read off its first row. Its first
+  # completion target sits at column L_p - 1 (< T, so never clipped).
+  columns, valid = completion_columns(batch.roles, window)
   first = slice(None, None, group_size)
-  n_prompt = jnp.sum(batch.roles[first] == ROLE_PROMPT, axis=1) + 1  # L_p
+  n_prompt = columns[first, 0] + 1  # L_p
   src = jnp.arange(p)[None, :] - (p - n_prompt)[:, None]  # [B / G, P]
   real = src >= 0
   src = jnp.maximum(src, 0)
@@ -184,7 +186,6 @@ def shared_prompt_hidden(model, batch: Batch, window: int, group_size: int) -> j
     compute_logits=False,
   )
   # Completion tokens 0 .. W - 2 of every row, at slots P .. T - 2 of its group's cache.
-  columns, valid = completion_columns(batch.roles, window)
   tokens_at = columns[:, 1:]  # target column c is predicted at token c
   completion = model.forward(
     take(batch.tokens, tokens_at),

@@ -159,16 +159,14 @@ def think_block(
   if not len(open_ids) or not len(close_ids):
     raise ValueError("think tags must be non-empty token id lists")
   tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-  out = np.zeros(tokens.shape, bool)
-  o, c = list(open_ids), list(close_ids)
-  for row, (ids, length) in enumerate(zip(tokens.tolist(), lengths.tolist(), strict=True)):
-    ids = ids[:length]
-    if ids[: len(o)] != o:
-      continue
-    end = length
-    for j in range(len(o), length - len(c) + 1):
-      if ids[j : j + len(c)] == c:
-        end = j + len(c)
-        break
-    out[row, :end] = True
-  return out
+  o, c = np.asarray(open_ids), np.asarray(close_ids)
+  n = tokens.shape[1]
+  # -1 (never a token id) past the end, so every start j in [0, N) has a full window.
+  padded = np.pad(tokens, ((0, 0), (0, len(o) + len(c))), constant_values=-1)
+  opened = (lengths >= len(o)) & np.all(padded[:, : len(o)] == o, axis=1)
+  # The first close tag after the open tag that ends within the row; else the row's end.
+  windows = np.lib.stride_tricks.sliding_window_view(padded, len(c), axis=1)[:, :n]
+  j = np.arange(n)
+  hit = np.all(windows == c, axis=2) & (j >= len(o)) & (j + len(c) <= lengths[:, None])
+  end = np.where(hit.any(axis=1), np.argmax(hit, axis=1) + len(c), lengths)
+  return opened[:, None] & (np.arange(n) < end[:, None])

@@ -275,7 +275,7 @@ def _phase_ends(n: int, phases: int = 0) -> list[int]:
   """Last step (exclusive) of each decode phase over steps [1, n); ``phases`` 0 = auto."""
   if phases <= 0:
     phases = max(1, min(_MAX_PHASES, n // _MIN_PHASE_STEPS))
-  return sorted({max(1, -(-n * k // phases)) for k in range(1, phases + 1)})
+  return sorted({-(-n * k // phases) for k in range(1, phases + 1)})
 
 
 def _grow_cache(cache: KVCache, slots: int) -> KVCache:
@@ -345,7 +345,6 @@ def _generate(
     cache=cache,
     compute_logits=False,
   )
-  last_hidden = jnp.repeat(prefill.final_hidden[:, -1], group_size, axis=0)
 
   def emit(carry, logits, step):
     """Samples token ``step`` for every row and records it for rows still running."""
@@ -374,7 +373,8 @@ def _generate(
     jnp.zeros((b,), jnp.int32),  # last sampled token
     positions[:, -1] + 1,  # RoPE position of the next token
   )
-  carry = emit(carry, model.logits(last_hidden), 0)
+  first_logits = model.logits(prefill.final_hidden[:, -1])  # one row per group
+  carry = emit(carry, jnp.repeat(first_logits, group_size, axis=0), 0)
 
   def body(loop):
     step, (cache, tokens, logp, flogp, lengths, done, last, next_pos) = loop
