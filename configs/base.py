@@ -1,12 +1,28 @@
-"""Every jaxpost config field, with its default and meaning. Method configs start here."""
+"""The shared config sections, with their defaults and meaning. Method configs start here.
+
+``get_config(recipe)`` returns these sections plus what the recipe declares
+(``jaxpost.recipes.add_config_sections``): its own section (e.g. ``rl`` and ``reward``) and
+one ``loss.<name>`` section per registered loss of the families it trains, built from
+that loss's keyword defaults (documented in its docstring). The result is locked: a
+method file or a command line that sets an unknown key fails.
+"""
 
 from ml_collections import config_dict
 
 
-def get_config() -> config_dict.ConfigDict:
-  c = config_dict.ConfigDict()
-  c.recipe = "sft"  # outer loop to run: one of jaxpost.recipes.RECIPES
+def get_config(recipe: str = "sft") -> config_dict.ConfigDict:
+  from jaxpost import recipes
+
+  c = shared_sections()
+  c.recipe = recipe  # outer loop to run: one of jaxpost.recipes.RECIPES
   c.seed = 0  # seeds parameter init, data order and sampling
+  recipes.add_config_sections(c, recipe)
+  c.lock()
+  return c
+
+
+def shared_sections() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
 
   c.model = config_dict.ConfigDict()
   c.model.size = "tiny"  # named size in jaxpost.models.NAMED_SIZES
@@ -34,10 +50,7 @@ def get_config() -> config_dict.ConfigDict:
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
 
   c.loss = config_dict.ConfigDict()
-  c.loss.name = "cross_entropy"  # key in the loss registry (jaxpost.losses)
-  c.loss.reduction = "token_mean"  # token_mean | sequence_mean
-  c.loss.label_smoothing = 0.0  # mass spread uniformly over the vocabulary
-  c.loss.z_loss = 0.0  # coefficient of the logZ^2 stabiliser
+  c.loss.name = "cross_entropy"  # key in the loss registry; loss.<name> holds its hyperparameters
 
   c.kernels = config_dict.ConfigDict()
   # fused* = pallas_kernels.fused_linear_divergence: same values, no [B*T, V] buffer
@@ -78,6 +91,8 @@ def get_config() -> config_dict.ConfigDict:
   c.train.stop_after = 0  # stop (with a checkpoint) after this many steps of this run; 0 = never
   c.train.progress = True  # tqdm progress bar
   c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
+  c.train.init_from = ""  # a run's workdir to start from (its tokenizer + latest params); "" = none
+  c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
 
   c.eval = config_dict.ConfigDict()
   c.eval.every = 250  # steps between held-out evaluations (and one at the end); 0 = end only
@@ -87,64 +102,4 @@ def get_config() -> config_dict.ConfigDict:
   c.eval.batch_size = 200  # prompts decoded at once
   c.eval.max_new_tokens = 96  # generation budget per answer
 
-  # RL recipe (jaxpost/recipes/rl.py): train.steps counts RL steps (sample -> update), and
-  # eval.every / train.checkpoint_every count them too. loss.name picks the policy loss
-  # (ppo | grpo | dr_grpo | dapo | gspo | gspo_token); its preset fills every "" / -1 here.
-  c.rl = config_dict.ConfigDict()
-  c.rl.init_from = ""  # SFT workdir to start from (its tokenizer + latest checkpoint); "" = none
-  c.rl.prompts_per_step = 16  # P: prompts (groups) per RL step; tasks come from data.levels
-  c.rl.samples_per_prompt = 8  # G: completions per prompt, so B = P * G rows per step
-  c.rl.max_new_tokens = 64  # sampling budget per completion, in tokens
-  c.rl.temperature = 1.0  # sampling temperature; the trainer scores log_softmax(logits / T)
-  c.rl.top_k = 0  # sampling: keep the k most likely tokens; 0 = off
-  c.rl.top_p = 1.0  # sampling: nucleus mass; 1 = off
-  c.rl.min_p = 0.0  # sampling: keep p >= min_p * p_max; 0 = off
-  c.rl.advantage = "grpo"  # outcome advantage: grpo (z-score) | dr_grpo (mean only) | rloo
-  c.rl.step_reward = 0.0  # weight of per-step trace rewards (token-level advantages); 0 = off
-  # "sampler": pi_old = the sampler's recorded log_softmax(logits / T), one forward fewer
-  # per step (TRL's choice); the ratio then also carries the sampler/trainer numerics gap
-  # and rl/logp_mismatch_* is not logged.
-  c.rl.old_logp = "recompute"  # pi_old of the ratio: recompute (a forward pass) | sampler
-  c.rl.shared_prompt = True  # score/update each group's prompt once, not G times (exact)
-  c.rl.epochs = 1  # passes of policy updates over each rollout batch
-  c.rl.minibatches = 1  # optimiser updates per pass, each on B / minibatches shuffled rows
-  c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill
-  c.rl.max_sample_rounds = 4  # dynamic sampling: generation rounds per step at most
-  c.rl.mask_truncated = False  # overlong filtering: completions that hit the cap carry no loss
-  c.rl.kl_coef = -1.0  # beta of KL to the frozen initial policy; -1 = preset (grpo 0.04, else 0)
-  c.rl.kl_estimator = "k3"  # k1 | k2 | k3 per-token KL estimator
-  c.rl.kl_in_reward = False  # subtract beta * sum_t KL_t from the reward instead of the loss
-  c.rl.ratio = ""  # "" = preset | token | sequence | sequence_token | turn
-  c.rl.clip_eps_low = -1.0  # clip range 1 - eps_low; -1 = preset
-  c.rl.clip_eps_high = -1.0  # clip range 1 + eps_high (DAPO clip-higher 0.28); -1 = preset
-  c.rl.dual_clip = False  # cap negative-advantage token losses at -A * clip_ratio_c
-  c.rl.clip_ratio_c = 3.0  # c of the dual clip
-  c.rl.agg = ""  # loss aggregation; "" = preset; one of jaxpost.losses.reduce.AGGREGATIONS
-  c.rl.agg_constant = 0.0  # C of seq_mean_token_sum_norm; 0 = update rows * max_new_tokens
-  c.rl.entropy_coef = 0.0  # entropy bonus coefficient
-  c.rl.is_level = ""  # sampler/trainer IS weight pi_old / mu: "" off | token | sequence | geometric
-  c.rl.is_mode = "truncate"  # truncate (TIS) | mask (zero weights outside [floor, cap])
-  c.rl.is_cap = 2.0  # upper bound of the IS weight
-  c.rl.is_floor = 0.0  # lower bound in mask mode; 0 = 1 / is_cap
-  c.rl.prefix = ""  # MinPRO prefix factor: "" off | min_exclusive | min_inclusive
-  c.rl.prefix_behavior = "old"  # MinPRO ratio denominator: old (pi_old) | sampler (mu)
-
-  # Rewards of the RL recipe: a weighted sum of registered rewards (jaxpost/rewards).
-  c.reward = config_dict.ConfigDict()
-  c.reward.terms = (("exact_answer", 1.0),)  # (name, weight) pairs, summed
-  c.reward.timeout_s = 1.0  # time limit of one reward call; a call past it scores 0
-  c.reward.exact_answer = config_dict.ConfigDict()
-  c.reward.exact_answer.correct = 1.0  # reward of a correct final answer
-  c.reward.exact_answer.wrong = 0.0  # reward of a wrong, missing or malformed answer
-  c.reward.exact_answer.truncated_is_wrong = True  # a completion that hit the cap is wrong
-  c.reward.think_format = config_dict.ConfigDict()
-  c.reward.think_format.ok = 1.0  # reward of a well-formed <think>...</think>answer
-  c.reward.think_format.bad = 0.0  # reward otherwise
-  c.reward.overlong = config_dict.ConfigDict()
-  c.reward.overlong.max_len = 0  # DAPO L_max in tokens, where the penalty hits -1; 0 = the cap
-  c.reward.overlong.cache_len = 16  # DAPO L_cache: tokens over which the penalty ramps to -1
-  c.reward.overlong.penalty_factor = 1.0  # scale of the overlong penalty
-  c.reward.length = config_dict.ConfigDict()
-  c.reward.length.norm_tokens = 0  # tokens that cost 1 in the linear length penalty; 0 = the cap
-  c.reward.length.free_tokens = 0  # tokens that cost nothing
   return c

@@ -5,22 +5,22 @@ Variants:
                 For smoke tests; a random model earns no reward, so it learns nothing.
   quickstart    CPU minutes: GRPO (no KL) on 2x2-digit multiplication from an
                 under-trained SFT checkpoint (experiments/grpo_demo/run.py passes
-                --config.rl.init_from=<its SFT workdir>); 10 minutes at most.
+                --config.train.init_from=<its SFT workdir>); 10 minutes at most.
   qwen2.5-0.5b  real size (TPU/GPU): Qwen2.5-0.5B from a Hugging Face checkpoint
                 (--config.model.hf_dir=...), DAPO-style clip-higher, dynamic sampling
                 and the overlong penalty, fused LM head.
 
 Any policy loss or option is a flag away, e.g. ``--config.loss.name=dapo``,
-``--config.rl.advantage=rloo``, ``--config.rl.kl_coef=0.04 --config.rl.kl_in_reward=True``.
+``--config.loss.dapo.clip_eps_high=0.3``, ``--config.rl.advantage=rloo``, or the KL in the
+reward instead of the loss: ``--config.loss.grpo.kl_coef=0
+--config.reward.token_terms="(('kl_penalty', 0.04),)"``.
 """
 
 from jaxpost.config_lib import load_sibling
 
 
 def get_config(variant: str = "tiny"):
-  c = load_sibling(__file__, "base").get_config()
-  c.recipe = "rl"
-  c.loss.name = "grpo"
+  c = load_sibling(__file__, "base").get_config("rl")
   c.data.levels = "mul2x2:1.0"
   if variant == "tiny":
     c.model.size = "tiny"
@@ -30,7 +30,7 @@ def get_config(variant: str = "tiny"):
     c.rl.prompts_per_step = 2
     c.rl.samples_per_prompt = 4
     c.rl.max_new_tokens = 16
-    c.rl.kl_coef = 0.0
+    c.loss.grpo.kl_coef = 0.0  # no reference model
     c.optim.lr = 1e-4
     c.optim.warmup_steps = 0
     c.optim.decay = "constant"
@@ -42,14 +42,14 @@ def get_config(variant: str = "tiny"):
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 16
   elif variant == "quickstart":
-    c.model.size = "tiny"  # must match the SFT run in rl.init_from
+    c.model.size = "tiny"  # must match the SFT run in train.init_from
     c.tokenizer.vocab_size = 64
     c.tokenizer.byte_fallback = False
     c.rl.prompts_per_step = 16
     c.rl.samples_per_prompt = 8
     c.rl.max_new_tokens = 56  # the longest mul2x2 response is ~45 tokens
     c.rl.temperature = 1.0
-    c.rl.kl_coef = 0.0  # no reference model: one forward pass less per step
+    c.loss.grpo.kl_coef = 0.0  # no reference model: one forward pass less per step
     c.optim.lr = 2e-4
     c.optim.warmup_steps = 10
     c.optim.decay = "constant"

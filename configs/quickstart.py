@@ -10,8 +10,7 @@ from jaxpost.config_lib import load_sibling
 
 
 def get_config():
-  c = load_sibling(__file__, "base").get_config()
-  c.recipe = "sft"
+  c = load_sibling(__file__, "base").get_config("sft")
   c.model.size = "tiny"
   c.tokenizer.vocab_size = 64  # arithmetic needs few pieces; no byte fallback
   c.tokenizer.byte_fallback = False

@@ -7,8 +7,7 @@ from jaxpost.config_lib import load_sibling
 
 
 def get_config(variant: str = "tiny"):
-  c = load_sibling(__file__, "base").get_config()
-  c.recipe = "sft"
+  c = load_sibling(__file__, "base").get_config("sft")
   if variant == "tiny":
     c.model.size = "tiny"
     # Arithmetic text needs few pieces; no byte fallback keeps the LM head small.

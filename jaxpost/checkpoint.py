@@ -72,3 +72,68 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def load_params(workdir: str, like: Any, *, what: str = "train.init_from") -> tuple[Any, list[str]]:
+  """Parameters of the latest checkpoint of the run in ``workdir``, shaped like ``like``.
+
+  Only the saved ``state.params`` are read (raw, without a target), so that run's
+  optimizer, step and trainable subset may differ from this one's. A leaf of ``like``
+  that the checkpoint does not hold (e.g. the frozen base of an adapter run) keeps its
+  value from ``like``; the caller is told which, never silently.
+
+  Args:
+    workdir: a run directory with ``checkpoints/``.
+    like: a params pytree (an ``nnx.State``) with the target structure and dtypes.
+    what: the config field that named ``workdir``, for error messages.
+
+  Returns:
+    (params shaped and typed like ``like``, dotted paths taken from ``like``).
+
+  Raises:
+    ValueError: no checkpoint, a leaf whose shape differs, or no leaf in common.
+  """
+  import logging
+
+  import jax.numpy as jnp
+
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise ValueError(f"{what}={workdir!r} has no checkpoint")
+  saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  tree = saved.state["params"]
+  flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+  leaves, kept = [], []
+  for path, x in flat:
+    names = [key_name(k) for k in path]
+    node = tree
+    for k in names:
+      node = node.get(k) if isinstance(node, dict) else None
+      if node is None:
+        break
+    if node is None:
+      kept.append(".".join(names))
+      leaves.append(x)
+      continue
+    if node.shape != x.shape:
+      raise ValueError(
+        f"{what}: parameter {'.'.join(names)} has shape {node.shape} in the checkpoint but "
+        f"{x.shape} here; use that run's model size"
+      )
+    leaves.append(jnp.asarray(node, x.dtype))
+  if len(kept) == len(flat):
+    raise ValueError(f"{what}={workdir!r}: no parameter of this model is in its checkpoint")
+  logging.info("loaded %s (step %d); %d leaves not in it", directory, step, len(kept))
+  return jax.tree.unflatten(treedef, leaves), kept
+
+
+def key_name(k) -> str:
+  """The name of one pytree key-path entry (dict key, attribute or index)."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import types
 
 from ml_collections import config_dict
 
 from jaxpost.data.packing import OVERLONG_CHOICES
-from jaxpost.losses.reduce import REDUCTIONS
 from jaxpost.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -54,40 +54,62 @@ def parse_levels(spec: str) -> dict[str, float]:
   return out
 
 
-def _choice(value, field: str, choices) -> None:
+def choice(value, field: str, choices) -> None:
+  """Raises ConfigError unless ``value`` is one of ``choices``."""
   if value not in choices:
     raise ConfigError(f"{field}={value!r}; expected one of {tuple(choices)}")
 
 
-def _positive(value, field: str) -> None:
+def positive(value, field: str) -> None:
+  """Raises ConfigError unless ``value`` > 0."""
   if value <= 0:
     raise ConfigError(f"{field}={value!r} must be > 0")
 
 
+def run_dir(path: str, field: str) -> None:
+  """Raises ConfigError unless ``path`` is "" or a run directory with ``checkpoints/``."""
+  if path and not os.path.isdir(os.path.join(path, "checkpoints")):
+    raise ConfigError(f"{field}={path!r} has no checkpoints/ directory")
+
+
+def rows_split_over_mesh(c: config_dict.ConfigDict, rows: int, what: str) -> None:
+  """Raises ConfigError unless ``rows`` split over the mesh's data * fsdp devices."""
+  if c.distributed.initialize:
+    return  # the device count is known only after jax.distributed.initialize()
+  import jax
+
+  sizes = validate_mesh(c, jax.device_count())
+  shards = sizes["data"] * sizes["fsdp"]
+  if rows % shards:
+    raise ConfigError(f"{rows} {what} do not split over mesh data*fsdp={shards}")
+
+
 def validate(c: config_dict.ConfigDict) -> None:
-  """Checks values that types alone cannot; raises ConfigError naming the field."""
+  """Checks values that types alone cannot; raises ConfigError naming the field.
+
+  The shared sections here; the loss's section against its signature and check
+  (``registry.Registry.validate_hparams``); the recipe's own sections by its
+  ``validate``. Recipes call this once, first thing, before touching the workdir.
+  """
   from jaxpost import recipes
   from jaxpost.data import tasks
-  from jaxpost.losses import registry
+  from jaxpost.losses.head import LM_HEADS
   from jaxpost.models import NAMED_SIZES
 
-  _choice(c.recipe, "recipe", recipes.RECIPES)
-  _choice(c.model.size, "model.size", NAMED_SIZES)
+  choice(c.recipe, "recipe", recipes.RECIPES)
+  choice(c.model.size, "model.size", NAMED_SIZES)
   if c.model.hf_dir and not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
     raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
-  _choice(c.model.dtype, "model.dtype", ("float32", "bfloat16"))
-  _choice(c.model.param_dtype, "model.param_dtype", ("float32", "bfloat16"))
-  _choice(c.data.source, "data.source", ("tasks", "jsonl", "tfds"))
-  _choice(c.data.overlong, "data.overlong", OVERLONG_CHOICES)
-  _choice(c.loss.name, "loss.name", registry.names())
-  _choice(c.loss.reduction, "loss.reduction", REDUCTIONS)
-  from jaxpost.losses.head import LM_HEADS
-
-  _choice(c.kernels.lm_head, "kernels.lm_head", sorted(LM_HEADS))
+  choice(c.model.dtype, "model.dtype", ("float32", "bfloat16"))
+  choice(c.model.param_dtype, "model.param_dtype", ("float32", "bfloat16"))
+  choice(c.data.source, "data.source", ("tasks", "jsonl", "tfds"))
+  choice(c.data.overlong, "data.overlong", OVERLONG_CHOICES)
+  _validate_loss(c, recipes.get(c.recipe))
+  choice(c.kernels.lm_head, "kernels.lm_head", sorted(LM_HEADS))
   if c.kernels.chunk_size < 0:
     raise ConfigError(f"kernels.chunk_size must be >= 0, got {c.kernels.chunk_size}")
-  _choice(c.optim.name, "optim.name", OPTIMIZERS)
-  _choice(c.optim.decay, "optim.decay", SCHEDULES)
+  choice(c.optim.name, "optim.name", OPTIMIZERS)
+  choice(c.optim.decay, "optim.decay", SCHEDULES)
   for field in (
     "data.seq_len",
     "data.batch_size",
@@ -100,9 +122,15 @@ def validate(c: config_dict.ConfigDict) -> None:
     "tokenizer.vocab_size",
   ):
     section, key = field.split(".")
-    _positive(c[section][key], field)
+    positive(c[section][key], field)
   if c.train.stop_after < 0:
     raise ConfigError(f"train.stop_after={c.train.stop_after!r} must be >= 0 (0 = never)")
+  run_dir(c.train.init_from, "train.init_from")
+  if c.train.trainable:
+    try:
+      re.compile(c.train.trainable)
+    except re.error as e:
+      raise ConfigError(f"train.trainable={c.train.trainable!r} is not a regex: {e}") from None
   if c.data.batch_size % c.train.microbatches:
     raise ConfigError(
       f"data.batch_size={c.data.batch_size} is not divisible by "
@@ -115,7 +143,7 @@ def validate(c: config_dict.ConfigDict) -> None:
     if not levels:
       raise ConfigError("data.levels is empty")
     for name, w in levels.items():
-      _choice(name, "data.levels", tasks.LEVELS)
+      choice(name, "data.levels", tasks.LEVELS)
       if w <= 0:
         raise ConfigError(f"data.levels weight for {name!r} must be > 0")
   elif not c.data.path:
@@ -125,120 +153,40 @@ def validate(c: config_dict.ConfigDict) -> None:
     spec = c[section][key]
     if spec and spec != "all":
       for name in parse_levels(spec):
-        _choice(name, field, tasks.LEVELS)
+        choice(name, field, tasks.LEVELS)
   _validate_parallelism(c)
-  _validate_rl(c)
+  recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
+  if recipe_validate is not None:
+    recipe_validate(c)
 
 
-def _validate_rl(c: config_dict.ConfigDict) -> None:
-  """The ``rl`` and ``reward`` sections, and how the loss fits the recipe."""
-  from jaxpost.losses import advantages, correction, kl, policy, registry
-  from jaxpost.losses.reduce import AGGREGATIONS
+def _validate_loss(c: config_dict.ConfigDict, recipe) -> None:
+  """``loss.name`` is a loss the recipe trains, and ``loss.<name>`` fits its signature."""
+  from jaxpost.losses import LOSSES
+  from jaxpost.registry import HparamError
 
-  policy_losses = [n for n in registry.names() if registry.get(n).__module__ == policy.__name__]
-  if c.recipe == "rl" and c.loss.name not in policy_losses:
+  name, families = c.loss.name, recipe.LOSS_FAMILIES
+  choice(name, "loss.name", LOSSES.names())
+  family = LOSSES.family(name)
+  if family not in families:
+    trained_by = [r for r in _recipes_for(family)]
     raise ConfigError(
-      f"loss.name={c.loss.name!r} is not a policy loss; the rl recipe needs one of "
-      f"{tuple(policy_losses)}"
+      f"loss.name={name!r} is not a {'/'.join(families)} loss (it is a {family} loss, trained "
+      f"by recipe={trained_by[0]!r}); the {c.recipe} recipe needs one of "
+      f"{tuple(n for f in families for n in LOSSES.names(f))}"
     )
-  if c.recipe != "rl" and c.loss.name in policy_losses:
-    raise ConfigError(f"loss.name={c.loss.name!r} is a policy loss; it needs recipe='rl'")
-  r = c.rl
-  _choice(r.advantage, "rl.advantage", advantages.ADVANTAGES)
-  _choice(r.kl_estimator, "rl.kl_estimator", kl.ESTIMATORS)
-  _choice(r.ratio, "rl.ratio", ("", *policy.RATIOS))
-  _choice(r.agg, "rl.agg", ("", *AGGREGATIONS))
-  _choice(r.is_level, "rl.is_level", ("", *correction.IS_LEVELS))
-  _choice(r.is_mode, "rl.is_mode", correction.IS_MODES)
-  _choice(r.prefix, "rl.prefix", ("", *(p for p in policy.PREFIXES if p)))
-  _choice(r.prefix_behavior, "rl.prefix_behavior", ("old", "sampler"))
-  _choice(r.old_logp, "rl.old_logp", ("recompute", "sampler"))
-  for field in (
-    "rl.prompts_per_step",
-    "rl.samples_per_prompt",
-    "rl.max_new_tokens",
-    "rl.epochs",
-    "rl.minibatches",
-    "rl.max_sample_rounds",
-    "rl.is_cap",
-    "rl.clip_ratio_c",
-  ):
-    _positive(c.rl[field.split(".")[1]], field)
-  for field in ("rl.temperature", "rl.entropy_coef", "rl.step_reward", "rl.agg_constant"):
-    if c.rl[field.split(".")[1]] < 0:
-      raise ConfigError(f"{field}={c.rl[field.split('.')[1]]!r} must be >= 0")
-  if r.temperature == 0:
-    raise ConfigError("rl.temperature=0 (greedy) gives identical samples; use > 0")
-  for field in ("rl.clip_eps_low", "rl.clip_eps_high", "rl.kl_coef"):
-    value = c.rl[field.split(".")[1]]
-    if value < 0 and value != -1.0:
-      raise ConfigError(f"{field}={value!r} must be >= 0, or -1 for the loss's preset")
-  if r.dual_clip and not r.clip_ratio_c > 1:
-    raise ConfigError(f"rl.clip_ratio_c={r.clip_ratio_c!r} must be > 1 with rl.dual_clip")
-  if r.top_k < 0 or not 0 < r.top_p <= 1 or not 0 <= r.min_p <= 1:
-    raise ConfigError(f"rl.top_k/top_p/min_p out of range: {r.top_k}, {r.top_p}, {r.min_p}")
-  if r.is_floor < 0 or (r.is_floor and r.is_floor > r.is_cap):
-    raise ConfigError(f"rl.is_floor={r.is_floor!r} must be in [0, rl.is_cap]")
-  if r.max_new_tokens >= c.model.max_seq_len:
-    raise ConfigError(
-      f"rl.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in "
-      f"model.max_seq_len={c.model.max_seq_len}"
-    )
-  rows = r.prompts_per_step * r.samples_per_prompt
-  if rows % (r.minibatches * c.train.microbatches):
-    raise ConfigError(
-      f"rl.prompts_per_step * rl.samples_per_prompt = {rows} rows do not split into "
-      f"rl.minibatches={r.minibatches} x train.microbatches={c.train.microbatches}"
-    )
-  if r.shared_prompt and r.prompts_per_step % (r.minibatches * c.train.microbatches):
-    raise ConfigError(
-      f"rl.shared_prompt needs whole groups in every update and micro-batch, but "
-      f"rl.prompts_per_step={r.prompts_per_step} groups do not split into rl.minibatches="
-      f"{r.minibatches} x train.microbatches={c.train.microbatches}; change them or set "
-      "rl.shared_prompt=False"
-    )
-  if r.init_from and not os.path.isdir(os.path.join(r.init_from, "checkpoints")):
-    raise ConfigError(f"rl.init_from={r.init_from!r} has no checkpoints/ directory")
-  if c.reward.timeout_s < 0:
-    raise ConfigError(f"reward.timeout_s={c.reward.timeout_s!r} must be >= 0 (0 = no limit)")
-  if c.recipe == "rl":
-    if c.data.source != "tasks":
-      raise ConfigError("the rl recipe draws prompts from the tasks: data.source must be 'tasks'")
-    try:
-      reward_spec(c)
-    except (KeyError, TypeError, ValueError) as e:
-      raise ConfigError(f"reward: {e}") from None
-    if not c.distributed.initialize:
-      import jax
-
-      shards = validate_mesh(c, jax.device_count())
-      shards = math.prod(shards[a] for a in ("data", "fsdp"))
-      if (rows // r.minibatches) % shards:
-        raise ConfigError(
-          f"{rows // r.minibatches} rows per update do not split over mesh data*fsdp={shards}"
-        )
+  if name not in c.loss:
+    raise ConfigError(f"loss.{name}: the config has no section for loss {name!r}")
+  try:
+    LOSSES.validate_hparams(name, c.loss[name], where=f"loss.{name}")
+  except HparamError as e:
+    raise ConfigError(str(e)) from None
 
 
-def reward_spec(c: config_dict.ConfigDict) -> tuple:
-  """``reward.terms`` with each term's hyperparameter block, validated (``rewards.make_spec``).
+def _recipes_for(family: str) -> list[str]:
+  from jaxpost import recipes
 
-  Length budgets left at 0 (``overlong.max_len``, ``length.norm_tokens``) mean the
-  sampling cap ``rl.max_new_tokens``.
-  """
-  from jaxpost import rewards
-
-  blocks = {}
-  for name, block in c.reward.items():
-    if isinstance(block, config_dict.ConfigDict):
-      blocks[name] = dict(block)
-  cap = c.rl.max_new_tokens
-  if blocks.get("overlong", {}).get("max_len", 1) == 0:
-    blocks["overlong"]["max_len"] = cap
-    blocks["overlong"]["cache_len"] = min(blocks["overlong"]["cache_len"], cap)
-  if blocks.get("length", {}).get("norm_tokens", 1) == 0:
-    blocks["length"]["norm_tokens"] = cap
-  terms = [tuple(t) for t in c.reward.terms]
-  return rewards.make_spec(terms, blocks)
+  return [n for n in recipes.RECIPES if family in recipes.get(n).LOSS_FAMILIES] or ["?"]
 
 
 def _validate_parallelism(c: config_dict.ConfigDict) -> None:
@@ -248,7 +196,7 @@ def _validate_parallelism(c: config_dict.ConfigDict) -> None:
   ``distributed.initialize`` is set: then the device count is only known after
   ``jax.distributed.initialize()``, and ``sharding.make_mesh`` checks it.
   """
-  _positive(c.data.streams, "data.streams")
+  positive(c.data.streams, "data.streams")
   if c.data.batch_size % c.data.streams:
     raise ConfigError(
       f"data.batch_size={c.data.batch_size} is not divisible by data.streams={c.data.streams}"

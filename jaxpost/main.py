@@ -1,8 +1,9 @@
 """Command line: ``python -m jaxpost.main --config=configs/sft.py:tiny --workdir=DIR``.
 
 Dotted overrides (``--config.optim.lr=3e-4``) are type-checked by ml_collections and
-unknown keys are rejected before any work starts; ``config_lib.validate`` then checks
-values. Re-running with the same workdir resumes from its latest checkpoint.
+unknown keys are rejected before any work starts; the recipe then checks values
+(``config_lib.validate``, once) before it touches the workdir. Re-running with the same
+workdir resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(f"invalid config: {e}") from None
   logging.info("config:\n%s", config)
   logging.info("workdir: %s", _WORKDIR.value)
-  result = recipes.get(config.recipe).run(config, _WORKDIR.value)
+  try:
+    recipe = recipes.get(config.recipe)
+  except KeyError as e:
+    raise app.UsageError(f"invalid config: recipe: {e}") from None
+  try:
+    # The recipe validates the config (once) before it touches the workdir.
+    result = recipe.run(config, _WORKDIR.value)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(f"invalid config: {e}") from None
   if jax.process_index() == 0:  # multi-host: one summary
     print(summary(result))
 

@@ -1,15 +1,18 @@
-"""The one train step: a pure, jitted function of (TrainState, Batch).
+"""The one train step: a pure, jitted function of (TrainState, batch, frozen states).
 
 Every recipe that updates a model by gradient (SFT, distillation, RL) goes through
-``make_train_step``: the model is split once with ``nnx.split`` into a static graph
-and a state pytree, the loss is looked up by name and bound to its hyperparameters
-outside jit, and gradient accumulation scans over micro-batches with normalisers
-taken from the *whole* batch, so the result does not depend on the split.
+``make_train_step`` (or ``make_update`` for several steps over one batch): the model is
+split once with ``nnx.split`` into a static graph, the trainable state and the rest;
+the objective is ``(params, frozen, batch, norm) -> (loss, metrics)``, where ``frozen``
+is a dict of frozen model states (the trained model's rest, a teacher, a reference),
+passed as arguments, never closed over as constants. Gradient accumulation scans over
+micro-batches with normalisers taken from the *whole* batch, so the result does not
+depend on the split.
 """
 
 from __future__ import annotations
 
-import functools
+import re
 from collections.abc import Callable
 
 import flax.struct
@@ -18,7 +21,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxpost import checkpoint
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
+from jaxpost.scoring import Scorer
 from jaxpost.types import Batch, Rollout
 
 
@@ -39,12 +44,6 @@ class TrainState:
   rng: jax.Array
 
 
-def split_model(model: nnx.Module, trainable=nnx.Param):
-  """Splits a model into (graphdef, trainable state, the rest)."""
-  graphdef, params, rest = nnx.split(model, trainable, ...)
-  return graphdef, params, rest
-
-
 def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation, seed: int):
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -54,156 +53,96 @@ def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation,
   )
 
 
-# (params, rest, batch, norm) -> (loss, metrics). Recipes build one from a model call
-# and a registered loss; distillation / RL provide their own (teacher, rollouts, ...).
-# The batch is a ``Batch`` or a ``Rollout`` (RL: a Batch plus per-row advantages, ...).
-ObjectiveFn = Callable[[nnx.State, nnx.State, Batch | Rollout, Normalizers], tuple[jax.Array, dict]]
+# (params, frozen, batch, norm) -> (loss, metrics). ``frozen`` is a dict pytree of frozen
+# model states: "rest" (the trained model's non-trainable part) and whatever the method
+# reads besides, e.g. "teacher" or "reference". The batch is any container with a
+# ``token_batch`` (``Batch``, ``Rollout``, ...).
+ObjectiveFn = Callable[[nnx.State, dict, Batch | Rollout, Normalizers], tuple[jax.Array, dict]]
 
 
-def _token_batch(batch: Batch | Rollout) -> Batch:
-  """The token ``Batch`` inside a ``Rollout`` (normalisers come from its loss mask)."""
-  return batch.batch if isinstance(batch, Rollout) else batch
-
-
-def model_outputs(
-  model,
-  batch: Batch,
-  *,
-  lm_head: str = "logits",
-  chunk_size: int = 0,
-  temperature: float = 1.0,
-  columns: jax.Array | None = None,
-):
-  """What a loss consumes: f32 logits / T ``[B, T, V]``, or a ``FusedHead`` over the same.
+def token_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
+  """Objective of a token-family loss (SFT and variants): the model's own outputs.
 
   Args:
-    model: the merged decoder.
-    batch: uses tokens, positions, segment_ids.
-    lm_head: "logits" (materialise [B, T, V]) or a fused path from
-      ``jaxpost.losses.head.LM_HEADS``: the loss then gets a ``FusedHead`` and the fused
-      kernel never builds the full logits. Values and gradients are the same.
-    chunk_size: token rows per chunk of the fused op (0 = its default).
-    temperature: divides the logits (a fused head folds it into the weight: logits / T =
-      hidden @ (W / T)); the sampler records log_softmax(logits / T) the same way.
-    columns: optional i32[B, W]: the LM head runs only at these positions of each row
-      (the output is [B, W, V] or a head over [B, W] hidden states); the forward pass
-      still covers all T tokens. E.g. an RL update scores completions, not prompts.
+    scorer: how to read the trained model (``scoring.make_scorer``).
+    loss_fn: ``loss(outputs, batch, *, norm)`` with hyperparameters bound.
   """
-  implementation = _fused_implementation(lm_head)
-  if implementation is None and columns is None:
-    logits = model(batch.tokens, positions=batch.positions, segment_ids=batch.segment_ids)
-    logits = logits.astype(jnp.float32)
-    return logits if temperature == 1.0 else logits / temperature  # divide, as sampled
-  out = model.forward(
-    batch.tokens,
-    positions=batch.positions,
-    segment_ids=batch.segment_ids,
-    compute_logits=False,
-  )
-  hidden = out.final_hidden
-  if columns is not None:
-    hidden = jnp.take_along_axis(hidden, columns[..., None], axis=1)  # [B, W, D]
-  return head_outputs(
-    model, hidden, lm_head=lm_head, chunk_size=chunk_size, temperature=temperature
-  )
 
-
-def head_outputs(
-  model, hidden: jax.Array, *, lm_head: str = "logits", chunk_size: int = 0, temperature=1.0
-):
-  """``model_outputs`` from final hidden states [..., D] already computed by the caller."""
-  from jaxpost.losses.head import FusedHead
-
-  implementation = _fused_implementation(lm_head)
-  if implementation is None:
-    logits = model.logits(hidden)
-    return logits if temperature == 1.0 else logits / temperature
-  weight = model.lm_head_weight().astype(jnp.float32)
-  if temperature != 1.0:
-    weight = weight / temperature
-  return FusedHead(hidden, weight.astype(hidden.dtype), implementation, chunk_size)
-
-
-def lm_objective(graphdef, loss_fn, *, lm_head: str = "logits", chunk_size: int = 0) -> ObjectiveFn:
-  """Objective for losses on the model's own next-token distribution (SFT and variants).
-
-  Args:
-    graphdef: the model's static graph.
-    loss_fn: registered loss with hyperparameters bound.
-    lm_head, chunk_size: see ``model_outputs``.
-  """
-  _fused_implementation(lm_head)  # fail at build time, not inside jit
-
-  def objective(params, rest, batch: Batch, norm: Normalizers):
-    model = nnx.merge(graphdef, params, rest)
-    outputs = model_outputs(model, batch, lm_head=lm_head, chunk_size=chunk_size)
+  def objective(params, frozen, batch: Batch, norm: Normalizers):
+    outputs = scorer.outputs((params, frozen["rest"]), batch)
     return loss_fn(outputs, batch, norm=norm)
 
   return objective
 
 
-def _fused_implementation(lm_head: str) -> str | None:
-  from jaxpost.losses.head import LM_HEADS
+def policy_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
+  """Objective of a policy-family loss: current log-probs of a ``Rollout``'s targets.
 
-  if lm_head not in LM_HEADS:
-    raise ValueError(f"unknown lm_head {lm_head!r}; expected one of {sorted(LM_HEADS)}")
-  return LM_HEADS[lm_head]
+  Args:
+    scorer: how to read the policy (temperature, completion window, shared prompts).
+    loss_fn: ``loss(logp, rollout, *, norm, entropy)`` with hyperparameters bound.
+  """
+
+  def objective(params, frozen, rollout: Rollout, norm: Normalizers):
+    stats = scorer.target_stats((params, frozen["rest"]), rollout.batch)
+    return loss_fn(stats.logp, rollout, norm=norm, entropy=stats.entropy)
+
+  return objective
 
 
-def _split_microbatches(batch: Batch | Rollout, n: int) -> Batch | Rollout:
-  # Every leaf is row-major (a Rollout's group_ids are [B]), so one reshape splits all.
-  b = _token_batch(batch).tokens.shape[0]
+# Loss family (``losses.registry``) -> how its objective reads the model.
+OBJECTIVES = {"token": token_objective, "policy": policy_objective}
+
+
+def make_objective(family: str, scorer: Scorer, loss_fn) -> ObjectiveFn:
+  """The objective of a loss of ``family`` (a key of ``OBJECTIVES``)."""
+  if family not in OBJECTIVES:
+    raise ValueError(f"no objective for loss family {family!r}; known: {sorted(OBJECTIVES)}")
+  return OBJECTIVES[family](scorer, loss_fn)
+
+
+def split_microbatches(batch, n: int):
+  """[B, ...] leaves -> [n, B / n, ...]: every leaf of a batch container is row-major."""
+  b = batch.token_batch.tokens.shape[0]
   if b % n:
     raise ValueError(f"batch size {b} is not divisible by train.microbatches={n}")
   return jax.tree.map(lambda x: x.reshape(n, b // n, *x.shape[1:]), batch)  # [M, B/M, ...]
 
 
-def accumulate_grads(
-  objective: ObjectiveFn, params, rest, batch: Batch | Rollout, microbatches: int
-):
+def accumulate_grads(objective: ObjectiveFn, params, frozen: dict, batch, microbatches: int):
   """Loss, metrics and gradient of the full batch, computed ``microbatches`` rows at a time.
 
   Every piece is normalised by the full batch's counts, so the sum over pieces equals
-  the full-batch value and gradient (up to float summation order). ``batch`` may be a
-  ``Rollout``: the counts then come from its ``batch.loss_mask`` (completion tokens).
+  the full-batch value and gradient (up to float summation order). The counts come from
+  the container's ``token_batch.loss_mask`` (for a ``Rollout``: completion tokens).
   """
-  tokens = _token_batch(batch)
+  tokens = batch.token_batch
   norm = compute_normalizers(tokens.loss_mask, tokens.segment_ids)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   if microbatches == 1:
-    (loss, metrics), grads = grad_fn(params, rest, batch, norm)
+    (loss, metrics), grads = grad_fn(params, frozen, batch, norm)
     return loss, metrics, grads, norm
 
   def body(carry, mb):
-    out = grad_fn(params, rest, mb, norm)
+    out = grad_fn(params, frozen, mb, norm)
     return jax.tree.map(jnp.add, carry, out), None
 
-  mbs = _split_microbatches(batch, microbatches)
+  mbs = split_microbatches(batch, microbatches)
   first = jax.tree.map(lambda x: x[0], mbs)
   zeros = jax.tree.map(
     lambda s: jnp.zeros(s.shape, s.dtype),
-    jax.eval_shape(grad_fn, params, rest, first, norm),
+    jax.eval_shape(grad_fn, params, frozen, first, norm),
   )
   ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, mbs)
   return loss, metrics, grads, norm
 
 
-def make_train_step(
-  objective: ObjectiveFn,
-  optimizer: optax.GradientTransformation,
-  *,
-  microbatches: int = 1,
-  schedule: optax.Schedule | None = None,
-  donate: bool = True,
-):
-  """Returns ``step(state, batch, rest) -> (state, metrics)``, jitted.
+def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
+  """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``."""
 
-  Metrics are f32[] scalars named ``train/...``.
-  """
-
-  def step(state: TrainState, batch: Batch | Rollout, rest: nnx.State):
+  def step(state: TrainState, batch, frozen: dict):
     loss, metrics, grads, norm = accumulate_grads(
-      objective, state.params, rest, batch, microbatches
+      objective, state.params, frozen, batch, microbatches
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -216,11 +155,106 @@ def make_train_step(
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new, out
 
+  return step
+
+
+def make_train_step(
+  objective: ObjectiveFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  microbatches: int = 1,
+  schedule: optax.Schedule | None = None,
+  donate: bool = True,
+):
+  """Returns ``step(state, batch, frozen) -> (state, metrics)``, jitted.
+
+  ``frozen`` is the dict of frozen states the objective reads (at least "rest").
+  Metrics are f32[] scalars named ``train/...``.
+  """
+  step = _step_fn(objective, optimizer, microbatches, schedule)
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
-def bind_loss(name: str, hparams: dict) -> Callable:
-  """Registered loss ``name`` with its hyperparameters bound (outside jit)."""
-  from jaxpost.losses import registry
+def make_update(
+  objective: ObjectiveFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  microbatches: int = 1,
+  schedule: optax.Schedule | None = None,
+  donate: bool = True,
+):
+  """Returns ``update(state, batch, frozen, order) -> (state, metrics)``, jitted.
 
-  return functools.partial(registry.get(name), **hparams)
+  Several optimiser steps over one batch in a single compiled call (PPO-style epochs x
+  minibatches): ``order`` is i32[U, R], the batch rows of each of the U updates (e.g.
+  one permutation per epoch, cut into minibatches of R rows), and the U steps run as a
+  ``lax.scan``, so there is no host round trip or transfer per minibatch. Each update
+  is exactly ``make_train_step``'s step on ``batch`` rows ``order[u]`` (normalisers from
+  that minibatch). Metrics are stacked: f32[U] per name.
+  """
+  step = _step_fn(objective, optimizer, microbatches, schedule)
+
+  def update(state: TrainState, batch, frozen: dict, order: jax.Array):
+    def body(state, rows):
+      return step(state, jax.tree.map(lambda x: x[rows], batch), frozen)
+
+    return jax.lax.scan(body, state, order)
+
+  return jax.jit(update, donate_argnums=(0,) if donate else ())
+
+
+def split_model(model: nnx.Module, trainable=nnx.Param):
+  """Splits a model into (graphdef, trainable state, the rest).
+
+  Args:
+    model: the module.
+    trainable: an nnx filter of the variables that train (default: every ``nnx.Param``);
+      see ``trainable_filter``. Everything else, frozen parameters included, goes to the
+      rest, which the train step receives as ``frozen["rest"]`` and never updates, so
+      it stays bit-identical and checkpoints hold only what trains.
+  """
+  graphdef, params, rest = nnx.split(model, trainable, ...)
+  return graphdef, params, rest
+
+
+def trainable_filter(pattern: str = ""):
+  """nnx filter: the ``nnx.Param``s whose dotted path matches ``pattern`` (re.search).
+
+  "" matches every parameter. Paths read like ``layers.0.attn.q_proj.kernel``.
+  """
+  if not pattern:
+    return nnx.Param
+  regex = re.compile(pattern)
+
+  def match(path, value) -> bool:
+    return isinstance(value, nnx.Param) and bool(regex.search(".".join(map(str, path))))
+
+  return match
+
+
+def param_paths(params) -> list[str]:
+  """Dotted paths of the leaves of a state, as ``trainable_filter`` patterns see them."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  return [path_name(path) for path, _ in flat]
+
+
+def path_name(path) -> str:
+  """``layers.0.attn.q_proj.kernel`` for a pytree key path (a Variable's ``value`` dropped)."""
+  names = [checkpoint.key_name(k) for k in path]
+  return ".".join(names[:-1] if names and names[-1] == "value" else names)
+
+
+def objective_for(name: str, graphdef, hparams: dict | None = None, **scoring) -> ObjectiveFn:
+  """The objective of registered loss ``name`` on a model (scripts, tests, notebooks).
+
+  Args:
+    name: a loss registry key; its family picks the objective (``OBJECTIVES``).
+    graphdef: the trained model's graph.
+    hparams: the loss's hyperparameters (validated against its signature).
+    **scoring: ``scoring.make_scorer`` options (lm_head, chunk_size, temperature, ...).
+  """
+  from jaxpost.losses import LOSSES
+  from jaxpost.scoring import make_scorer
+
+  loss_fn = LOSSES.bind(name, hparams or {})
+  return make_objective(LOSSES.family(name), make_scorer(graphdef, **scoring), loss_fn)

@@ -9,6 +9,10 @@ Axis letters used in every shape comment and docstring:
   E  head dimension     F  MLP hidden width
   L  layers
 
+Every batch container (``Batch``, ``Rollout``, and those of distillation and feature
+extraction) exposes its token ``Batch`` as ``.token_batch``, so the train step and the
+normalisers never need to know which container they hold.
+
 Token roles (``Batch.roles``) let methods address the spans of the chat template
 separately: the prompt, the reasoning inside ``<think>...</think>`` and the answer.
 """
@@ -42,6 +46,10 @@ class Batch:
     positions: i32[B, T] position of each token within its own example.
     roles: i32[B, T] role (ROLE_*) of the *target* token, so a loss can weight the
       reasoning and answer spans differently.
+    weights: optional f32[B, T] per-token weight of the loss (token selection and
+      token-weighting objectives; may be negative for signed priority). None means the
+      loss mask. Normalisers are always counted on ``loss_mask``, so a weight changes
+      how much a token counts, never how many tokens there are.
   """
 
   tokens: jax.Array
@@ -50,10 +58,24 @@ class Batch:
   segment_ids: jax.Array
   positions: jax.Array
   roles: jax.Array
+  weights: jax.Array | None = None
 
   @property
   def shape(self) -> tuple[int, int]:
     return self.tokens.shape
+
+  @property
+  def token_batch(self) -> Batch:
+    """The token ``Batch`` of any batch container (here: itself)."""
+    return self
+
+  @property
+  def token_weights(self) -> jax.Array:
+    """f32[B, T] ``weights`` where given, else the loss mask; 0 wherever the mask is 0."""
+    mask = self.loss_mask.astype(jnp.float32)
+    if self.weights is None:
+      return mask
+    return jnp.where(mask > 0, self.weights.astype(jnp.float32), 0.0)
 
   @classmethod
   def from_tokens(cls, tokens: jax.Array, mask: jax.Array | None = None) -> Batch:
@@ -108,3 +130,8 @@ class Rollout:
   ref_logp: jax.Array
   group_ids: jax.Array
   turn_ids: jax.Array
+
+  @property
+  def token_batch(self) -> Batch:
+    """The token ``Batch`` (normalisers are counted on its loss mask)."""
+    return self.batch

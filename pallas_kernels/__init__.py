@@ -5,7 +5,12 @@ public op: ``jax.custom_vjp`` and dispatch between the XLA and Pallas paths) and
 ``reference.py`` (plain JAX, for tests and benchmarks).
 """
 
-from pallas_kernels.fused_linear_divergence import TokenStats, TopK, fused_linear_divergence
+from pallas_kernels.fused_linear_divergence import (
+  TokenStats,
+  TopK,
+  fused_linear_divergence,
+  fused_linear_divergence_sum,
+)
 from pallas_kernels.log_marginal import (
   component_segment_ids,
   log_marginal,
@@ -17,6 +22,7 @@ __all__ = [
   "TopK",
   "component_segment_ids",
   "fused_linear_divergence",
+  "fused_linear_divergence_sum",
   "log_marginal",
   "segment_log_marginal",
 ]

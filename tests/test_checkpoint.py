@@ -33,7 +33,7 @@ def _trained_state(steps=2, seed=3):
   optimizer = _optimizer()
   state = train.init_train_state(params, optimizer, seed)
   step = train.make_train_step(
-    train.lm_objective(graphdef, train.bind_loss("cross_entropy", {})), optimizer, donate=False
+    train.objective_for("cross_entropy", graphdef), optimizer, donate=False
   )
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, 29, (2, 8)).astype(np.int32)
@@ -46,7 +46,7 @@ def _trained_state(steps=2, seed=3):
     roles=jnp.full((2, 8), ROLE_ANSWER, jnp.int32),
   )
   for _ in range(steps):
-    state, _ = step(state, batch, rest)
+    state, _ = step(state, batch, {"rest": rest})
   return state
 
 

@@ -72,7 +72,8 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
     ("data.levels", "add3:0", "data.levels weight"),
     ("data.levels", "add3:x", "bad level weight"),
     ("loss.name", "nope", "loss.name"),
-    ("loss.reduction", "sum", "loss.reduction"),
+    ("loss.cross_entropy.reduction", "sum", "loss.cross_entropy: reduction='sum'"),
+    ("loss.cross_entropy.label_smoothing", 1.5, "loss.cross_entropy: label_smoothing"),
     ("optim.name", "lion", "optim.name"),
     ("optim.decay", "step", "optim.decay"),
     ("optim.lr", 0.0, "optim.lr"),
@@ -88,10 +89,30 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
 def test_validate_names_the_field(field, value, match):
   c = _config()
   config_lib.validate(c)  # the shipped config is valid
-  section, _, key = field.rpartition(".")
-  (c[section] if section else c)[key] = value
+  _set(c, field, value)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
+
+
+def _set(c, field, value):
+  *sections, key = field.split(".")
+  for name in sections:
+    c = c[name]
+  c[key] = value
+
+
+def test_loss_section_is_checked_against_the_signature():
+  """Unknown keys and wrong types in a loss section fail, naming loss.<name>.<key>."""
+  c = _config()
+  with c.unlocked():
+    c.loss.cross_entropy.smoothing = 0.1  # not a parameter of cross_entropy
+  with pytest.raises(config_lib.ConfigError, match="loss.cross_entropy.smoothing"):
+    config_lib.validate(c)
+  c = _config()
+  with pytest.raises(TypeError):
+    c.loss.cross_entropy.z_loss = "big"  # typed by its default, like every field
+  with pytest.raises(AttributeError, match="locked"):
+    c.loss.cross_entropy.smoothing = 0.1  # locked: a typo in a method file fails
 
 
 def test_validate_dataset_source_needs_path():
@@ -164,14 +185,46 @@ def _leaves(c, prefix=""):
   return out
 
 
-def test_every_base_field_has_a_trailing_comment():
+def _generated(c) -> set[str]:
+  """Leaves built from registered functions' signatures (documented in their docstrings)."""
+  from jaxpost.losses import LOSSES
+  from jaxpost.rewards.token import TOKEN_REWARDS
+
+  out = set()
+  for name in LOSSES.names():
+    out |= {f"loss.{name}.{k}" for k in LOSSES.hparams(name)} if name in c.loss else set()
+  if "reward" in c:
+    for name in TOKEN_REWARDS.names():
+      out |= {f"reward.{name}.{k}" for k in TOKEN_REWARDS.hparams(name)}
+  return out
+
+
+@pytest.mark.parametrize("recipe", ["sft", "rl"])
+def test_every_config_field_has_a_trailing_comment(recipe):
+  """Shared fields in configs/base.py, a recipe's own in its config_sections; the loss and
+  token-reward sections come from signatures (their docstrings: next test)."""
+  from jaxpost import recipes
+
   fields = _documented_fields(BASE)
+  fields |= _documented_fields(recipes.get(recipe).__file__)
   assert len(fields) > 40
   undocumented = sorted(k for k, ok in fields.items() if not ok)
-  assert not undocumented, f"fields in configs/base.py without a trailing comment: {undocumented}"
-  # base.py assigns (and so documents) every field of the config it returns.
-  base = config_lib.load_sibling(BASE, "base").get_config()
-  assert set(fields) == _leaves(base)
+  assert not undocumented, f"config fields without a trailing comment: {undocumented}"
+  base = config_lib.load_sibling(BASE, "base").get_config(recipe)
+  assert set(fields) | _generated(base) == _leaves(base)
+
+
+def test_every_registered_hyperparameter_is_documented():
+  """Each loss / token-reward hyperparameter is named in its function's docstring."""
+  from jaxpost.losses import LOSSES
+  from jaxpost.rewards.token import TOKEN_REWARDS
+
+  for registry in (LOSSES, TOKEN_REWARDS):
+    for name in registry.names():
+      fn = registry.get(name)
+      doc = (getattr(fn, "func", fn).__doc__ or "") + (fn.__doc__ or "")
+      missing = [k for k in registry.hparams(name) if f"{k}:" not in doc and f"{k}," not in doc]
+      assert not missing, f"{registry.kind} {name!r}: undocumented {missing}"
 
 
 def _shipped_configs():
@@ -187,9 +240,9 @@ def _shipped_configs():
 @pytest.mark.parametrize("name, variant", _shipped_configs())
 def test_shipped_configs_only_set_base_fields_and_validate(name, variant):
   """A config that invents a key would bypass the documentation in base.py."""
-  base = config_lib.load_sibling(BASE, "base").get_config()
   module = config_lib.load_sibling(BASE, name.removesuffix(".py"))
   c = module.get_config() if variant is None else module.get_config(variant)
+  base = config_lib.load_sibling(BASE, "base").get_config(c.recipe)
   assert _leaves(c) == _leaves(base)
   config_lib.validate(c)
 

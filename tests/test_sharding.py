@@ -114,7 +114,7 @@ def _assert_shardings(tree, expected):
 def trained():
   """Two train steps (microbatches=2) on one device and on the 2x2x2 mesh, same data."""
   graphdef, params, rest = _model_parts()
-  objective = train.lm_objective(graphdef, train.bind_loss("cross_entropy", {}))
+  objective = train.objective_for("cross_entropy", graphdef)
   opt = _optimizer()
   batches = [_host_batch(seed=s) for s in (0, 1)]
 
@@ -122,7 +122,7 @@ def trained():
   single = train.init_train_state(params, opt, 0)
   single_losses = []
   for b in batches:
-    single, m = step(single, jax.tree.map(jnp.asarray, b), rest)
+    single, m = step(single, jax.tree.map(jnp.asarray, b), {"rest": rest})
     single_losses.append(float(m["train/loss"]))
 
   mesh = _mesh()
@@ -134,7 +134,7 @@ def trained():
   )
   losses = []
   for b in batches:
-    state, m = step_s(state, sharding.shard_batch(b, mesh), rest_s)
+    state, m = step_s(state, sharding.shard_batch(b, mesh), {"rest": rest_s})
     losses.append(float(m["train/loss"]))
   return dict(
     single=single,
@@ -162,7 +162,7 @@ def test_gradients_sharded_match_single_device(trained):
 
   @jax.jit
   def grads(p, r, b):
-    loss, _, g, _ = train.accumulate_grads(trained["objective"], p, r, b, 1)
+    loss, _, g, _ = train.accumulate_grads(trained["objective"], p, {"rest": r}, b, 1)
     return loss, g
 
   host = _host_batch(seed=2)

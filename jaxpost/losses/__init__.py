@@ -1,6 +1,6 @@
-"""Loss functions, looked up by name (see ``registry``)."""
+"""Loss functions, looked up by name and family (see ``registry``)."""
 
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
-from jaxpost.losses.registry import get, names, register
+from jaxpost.losses.registry import LOSSES, family, get, names, register
 
-__all__ = ["Normalizers", "compute_normalizers", "get", "names", "register"]
+__all__ = ["LOSSES", "Normalizers", "compute_normalizers", "family", "get", "names", "register"]

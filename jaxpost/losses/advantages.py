@@ -24,6 +24,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxpost.registry import Registry
+
 
 def _group_stats(rewards: jax.Array, group_ids: jax.Array | None) -> dict[str, jax.Array]:
   """Per-row statistics of the row's group, each f32[B] (bool for ``uniform``)."""
@@ -195,16 +197,53 @@ def zero_advantage_fraction(adv: jax.Array, *, atol: float = 0.0) -> jax.Array:
   return jnp.mean((jnp.abs(adv) <= atol).astype(jnp.float32))
 
 
-ADVANTAGES: dict[str, Callable[..., jax.Array]] = {
-  "grpo": grpo,
-  "dr_grpo": dr_grpo,
-  "rloo": rloo,
-}
+# Outcome estimators by name (``rl.advantage``).
+ADVANTAGES = Registry("advantage")
+ADVANTAGES.register("grpo")(grpo)
+ADVANTAGES.register("dr_grpo")(dr_grpo)
+ADVANTAGES.register("rloo")(rloo)
 
 
 def get(name: str) -> Callable[..., jax.Array]:
   """Looks up an outcome-advantage estimator by name."""
-  try:
-    return ADVANTAGES[name]
-  except KeyError:
-    raise KeyError(f"unknown advantage {name!r}; known: {sorted(ADVANTAGES)}") from None
+  return ADVANTAGES.get(name)
+
+
+def combine(
+  rewards: jax.Array,
+  outcome_tokens: jax.Array,
+  return_tokens: jax.Array,
+  mask: jax.Array,
+  *,
+  estimator: str,
+  group_size: int,
+  gamma: float = 1.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Token advantages from sequence rewards and token rewards (``rewards/token.py``).
+
+    r'_i = r_i + sum_t outcome_{i,t}                 (token rewards in the return)
+    A_i  = estimator(r' grouped by G)                (group baseline)
+    A_{i,t} = A_i + sum_{s >= t} gamma^(s-t) return_{i,s}   (returns-to-go)
+
+  Args:
+    rewards: f32[B] sequence rewards, G adjacent rows per prompt.
+    outcome_tokens: f32[B, T] token rewards summed into the sequence reward.
+    return_tokens: f32[B, T] token rewards turned into returns-to-go, or None (none).
+    mask: f32[B, T] 1 on completion tokens.
+    estimator: a key of ``ADVANTAGES``.
+    group_size: G.
+    gamma: discount of the returns-to-go.
+
+  Returns:
+    (token advantages f32[B, T], sequence advantages f32[B], shaped rewards f32[B]).
+  """
+  chex.assert_rank([outcome_tokens, mask], 2)
+  on = mask > 0
+  shaped = jnp.asarray(rewards, jnp.float32) + jnp.sum(
+    jnp.where(on, outcome_tokens.astype(jnp.float32), 0.0), axis=1
+  )
+  seq = get(estimator)(shaped.reshape(-1, group_size)).reshape(-1)
+  token = broadcast_to_tokens(seq, mask)
+  if return_tokens is not None:
+    token = token + token_advantages(return_tokens, mask, gamma)
+  return token, seq, shaped

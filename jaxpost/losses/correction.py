@@ -156,7 +156,31 @@ def is_weights(
   return jax.lax.stop_gradient(w), outside
 
 
-def prefix_min_log_weight(log_rho: jax.Array, mask: jax.Array, *, inclusive: bool) -> jax.Array:
+def _segmented_cummin(x: jax.Array, start: jax.Array) -> jax.Array:
+  """Running minimum along axis 1 that restarts wherever ``start`` is True.
+
+  An associative scan over (starts-a-segment, min-since-the-last-start) pairs; +inf is
+  the identity of the minimum, so +inf entries never change it.
+
+  Args:
+    x: f32[B, T] values.
+    start: bool[B, T] True where a new segment begins (at least at t = 0).
+
+  Returns:
+    f32[B, T]: at [b, t], min of x[b, s..t] where s <= t is the last start at or before t.
+  """
+
+  def combine(a, b):
+    a_start, a_min = a
+    b_start, b_min = b
+    return a_start | b_start, jnp.where(b_start, b_min, jnp.minimum(a_min, b_min))
+
+  return jax.lax.associative_scan(combine, (start, x), axis=1)[1]
+
+
+def prefix_min_log_weight(
+  log_rho: jax.Array, mask: jax.Array, segment_ids: jax.Array, *, inclusive: bool
+) -> jax.Array:
   """MinPRO's prefix factor, in log space (methods/rl.md section 4; formula NOT FOUND).
 
   "A Step Back: Prefix Importance Ratio Stabilizes Policy Optimization",
@@ -167,26 +191,36 @@ def prefix_min_log_weight(log_rho: jax.Array, mask: jax.Array, *, inclusive: boo
     inclusive=True:   w_t = min_{i<=t} rho_i, gradient through rho_t only,
                       i.e. factor sg[min_{i<=t} rho_i / rho_t] <= 1 times rho_t.
   This returns log of the stop-gradient factor; the caller multiplies its per-token
-  loss (whose gradient carries rho_t) by exp of it. Masked tokens are skipped by the
-  running minimum (+inf fill) and get factor 1.
+  loss (whose gradient carries rho_t) by exp of it. The prefix of token t is the part of
+  its own sequence before it: in a packed row the running minimum restarts where the
+  segment id changes (a segment is a run of equal ids; packing writes 1, 2, ... and 0
+  for padding), so a row holds exactly the factors of its sequences in separate rows.
+  Masked tokens are skipped by the running minimum (+inf fill) and get factor 1; a
+  prefix minimum of rho = 0 (log -inf) gives factor 0.
 
   Args:
     log_rho: f32[B, T] per-token log ratio log(pi_theta / behaviour).
     mask: f32[B, T] 1 on counted tokens.
+    segment_ids: i32[B, T] sequence of each token within its row (0 = padding).
     inclusive: which reading (see above).
 
   Returns:
     f32[B, T] log factor, no gradient, 0 where mask is 0.
   """
-  chex.assert_rank([log_rho, mask], 2)
-  chex.assert_equal_shape([log_rho, mask])
+  chex.assert_rank([log_rho, mask, segment_ids], 2)
+  chex.assert_equal_shape([log_rho, mask, segment_ids])
   on = mask > 0
   x = jax.lax.stop_gradient(jnp.where(on, log_rho.astype(jnp.float32), jnp.inf))
-  running = jax.lax.cummin(x, axis=1)  # [B, T] min over counted i <= t
+  ids = segment_ids.astype(jnp.int32)
+  start = jnp.concatenate([jnp.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+  running = _segmented_cummin(x, start)  # [B, T] min over counted i <= t of t's segment
   if inclusive:
-    log_f = running - x
+    # running <= x; equal (also both -inf: rho_t = 0 is its own minimum) means factor 1.
+    log_f = jnp.where(running < x, running - x, 0.0)
   else:
-    # Shift right by one: min over counted i < t; +inf (empty prefix) means factor 1.
+    # Shift right by one within the segment: min over counted i < t; +inf (empty prefix)
+    # means factor 1.
     prev = jnp.concatenate([jnp.full_like(running[:, :1], jnp.inf), running[:, :-1]], axis=1)
-    log_f = jnp.where(jnp.isfinite(prev), prev, 0.0)
+    prev = jnp.where(start, jnp.inf, prev)
+    log_f = jnp.where(prev < jnp.inf, prev, 0.0)
   return jnp.where(on, log_f, 0.0)

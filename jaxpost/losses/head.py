@@ -88,7 +88,10 @@ def target_stats(
   if isinstance(outputs, FusedHead):
     return _fused_target_stats(outputs, targets, mask, label_smoothing)
   chex.assert_rank(outputs, 3)
-  logits = outputs.astype(jnp.float32)
+  # Masked slots may hold anything (padding, NaN): zero them first, so their (zero)
+  # cotangent never meets a NaN partial, as on the fused path.
+  on = mask > 0
+  logits = jnp.where(on[..., None], outputs.astype(jnp.float32), 0.0)
   # One max pass serves both the stable logsumexp and the top-1 check.
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
   shifted = logits - top[..., None]
@@ -101,13 +104,14 @@ def target_stats(
     nll = (1.0 - label_smoothing) * nll - label_smoothing * mean_logp
   probs = jnp.exp(logits - logz[..., None])
   entropy = logz - jnp.sum(probs * logits, axis=-1)
-  return TargetStats(
+  stats = TargetStats(
     nll=nll,
     logp=logp,
     logz=logz,
     is_top=jax.lax.stop_gradient((picked >= top).astype(jnp.float32)),
     entropy=entropy,
   )
+  return jax.tree.map(lambda x: jnp.where(on, x, 0.0), stats)
 
 
 def reduced_nll(

@@ -1,6 +1,6 @@
 """Policy-gradient losses of the GRPO family (methods/rl.md sections 0, 1, 4, 5, 8).
 
-Contract (differs from the logits-based SFT losses in ``registry``)::
+Family "policy" of the loss registry; contract::
 
     fn(logp: f32[B, T], rollout: Rollout, *, norm: Normalizers,
        entropy: f32[B, T] | None = None, **hparams) -> (loss: f32[], metrics: dict)
@@ -12,8 +12,12 @@ batch counts, so the loss and every metric are additive over row-wise micro-batc
 like the SFT loss. ``entropy`` is the policy's per-token entropy, needed only for an
 entropy bonus.
 
-One mechanism, ``policy_loss``, serves every registered name; the names are presets
-of its hyperparameters:
+The building blocks are small pure functions in the style of rlax (``token_log_ratio``,
+``sequence_log_ratio``, ``sequence_token_log_ratio``, ``turn_log_ratio``,
+``clipped_surrogate``, ``dual_clip``, and the importance / prefix weights of
+``correction``); ``policy_loss`` composes them, and every registered name is a preset of
+its hyperparameters, kept as data in ``PRESETS`` (the config section ``loss.<name>``
+starts from the preset):
 
   name        ratio            clip (low, high)  aggregation               KL
   ppo         token            0.2, 0.2          token_mean                -
@@ -36,6 +40,7 @@ hyperparameters and flagged in ``policy_loss``'s docstring.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import chex
@@ -47,7 +52,131 @@ from jaxpost.losses.registry import register
 from jaxpost.types import Rollout
 
 RATIOS = ("token", "sequence", "sequence_token", "turn")
-PREFIXES = (None, "min_exclusive", "min_inclusive")
+PREFIXES = ("none", "min_exclusive", "min_inclusive")
+IS_LEVELS = ("none", *correction.IS_LEVELS)
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks: one concept each, f32 math, the mask passed explicitly.
+
+
+# log r_t = log pi_theta(y_t) - log pi_old(y_t), clamped, 0 off the mask (see there).
+token_log_ratio = correction.log_ratio
+
+
+def sequence_log_ratio(
+  log_r: jax.Array, mask: jax.Array, segment_ids: jax.Array, *, max_log: float = 10.0
+) -> jax.Array:
+  """GSPO's log s_i = mean_t log r_{i,t} over sequence i, on every token of it, <= max_log.
+
+  Args:
+    log_r: f32[B, T] token log ratios (``token_log_ratio``).
+    mask: f32[B, T] 1 on counted tokens.
+    segment_ids: i32[B, T] sequence of each token within its row (packed rows work).
+    max_log: upper clamp (verl GSPO: 10).
+  """
+  return jnp.minimum(correction.group_mean(log_r, mask, segment_ids), max_log)
+
+
+def sequence_token_log_ratio(
+  log_r: jax.Array,
+  logp: jax.Array,
+  mask: jax.Array,
+  segment_ids: jax.Array,
+  *,
+  max_log: float = 10.0,
+) -> jax.Array:
+  """GSPO-token: value log s_i, gradient d/dlogp_t = 1 (sg[s_i] pi_t / sg[pi_t] after exp).
+
+  Args:
+    log_r: f32[B, T] token log ratios.
+    logp: f32[B, T] the current log-probs the gradient flows through.
+    mask: f32[B, T] 1 on counted tokens.
+    segment_ids: i32[B, T] sequence ids.
+    max_log: upper clamp.
+  """
+  log_s = correction.group_mean(log_r, mask, segment_ids)
+  log_s = jax.lax.stop_gradient(log_s) + logp - jax.lax.stop_gradient(logp)
+  return jnp.minimum(log_s, max_log)
+
+
+def turn_log_ratio(
+  log_r: jax.Array, mask: jax.Array, turn_ids: jax.Array, *, max_log: float = 10.0
+) -> jax.Array:
+  """ST-PPO's turn ratio: log w_k = mean_{t in turn k} log r_t on the tokens of turn k.
+
+  Args:
+    log_r: f32[B, T] token log ratios.
+    mask: f32[B, T] 1 on counted tokens (tool / observation tokens excluded).
+    turn_ids: i32[B, T] turn of each token (0 = none).
+    max_log: upper clamp.
+  """
+  return jnp.minimum(correction.group_mean(log_r, mask, turn_ids), max_log)
+
+
+def clipped_surrogate(
+  ratio: jax.Array, adv: jax.Array, *, eps_low: float, eps_high: float
+) -> jax.Array:
+  """PPO's per-token loss max(-A x, -A clip(x, 1 - eps_low, 1 + eps_high)).
+
+  Args:
+    ratio: f32[B, T] ratio x (token, sequence or turn).
+    adv: f32[B, T] advantages (0 off the mask).
+    eps_low, eps_high: the clip range.
+  """
+  chex.assert_equal_shape([ratio, adv])
+  return jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high))
+
+
+def dual_clip_loss(pg: jax.Array, adv: jax.Array, *, c: float) -> tuple[jax.Array, jax.Array]:
+  """Dual clip: for A < 0 the per-token loss is capped at -A c; returns (loss, capped).
+
+  verl's dual clip, from "Mastering Complex Control in MOBA Games with Deep RL",
+  arXiv 1912.09729 (c = 3 in verl).
+  """
+  cap = -adv * c
+  dual = (adv < 0) & (pg > cap)
+  return jnp.where(dual, cap, pg), dual
+
+
+def clip_fractions(
+  ratio: jax.Array, adv: jax.Array, *, eps_low: float, eps_high: float
+) -> tuple[jax.Array, jax.Array]:
+  """Where the clip binds: (A > 0 and x > 1 + eps_high, A < 0 and x < 1 - eps_low)."""
+  return (adv > 0) & (ratio > 1.0 + eps_high), (adv < 0) & (ratio < 1.0 - eps_low)
+
+
+def check_hparams(h: dict[str, Any]) -> None:
+  """Raises ValueError naming the first bad hyperparameter of ``policy_loss`` in ``h``."""
+  if h["ratio"] not in RATIOS:
+    raise ValueError(f"unknown ratio {h['ratio']!r}; expected one of {RATIOS}")
+  if h["prefix"] not in PREFIXES:
+    raise ValueError(f"unknown prefix {h['prefix']!r}; expected one of {PREFIXES}")
+  if h["prefix_behavior"] not in ("old", "sampler"):
+    raise ValueError(f"prefix_behavior must be 'old' or 'sampler', got {h['prefix_behavior']!r}")
+  if h["dual_clip"] and not h["clip_ratio_c"] > 1.0:
+    raise ValueError(f"dual clip needs clip_ratio_c > 1, got {h['clip_ratio_c']!r}")
+  if h["is_level"] not in IS_LEVELS:
+    raise ValueError(f"unknown IS level {h['is_level']!r}; expected one of {IS_LEVELS}")
+  if h["is_mode"] not in correction.IS_MODES:
+    raise ValueError(f"unknown IS mode {h['is_mode']!r}; expected one of {correction.IS_MODES}")
+  cap, floor = h["is_cap"], h["is_floor"]
+  if not cap > 0 or floor < 0 or (floor and floor > cap):
+    raise ValueError(f"need is_cap > 0 and 0 <= is_floor <= is_cap, got {cap}, {floor}")
+  if h["agg"] not in reduce.AGGREGATIONS:
+    raise ValueError(f"unknown aggregation {h['agg']!r}; expected one of {reduce.AGGREGATIONS}")
+  if h["kl_estimator"] not in kl.ESTIMATORS:
+    raise ValueError(
+      f"unknown KL estimator kl_estimator={h['kl_estimator']!r}; "
+      f"expected one of {tuple(kl.ESTIMATORS)}"
+    )
+  for name in ("clip_eps_low", "clip_eps_high", "kl_coef", "entropy_coef", "agg_constant"):
+    if h[name] < 0:
+      raise ValueError(f"{name}={h[name]!r} must be >= 0")
+
+
+# ----------------------------------------------------------------------------------------
+# The composed loss.
 
 
 def policy_loss(
@@ -62,15 +191,15 @@ def policy_loss(
   dual_clip: bool = False,
   clip_ratio_c: float = 3.0,
   agg: str = "token_mean",
-  agg_constant: float | None = None,
+  agg_constant: float = 0.0,
   kl_coef: float = 0.0,
   kl_estimator: str = "k3",
   entropy_coef: float = 0.0,
-  is_level: str | None = None,
+  is_level: str = "none",
   is_mode: str = "truncate",
   is_cap: float = 2.0,
-  is_floor: float | None = None,
-  prefix: str | None = None,
+  is_floor: float = 0.0,
+  prefix: str = "none",
   prefix_behavior: str = "old",
   log_ratio_clamp: float = 20.0,
   group_log_ratio_max: float = 10.0,
@@ -94,7 +223,7 @@ def policy_loss(
   arXiv 1912.09729): for A < 0 the per-token loss is capped at -A c (c = 3 in verl).
 
   Off-policy corrections (stop-gradient weights multiplying the per-token loss):
-    is_level:   None, "token", "sequence" or "geometric": w = pi_old / mu from
+    is_level:   "none", "token", "sequence" or "geometric": w = pi_old / mu from
                 ``rollout.old_logp`` and ``rollout.sampler_logp``, truncated at ``is_cap``
                 (``is_mode="truncate"``, TIS) or zeroed outside [is_floor, is_cap]
                 (``is_mode="mask"``; floor defaults to 1/cap). MiniRL (arXiv
@@ -121,14 +250,15 @@ def policy_loss(
     dual_clip: cap the loss of negative-advantage tokens at -A * clip_ratio_c.
     clip_ratio_c: c of the dual clip (> 1).
     agg: aggregation mode, one of ``reduce.AGGREGATIONS``; also used for KL and entropy.
-    agg_constant: C of "seq_mean_token_sum_norm" (None: padded length T).
+    agg_constant: C of "seq_mean_token_sum_norm" (0: padded length T; the rl recipe
+      passes the update's rows x ``rl.max_new_tokens`` when it is 0).
     kl_coef: beta of the KL-to-reference term (uses rollout.ref_logp).
     kl_estimator: "k1", "k2" or "k3".
     entropy_coef: coefficient of the entropy bonus (subtracted from the loss).
-    is_level: train-inference IS correction level, or None for off.
+    is_level: train-inference IS correction level, one of ``IS_LEVELS`` ("none" = off).
     is_mode: "truncate" or "mask".
     is_cap: upper bound of the IS weight.
-    is_floor: lower bound in "mask" mode (None: 1 / is_cap).
+    is_floor: lower bound in "mask" mode (0: 1 / is_cap).
     prefix: MinPRO prefix factor, one of ``PREFIXES``.
     prefix_behavior: "old" or "sampler", the denominator of rho in the prefix factor.
     log_ratio_clamp: |log r_t| limit before exp (verl: 20).
@@ -139,51 +269,39 @@ def policy_loss(
     enabled, dual_clip_frac, kl, entropy, is_weight_mean, is_clipped_frac,
     prefix_weight_mean. All additive over micro-batches.
   """
+  check_hparams(locals())  # the arguments, before any other local exists
   batch = rollout.batch
   mask = batch.loss_mask.astype(jnp.float32)
   chex.assert_rank([logp, mask, rollout.advantages, rollout.old_logp], 2)
   chex.assert_equal_shape([logp, mask, rollout.advantages, rollout.old_logp])
-  if ratio not in RATIOS:
-    raise ValueError(f"unknown ratio {ratio!r}; expected one of {RATIOS}")
-  if prefix not in PREFIXES:
-    raise ValueError(f"unknown prefix {prefix!r}; expected one of {PREFIXES}")
-  if prefix_behavior not in ("old", "sampler"):
-    raise ValueError(f"prefix_behavior must be 'old' or 'sampler', got {prefix_behavior!r}")
-  if dual_clip and not clip_ratio_c > 1.0:
-    raise ValueError(f"dual clip needs clip_ratio_c > 1, got {clip_ratio_c!r}")
   if entropy_coef and entropy is None:
     raise ValueError("entropy_coef > 0 needs the per-token `entropy` argument")
 
   on = mask > 0
-  # Zero junk at masked slots before any exp (see correction.log_ratio).
+  # Zero junk at masked slots before any exp (see token_log_ratio).
   logp = jnp.where(on, logp.astype(jnp.float32), 0.0)
   adv = jnp.where(on, rollout.advantages.astype(jnp.float32), 0.0)
-  log_r = correction.log_ratio(logp, rollout.old_logp, mask, clamp=log_ratio_clamp)
-
+  log_r = token_log_ratio(logp, rollout.old_logp, mask, clamp=log_ratio_clamp)
   if ratio == "token":
     log_x = log_r
   elif ratio == "turn":
-    log_x = jnp.minimum(correction.group_mean(log_r, mask, rollout.turn_ids), group_log_ratio_max)
+    log_x = turn_log_ratio(log_r, mask, rollout.turn_ids, max_log=group_log_ratio_max)
+  elif ratio == "sequence":
+    log_x = sequence_log_ratio(log_r, mask, batch.segment_ids, max_log=group_log_ratio_max)
   else:
-    log_s = correction.group_mean(log_r, mask, batch.segment_ids)
-    if ratio == "sequence_token":
-      # Value log s_i; d/dlogp_t = 1 (times s_i after exp): GSPO-token's gradient form.
-      log_s = jax.lax.stop_gradient(log_s) + logp - jax.lax.stop_gradient(logp)
-    log_x = jnp.minimum(log_s, group_log_ratio_max)
+    log_x = sequence_token_log_ratio(
+      log_r, logp, mask, batch.segment_ids, max_log=group_log_ratio_max
+    )
   x = jnp.exp(log_x)
 
-  unclipped = -adv * x
-  clipped = -adv * jnp.clip(x, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
-  pg = jnp.maximum(unclipped, clipped)
+  pg = clipped_surrogate(x, adv, eps_low=clip_eps_low, eps_high=clip_eps_high)
   metrics: dict[str, Any] = {}
   if dual_clip:
-    cap = -adv * clip_ratio_c
-    dual = (adv < 0) & (pg > cap)
-    pg = jnp.where(dual, cap, pg)
+    pg, dual = dual_clip_loss(pg, adv, c=clip_ratio_c)
     metrics["dual_clip_frac"] = reduce.token_mean(dual.astype(jnp.float32), mask, norm)
 
   weight = jnp.ones_like(pg)
-  if is_level is not None:
+  if is_level != "none":
     w_is, outside = correction.is_weights(
       rollout.old_logp,
       rollout.sampler_logp,
@@ -192,30 +310,31 @@ def policy_loss(
       level=is_level,
       mode=is_mode,
       cap=is_cap,
-      floor=is_floor,
+      floor=is_floor or None,
     )
     weight = weight * w_is
     metrics["is_weight_mean"] = reduce.token_mean(w_is, mask, norm)
     metrics["is_clipped_frac"] = reduce.token_mean(outside.astype(jnp.float32), mask, norm)
-  if prefix is not None:
+  if prefix != "none":
     behaviour = rollout.old_logp if prefix_behavior == "old" else rollout.sampler_logp
-    log_rho = correction.log_ratio(logp, behaviour, mask, clamp=log_ratio_clamp)
+    log_rho = token_log_ratio(logp, behaviour, mask, clamp=log_ratio_clamp)
     f = jnp.exp(
-      correction.prefix_min_log_weight(log_rho, mask, inclusive=prefix == "min_inclusive")
+      correction.prefix_min_log_weight(
+        log_rho, mask, segment_ids=batch.segment_ids, inclusive=prefix == "min_inclusive"
+      )
     )
     weight = weight * f
     metrics["prefix_weight_mean"] = reduce.token_mean(f, mask, norm)
   pg = pg * weight
 
   def agg_(v: jax.Array) -> jax.Array:
-    return reduce.aggregate(v, mask, batch.segment_ids, norm, agg, constant=agg_constant)
+    return reduce.aggregate(v, mask, batch.segment_ids, norm, agg, constant=agg_constant or None)
 
   pg_loss = agg_(pg)
   loss = pg_loss
   metrics["pg_loss"] = pg_loss
   metrics["ratio_mean"] = reduce.token_mean(x, mask, norm)
-  hi = (adv > 0) & (x > 1.0 + clip_eps_high)
-  lo = (adv < 0) & (x < 1.0 - clip_eps_low)
+  hi, lo = clip_fractions(x, adv, eps_low=clip_eps_low, eps_high=clip_eps_high)
   metrics["clip_frac_high"] = reduce.token_mean(hi.astype(jnp.float32), mask, norm)
   metrics["clip_frac_low"] = reduce.token_mean(lo.astype(jnp.float32), mask, norm)
   if kl_coef:
@@ -232,167 +351,52 @@ def policy_loss(
   return loss, metrics
 
 
-# Preset defaults; any of them can be overridden by keyword.
-PPO_DEFAULTS = dict(ratio="token", clip_eps_low=0.2, clip_eps_high=0.2, agg="token_mean")
-GRPO_DEFAULTS = dict(
-  ratio="token",
-  clip_eps_low=0.2,
-  clip_eps_high=0.2,
-  agg="seq_mean_token_mean",
-  kl_coef=0.04,
-  kl_estimator="k3",
-)
-DR_GRPO_DEFAULTS = dict(
-  ratio="token",
-  clip_eps_low=0.2,
-  clip_eps_high=0.2,
-  agg="seq_mean_token_sum_norm",
-  agg_constant=None,
-)
-DAPO_DEFAULTS = dict(ratio="token", clip_eps_low=0.2, clip_eps_high=0.28, agg="token_mean")
-GSPO_DEFAULTS = dict(
-  ratio="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, agg="seq_mean_token_mean"
-)
-GSPO_TOKEN_DEFAULTS = {**GSPO_DEFAULTS, "ratio": "sequence_token"}
+# ----------------------------------------------------------------------------------------
+# Presets: data, not code. Each registered name is ``policy_loss`` with these defaults
+# (``functools.partial``), so its signature, and hence its config section, shows them.
 
-
-def _run(defaults: dict[str, Any], logp, rollout, norm, entropy, hparams):
-  return policy_loss(logp, rollout, norm=norm, entropy=entropy, **{**defaults, **hparams})
-
-
-@register("ppo")
-def ppo(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """PPO clipped surrogate on outcome advantages (no critic here).
-
-  "Proximal Policy Optimization Algorithms", arXiv 1707.06347:
-    J = E[ min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t) ].
-  Defaults (``PPO_DEFAULTS``): eps 0.2, token_mean aggregation (verl's default), no KL.
-  Set ``dual_clip=True`` for verl's dual clip with c = 3.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(PPO_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-@register("grpo")
-def grpo(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """GRPO: PPO with a group baseline and a k3 KL penalty in the loss.
-
-  "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-  arXiv 2402.03300:
-    J = E[ (1/G) sum_i (1/|o_i|) sum_t { min(r A, clip(r, 1-eps, 1+eps) A) - beta D_KL } ],
-    D_KL = pi_ref/pi - log(pi_ref/pi) - 1.
-  Defaults (``GRPO_DEFAULTS``): beta 0.04, k3, seq_mean_token_mean (the 1/|o_i|, 1/G),
-  eps 0.2 (the paper's eps is NOT FOUND; 0.2 is verl's default). The KL term reads
-  ``rollout.ref_logp``; pass ``kl_coef=0.0`` when there is no reference model.
-  Advantages: the caller's, e.g. ``advantages.grpo``.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(GRPO_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-@register("dr_grpo")
-def dr_grpo(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Dr. GRPO: GRPO without the 1/|o_i| length and std normalisations.
-
-  "Understanding R1-Zero-Like Training: A Critical Perspective", arXiv 2503.20783:
-    J = (1/G) sum_i sum_t min(r A, clip(r, 1-eps, 1+eps) A), A = R_i - mean_j R_j.
-  Defaults (``DR_GRPO_DEFAULTS``): seq_mean_token_sum_norm with C = ``agg_constant``
-  (None: padded length T; see ``reduce.aggregate`` for matching the 1/G), eps 0.2, no
-  KL. Advantages: the caller's, e.g. ``advantages.dr_grpo``.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(DR_GRPO_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-@register("dapo")
-def dapo(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """DAPO: clip-higher and a token-level loss.
-
-  "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476:
-    J = E[ 1/(sum_i |o_i|) sum_i sum_t min(r A, clip(r, 1-eps_low, 1+eps_high) A) ].
-  Defaults (``DAPO_DEFAULTS``): eps_low 0.2, eps_high 0.28, token_mean, no KL. Dynamic
-  sampling (``advantages.informative_groups``) and the overlong reward shaping live
-  outside the loss.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(DAPO_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-@register("gspo")
-def gspo(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """GSPO: clip a length-normalised sequence ratio.
-
-  "Group Sequence Policy Optimization", arXiv 2507.18071:
-    J = E[ (1/G) sum_i min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i) ],
-    s_i = (pi_theta(y_i|x) / pi_old(y_i|x))^(1/|y_i|), log s_i clamped <= 10 (verl).
-  Defaults (``GSPO_DEFAULTS``): eps_low 3e-4, eps_high 4e-4, seq_mean_token_mean, no KL.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(GSPO_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-@register("gspo_token")
-def gspo_token(
-  logp: jax.Array,
-  rollout: Rollout,
-  *,
-  norm: reduce.Normalizers,
-  entropy: jax.Array | None = None,
-  **hparams: Any,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """GSPO-token: GSPO with per-token advantages allowed.
-
-  "Group Sequence Policy Optimization", arXiv 2507.18071:
-    s_{i,t} = sg[s_i] * pi_theta(y_{i,t}) / sg[pi_theta(y_{i,t})],
-    J = E[ (1/G) sum_i (1/|y_i|) sum_t min(s_{i,t} A_{i,t}, clip(s_{i,t}) A_{i,t}) ].
-  Equal to GSPO in value, clipping and gradient when A_{i,t} = A_i.
-  Defaults (``GSPO_TOKEN_DEFAULTS``): as ``gspo``.
-  Hyperparameters: see ``policy_loss``.
-  """
-  return _run(GSPO_TOKEN_DEFAULTS, logp, rollout, norm, entropy, hparams)
-
-
-# Registered policy-loss name -> its preset hyperparameters (what ``rl.*`` fields override).
 PRESETS: dict[str, dict[str, Any]] = {
-  "ppo": PPO_DEFAULTS,
-  "grpo": GRPO_DEFAULTS,
-  "dr_grpo": DR_GRPO_DEFAULTS,
-  "dapo": DAPO_DEFAULTS,
-  "gspo": GSPO_DEFAULTS,
-  "gspo_token": GSPO_TOKEN_DEFAULTS,
+  # PPO, "Proximal Policy Optimization Algorithms", arXiv 1707.06347, on outcome
+  # advantages (no critic): J = E[min(r A, clip(r, 1-eps, 1+eps) A)]; verl's token_mean.
+  "ppo": dict(ratio="token", clip_eps_low=0.2, clip_eps_high=0.2, agg="token_mean"),
+  # GRPO, DeepSeekMath arXiv 2402.03300: (1/G) sum_i (1/|o_i|) sum_t {clipped - beta KL},
+  # KL k3 with beta 0.04; the paper's eps is NOT FOUND, 0.2 is verl's default.
+  "grpo": dict(
+    ratio="token",
+    clip_eps_low=0.2,
+    clip_eps_high=0.2,
+    agg="seq_mean_token_mean",
+    kl_coef=0.04,
+    kl_estimator="k3",
+  ),
+  # Dr. GRPO, arXiv 2503.20783: no 1/|o_i| and no std: sum_i sum_t clipped / C.
+  "dr_grpo": dict(
+    ratio="token", clip_eps_low=0.2, clip_eps_high=0.2, agg="seq_mean_token_sum_norm"
+  ),
+  # DAPO, arXiv 2503.14476: clip-higher (0.2, 0.28) and a token-level mean.
+  "dapo": dict(ratio="token", clip_eps_low=0.2, clip_eps_high=0.28, agg="token_mean"),
+  # GSPO, arXiv 2507.18071: clip s_i = (pi/pi_old)^(1/|y_i|) in [1 - 3e-4, 1 + 4e-4].
+  "gspo": dict(ratio="sequence", clip_eps_low=3e-4, clip_eps_high=4e-4, agg="seq_mean_token_mean"),
+  # GSPO-token: s_{i,t} = sg[s_i] pi_t / sg[pi_t]; == GSPO with sequence-level A.
+  "gspo_token": dict(
+    ratio="sequence_token", clip_eps_low=3e-4, clip_eps_high=4e-4, agg="seq_mean_token_mean"
+  ),
 }
+
+
+def _check(**hparams: Any) -> None:
+  check_hparams(hparams)
+
+
+def _preset(name: str):
+  fn = functools.partial(policy_loss, **PRESETS[name])
+  fn.__doc__ = f"``policy_loss`` at the {name!r} preset ``PRESETS[{name!r}]``."
+  return register(name, family="policy", check=_check)(fn)
+
+
+ppo = _preset("ppo")
+grpo = _preset("grpo")
+dr_grpo = _preset("dr_grpo")
+dapo = _preset("dapo")
+gspo = _preset("gspo")
+gspo_token = _preset("gspo_token")

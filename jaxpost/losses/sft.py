@@ -12,7 +12,16 @@ from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
 
-@register("cross_entropy")
+def _check(*, reduction: str, label_smoothing: float, z_loss: float) -> None:
+  if reduction not in reduce.REDUCTIONS:
+    raise ValueError(f"reduction={reduction!r}; expected one of {reduce.REDUCTIONS}")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1)")
+  if z_loss < 0:
+    raise ValueError(f"z_loss={z_loss!r} must be >= 0")
+
+
+@register("cross_entropy", family="token", check=_check)
 def cross_entropy(
   logits: jax.Array | FusedHead,
   batch: Batch,

@@ -1,12 +1,40 @@
-"""Recipes: the outer loops, one per paradigm, each readable top to bottom."""
+"""Recipes: the outer loops, one per paradigm, each readable top to bottom.
 
-import importlib
+A recipe module registers its ``run(config, workdir) -> dict`` (``@register(name)``) and
+declares what its config needs
+beyond the shared sections of ``configs/base.py``:
 
-# config.recipe -> module with ``run(config, workdir) -> dict``.
-RECIPES = {"sft": "jaxpost.recipes.sft", "rl": "jaxpost.recipes.rl"}
+  LOSS_FAMILIES       the loss families it trains (``losses.registry``); the config gets
+                      one ``loss.<name>`` section per registered loss of these families;
+  DEFAULT_LOSS        ``loss.name`` of a fresh config;
+  config_sections(c)  optional: adds the recipe's own sections (e.g. ``rl``, ``reward``);
+  validate(c)         optional: checks them (``config_lib.validate`` calls it, once).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jaxpost.registry import Registry
+
+# config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
+RECIPES = Registry("recipe", builtins=("jaxpost.recipes.sft", "jaxpost.recipes.rl"))
+register = RECIPES.register
 
 
 def get(name: str):
-  if name not in RECIPES:
-    raise KeyError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-  return importlib.import_module(RECIPES[name])
+  """The module of recipe ``name`` (its ``run``, ``LOSS_FAMILIES``, sections, ...)."""
+  return sys.modules[RECIPES.get(name).__module__]
+
+
+def add_config_sections(c, recipe: str) -> None:
+  """Adds ``recipe``'s own sections and its losses' ``loss.<name>`` sections to ``c``."""
+  from jaxpost.losses import LOSSES
+
+  module = get(recipe)
+  if hasattr(module, "config_sections"):
+    module.config_sections(c)
+  c.loss.name = module.DEFAULT_LOSS
+  for family in module.LOSS_FAMILIES:
+    for name in LOSSES.names(family):
+      c.loss[name] = LOSSES.hparams_config(name)

@@ -23,12 +23,12 @@ import operator
 from collections.abc import Callable
 
 from jaxpost.data.tasks import Problem
+from jaxpost.registry import Registry
 
 RewardFn = Callable[..., float]
 CheckFn = Callable[..., None]
 
-_REWARDS: dict[str, RewardFn] = {}
-_CHECKS: dict[str, CheckFn] = {}
+REWARDS = Registry("reward", builtins=("jaxpost.rewards.shaping", "jaxpost.rewards.verifiers"))
 
 # Metric names `combine.score` writes next to ``reward/<name>``; a reward may not take one.
 RESERVED_NAMES = frozenset({"mean", "errors", "timeouts", "skipped", "stuck_workers"})
@@ -88,38 +88,18 @@ def register(name: str, *, check: CheckFn | None = None) -> Callable[[RewardFn],
   """
   if name in RESERVED_NAMES or "/" in name or not name:
     raise ValueError(f"reward name {name!r} is reserved or invalid")
-
-  def wrap(fn: RewardFn) -> RewardFn:
-    if name in _REWARDS:
-      raise ValueError(f"reward {name!r} is already registered")
-    _REWARDS[name] = fn
-    if check is not None:
-      _CHECKS[name] = check
-    return fn
-
-  return wrap
+  return REWARDS.register(name, check=check)
 
 
 def get(name: str) -> RewardFn:
   """Looks up a reward by name, with the list of known names in the error."""
-  _import_builtin_rewards()
-  try:
-    return _REWARDS[name]
-  except KeyError:
-    raise KeyError(f"unknown reward {name!r}; registered: {sorted(_REWARDS)}") from None
+  return REWARDS.get(name)
 
 
 def get_check(name: str) -> CheckFn | None:
   """The hyperparameter check registered with ``name``, if any."""
-  get(name)  # same error for unknown names
-  return _CHECKS.get(name)
+  return REWARDS.entry(name).check
 
 
 def names() -> list[str]:
-  _import_builtin_rewards()
-  return sorted(_REWARDS)
-
-
-def _import_builtin_rewards() -> None:
-  # Importing the modules runs their @register decorators.
-  from jaxpost.rewards import shaping, verifiers  # noqa: F401
+  return REWARDS.names()

@@ -8,7 +8,9 @@ is one of
 
   * ``(h_t, w_t)`` with ``h_t: [N, D_t]``, ``w_t: [D_t, V]`` (its logits are fused too),
   * teacher logits ``[N, V]``,
-  * ``TopK(ids i32[N, k], logp f32[N, k])`` (its tail mass is one extra bucket),
+  * ``TopK(ids i32[N, k], logp f32[N, k])`` (its tail mass is one extra bucket); its
+    log-probs are used as given, *not* divided by ``temperature`` (only the student's
+    logits are), so pass them already at the temperature wanted,
   * None for ``kind="ce"`` (cross-entropy against ``labels: i32[N]``).
 
 Every output is per token (``TokenStats``: loss, student/teacher log-normalisers, the
@@ -96,12 +98,17 @@ def fused_linear_divergence(
     h: [N, D] student hidden states (any float dtype; matmuls accumulate in f32).
     w: [D, V] student LM head.
     kind: "ce" | "fkl" | "rkl" | "jsd" | "weighted_rkl" (see ``reference.py``).
-    teacher: ``(h_t [N, D_t], w_t [D_t, V])``, logits ``[N, V]``, ``TopK`` or None.
+    teacher: ``(h_t [N, D_t], w_t [D_t, V])``, logits ``[N, V]``, ``TopK`` or None. A
+      ``TopK``'s ``logp`` are taken as the teacher's log-probs exactly as given: they are
+      not divided by ``temperature``, so for a tempered teacher pass the top k of
+      ``log_softmax(z_t / T)``.
     labels: i32[N] targets for ``kind="ce"``.
     mask: bool[N] rows that count (default all).
     weights: f32[N] per-token weights for ``kind="weighted_rkl"`` (no gradient).
     beta: JSD teacher weight; 0 gives fkl, 1 gives rkl.
-    temperature: T > 0 dividing student and teacher logits.
+    temperature: T > 0 dividing the student's logits and a teacher given as logits or
+      as ``(h_t, w_t)``; not applied to a ``TopK`` teacher's log-probs (see ``teacher``).
+      Losses are not multiplied by T^2.
     label_smoothing: eps for ``kind="ce"``.
     implementation: "xla" | "pallas" | "reference" | None (xla on CPU, else pallas).
     chunk_size: token rows per chunk (default ``default_chunk_size``).

@@ -464,11 +464,14 @@ def test_is_weight_scales_gradient():
 # MinPRO prefix factor.
 
 
-def _prefix(log_rho, mask, inclusive):
+def _prefix(log_rho, mask, seg, inclusive):
   return np.exp(
     np.asarray(
       correction.prefix_min_log_weight(
-        jnp.asarray(log_rho, jnp.float32), jnp.asarray(mask, jnp.float32), inclusive=inclusive
+        jnp.asarray(log_rho, jnp.float32),
+        jnp.asarray(mask, jnp.float32),
+        jnp.asarray(seg, jnp.int32),
+        inclusive=inclusive,
       )
     )
   )
@@ -477,22 +480,26 @@ def _prefix(log_rho, mask, inclusive):
 def test_prefix_golden():
   rho = np.array([[1.0, 0.5, 2.0, 0.25, 9.0]])
   mask = np.array([[1, 1, 1, 1, 0]])
+  seg = np.array([[1, 1, 1, 1, 0]])
   # Exclusive: min over i < t (empty -> 1).
-  np.testing.assert_allclose(_prefix(np.log(rho), mask, False), [[1, 1, 0.5, 0.5, 1]], rtol=1e-6)
+  np.testing.assert_allclose(
+    _prefix(np.log(rho), mask, seg, False), [[1, 1, 0.5, 0.5, 1]], rtol=1e-6
+  )
   # Inclusive: min_{i<=t} rho_i / rho_t.
-  np.testing.assert_allclose(_prefix(np.log(rho), mask, True), [[1, 1, 0.25, 1, 1]], rtol=1e-6)
+  np.testing.assert_allclose(_prefix(np.log(rho), mask, seg, True), [[1, 1, 0.25, 1, 1]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("inclusive", [False, True])
 def test_prefix_all_ones(inclusive):
-  np.testing.assert_array_equal(_prefix(np.zeros((2, 5)), np.ones((2, 5)), inclusive), 1.0)
+  ones = np.ones((2, 5))
+  np.testing.assert_array_equal(_prefix(np.zeros((2, 5)), ones, ones, inclusive), 1.0)
 
 
 def test_prefix_min_is_non_increasing_and_bounds_the_product():
   rng = np.random.default_rng(15)
   log_rho = -np.abs(rng.normal(scale=0.5, size=(3, 9)))  # all rho <= 1
   mask = np.ones((3, 9))
-  pm = _prefix(log_rho, mask, False)
+  pm = _prefix(log_rho, mask, mask, False)
   assert np.all(np.diff(pm, axis=1) <= 0)
   prod = np.exp(np.concatenate([np.zeros((3, 1)), np.cumsum(log_rho, 1)[:, :-1]], axis=1))
   assert np.all(pm >= prod * (1 - 1e-6))
@@ -503,11 +510,11 @@ def test_prefix_tiny_ratio_suppresses_only_later_tokens():
   rng = np.random.default_rng(16)
   log_rho = rng.normal(scale=0.1, size=(1, 8))
   mask = np.ones((1, 8))
-  base = _prefix(log_rho, mask, False)
+  base = _prefix(log_rho, mask, mask, False)
   j, tiny = 3, 1e-3
   log_rho2 = log_rho.copy()
   log_rho2[0, j] = np.log(tiny)
-  hit = _prefix(log_rho2, mask, False)
+  hit = _prefix(log_rho2, mask, mask, False)
   np.testing.assert_array_equal(hit[0, : j + 1], base[0, : j + 1])
   assert np.all(hit[0, j + 1 :] <= tiny * (1 + 1e-5))
 
@@ -515,8 +522,9 @@ def test_prefix_tiny_ratio_suppresses_only_later_tokens():
 def test_prefix_ignores_masked_tokens():
   log_rho = np.log([[0.9, 1e-4, 0.8, 1.1]])
   mask = np.array([[1, 0, 1, 1]])
-  np.testing.assert_allclose(_prefix(log_rho, mask, False), [[1, 1, 0.9, 0.8]], rtol=1e-6)
-  np.testing.assert_allclose(_prefix(log_rho, mask, True), [[1, 1, 1, 0.8 / 1.1]], rtol=1e-6)
+  seg = np.ones((1, 4))  # the masked token is inside the sequence (e.g. a tool token)
+  np.testing.assert_allclose(_prefix(log_rho, mask, seg, False), [[1, 1, 0.9, 0.8]], rtol=1e-6)
+  np.testing.assert_allclose(_prefix(log_rho, mask, seg, True), [[1, 1, 1, 0.8 / 1.1]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("behavior", ["old", "sampler"])
@@ -530,10 +538,131 @@ def test_prefix_weight_in_loss(behavior):
   old = np.where(mask > 0, np.asarray(rollout.old_logp), 0.0)
   beh = rollout.old_logp if behavior == "old" else rollout.sampler_logp
   rho = lp - np.where(mask > 0, np.asarray(beh), 0.0)
-  f = _prefix(rho, mask, False)
+  f = _prefix(rho, mask, rollout.batch.segment_ids, False)
   expected = -np.asarray(rollout.advantages) * f * np.exp(lp - old) * mask / mask.sum()
   np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(float(m["prefix_weight_mean"]), (f * mask).sum() / mask.sum(), 1e-5)
+
+
+def _layout(rows, t):
+  """Rows of sequences -> ([R, T] array per field, segment ids i32[R, T]).
+
+  Args:
+    rows: list of rows, each a list of sequences, each a tuple of equal-length 1-D arrays
+      (one per field). Sequence k of a row gets segment id k + 1, in order.
+    t: row length; the rest of a row is padding (segment id 0, every field 0).
+  """
+  fields = [np.zeros((len(rows), t)) for _ in rows[0][0]]
+  seg = np.zeros((len(rows), t), np.int32)
+  for r, row in enumerate(rows):
+    start = 0
+    for k, seq in enumerate(row):
+      n = len(seq[0])
+      for out, values in zip(fields, seq, strict=True):
+        out[r, start : start + n] = values
+      seg[r, start : start + n] = k + 1
+      start += n
+  return fields, seg
+
+
+def _unpacked_at_packed(values, rows, t):
+  """Per-token values of the sequences of ``rows``, each alone in a row of ``values``
+  (in order), moved to the packed layout ``rows``."""
+  seqs = iter(range(values.shape[0]))
+  (out,), _ = _layout([[(values[next(seqs), : len(s[0])],) for s in row] for row in rows], t)
+  return out
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_prefix_packed_equals_separate_rows(inclusive):
+  """Each sequence of a packed row gets the factors it gets alone in a row (exactly)."""
+  rng = np.random.default_rng(30)
+  seqs = []
+  for n in (5, 4, 6, 3, 7):
+    log_rho = rng.normal(scale=0.5, size=n)
+    mask = (rng.random(n) > 0.25).astype(np.float64)
+    mask[0] = 0.0  # a prompt token first, as in a rollout
+    seqs.append((log_rho, mask))
+  seqs[0][0][2], seqs[0][1][2] = np.log(1e-3), 1.0  # would drag the next sequences down
+  packed = [seqs[:3], seqs[3:]]  # 15 and 10 tokens, then padding
+  t = 16
+  junk = np.log(1e-4)  # at padding, which must not count
+  (log_rho, mask), seg = _layout(packed, t)
+  log_rho = np.where(seg > 0, log_rho, junk)
+  got = _prefix(log_rho, mask, seg, inclusive)
+  alone = [[s] for s in seqs]
+  (a_rho, a_mask), a_seg = _layout(alone, t)
+  a_rho = np.where(a_seg > 0, a_rho, junk)
+  expected = _unpacked_at_packed(_prefix(a_rho, a_mask, a_seg, inclusive), packed, t)
+  expected = np.where(seg > 0, expected, 1.0)
+  np.testing.assert_array_equal(got, expected)
+  # The test can tell: one running minimum along the whole row differs.
+  row_wide = _prefix(log_rho, mask, np.ones_like(seg), inclusive)
+  assert not np.array_equal(row_wide, got)
+
+
+def test_prefix_packed_golden():
+  # Row 0: sequences [0.5, 2, 0.8] and [(0.01 masked), 0.9, 0.6, 3], then padding.
+  # Row 1: sequences [0.25, 4], [0.5, 2, 0.1], [8, 1, 1].
+  rho = np.array(
+    [
+      [0.5, 2.0, 0.8, 0.01, 0.9, 0.6, 3.0, 1e-3],
+      [0.25, 4.0, 0.5, 2.0, 0.1, 8.0, 1.0, 1.0],
+    ]
+  )
+  mask = np.array([[1, 1, 1, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+  seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 2, 2, 2, 3, 3, 3]])
+  # Exclusive: min over counted i < t of t's sequence (empty -> 1).
+  exclusive = [[1, 0.5, 0.5, 1, 1, 0.9, 0.6, 1], [1, 0.25, 1, 0.5, 0.5, 1, 8, 1]]
+  np.testing.assert_allclose(_prefix(np.log(rho), mask, seg, False), exclusive, rtol=1e-6)
+  # Inclusive: min over counted i <= t of t's sequence, over rho_t.
+  inclusive = [[1, 0.25, 0.625, 1, 1, 1, 0.2, 1], [1, 0.0625, 1, 0.25, 1, 1, 1, 1]]
+  np.testing.assert_allclose(_prefix(np.log(rho), mask, seg, True), inclusive, rtol=1e-6)
+
+
+def test_prefix_zero_ratio():
+  """rho = 0 (log -inf) zeroes the later tokens' factors; no NaN in either reading."""
+  with np.errstate(divide="ignore"):
+    log_rho = np.log([[1.0, 0.0, 1.5, 0.5]])
+  ones = np.ones((1, 4))
+  np.testing.assert_array_equal(_prefix(log_rho, ones, ones, False), [[1, 1, 0, 0]])
+  np.testing.assert_array_equal(_prefix(log_rho, ones, ones, True), [[1, 1, 0, 0]])
+
+
+def test_prefix_loss_packed_equals_unpacked():
+  """policy_loss with MinPRO on a packed row == the same sequences in rows of their own."""
+  rng = np.random.default_rng(31)
+  seqs = []
+  for n, prompt in ((6, 2), (5, 1), (4, 2)):
+    old = -rng.uniform(0.2, 3.0, n)
+    logp = old + rng.normal(scale=0.3, size=n)
+    logp[prompt] = old[prompt] + np.log(0.2)  # a small ratio early in each sequence
+    adv = np.full(n, rng.normal())
+    mask = (np.arange(n) >= prompt).astype(np.float64)
+    seqs.append((logp, old, adv, mask))
+  t = 16
+  packed, alone = [seqs], [[s] for s in seqs]
+
+  def loss_and_grad(rows, row_wide=False):
+    (logp, old, adv, mask), seg = _layout(rows, t)
+    if row_wide:  # one sequence id for the whole row: what ignoring segments amounts to
+      seg = (seg > 0).astype(np.int32)
+    rollout = _make(old, adv * mask, mask, seg=seg)
+    # Wide clip range: every counted token's gradient carries its prefix factor.
+    kw = dict(prefix="min_exclusive", clip_eps_low=10.0, clip_eps_high=10.0)
+    return mask, *_loss_and_grad(policy.policy_loss, jnp.asarray(logp, jnp.float32), rollout, **kw)
+
+  mask, loss, metrics, grad = loss_and_grad(packed)
+  _, loss_alone, metrics_alone, grad_alone = loss_and_grad(alone)
+  np.testing.assert_allclose(loss, loss_alone, rtol=1e-6)
+  np.testing.assert_allclose(grad, _unpacked_at_packed(grad_alone, packed, t), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(metrics["prefix_weight_mean"]), float(metrics_alone["prefix_weight_mean"]), rtol=1e-6
+  )
+  assert np.all(grad[mask > 0] != 0) and np.all(grad[mask == 0] == 0)
+  # The test can tell: a prefix running along the whole row gives another loss.
+  _, loss_row_wide, _, _ = loss_and_grad(packed, row_wide=True)
+  assert abs(loss_row_wide - loss) > 1e-3 * abs(loss)
 
 
 # --------------------------------------------------------------------------------------
@@ -602,12 +731,16 @@ def test_turn_equals_token_when_ratio_is_one():
 def test_registry_and_defaults():
   for name in POLICY_LOSSES:
     assert registry.get(name) is getattr(policy, name)
-  assert policy.GRPO_DEFAULTS["kl_coef"] == 0.04
-  assert (policy.DAPO_DEFAULTS["clip_eps_low"], policy.DAPO_DEFAULTS["clip_eps_high"]) == (
+  assert policy.PRESETS["grpo"]["kl_coef"] == 0.04
+  assert (policy.PRESETS["dapo"]["clip_eps_low"], policy.PRESETS["dapo"]["clip_eps_high"]) == (
     0.2,
     0.28,
   )
-  assert policy.GSPO_TOKEN_DEFAULTS["ratio"] == "sequence_token"
+  assert policy.PRESETS["gspo_token"]["ratio"] == "sequence_token"
+  # The preset is what the registered name's signature (so its config section) shows.
+  assert registry.hparams("grpo")["kl_coef"] == 0.04
+  assert registry.hparams("dapo")["clip_eps_high"] == 0.28
+  assert registry.family("dapo") == "policy"
 
 
 def test_errors():

@@ -12,10 +12,13 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxpost import config_lib, metrics, models, sharding, train
+from jaxpost import config_lib, metrics, models, scoring, sharding, train
 from jaxpost.data import pipeline, tasks, template
+from jaxpost.losses import advantages
 from jaxpost.recipes import rl
+from jaxpost.rewards import token as token_rewards
 from jaxpost.rollout import batching, sampler
+from jaxpost.rollout import groups as groups_lib
 from jaxpost.types import ROLE_THINK, Batch, Rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,9 +33,18 @@ def _config(variant="tiny", **overrides):
   c = config_lib.load_config(os.path.join(REPO, f"configs/grpo.py:{variant}"))
   c.train.progress = False
   for field, value in overrides.items():
-    section, _, key = field.rpartition(".")
-    (c[section] if section else c)[key] = value
+    *sections, key = field.split(".")
+    node = c
+    for name in sections:
+      node = node[name]
+    node[key] = value
   return c
+
+
+def _score_fn(graphdef, **options):
+  """Jitted (params, rest, batch) -> (logp, entropy) of a scorer with ``options``."""
+  fn = scoring.jit_logp(scoring.make_scorer(graphdef, **options))
+  return lambda params, rest, batch: fn((params, rest), batch)
 
 
 def _tiny_model(seed=0):
@@ -77,9 +89,7 @@ def _step(microbatches, loss="grpo", hparams=_HPARAMS, lm_head="logits"):
   # (Adam's first step, ~lr * sign(g), would amplify float noise in near-zero entries).
   optimizer = optax.sgd(0.5)
   state = train.init_train_state(params, optimizer, 0)
-  objective = rl.policy_objective(
-    graphdef, train.bind_loss(loss, hparams), temperature=0.7, lm_head=lm_head
-  )
+  objective = train.objective_for(loss, graphdef, hparams, temperature=0.7, lm_head=lm_head)
   step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
   return state, rest, step
 
@@ -92,9 +102,9 @@ def _assert_close(a, b, rtol, atol):
 def test_micro_batched_update_equals_full_batch():
   rollout = _rollout()
   state, rest, full = _step(1)
-  new_full, m_full = full(state, rollout, rest)
+  new_full, m_full = full(state, rollout, {"rest": rest})
   _, _, split = _step(4)
-  new_split, m_split = split(state, rollout, rest)
+  new_split, m_split = split(state, rollout, {"rest": rest})
   assert float(m_full["train/grad_norm"]) > 1e-3  # a real update, not a zero gradient
   assert float(m_full["train/kl"]) > 0 and float(m_full["train/entropy"]) > 0
   for k in m_full:
@@ -112,7 +122,7 @@ def test_sharded_update_on_8_devices_equals_single_device():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   rollout = _rollout(seed=1)
   state, rest, step = _step(2, loss="dapo", hparams={"entropy_coef": 0.01})
-  single, m_single = step(state, rollout, rest)
+  single, m_single = step(state, rollout, {"rest": rest})
 
   c = _config()
   c.mesh.data = 8
@@ -121,7 +131,7 @@ def test_sharded_update_on_8_devices_equals_single_device():
   s_rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
   s_rollout = sharding.shard_batch(jax.device_get(rollout), mesh)
   assert len(s_rollout.advantages.sharding.device_set) == 8
-  sharded, m_sharded = step(s_state, s_rollout, s_rest)
+  sharded, m_sharded = step(s_state, s_rollout, {"rest": s_rest})
   for k in m_single:
     np.testing.assert_allclose(m_sharded[k], m_single[k], rtol=2e-5, atol=1e-6, err_msg=k)
   _assert_close(sharded.params, single.params, rtol=1e-5, atol=1e-6)
@@ -130,9 +140,9 @@ def test_sharded_update_on_8_devices_equals_single_device():
 def test_fused_head_update_equals_logits_update():
   rollout = _rollout(seed=2)
   state, rest, step = _step(1)
-  ref, m_ref = step(state, rollout, rest)
+  ref, m_ref = step(state, rollout, {"rest": rest})
   _, _, fused = _step(1, lm_head="fused_xla")
-  out, m_out = fused(state, rollout, rest)
+  out, m_out = fused(state, rollout, {"rest": rest})
   for k in m_ref:
     np.testing.assert_allclose(m_out[k], m_ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
   _assert_close(out.params, ref.params, rtol=1e-4, atol=1e-5)
@@ -146,13 +156,13 @@ def test_trainer_scores_what_the_sampler_recorded():
   prompts = [[3, 4, 5], [6, 7], [8]]
   tokens, mask, out = sampler.generate_groups(gen, state, prompts, 2, jax.random.key(0))
   laid = batching.rollout_batch(tokens, mask, out)
-  score = rl.make_score_fn(graphdef, temperature=0.7, lm_head="logits", chunk_size=0)
+  score = _score_fn(graphdef, temperature=0.7, lm_head="logits", chunk_size=0)
   logp, entropy = score(params, rest, laid.batch)
   on = laid.batch.loss_mask > 0
   assert on.sum() == 6 * 6
   np.testing.assert_allclose(np.asarray(logp)[on], laid.sampler_logp[on], atol=2e-5)
   # At temperature 0.7 the scores differ from the temperature-1 ones: the test can fail.
-  logp1, _ = rl.make_score_fn(graphdef, temperature=1.0, lm_head="logits", chunk_size=0)(
+  logp1, _ = _score_fn(graphdef, temperature=1.0, lm_head="logits", chunk_size=0)(
     params, rest, laid.batch
   )
   assert np.max(np.abs(np.asarray(logp1)[on] - laid.sampler_logp[on])) > 1e-2
@@ -184,9 +194,9 @@ def _assert_same_updates(graphdef, params, rest, rollout, variants, tol, **head)
   for variant in variants:
     options = {**head, **variant}
     microbatches = options.pop("microbatches", 1)
-    objective = rl.policy_objective(graphdef, train.bind_loss("grpo", _HPARAMS), **options)
+    objective = train.objective_for("grpo", graphdef, _HPARAMS, **options)
     step = train.make_train_step(objective, optimizer, microbatches=microbatches, donate=False)
-    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), rest))
+    results.append(step(train_state, jax.tree.map(jnp.asarray, rollout), {"rest": rest}))
   (a, m_a), *others = results
   assert float(m_a["train/grad_norm"]) > 1e-3
   for b, m_b in others:
@@ -208,8 +218,8 @@ def test_completion_window_scores_and_updates_like_the_full_head(lm_head):
   on = laid.batch.loss_mask > 0
   assert len(set(laid.prompt_lengths.tolist())) > 1  # completions start at different columns
   head = dict(temperature=1.5, lm_head=lm_head, chunk_size=0)
-  full = rl.make_score_fn(graphdef, **head)(params, rest, laid.batch)
-  windowed = rl.make_score_fn(graphdef, window=6, **head)(params, rest, laid.batch)
+  full = _score_fn(graphdef, **head)(params, rest, laid.batch)
+  windowed = _score_fn(graphdef, window=6, **head)(params, rest, laid.batch)
   for a, b in zip(full, windowed, strict=True):
     np.testing.assert_allclose(np.asarray(b)[on], np.asarray(a)[on], rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(b)[~on] == 0)
@@ -236,11 +246,11 @@ def test_shared_prompt_forward_scores_and_updates_like_every_row(lm_head):
   laid = batching.rollout_batch(tokens, mask, out)
   lengths = np.asarray(out.lengths)
   assert lengths.min() < 6 and lengths.max() == 6  # early stops and full rows
-  rl.check_prompt_groups(laid.batch, g, window=6)
+  groups_lib.check_prompt_groups(laid.batch, g, window=6)
   on = laid.batch.loss_mask > 0
   head = dict(temperature=1.5, lm_head=lm_head, chunk_size=0, window=6)
-  per_row = rl.make_score_fn(graphdef, **head)(params, rest, laid.batch)
-  shared = rl.make_score_fn(graphdef, group_size=g, **head)(params, rest, laid.batch)
+  per_row = _score_fn(graphdef, **head)(params, rest, laid.batch)
+  shared = _score_fn(graphdef, group_size=g, **head)(params, rest, laid.batch)
   for a, b in zip(per_row, shared, strict=True):
     np.testing.assert_allclose(np.asarray(b)[on], np.asarray(a)[on], rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(np.asarray(b)))  # padding attends to nothing: still finite
@@ -264,9 +274,10 @@ def test_shared_prompt_update_on_8_devices_equals_single_device():
   laid = batching.rollout_batch(tokens, mask, out)
   rollout = _rollout_of(laid, laid.sampler_logp, group_size=g, seed=1)
   optimizer = optax.sgd(0.5)
-  objective = rl.policy_objective(
+  objective = train.objective_for(
+    "grpo",
     graphdef,
-    train.bind_loss("grpo", _HPARAMS),
+    _HPARAMS,
     temperature=1.5,
     lm_head="logits",
     window=5,
@@ -274,7 +285,7 @@ def test_shared_prompt_update_on_8_devices_equals_single_device():
   )
   step = train.make_train_step(objective, optimizer, donate=False)
   train_state = train.init_train_state(params, optimizer, 0)
-  single, m_single = step(train_state, jax.tree.map(jnp.asarray, rollout), rest)
+  single, m_single = step(train_state, jax.tree.map(jnp.asarray, rollout), {"rest": rest})
 
   c = _config()
   c.mesh.data = 8
@@ -282,7 +293,7 @@ def test_shared_prompt_update_on_8_devices_equals_single_device():
   s_state = sharding.shard_train_state(train_state, mesh, sharding.DEFAULT_RULES)
   s_rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
   s_rollout = sharding.shard_batch(rollout, mesh)
-  sharded, m_sharded = step(s_state, s_rollout, s_rest)
+  sharded, m_sharded = step(s_state, s_rollout, {"rest": s_rest})
   assert float(m_single["train/grad_norm"]) > 1e-3
   for k in m_single:
     np.testing.assert_allclose(m_sharded[k], m_single[k], rtol=2e-5, atol=1e-6, err_msg=k)
@@ -295,14 +306,14 @@ def test_check_prompt_groups_rejects_mixed_groups():
   state = nnx.merge_state(params, rest)
   tokens, mask, out = sampler.generate_groups(gen, state, [[3, 4], [5]], 2, jax.random.key(0))
   batch = batching.rollout_batch(tokens, mask, out).batch
-  rl.check_prompt_groups(batch, 2, window=4)
+  groups_lib.check_prompt_groups(batch, 2, window=4)
   swapped = jax.tree.map(lambda x: np.asarray(x)[[0, 2, 1, 3]], batch)  # groups mixed
   with pytest.raises(ValueError, match=r"groups \[0, 1\] do not share one prompt"):
-    rl.check_prompt_groups(swapped, 2, window=4)
+    groups_lib.check_prompt_groups(swapped, 2, window=4)
   with pytest.raises(ValueError, match="do not split into groups of 3"):
-    rl.check_prompt_groups(batch, 3, window=4)
+    groups_lib.check_prompt_groups(batch, 3, window=4)
   with pytest.raises(ValueError, match="does not fit"):
-    rl.check_prompt_groups(batch, 2, window=5)
+    groups_lib.check_prompt_groups(batch, 2, window=5)
 
 
 def test_sample_groups_tags_roles_as_the_sft_template(tmp_path):
@@ -330,8 +341,8 @@ def test_sample_groups_tags_roles_as_the_sft_template(tmp_path):
       stopped=np.ones(2, bool),
     )
 
-  spec = config_lib.reward_spec(c)
-  groups, _ = rl.sample_groups(
+  spec = rl.reward_spec(c)
+  groups, _ = groups_lib.sample_groups(
     generate_fn, None, tok, [problem], 2, jax.random.key(0), spec, timeout_s=None
   )
   np.testing.assert_array_equal(groups.rewards, [1.0, 0.0])
@@ -342,35 +353,48 @@ def test_sample_groups_tags_roles_as_the_sft_template(tmp_path):
     assert np.sum(groups.batch.roles[row] == ROLE_THINK) > 0
 
 
-def test_loss_hparams_resolve_presets():
-  c = _config(**{"loss.name": "grpo", "rl.kl_coef": -1.0})
-  h = rl.loss_hparams(c, rows_per_update=8)
-  assert h["kl_coef"] == pytest.approx(0.04)  # GRPO's preset
-  assert "clip_eps_low" not in h and "agg" not in h  # -1 / "" keep the preset
-  c.rl.kl_in_reward = True
-  assert rl.loss_hparams(c, 8)["kl_coef"] == 0.0  # not counted twice
-  assert rl.kl_coef(c) == pytest.approx(0.04)
-  c = _config(**{"loss.name": "dr_grpo", "rl.clip_eps_high": 0.28, "rl.max_new_tokens": 16})
+def test_loss_hparams_are_the_presets_and_resolve_dr_grpo_c():
+  c = _config()
+  assert c.loss.dapo.clip_eps_high == 0.28 and c.loss.gspo.ratio == "sequence"  # presets
+  assert config_lib.load_config("configs/grpo.py:qwen2.5-0.5b").loss.grpo.kl_coef == 0.04
+  c = _config(
+    **{"loss.name": "dr_grpo", "loss.dr_grpo.clip_eps_high": 0.28, "rl.max_new_tokens": 16}
+  )
   h = rl.loss_hparams(c, rows_per_update=8)
   assert h["clip_eps_high"] == 0.28
   assert h["agg_constant"] == 8 * 16  # (1/G) sum_i sum_t / L_max per group of the update
-  c.rl.agg = "token_mean"
-  assert "agg_constant" not in rl.loss_hparams(c, 8)
+  c.loss.dr_grpo.agg_constant = 5.0
+  assert rl.loss_hparams(c, 8)["agg_constant"] == 5.0
+  c.loss.dr_grpo.agg_constant = 0.0
+  c.loss.dr_grpo.agg = "token_mean"
+  assert rl.loss_hparams(c, 8)["agg_constant"] == 0.0  # only seq_mean_token_sum_norm uses C
 
 
-def test_kl_shaped_rewards_by_hand():
+def test_kl_in_the_reward_by_hand():
+  """The kl_penalty token reward (mode "outcome") shapes the sequence reward: r - beta sum KL."""
   old = np.array([[-1.0, -2.0, 0.0]], np.float32)
   ref = np.array([[-1.5, -1.0, 9.0]], np.float32)
   mask = np.array([[1.0, 1.0, 0.0]], np.float32)
-  # k1 = old - ref = 0.5 and -1.0 (the masked 9.0 never counts): sum -0.5.
-  out = rl.kl_shaped_rewards(np.array([1.0]), old, ref, mask, beta=0.1, estimator="k1")
-  np.testing.assert_allclose(out, [1.0 + 0.05], rtol=1e-6)
-  # k2 = d^2 / 2 = 0.125 + 0.5.
-  out = rl.kl_shaped_rewards(np.array([1.0]), old, ref, mask, beta=0.1, estimator="k2")
-  np.testing.assert_allclose(out, [1.0 - 0.0625], rtol=1e-6)
+  groups = dataclasses.replace(
+    _fake_groups(np.ones((1, 1)), 0), batch=Batch.from_tokens(np.zeros((1, 3), np.int32))
+  )
+  groups = dataclasses.replace(groups, batch=groups.batch.replace(loss_mask=mask))
+  scores = {"old_logp": old, "ref_logp": ref}
+  for estimator, kl_sum in (("k1", -0.5), ("k2", 0.125 + 0.5)):
+    # k1 = old - ref = 0.5 and -1.0 (the masked 9.0 never counts); k2 = d^2 / 2.
+    spec = token_rewards.make_spec((("kl_penalty", 0.1),), {"kl_penalty": {"estimator": estimator}})
+    outcome, returns, _ = token_rewards.score(spec, groups, scores)
+    assert not returns.any()
+    _, _, shaped = advantages.combine(
+      np.array([1.0]), outcome, None, mask, estimator="grpo", group_size=1
+    )
+    np.testing.assert_allclose(shaped, [1.0 - 0.1 * kl_sum], rtol=1e-6)
+  assert token_rewards.needs(spec) == {"old_logp", "ref_logp"}
+  with pytest.raises(ValueError, match="needs scores"):
+    token_rewards.score(spec, groups, {"old_logp": old, "ref_logp": None})
 
 
-def _fake_groups(rewards_pg: np.ndarray, start: int) -> rl.Groups:
+def _fake_groups(rewards_pg: np.ndarray, start: int) -> groups_lib.Groups:
   """Groups of P prompts x G rows whose tokens record (prompt index, sample)."""
   p, g = rewards_pg.shape
   tokens = np.zeros((p * g, 4), np.int32)
@@ -379,7 +403,7 @@ def _fake_groups(rewards_pg: np.ndarray, start: int) -> rl.Groups:
   batch = Batch.from_tokens(tokens)
   batch = jax.tree.map(np.asarray, batch)
   rows = p * g
-  return rl.Groups(
+  return groups_lib.Groups(
     batch=batch,
     sampler_logp=np.zeros((rows, 4), np.float32),
     raw_logp=np.zeros((rows, 4), np.float32),
@@ -406,7 +430,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills():
   def problem_at(i):
     return tasks.Problem("add3", str(i), "", "0")
 
-  groups, ms, n_rounds, filled, nxt = rl.collect_groups(
+  groups, ms, n_rounds, filled, nxt = groups_lib.collect_groups(
     sample_round, problem_at, 0, 3, 2, dynamic=True, max_rounds=4
   )
   assert (n_rounds, filled, nxt, len(ms)) == (2, 0, 6, 2)
@@ -416,14 +440,14 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills():
   np.testing.assert_array_equal(groups.rewards, [0, 1, 1, 0, 0, 1])
 
   # One round only: one informative group, two filled from the dropped ones.
-  groups, _, n_rounds, filled, nxt = rl.collect_groups(
+  groups, _, n_rounds, filled, nxt = groups_lib.collect_groups(
     sample_round, problem_at, 0, 3, 2, dynamic=True, max_rounds=1
   )
   assert (n_rounds, filled, nxt) == (1, 2, 3)
   assert [q.prompt for q in groups.problems] == ["1", "0", "2"]
 
   # Without dynamic sampling the first round is used as drawn.
-  groups, _, n_rounds, filled, _ = rl.collect_groups(
+  groups, _, n_rounds, filled, _ = groups_lib.collect_groups(
     sample_round, problem_at, 0, 3, 2, dynamic=False, max_rounds=4
   )
   assert (n_rounds, filled) == (1, 0)
@@ -454,7 +478,7 @@ def test_step_token_rewards_by_hand():
   groups = dataclasses.replace(
     _fake_groups(np.zeros((1, g)), 0), batch=batch, completions=completions
   )
-  out = rl.step_token_rewards(_CharTokenizer(), groups, g)
+  out = token_rewards.step_correctness(groups, {}, tokenizer=_CharTokenizer())
   # Steps: "2*3=6" right in both rows; "6+1=8" wrong, "6+1=7" right -> raw [1, 0, 1, 1],
   # z-scored: mean 0.75, std sqrt(3)/4.
   z_right, z_wrong = 0.25 / (np.sqrt(3) / 4), -0.75 / (np.sqrt(3) / 4)
@@ -466,23 +490,33 @@ def test_step_token_rewards_by_hand():
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 
 
+def _config_set(c, field, value):
+  *sections, key = field.split(".")
+  for name in sections:
+    c = c[name]
+  c[key] = value
+
+
 @pytest.mark.parametrize(
   "field, value, match",
   [
     ("loss.name", "cross_entropy", "not a policy loss"),
     ("rl.advantage", "ppo", "rl.advantage"),
-    ("rl.ratio", "tok", "rl.ratio"),
-    ("rl.agg", "mean", "rl.agg"),
-    ("rl.is_level", "row", "rl.is_level"),
-    ("rl.prefix", "min", "rl.prefix"),
-    ("rl.kl_estimator", "k4", "rl.kl_estimator"),
-    ("rl.kl_coef", -0.5, "rl.kl_coef"),
+    ("loss.grpo.ratio", "tok", "loss.grpo: unknown ratio"),
+    ("loss.grpo.agg", "mean", "loss.grpo: unknown aggregation"),
+    ("loss.grpo.is_level", "row", "loss.grpo: unknown IS level"),
+    ("loss.grpo.prefix", "min", "loss.grpo: unknown prefix"),
+    ("loss.grpo.kl_estimator", "k4", "loss.grpo: unknown KL estimator"),
+    ("loss.grpo.kl_coef", -0.5, "loss.grpo: kl_coef"),
+    ("reward.token_terms", (("nope", 1.0),), "reward"),
+    ("reward.kl_penalty.estimator", "k9", "reward"),
+    ("rl.reference", "/nonexistent/run", "rl.reference"),
     ("rl.temperature", 0.0, "temperature"),
     ("rl.old_logp", "trainer", "rl.old_logp"),
     ("rl.minibatches", 3, "rl.minibatches=3"),
     ("train.microbatches", 4, "rl.shared_prompt"),
     ("rl.max_new_tokens", 256, "rl.max_new_tokens"),
-    ("rl.init_from", "/nonexistent/sft", "rl.init_from"),
+    ("train.init_from", "/nonexistent/sft", "train.init_from"),
     ("reward.terms", (("nope", 1.0),), "reward"),
     ("data.source", "jsonl", "data.source"),
   ],
@@ -490,8 +524,7 @@ def test_step_token_rewards_by_hand():
 def test_validate_names_the_rl_field(field, value, match):
   c = _config()
   config_lib.validate(c)
-  section, _, key = field.rpartition(".")
-  (c[section] if section else c)[key] = value
+  _config_set(c, field, value)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
 
@@ -568,7 +601,7 @@ def test_sampler_old_logp_gives_the_recomputed_update(tmp_path):
   for mode in ("recompute", "sampler"):
     # The entropy bonus makes the gradient non-zero even if every group ties.
     c = _run_config(
-      **{"train.steps": 1, "rl.old_logp": mode, "eval.every": 0, "rl.entropy_coef": 0.01}
+      **{"train.steps": 1, "rl.old_logp": mode, "eval.every": 0, "loss.grpo.entropy_coef": 0.01}
     )
     rl.run(c, str(tmp_path / mode))
     runs[mode] = _train_records(str(tmp_path / mode))[1]
@@ -592,11 +625,9 @@ def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, run_cli):
     "--config.loss.name=dapo",
     "--config.rl.dynamic_sampling=True",
     "--config.rl.max_sample_rounds=2",
-    "--config.rl.kl_coef=0.01",
-    "--config.rl.kl_in_reward=True",
-    "--config.rl.kl_estimator=k1",
+    "--config.reward.token_terms=(('kl_penalty', 0.01), ('step_correctness', 0.5))",
+    "--config.reward.kl_penalty.estimator=k1",
     "--config.rl.minibatches=2",
-    "--config.rl.step_reward=0.5",
     "--config.rl.temperature=2.0",
     "--config.eval.max_new_tokens=4",
     "--config.eval.num_examples=4",

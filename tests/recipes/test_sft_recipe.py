@@ -14,7 +14,7 @@ from jaxpost import checkpoint, config_lib, metrics, optim, train
 from jaxpost.data import DataError
 from jaxpost.data.packing import OverlongError
 from jaxpost.data.tokenizer import SentencePieceTokenizer
-from jaxpost.recipes import sft
+from jaxpost.recipes import common, sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,7 +62,7 @@ def _restore(workdir, config, step=None):
   optimizer, _ = optim.make_optimizer(config.optim, config.train.steps)
 
   def init():
-    _, params, _ = train.split_model(sft.build_model(config, tok.vocab_size))
+    _, params, _ = train.split_model(common.build_model(config, tok.vocab_size))
     return train.init_train_state(params, optimizer, config.seed)
 
   like = jax.eval_shape(init)

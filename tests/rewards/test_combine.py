@@ -21,8 +21,8 @@ _OVERLONG = {"max_len": 16, "cache_len": 4}
 @pytest.fixture
 def scratch_registry(monkeypatch):
   """Registers test rewards in a copy of the registry, restored after the test."""
-  monkeypatch.setattr(registry, "_REWARDS", dict(registry._REWARDS))
-  monkeypatch.setattr(registry, "_CHECKS", dict(registry._CHECKS))
+  registry.names()  # the built-ins are registered before the copy
+  monkeypatch.setattr(registry.REWARDS, "_entries", dict(registry.REWARDS._entries))
   registry.names()  # built-ins are in the copy
   return registry.register
 

@@ -36,7 +36,8 @@ def test_unknown_name_lists_known_names():
 
 
 def test_register_rejects_duplicates_and_reserved_names(monkeypatch):
-  monkeypatch.setattr(registry, "_REWARDS", dict(registry._REWARDS))
+  registry.names()  # the built-ins are registered before the copy
+  monkeypatch.setattr(registry.REWARDS, "_entries", dict(registry.REWARDS._entries))
   with pytest.raises(ValueError, match="already registered"):
     registry.register("exact_answer")(lambda sample: 0.0)
   for bad in ("errors", "timeouts", "mean", "a/b", ""):
@@ -45,8 +46,8 @@ def test_register_rejects_duplicates_and_reserved_names(monkeypatch):
 
 
 def test_register_and_get(monkeypatch):
-  monkeypatch.setattr(registry, "_REWARDS", dict(registry._REWARDS))
-  monkeypatch.setattr(registry, "_CHECKS", dict(registry._CHECKS))
+  registry.names()  # the built-ins are registered before the copy
+  monkeypatch.setattr(registry.REWARDS, "_entries", dict(registry.REWARDS._entries))
 
   def check(*, scale):
     if scale <= 0:

@@ -1,0 +1,355 @@
+"""What every recipe does before, around and after its loop: functions, not a base class.
+
+  validate_and_start   checks the config once, multi-host start, the mesh, the workdir;
+  load_tokenizer       the run's tokenizer (``train.init_from``'s, a given one, or trained);
+  build_model          a named size or a Hugging Face checkpoint, then ``train.init_from``'s
+                       parameters on top;
+  setup                model -> (graphdef, TrainState, frozen states) with the trainable
+                       subset, placement on the mesh (a no-op on one device), the
+                       checkpointer (resumed if it has a step), metric writer, evaluator;
+  frozen_model         another model as a frozen state (a reference, a teacher);
+  should_stop          the stop rule (``train.max_minutes``, ``train.stop_after``);
+  finish               the last checkpoint, final evaluation, export, plot and summary.
+
+A recipe reads top to bottom as: ``validate_and_start`` -> ``setup`` -> its loop
+(sample / batch -> jitted update -> ``run.log`` / ``run.evaluate`` / ``run.save``) ->
+``finish``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train
+from jaxpost.data import pipeline, tasks
+from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
+from jaxpost.eval import accuracy
+from jaxpost.models import hf
+
+
+def validate_and_start(config, workdir: str, recipe: str):
+  """Validates ``config`` (once), starts multi-host JAX if asked, makes the mesh and workdir.
+
+  Returns:
+    the device mesh.
+  """
+  config_lib.validate(config)
+  if config.recipe != recipe:
+    raise config_lib.ConfigError(f"recipe={config.recipe!r}; this is the {recipe} recipe")
+  sharding.initialize_distributed(config)  # multi-host: before anything else touches devices
+  mesh = sharding.make_mesh(config)
+  os.makedirs(workdir, exist_ok=True)
+  return mesh
+
+
+def load_tokenizer(config, workdir: str):
+  """``train.init_from``'s tokenizer when starting from a run, else ``pipeline``'s."""
+  init = config.train.init_from
+  if init and not config.tokenizer.path and not config.model.hf_dir:
+    path = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model")
+    if not os.path.exists(path):
+      raise config_lib.ConfigError(f"train.init_from={init!r} has no {os.path.basename(path)}")
+    return SentencePieceTokenizer.load(path)
+  return sharding.primary_first(lambda: pipeline.prepare_tokenizer(config, workdir))
+
+
+def build_model(config, vocab_size: int, *, init_from: str | None = None) -> models.Decoder:
+  """The named size or ``model.hf_dir``'s checkpoint, with ``init_from``'s parameters loaded.
+
+  Args:
+    config: the run config (``model`` section, seed).
+    vocab_size: the tokenizer's.
+    init_from: a run's workdir whose latest parameters replace the built ones (None:
+      ``train.init_from``; "" = none). Leaves that run did not save (it trained a
+      subset) keep the built values, and are logged.
+  """
+  if config.model.hf_dir:
+    model = hf.load_model(
+      config.model.hf_dir, dtype=config.model.dtype, param_dtype=config.model.param_dtype
+    )
+    if vocab_size > model.config.vocab_size:
+      raise config_lib.ConfigError(
+        f"the tokenizer has {vocab_size} ids but {config.model.hf_dir} embeds only "
+        f"{model.config.vocab_size}"
+      )
+  else:
+    model_config = models.named_config(
+      config.model.size,
+      vocab_size=vocab_size,
+      dtype=config.model.dtype,
+      param_dtype=config.model.param_dtype,
+      max_seq_len=config.model.max_seq_len,
+    )
+    model = models.create_model(model_config, config.seed)
+  init_from = config.train.init_from if init_from is None else init_from
+  if init_from:
+    params = nnx.state(model, nnx.Param)
+    try:
+      loaded, kept = checkpoint.load_params(init_from, params)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
+    if kept:
+      logging.warning(
+        "train.init_from: %d leaves not in %s keep their built values: %s",
+        len(kept),
+        init_from,
+        ", ".join(kept[:8]),
+      )
+    nnx.update(model, loaded)
+  return model
+
+
+def frozen_model(config, vocab_size: int, *, init_from: str | None = None):
+  """Another model as a frozen ``(graphdef, (params, rest))``: a reference or a teacher.
+
+  Built like the trained model (``build_model``), from its own source, so it is never
+  a copy of the trained parameters (those are donated to the train step).
+  """
+  graphdef, params, rest = train.split_model(build_model(config, vocab_size, init_from=init_from))
+  return graphdef, (params, rest)
+
+
+@dataclasses.dataclass
+class Run:
+  """The set-up of a run: what a recipe's loop reads and updates.
+
+  Attributes:
+    config, workdir, mesh, tok: as given.
+    graphdef: the trained model's static graph.
+    state: ``train.TrainState`` (trainable params only), placed on the mesh.
+    frozen: dict of frozen states passed to the train step ("rest": the trained model's
+      non-trainable part; a recipe adds "reference", "teacher", ...).
+    optimizer, schedule: from ``config.optim``.
+    ckpt: the checkpointer; ``data_state`` is what the restored checkpoint's host side
+      saved ({} on a fresh run).
+    writer: metrics (JSONL + TensorBoard); evaluator: held-out accuracy.
+    sharded: more than one device or process (placement is a no-op otherwise).
+    n_params: trainable + frozen parameter count of the trained model.
+    t_start: wall-clock start (``should_stop``).
+  """
+
+  config: Any
+  workdir: str
+  mesh: Any
+  tok: Any
+  graphdef: Any
+  state: train.TrainState
+  frozen: dict
+  optimizer: Any
+  schedule: Any
+  ckpt: checkpoint.Checkpointer
+  data_state: dict
+  writer: metrics.MetricWriter
+  evaluator: accuracy.Evaluator
+  sharded: bool
+  n_params: int
+  t_start: float
+
+  @property
+  def first_step(self) -> int:
+    return int(self.data_state.get("step", 0))
+
+  def place(self, tree):
+    """A pytree of parameters on the mesh by logical axes (a no-op on one device)."""
+    return sharding.shard_tree(tree, self.mesh, sharding.DEFAULT_RULES) if self.sharded else tree
+
+  def place_batch(self, batch, global_batch_size: int | None = None):
+    """A host batch container on the mesh, rows over (data, fsdp); on one device, as is."""
+    if self.sharded:
+      return sharding.shard_batch(batch, self.mesh, global_batch_size=global_batch_size)
+    return jax.tree.map(jax.numpy.asarray, batch)
+
+  def compile_step(self, step_fn):
+    """Keeps the state's sharding across a jitted ``state -> state`` step (sharded runs)."""
+    if not self.sharded:
+      return step_fn
+    shardings = sharding.tree_shardings(self.state, self.mesh, sharding.DEFAULT_RULES)
+    return sharding.keep_state_sharding(step_fn, shardings)
+
+  def model_state(self):
+    """The trained model's full state (trainable + rest), e.g. for the sampler."""
+    return nnx.merge_state(self.state.params, self.frozen["rest"])
+
+  def save(self, step: int, data: dict, force: bool = False) -> None:
+    self.ckpt.save(step, self.state, {**data, "step": step}, force=force)
+
+  def evaluate(self, step: int, final: bool = False) -> dict:
+    """Held-out accuracy on the eval levels (plus ``eval.final_levels`` when final)."""
+    levels = eval_levels(self.config, final)
+    if not levels:
+      return {}
+    results = self.evaluator.evaluate(self.model_state(), levels)
+    m = accuracy.as_metrics(results, headline=tuple(eval_levels(self.config, final=False)))
+    self.writer.write(step, m)
+    for r in results.values():
+      for prompt, response, answer in r.samples[:1]:
+        logging.info("[%s] %s -> %r (expected %s)", r.level, prompt, response, answer)
+    return m
+
+
+def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dict | None = None):
+  """Builds the trained model, its train state and frozen rest, and resumes if it can.
+
+  Args:
+    config: the validated config.
+    workdir: the run directory.
+    mesh: from ``validate_and_start``.
+    tok: the tokenizer.
+    total_updates: optimiser updates of the whole run (the lr schedule's length).
+    step_zero: extra metrics written once at step 0 of a fresh run.
+
+  Returns:
+    a ``Run``; ``run.first_step`` is the restored step (0 on a fresh run).
+  """
+  model = build_model(config, tok.vocab_size)
+  optimizer, schedule = optim.make_optimizer(config.optim, total_updates)
+  graphdef, params, rest = train.split_model(model, train.trainable_filter(config.train.trainable))
+  if not jax.tree.leaves(params):
+    raise config_lib.ConfigError(f"train.trainable={config.train.trainable!r} matches no parameter")
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  n_trainable = sum(x.size for x in jax.tree.leaves(params))
+  logging.info("model: %d parameters, %d trainable", n_params, n_trainable)
+  del model
+  state = train.init_train_state(params, optimizer, config.seed)
+  # Sharded by the parameters' logical axis names; a restore lands on the same layout.
+  # One device needs none of it, and skipping it keeps the small-model step ~25% faster
+  # on CPU (committed single-device shardings cost host-side dispatch time).
+  sharded = mesh.devices.size > 1 or jax.process_count() > 1
+  if sharded:
+    state = sharding.shard_train_state(state, mesh, sharding.DEFAULT_RULES)
+    rest = sharding.shard_tree(rest, mesh, sharding.DEFAULT_RULES)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    keep=config.train.keep_checkpoints,
+    async_save=config.train.async_checkpoint,
+  )
+  data_state = {}
+  if ckpt.latest_step() is not None:
+    state, data_state = ckpt.restore(None, like=state)
+    data_state.setdefault("step", int(state.step))
+    logging.info("resumed at step %d", data_state["step"])
+  writer = metrics.MetricWriter(workdir)
+  run = Run(
+    config=config,
+    workdir=workdir,
+    mesh=mesh,
+    tok=tok,
+    graphdef=graphdef,
+    state=state,
+    frozen={"rest": rest},
+    optimizer=optimizer,
+    schedule=schedule,
+    ckpt=ckpt,
+    data_state=data_state,
+    writer=writer,
+    evaluator=accuracy.Evaluator.from_config(graphdef, tok, config),
+    sharded=sharded,
+    n_params=n_params,
+    t_start=time.time(),
+  )
+  if run.first_step == 0:
+    writer.write(
+      0,
+      {
+        "model/params": n_params,
+        "model/trainable_params": n_trainable,
+        "data/vocab_size": tok.vocab_size,
+        **(step_zero or {}),
+      },
+    )
+  return run
+
+
+def eval_levels(config, final: bool) -> list[str]:
+  """Levels evaluated periodically, plus ``eval.final_levels`` at the end."""
+  if config.eval.levels:
+    levels = list(config_lib.parse_levels(config.eval.levels))
+  elif config.data.source == "tasks":
+    levels = list(config_lib.parse_levels(config.data.levels))
+  else:
+    levels = []
+  if final and config.eval.final_levels:
+    extra = (
+      list(tasks.LEVELS)
+      if config.eval.final_levels == "all"
+      else list(config_lib.parse_levels(config.eval.final_levels))
+    )
+    levels += [lv for lv in extra if lv not in levels]
+  return levels
+
+
+def should_stop(run: Run, step: int) -> str:
+  """Why the loop stops after ``step`` ("time", "steps"), or "" to go on."""
+  c = run.config.train
+  if c.max_minutes and (time.time() - run.t_start) / 60 > c.max_minutes:
+    return "time"
+  if c.stop_after and step - run.first_step >= c.stop_after:
+    return "steps"
+  return ""
+
+
+def periodic(run: Run, step: int, data) -> None:
+  """The loop's evaluation and checkpoint every ``eval.every`` / ``train.checkpoint_every``.
+
+  ``data`` returns the host-side state to checkpoint (called only when saving).
+  """
+  c = run.config
+  if c.eval.every and step % c.eval.every == 0 and step != c.train.steps:
+    run.evaluate(step)
+  if step % c.train.checkpoint_every == 0 and step != c.train.steps:
+    run.save(step, data())
+
+
+def mean_metrics(fetched: list[dict]) -> dict[str, float]:
+  """Mean of each metric over a list of fetched metric dicts (keys of the last)."""
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+
+
+def export_hf(run: Run, out_dir: str) -> str:
+  """Writes the trained model (and an HF tokenizer, if that is what we have) for transformers."""
+  params = run.state.params
+  if jax.process_count() > 1:
+    # Every host must join the gather; only process 0 writes.
+    params = multihost_utils.process_allgather(params, tiled=True)
+  if jax.process_index() == 0:
+    hf_tok = run.tok if isinstance(run.tok, HFTokenizer) else None
+    hf.save_model(nnx.merge(run.graphdef, params, run.frozen["rest"]), out_dir, tokenizer=hf_tok)
+  return out_dir
+
+
+def finish(run: Run, step: int, data: dict, last: dict, *, panels=None, extra=None) -> dict:
+  """Last checkpoint, final evaluation, export, plot; returns the run's summary dict.
+
+  Args:
+    run: the run.
+    step: the final step.
+    data: the host-side state to checkpoint with it.
+    last: the last logged metrics.
+    panels / extra: plot panels (``metrics.plot_metrics``) and extra summary entries.
+  """
+  if run.ckpt.latest_step() != step:
+    run.save(step, data, force=True)
+  result = {"step": step, **last, **run.evaluate(step, final=True), **(extra or {})}
+  if run.config.train.export_hf:
+    result["hf_dir"] = export_hf(run, os.path.join(run.workdir, "hf"))
+  run.ckpt.close()
+  run.writer.close()
+  if jax.process_index() == 0:
+    plot_kw = {} if panels is None else dict(panels=panels, log_scale=())
+    result["plot"] = metrics.plot_metrics(
+      run.writer.path, os.path.join(run.workdir, "metrics.png"), **plot_kw
+    )
+  result["metrics_path"] = run.writer.path
+  result["tensorboard_dir"] = os.path.join(run.workdir, "tensorboard")
+  result["headline_levels"] = eval_levels(run.config, final=False)
+  result["wall_minutes"] = (time.time() - run.t_start) / 60
+  return result
