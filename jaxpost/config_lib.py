@@ -42,6 +42,21 @@ def load_config(spec: str) -> config_dict.ConfigDict:
   return module.get_config(variant) if variant else module.get_config()
 
 
+def set_field(c: config_dict.ConfigDict, field: str, value) -> None:
+  """Sets a dotted field such as ``loss.grpo.kl_coef`` (type-checked, like a flag)."""
+  *sections, key = field.split(".")
+  for name in sections:
+    c = c[name]
+  c[key] = value
+
+
+def get_field(c: config_dict.ConfigDict, field: str):
+  """The value of a dotted field such as ``reward.overlong.cache_len``."""
+  for name in field.split("."):
+    c = c[name]
+  return c
+
+
 def parse_levels(spec: str) -> dict[str, float]:
   """'add3:0.2,mul2x2:1' -> {'add3': 0.2, 'mul2x2': 1.0}; a bare name weighs 1."""
   out = {}

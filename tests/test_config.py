@@ -89,16 +89,9 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
 def test_validate_names_the_field(field, value, match):
   c = _config()
   config_lib.validate(c)  # the shipped config is valid
-  _set(c, field, value)
+  config_lib.set_field(c, field, value)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
-
-
-def _set(c, field, value):
-  *sections, key = field.split(".")
-  for name in sections:
-    c = c[name]
-  c[key] = value
 
 
 def test_loss_section_is_checked_against_the_signature():

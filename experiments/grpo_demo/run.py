@@ -53,11 +53,7 @@ def rl_config(seed: int, init_from: str, minutes: float, overrides: dict):
   c.train.progress = False
   c.eval.levels = LEVEL
   for field, value in overrides.items():
-    *sections, key = field.split(".")
-    node = c
-    for name in sections:
-      node = node[name]
-    node[key] = value
+    config_lib.set_field(c, field, value)
   return c
 
 
@@ -172,11 +168,7 @@ def main() -> None:
   args.overrides = {}
   for item in args.set:
     k, v = item.split("=", 1)
-    *sections, key = k.split(".")
-    node = rl_config(0, "", 1, {})
-    for name in sections:
-      node = node[name]
-    args.overrides[k] = type(node[key])(v)
+    args.overrides[k] = type(config_lib.get_field(rl_config(0, "", 1, {}), k))(v)
   logging.basicConfig(level=logging.WARNING)
   # Seeds finished by earlier invocations (their result.json under --root) stay in the
   # table, so seeds can be run one at a time.

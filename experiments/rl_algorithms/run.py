@@ -28,7 +28,7 @@ import shutil
 
 import numpy as np
 
-from jaxpost import metrics
+from jaxpost import config_lib, metrics
 from jaxpost.recipes import rl, sft
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,14 +152,6 @@ def grpo_demo():
   return module
 
 
-def set_field(c, path: str, value) -> None:
-  """Sets a dotted config field such as ``reward.overlong.cache_len``."""
-  *sections, key = path.split(".")
-  for s in sections:
-    c = c[s]
-  c[key] = value
-
-
 def variant_config(demo, sft_dir: str, overrides: dict, steps: int):
   """configs/grpo.py:quickstart from ``sft_dir`` for ``steps`` RL steps, plus ``overrides``."""
   c = demo.rl_config(SEED, sft_dir, 0.0, {})  # 0 minutes: no wall-clock limit
@@ -167,7 +159,7 @@ def variant_config(demo, sft_dir: str, overrides: dict, steps: int):
   c.eval.every = EVAL_EVERY
   c.train.log_every = 1  # every step's reward for the curves (logging does not train)
   for path, value in overrides.items():
-    set_field(c, path, value)
+    config_lib.set_field(c, path, value)
   return c
 
 

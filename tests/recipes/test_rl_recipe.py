@@ -33,11 +33,7 @@ def _config(variant="tiny", **overrides):
   c = config_lib.load_config(os.path.join(REPO, f"configs/grpo.py:{variant}"))
   c.train.progress = False
   for field, value in overrides.items():
-    *sections, key = field.split(".")
-    node = c
-    for name in sections:
-      node = node[name]
-    node[key] = value
+    config_lib.set_field(c, field, value)
   return c
 
 
@@ -490,13 +486,6 @@ def test_step_token_rewards_by_hand():
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 
 
-def _config_set(c, field, value):
-  *sections, key = field.split(".")
-  for name in sections:
-    c = c[name]
-  c[key] = value
-
-
 @pytest.mark.parametrize(
   "field, value, match",
   [
@@ -524,7 +513,7 @@ def _config_set(c, field, value):
 def test_validate_names_the_rl_field(field, value, match):
   c = _config()
   config_lib.validate(c)
-  _config_set(c, field, value)
+  config_lib.set_field(c, field, value)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
 
