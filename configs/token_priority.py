@@ -8,17 +8,24 @@ p < q; Beyond Log Likelihood), per-role factors ``think_weight`` / ``answer_weig
 With every field at its default the loss is the plain token-mean NLL (cross_entropy).
 
 Variants:
-  ``tiny``        CPU seconds-minutes (configs/sft.py:tiny's model, data and budget) with
-                  DFT's priority, prob_power=1.0.
+  ``tiny``        CPU seconds-minutes (configs/sft.py:tiny's model, data and 100 steps)
+                  with DFT's priority, prob_power=1.0: a smoke test of the data-dependent
+                  weights; it does not learn the task in 100 steps.
   ``quickstart``  configs/quickstart.py's model, data and 1500-step budget (about 5 CPU
-                  minutes), with the same DFT priority.
+                  minutes) from scratch, with the reasoning span down-weighted
+                  (think_weight=0.5), a priority that still learns from a random init.
+                  DFT and the min_prob threshold do not: at init every p(y_t) is about
+                  1/64, so sg(p) weights are tiny and a 0.05 threshold drops every token
+                  (experiments/token_priority). Use them to fine-tune a trained run
+                  (``train.init_from``), as in the second command below.
 
 Any field can be overridden on the command line, e.g.
 
   python -m jaxpost.main --config=configs/token_priority.py:tiny --workdir=runs/tp \\
     --config.loss.token_priority.prob_power=0.0 --config.loss.token_priority.min_prob=0.05
-  python -m jaxpost.main --config=configs/token_priority.py:quickstart --workdir=runs/tp_qs \\
-    --config.loss.token_priority.think_weight=0.5
+  python -m jaxpost.main --config=configs/token_priority.py:quickstart --workdir=runs/tp_dft \\
+    --config.train.init_from=runs/quickstart --config.train.steps=200 --config.optim.lr=5e-4 \\
+    --config.loss.token_priority.think_weight=1.0 --config.loss.token_priority.prob_power=1.0
 """
 
 from jaxpost.config_lib import load_sibling
@@ -27,10 +34,12 @@ from jaxpost.config_lib import load_sibling
 def get_config(variant: str = "tiny"):
   if variant == "tiny":
     c = load_sibling(__file__, "sft").get_config("tiny")
+    c.loss.name = "token_priority"
+    c.loss.token_priority.prob_power = 1.0  # DFT: w_t = sg(p(y_t))
   elif variant == "quickstart":
     c = load_sibling(__file__, "quickstart").get_config()
+    c.loss.name = "token_priority"
+    c.loss.token_priority.think_weight = 0.5  # w_t = 0.5 inside <think>...</think>, 1 after
   else:
     raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart")
-  c.loss.name = "token_priority"
-  c.loss.token_priority.prob_power = 1.0  # DFT: w_t = sg(p(y_t))
   return c

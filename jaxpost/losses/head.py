@@ -88,10 +88,8 @@ def target_stats(
   if isinstance(outputs, FusedHead):
     return _fused_target_stats(outputs, targets, mask, label_smoothing)
   chex.assert_rank(outputs, 3)
-  # Masked slots may hold anything (padding, NaN): zero them first, so their (zero)
-  # cotangent never meets a NaN partial, as on the fused path.
   on = mask > 0
-  logits = jnp.where(on[..., None], outputs.astype(jnp.float32), 0.0)
+  logits = outputs.astype(jnp.float32)
   # One max pass serves both the stable logsumexp and the top-1 check.
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
   shifted = logits - top[..., None]
