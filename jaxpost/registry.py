@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,7 +55,8 @@ class Registry:
     kind: what is registered ("loss", "reward", ...), used in error messages.
     families: the allowed family names.
     builtins: modules whose import registers the built-in entries (imported on first
-      lookup, so importing the registry itself stays cheap and cycle-free).
+      lookup, so importing the registry itself stays cheap and cycle-free); "pkg.*"
+      means every module of package ``pkg``, so a new file there registers by existing.
     contract: per family, the parameters every entry of that family takes from the
       framework (arrays, normalisers) and that are therefore not hyperparameters.
   """
@@ -101,7 +103,8 @@ class Registry:
     if not self._loaded:
       self._loaded = True
       for module in self._builtins:
-        importlib.import_module(module)
+        for name in _expand(module):
+          importlib.import_module(name)
 
   def entry(self, name: str) -> Entry:
     self._load()
@@ -182,6 +185,14 @@ class Registry:
     return functools.partial(
       self.get(name), **self.validate_hparams(name, hparams or {}, where=where)
     )
+
+
+def _expand(module: str) -> list[str]:
+  """``"pkg.*"`` -> the modules of package ``pkg`` (sorted); a plain name -> itself."""
+  if not module.endswith(".*"):
+    return [module]
+  package = importlib.import_module(module[:-2])
+  return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
 
 def _typed(value: Any, default: Any, field: str) -> Any:

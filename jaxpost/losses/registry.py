@@ -29,7 +29,7 @@ from jaxpost.registry import Registry
 LOSSES = Registry(
   "loss",
   families=("token", "policy"),
-  builtins=("jaxpost.losses.sft", "jaxpost.losses.token_priority", "jaxpost.losses.policy"),
+  builtins=("jaxpost.losses.*",),  # every module of jaxpost/losses: a new file registers
   contract={"token": ("norm",), "policy": ("norm", "entropy")},
 )
 

@@ -28,7 +28,8 @@ from jaxpost.registry import Registry
 RewardFn = Callable[..., float]
 CheckFn = Callable[..., None]
 
-REWARDS = Registry("reward", builtins=("jaxpost.rewards.shaping", "jaxpost.rewards.verifiers"))
+# Built-ins: every module of jaxpost/rewards (a new file registers by existing).
+REWARDS = Registry("reward", builtins=("jaxpost.rewards.*",))
 
 # Metric names `combine.score` writes next to ``reward/<name>``; a reward may not take one.
 RESERVED_NAMES = frozenset({"mean", "errors", "timeouts", "skipped", "stuck_workers"})

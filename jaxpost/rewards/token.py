@@ -46,7 +46,7 @@ CONTEXT = ("tokenizer",)
 TOKEN_REWARDS = Registry(
   "token reward",
   families=("token",),
-  builtins=("jaxpost.rewards.token",),
+  builtins=("jaxpost.rewards.*",),  # a token reward in a new file registers too
   contract={"token": CONTEXT},
 )
 
