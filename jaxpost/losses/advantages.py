@@ -211,8 +211,7 @@ def get(name: str) -> Callable[..., jax.Array]:
 
 def combine(
   rewards: jax.Array,
-  outcome_tokens: jax.Array,
-  return_tokens: jax.Array,
+  token_rewards: dict[str, jax.Array],
   mask: jax.Array,
   *,
   estimator: str,
@@ -221,14 +220,18 @@ def combine(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Token advantages from sequence rewards and token rewards (``rewards/token.py``).
 
-    r'_i = r_i + sum_t outcome_{i,t}                 (token rewards in the return)
-    A_i  = estimator(r' grouped by G)                (group baseline)
-    A_{i,t} = A_i + sum_{s >= t} gamma^(s-t) return_{i,s}   (returns-to-go)
+    r'_i = r_i + sum_t outcome_{i,t}                      (token rewards in the return)
+    A_i  = estimator(r' grouped by G)                     (group baseline)
+    A_{i,t} = A_i + sum_{s >= t} gamma^(s-t) return_{i,s} + direct_{i,t}
+
+  "return" rewards become returns-to-go (per-step process rewards); "direct" ones are
+  per-token advantages as they are (e.g. a teacher's log-ratio in on-policy
+  distillation, where each token's signal is its own).
 
   Args:
     rewards: f32[B] sequence rewards, G adjacent rows per prompt.
-    outcome_tokens: f32[B, T] token rewards summed into the sequence reward.
-    return_tokens: f32[B, T] token rewards turned into returns-to-go, or None (none).
+    token_rewards: f32[B, T] per mode ("outcome", "return", "direct"); a missing mode
+      adds nothing.
     mask: f32[B, T] 1 on completion tokens.
     estimator: a key of ``ADVANTAGES``.
     group_size: G.
@@ -237,13 +240,16 @@ def combine(
   Returns:
     (token advantages f32[B, T], sequence advantages f32[B], shaped rewards f32[B]).
   """
-  chex.assert_rank([outcome_tokens, mask], 2)
+  chex.assert_rank(mask, 2)
   on = mask > 0
-  shaped = jnp.asarray(rewards, jnp.float32) + jnp.sum(
-    jnp.where(on, outcome_tokens.astype(jnp.float32), 0.0), axis=1
-  )
+  shaped = jnp.asarray(rewards, jnp.float32)
+  if token_rewards.get("outcome") is not None:
+    outcome = jnp.where(on, jnp.asarray(token_rewards["outcome"], jnp.float32), 0.0)
+    shaped = shaped + jnp.sum(outcome, axis=1)
   seq = get(estimator)(shaped.reshape(-1, group_size)).reshape(-1)
   token = broadcast_to_tokens(seq, mask)
-  if return_tokens is not None:
-    token = token + token_advantages(return_tokens, mask, gamma)
+  if token_rewards.get("return") is not None:
+    token = token + token_advantages(jnp.asarray(token_rewards["return"]), mask, gamma)
+  if token_rewards.get("direct") is not None:
+    token = token + jnp.where(on, jnp.asarray(token_rewards["direct"], jnp.float32), 0.0)
   return token, seq, shaped

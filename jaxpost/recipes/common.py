@@ -62,7 +62,14 @@ def load_tokenizer(config, workdir: str):
   return sharding.primary_first(lambda: pipeline.prepare_tokenizer(config, workdir))
 
 
-def build_model(config, vocab_size: int, *, init_from: str | None = None) -> models.Decoder:
+def build_model(
+  config,
+  vocab_size: int,
+  *,
+  init_from: str | None = None,
+  size: str | None = None,
+  hf_dir: str | None = None,
+) -> models.Decoder:
   """The named size or ``model.hf_dir``'s checkpoint, with ``init_from``'s parameters loaded.
 
   Args:
@@ -71,19 +78,18 @@ def build_model(config, vocab_size: int, *, init_from: str | None = None) -> mod
     init_from: a run's workdir whose latest parameters replace the built ones (None:
       ``train.init_from``; "" = none). Leaves that run did not save (it trained a
       subset) keep the built values, and are logged.
+    size, hf_dir: another model than ``config.model``'s (a teacher); None = the config's.
   """
-  if config.model.hf_dir:
-    model = hf.load_model(
-      config.model.hf_dir, dtype=config.model.dtype, param_dtype=config.model.param_dtype
-    )
+  hf_dir = config.model.hf_dir if hf_dir is None else hf_dir
+  if hf_dir:
+    model = hf.load_model(hf_dir, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
     if vocab_size > model.config.vocab_size:
       raise config_lib.ConfigError(
-        f"the tokenizer has {vocab_size} ids but {config.model.hf_dir} embeds only "
-        f"{model.config.vocab_size}"
+        f"the tokenizer has {vocab_size} ids but {hf_dir} embeds only {model.config.vocab_size}"
       )
   else:
     model_config = models.named_config(
-      config.model.size,
+      size or config.model.size,
       vocab_size=vocab_size,
       dtype=config.model.dtype,
       param_dtype=config.model.param_dtype,
@@ -108,13 +114,15 @@ def build_model(config, vocab_size: int, *, init_from: str | None = None) -> mod
   return model
 
 
-def frozen_model(config, vocab_size: int, *, init_from: str | None = None):
+def frozen_model(config, vocab_size: int, **source):
   """Another model as a frozen ``(graphdef, (params, rest))``: a reference or a teacher.
 
-  Built like the trained model (``build_model``), from its own source, so it is never
-  a copy of the trained parameters (those are donated to the train step).
+  Built like the trained model (``build_model``; ``source``: its ``init_from``, ``size``,
+  ``hf_dir``), from its own source, so it is never a copy of the trained parameters
+  (those are donated to the train step). A teacher of another size or architecture
+  has its own graph: read it with its own scorer.
   """
-  graphdef, params, rest = train.split_model(build_model(config, vocab_size, init_from=init_from))
+  graphdef, params, rest = train.split_model(build_model(config, vocab_size, **source))
   return graphdef, (params, rest)
 
 

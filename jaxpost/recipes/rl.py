@@ -12,8 +12,9 @@ One RL step:
   3. score    the current policy gives ``old_logp`` (pi_old of the PPO ratio) scored
               exactly as the sampler records it, log_softmax(f32 logits / temperature),
               or with ``rl.old_logp=sampler`` the sampler's records stand in for it (no
-              forward); the frozen reference gives ``ref_logp`` when the loss or a token
-              reward reads it; with ``rl.shared_prompt`` (default) every forward pass,
+              forward); the frozen reference gives ``ref_logp`` and the teacher
+              (``rl.teacher``, its own graph) ``teacher_logp`` when the loss or a token
+              reward reads them; with ``rl.shared_prompt`` (default) every forward pass,
               here and in the update, runs each group's prompt once (``scoring``);
   4. advantage token rewards (``reward.token_terms``: the KL in the reward, per-step
               rewards, ...) are scored, then the group estimator (``rl.advantage``: GRPO
@@ -43,7 +44,7 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from jaxpost import config_lib, rewards, scoring, train
+from jaxpost import config_lib, models, rewards, scoring, train
 from jaxpost.data import tasks
 from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
@@ -74,6 +75,12 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.old_logp = "recompute"  # pi_old of the ratio: recompute (a forward pass) | sampler
   c.rl.shared_prompt = True  # score/update each group's prompt once, not G times (exact)
   c.rl.reference = ""  # workdir of the frozen reference; "" = the policy's starting point
+  # The teacher whose log-probs ("teacher_logp") token rewards may read (on-policy
+  # distillation); loaded only when a reward needs it. Same tokenizer as the policy.
+  c.rl.teacher = config_dict.ConfigDict()
+  c.rl.teacher.size = ""  # named size of the teacher; "" = model.size
+  c.rl.teacher.hf_dir = ""  # a Hugging Face checkpoint dir to load the teacher from
+  c.rl.teacher.init_from = ""  # or a run's workdir whose latest params the teacher loads
   c.rl.epochs = 1  # passes of policy updates over each rollout batch
   c.rl.minibatches = 1  # optimiser updates per pass, each on B / minibatches shuffled rows
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill
@@ -139,6 +146,9 @@ def validate(c: config_dict.ConfigDict) -> None:
       "rl.shared_prompt=False"
     )
   config_lib.run_dir(r.reference, "rl.reference")
+  config_lib.run_dir(r.teacher.init_from, "rl.teacher.init_from")
+  if r.teacher.size:
+    config_lib.choice(r.teacher.size, "rl.teacher.size", models.NAMED_SIZES)
   if c.reward.timeout_s < 0:
     raise config_lib.ConfigError(f"reward.timeout_s={c.reward.timeout_s!r} must be >= 0")
   if c.data.source != "tasks":
@@ -147,7 +157,9 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   try:
     reward_spec(c)
-    token_rewards.make_spec(c.reward.token_terms, c.reward)
+    needs = token_rewards.needs(token_rewards.make_spec(c.reward.token_terms, c.reward))
+    if "teacher_logp" in needs and not (r.teacher.hf_dir or r.teacher.init_from):
+      raise ValueError("a token reward reads teacher_logp: set rl.teacher.hf_dir or .init_from")
     for name in token_rewards.TOKEN_REWARDS.names():  # used or not: a bad value fails now
       token_rewards.TOKEN_REWARDS.validate_hparams(name, c.reward[name], where=f"reward.{name}")
   except (KeyError, TypeError, ValueError) as e:
@@ -224,6 +236,12 @@ def run(config, workdir: str) -> dict:
   if needs_ref:  # a frozen model from its own source, not a copy of the policy
     _, ref_state = common.frozen_model(config, tok.vocab_size, init_from=r.reference or None)
     run_.frozen["reference"] = run_.place(ref_state)
+  if "teacher_logp" in token_rewards.needs(token_spec):  # its own graph, its own scorer
+    t = r.teacher
+    t_graph, t_state = common.frozen_model(
+      config, tok.vocab_size, size=t.size or None, hf_dir=t.hf_dir or None, init_from=t.init_from
+    )
+    run_.frozen["teacher"] = run_.place(t_state)
 
   # Compiled pieces: sampler, scorer (completions only, shared prompts), policy update.
   generate_fn = sampler.make_generate_fn(
@@ -245,6 +263,8 @@ def run(config, workdir: str) -> dict:
     group_size=G if r.shared_prompt else 1,  # each group's prompt runs once
   )
   logp_fn = scoring.jit_logp(scorer)
+  if "teacher" in run_.frozen:  # the teacher's own distribution (T = 1) on the same window
+    teacher_fn = scoring.jit_logp(dataclasses.replace(scorer, graphdef=t_graph, temperature=1.0))
   loss_fn = LOSSES.bind(config.loss.name, hparams, where=f"loss.{config.loss.name}")
   update = run_.compile_step(
     train.make_update(
@@ -311,6 +331,10 @@ def run(config, workdir: str) -> dict:
         jax.device_get(logp_fn((run_.state.params, run_.frozen["rest"]), device_batch)[0])
       )
     scores = {"old_logp": old_logp, "ref_logp": None}
+    if "teacher" in run_.frozen:
+      scores["teacher_logp"] = np.asarray(
+        jax.device_get(teacher_fn(run_.frozen["teacher"], device_batch)[0])
+      )
     if needs_ref:
       scores["ref_logp"] = np.asarray(
         jax.device_get(logp_fn(run_.frozen["reference"], device_batch)[0])
@@ -318,16 +342,9 @@ def run(config, workdir: str) -> dict:
 
     # 4. Token rewards, then advantages on the global batch.
     mask = np.asarray(groups.batch.loss_mask)
-    outcome, returns, token_ms = token_rewards.score(token_spec, groups, scores)
+    by_mode, token_ms = token_rewards.score(token_spec, groups, scores)
     token_adv, adv, final_rewards = jax.device_get(
-      advantages.combine(
-        groups.rewards,
-        outcome,
-        returns if returns.any() else None,
-        mask,
-        estimator=r.advantage,
-        group_size=G,
-      )
+      advantages.combine(groups.rewards, by_mode, mask, estimator=r.advantage, group_size=G)
     )
     rollout = Rollout(
       batch=groups.batch,

@@ -18,7 +18,9 @@ Each entry also says how its reward enters the advantages (``mode``):
   outcome  summed over the row's tokens and added to the sequence reward before the
            group estimator (KL in the reward, as in PPO-style RLHF);
   return   turned into returns-to-go (``advantages.token_advantages``) and added to the
-           token advantages after it (process supervision: per-step rewards).
+           token advantages after it (process supervision: per-step rewards);
+  direct   added to the token advantages as it is (a teacher's per-token log-ratio in
+           on-policy distillation).
 
 ``advantages.combine`` does both. A spec is a tuple of (name, weight) pairs
 (``reward.token_terms``).
@@ -39,7 +41,7 @@ from jaxpost.data import tasks, template
 from jaxpost.losses import kl
 from jaxpost.registry import Registry
 
-MODES = ("outcome", "return")
+MODES = ("outcome", "return", "direct")
 # Run-time objects a token reward may take by name; the recipe binds them.
 CONTEXT = ("tokenizer",)
 
@@ -101,21 +103,19 @@ def score(spec: Sequence[TokenTerm], rollout, scores: Mapping[str, np.ndarray]):
   """Weighted token rewards of a spec, by mode.
 
   Returns:
-    (outcome f32[B, T], returns f32[B, T]): the weighted sums of the "outcome" and of
-    the "return" terms, 0 off the loss mask; and per-term metrics {reward/<name>: mean
-    over rows of the row sum}.
+    ({mode: f32[B, T]} weighted sum of the terms of each mode present, 0 off the loss
+    mask; per-term metrics {reward/<name>: mean over rows of the row sum}).
   """
   mask = np.asarray(rollout.batch.loss_mask) > 0
-  out = {m: np.zeros(mask.shape, np.float32) for m in MODES}
-  metrics = {}
+  out, metrics = {}, {}
   for term in spec:
     missing = [n for n in term.needs if scores.get(n) is None]
     if missing:
       raise ValueError(f"token reward {term.name!r} needs scores {missing}")
     r = np.where(mask, np.asarray(term.fn(rollout, scores), np.float32), 0.0)
-    out[term.mode] += term.weight * r
+    out[term.mode] = out.get(term.mode, 0.0) + term.weight * r
     metrics[f"reward/{term.name}"] = float(r.sum(axis=1).mean())
-  return out["outcome"], out["return"], metrics
+  return out, metrics
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,3 +191,21 @@ def step_correctness(rollout, scores, *, tokenizer) -> np.ndarray:
     v = vals[sel]
     out[rows[sel], cols[sel]] = (v - v.mean()) / (v.std() + 1e-6)
   return out
+
+
+@register("teacher_log_ratio", mode="direct", needs=("old_logp", "teacher_logp"))
+def teacher_log_ratio(rollout, scores) -> np.ndarray:
+  """log p_teacher(y_t) - log pi_old(y_t) per sampled token: on-policy distillation.
+
+  With mode "direct" this is each token's advantage (no return): minimising the
+  per-token reverse KL(pi || p_teacher) on the student's own samples, as in GKD's
+  on-policy setting (arXiv 2306.13649) and "On-Policy Distillation" (Thinking
+  Machines, 2025), whose reward is this negative reverse-KL estimate. The teacher is
+  ``rl.teacher`` (the recipe loads it when a term needs "teacher_logp").
+
+  Args:
+    rollout: uses batch.loss_mask.
+    scores: uses "old_logp" and "teacher_logp".
+  """
+  on = np.asarray(rollout.batch.loss_mask) > 0
+  return np.where(on, np.asarray(scores["teacher_logp"]) - np.asarray(scores["old_logp"]), 0.0)

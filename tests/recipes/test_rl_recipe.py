@@ -379,10 +379,10 @@ def test_kl_in_the_reward_by_hand():
   for estimator, kl_sum in (("k1", -0.5), ("k2", 0.125 + 0.5)):
     # k1 = old - ref = 0.5 and -1.0 (the masked 9.0 never counts); k2 = d^2 / 2.
     spec = token_rewards.make_spec((("kl_penalty", 0.1),), {"kl_penalty": {"estimator": estimator}})
-    outcome, returns, _ = token_rewards.score(spec, groups, scores)
-    assert not returns.any()
+    by_mode, _ = token_rewards.score(spec, groups, scores)
+    assert set(by_mode) == {"outcome"}
     _, _, shaped = advantages.combine(
-      np.array([1.0]), outcome, None, mask, estimator="grpo", group_size=1
+      np.array([1.0]), by_mode, mask, estimator="grpo", group_size=1
     )
     np.testing.assert_allclose(shaped, [1.0 - 0.1 * kl_sum], rtol=1e-6)
   assert token_rewards.needs(spec) == {"old_logp", "ref_logp"}
@@ -578,6 +578,63 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   assert res_full["step"] == res_parts["step"] == 4
   for k in ("rl/zero_adv_group_frac", "rl/logp_mismatch_p99", "train/clip_frac_low"):
     assert k in res_full
+
+
+def test_teacher_log_ratio_is_a_direct_token_advantage_by_hand():
+  old = np.array([[-1.0, -2.0, 0.0]], np.float32)
+  teacher = np.array([[-0.5, -3.0, 7.0]], np.float32)
+  mask = np.array([[1.0, 1.0, 0.0]], np.float32)
+  groups = dataclasses.replace(
+    _fake_groups(np.ones((1, 2)), 0), batch=Batch.from_tokens(np.zeros((2, 3), np.int32))
+  )
+  groups = dataclasses.replace(groups, batch=groups.batch.replace(loss_mask=np.tile(mask, (2, 1))))
+  scores = {"old_logp": np.tile(old, (2, 1)), "teacher_logp": np.tile(teacher, (2, 1))}
+  spec = token_rewards.make_spec((("teacher_log_ratio", 2.0),), {})
+  by_mode, metrics = token_rewards.score(spec, groups, scores)
+  token_adv, seq_adv, _ = advantages.combine(
+    np.array([1.0, 0.0]), by_mode, np.tile(mask, (2, 1)), estimator="grpo", group_size=2
+  )
+  # Per token 2 * (teacher - old) on the mask, added to the group advantage as it is.
+  direct = 2.0 * np.array([0.5, -1.0, 0.0])
+  np.testing.assert_allclose(
+    np.asarray(token_adv) - np.asarray(seq_adv)[:, None] * mask, np.tile(direct, (2, 1)), rtol=1e-6
+  )
+  assert metrics["reward/teacher_log_ratio"] == pytest.approx(-0.5)
+
+
+def test_on_policy_distillation_from_a_teacher_of_another_size(tmp_path, random_decoder):
+  """A token reward that reads teacher_logp makes the recipe load rl.teacher (here a wider,
+  deeper model from a Hugging Face dir) and score it with its own graph."""
+  from jaxpost.models import hf
+
+  teacher_dir = str(tmp_path / "teacher")
+  teacher = models.named_config(
+    "tiny",
+    vocab_size=80,
+    d_model=48,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=12,
+    mlp_dim=96,
+    max_seq_len=256,
+  )
+  hf.save_model(random_decoder(teacher, seed=3), teacher_dir)
+  c = _run_config(
+    **{
+      "train.steps": 1,
+      "eval.every": 0,
+      "reward.token_terms": (("teacher_log_ratio", 1.0),),
+      "rl.teacher.hf_dir": teacher_dir,
+    }
+  )
+  with pytest.raises(config_lib.ConfigError, match="rl.teacher"):
+    bad = _run_config(**{"reward.token_terms": (("teacher_log_ratio", 1.0),)})
+    config_lib.validate(bad)
+  result = rl.run(c, str(tmp_path / "run"))
+  assert np.isfinite(result["train/loss"]) and result["train/grad_norm"] > 0
+  # A random teacher disagrees with the policy: the log-ratio reward is far from 0.
+  assert result["reward/teacher_log_ratio"] < -1.0
 
 
 def test_sampler_old_logp_gives_the_recomputed_update(tmp_path):
