@@ -22,17 +22,32 @@ def _scalar(v) -> float:
 class MetricWriter:
   """Writes scalars to JSONL and TensorBoard; a no-op on processes other than 0."""
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, resume_step: int | None = None):
+    """Opens the run's metrics for appending.
+
+    Args:
+      workdir: the run directory.
+      enabled: write (default: on process 0 only).
+      resume_step: the step the run resumes from (the restored checkpoint's; -1 for a
+        run with no checkpoint yet). Records past it were written by an interrupted
+        run and are about to be written again, so they are dropped first: the JSONL
+        file is rewritten atomically without them and TensorBoard purges them, so every
+        step appears once however often and wherever the run was killed. None keeps
+        everything.
+    """
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = None
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        _drop_records_after(self.path, resume_step)
       self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      purge = {} if resume_step is None else {"purge_step": resume_step + 1}
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), **purge)
 
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
     if not self.enabled:
@@ -49,6 +64,33 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> int:
+  """Rewrites ``path`` (atomically) without the records whose step is > ``step``.
+
+  A torn last line (a kill mid-write) is dropped too. Returns how many lines went.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if int(record.get("step", 0)) <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return len(lines) - len(kept)
 
 
 def read_jsonl_metrics(path: str) -> list[dict]:

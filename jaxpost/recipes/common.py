@@ -190,14 +190,15 @@ class Run:
   def save(self, step: int, data: dict, force: bool = False) -> None:
     self.ckpt.save(step, self.state, {**data, "step": step}, force=force)
 
-  def evaluate(self, step: int, final: bool = False) -> dict:
+  def evaluate(self, step: int, final: bool = False, write: bool = True) -> dict:
     """Held-out accuracy on the eval levels (plus ``eval.final_levels`` when final)."""
     levels = eval_levels(self.config, final)
     if not levels:
       return {}
     results = self.evaluator.evaluate(self.model_state(), levels)
     m = accuracy.as_metrics(results, headline=tuple(eval_levels(self.config, final=False)))
-    self.writer.write(step, m)
+    if write:
+      self.writer.write(step, m)
     for r in results.values():
       for prompt, response, answer in r.samples[:1]:
         logging.info("[%s] %s -> %r (expected %s)", r.level, prompt, response, answer)
@@ -245,7 +246,9 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
     state, data_state = ckpt.restore(None, like=state)
     data_state.setdefault("step", int(state.step))
     logging.info("resumed at step %d", data_state["step"])
-  writer = metrics.MetricWriter(workdir)
+  # Records past the restored step (-1: no checkpoint) are from an interrupted run and
+  # will be written again: drop them, so each step is logged exactly once.
+  writer = metrics.MetricWriter(workdir, resume_step=int(data_state.get("step", -1)))
   run = Run(
     config=config,
     workdir=workdir,
@@ -344,9 +347,14 @@ def finish(run: Run, step: int, data: dict, last: dict, *, panels=None, extra=No
     last: the last logged metrics.
     panels / extra: plot panels (``metrics.plot_metrics``) and extra summary entries.
   """
+  # Evaluate, then save: a kill during the final evaluation resumes from an earlier
+  # checkpoint, which drops the partial evaluation's records (``MetricWriter``).
+  # A finished run started again has its final evaluation logged already: report only.
+  done_before = run.first_step == step and run.ckpt.latest_step() == step
+  final = run.evaluate(step, final=True, write=not done_before)
+  result = {"step": step, **last, **final, **(extra or {})}
   if run.ckpt.latest_step() != step:
     run.save(step, data, force=True)
-  result = {"step": step, **last, **run.evaluate(step, final=True), **(extra or {})}
   if run.config.train.export_hf:
     result["hf_dir"] = export_hf(run, os.path.join(run.workdir, "hf"))
   run.ckpt.close()

@@ -243,3 +243,41 @@ def test_overlong_error_raises(tmp_path):
   config = _jsonl_config(path, **{"data.overlong": "error"})
   with pytest.raises(OverlongError, match=r"has 86 tokens > seq_len=64"):
     sft.run(config, str(tmp_path / "err"))
+
+
+def _step_counts(workdir):
+  """{(step, kind): count} of metrics.jsonl records; kind = 'train', 'eval' or 'start'."""
+  counts = {}
+  for r in _records(workdir):
+    kind = "train" if "train/loss" in r else "eval" if "eval/accuracy" in r else "start"
+    counts[(r["step"], kind)] = counts.get((r["step"], kind), 0) + 1
+  return counts
+
+
+def test_metrics_once_per_step_after_crashes(tmp_path):
+  """Issue 12: records an interrupted run wrote past its last checkpoint are dropped on
+  resume, so every step (and the step-0 line, and the final evaluation) appears once."""
+  import shutil
+
+  c = _config(**{"eval.every": 2})
+  full = str(tmp_path / "full")
+  sft.run(c, full)
+  want = _step_counts(full)
+  assert all(n == 1 for n in want.values()) and (4, "eval") in want and (0, "start") in want
+  # Killed after step 4's logs and final evaluation, before the last checkpoint.
+  crashed = str(tmp_path / "crashed")
+  shutil.copytree(full, crashed)
+  shutil.rmtree(os.path.join(crashed, "checkpoints", "4"))
+  with open(os.path.join(crashed, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 4, "train/lo')  # and a torn last line
+  sft.run(c, crashed)
+  assert _step_counts(crashed) == want
+  # Killed during compilation of step 1: only the step-0 line was written.
+  early = str(tmp_path / "early")
+  shutil.copytree(full, early)
+  shutil.rmtree(os.path.join(early, "checkpoints"))
+  sft.run(c, early)
+  assert _step_counts(early) == want
+  # A finished run started again logs nothing twice.
+  sft.run(c, full)
+  assert _step_counts(full) == want
