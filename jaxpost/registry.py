@@ -15,6 +15,7 @@ values). Registering a name twice is an error, never a silent overwrite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -180,8 +181,6 @@ class Registry:
 
   def bind(self, name: str, hparams: Mapping[str, Any] | None = None, *, where: str = ""):
     """The function with its (validated) hyperparameters bound, as a ``functools.partial``."""
-    import functools
-
     return functools.partial(
       self.get(name), **self.validate_hparams(name, hparams or {}, where=where)
     )
