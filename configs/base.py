@@ -9,6 +9,14 @@ method file or a command line that sets an unknown key fails.
 
 from ml_collections import config_dict
 
+from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS
+from jaxpost.data.packing import OVERLONG_CHOICES
+from jaxpost.fields import FLAG, PATTERN, TEXT, declare, integer, num, one_of
+from jaxpost.losses import LOSSES
+from jaxpost.losses.head import LM_HEADS
+from jaxpost.models import NAMED_SIZES
+from jaxpost.optim import OPTIMIZERS, SCHEDULES
+
 
 def get_config(recipe: str = "sft") -> config_dict.ConfigDict:
   from jaxpost import recipes
@@ -16,6 +24,7 @@ def get_config(recipe: str = "sft") -> config_dict.ConfigDict:
   c = shared_sections()
   c.recipe = recipe  # outer loop to run: one of jaxpost.recipes.RECIPES
   c.seed = 0  # seeds parameter init, data order and sampling
+  declare("", recipe=one_of(recipes.RECIPES.names), seed=integer(ge=0))
   recipes.add_config_sections(c, recipe)
   c.lock()
   return c
@@ -30,12 +39,27 @@ def shared_sections() -> config_dict.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
   c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
+  declare(
+    "model",
+    size=one_of(NAMED_SIZES),
+    hf_dir=TEXT,
+    dtype=one_of(DTYPES),
+    param_dtype=one_of(DTYPES),
+    max_seq_len=integer(ge=2),
+  )
 
   c.tokenizer = config_dict.ConfigDict()
   c.tokenizer.path = ""  # .model (sentencepiece) or tokenizer.json; "" = train one in workdir
   c.tokenizer.vocab_size = 512  # vocabulary size when training a sentencepiece model
   c.tokenizer.byte_fallback = True  # trained tokenizer: unseen characters as UTF-8 bytes (+256 ids)
   c.tokenizer.train_examples = 20_000  # examples of training text for tokenizer training
+  declare(
+    "tokenizer",
+    path=TEXT,
+    vocab_size=integer(ge=8),
+    byte_fallback=FLAG,
+    train_examples=integer(ge=1),
+  )
 
   c.data = config_dict.ConfigDict()
   c.data.source = "tasks"  # tasks | jsonl | tfds
@@ -48,14 +72,29 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
+  declare(
+    "data",
+    source=one_of(("tasks", "jsonl", "tfds")),
+    levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
+    path=TEXT,
+    split=TEXT,
+    skip_malformed=FLAG,
+    seq_len=integer(ge=2),
+    batch_size=integer(ge=1),
+    pack=FLAG,
+    overlong=one_of(OVERLONG_CHOICES),
+    streams=integer(ge=1),
+  )
 
   c.loss = config_dict.ConfigDict()
   c.loss.name = "cross_entropy"  # key in the loss registry; loss.<name> holds its hyperparameters
+  declare("loss", name=one_of(LOSSES.names))  # loss.<name>.*: the loss's own rules
 
   c.kernels = config_dict.ConfigDict()
   # fused* = pallas_kernels.fused_linear_divergence: same values, no [B*T, V] buffer
   c.kernels.lm_head = "logits"  # logits (materialise [B, T, V]) | fused | fused_xla | fused_pallas
   c.kernels.chunk_size = 0  # token rows per chunk of the fused op (0 = automatic)
+  declare("kernels", lm_head=one_of(lambda: sorted(LM_HEADS)), chunk_size=integer(ge=0))
 
   c.optim = config_dict.ConfigDict()
   c.optim.name = "adamw"  # adamw | sgd
@@ -68,17 +107,38 @@ def shared_sections() -> config_dict.ConfigDict:
   c.optim.b2 = 0.95  # adam beta2
   c.optim.eps = 1e-8  # adam epsilon
   c.optim.grad_clip = 1.0  # clip by global norm; 0 = off
+  declare(
+    "optim",
+    name=one_of(OPTIMIZERS),
+    lr=num(gt=0),
+    warmup_steps=integer(ge=0),
+    decay=one_of(SCHEDULES),
+    final_lr_frac=num(ge=0, le=1),
+    weight_decay=num(ge=0),
+    b1=num(ge=0, lt=1),
+    b2=num(ge=0, lt=1),
+    eps=num(ge=0),
+    grad_clip=num(ge=0),
+  )
 
   c.mesh = config_dict.ConfigDict()
   c.mesh.data = -1  # data-parallel axis: splits batch rows; -1 = the devices left over
   c.mesh.fsdp = 1  # fully-sharded data parallel: splits batch rows and params' embed axis
   c.mesh.tensor = 1  # tensor parallel: splits heads, MLP width and vocabulary
+  declare("mesh", **dict.fromkeys(("data", "fsdp", "tensor"), integer(ge=1, special=(-1,))))
 
   c.distributed = config_dict.ConfigDict()
   c.distributed.initialize = False  # multi-host: call jax.distributed.initialize() first
   c.distributed.coordinator_address = ""  # host:port of process 0; "" = from the environment
   c.distributed.num_processes = 0  # processes in the job; 0 = from the environment
   c.distributed.process_id = -1  # this process's index; -1 = from the environment
+  declare(
+    "distributed",
+    initialize=FLAG,
+    coordinator_address=TEXT,
+    num_processes=integer(ge=0),
+    process_id=integer(ge=-1),
+  )
 
   c.train = config_dict.ConfigDict()
   c.train.steps = 1000  # optimiser updates in total
@@ -88,11 +148,30 @@ def shared_sections() -> config_dict.ConfigDict:
   c.train.keep_checkpoints = 2  # checkpoints kept on disk
   c.train.async_checkpoint = True  # save in a background thread
   c.train.max_minutes = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+  c.train.max_nonfinite_steps = 10  # consecutive NaN/inf steps (each skipped) before the run stops
+  c.train.allow_changes = False  # resume even if the config or data differ from run.json's
   c.train.stop_after = 0  # stop (with a checkpoint) after this many steps of this run; 0 = never
   c.train.progress = True  # tqdm progress bar
   c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
   c.train.init_from = ""  # a run's workdir to start from (its tokenizer + latest params); "" = none
   c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
+  declare(
+    "train",
+    steps=integer(ge=1),
+    microbatches=integer(ge=1),
+    log_every=integer(ge=1),
+    checkpoint_every=integer(ge=1),
+    keep_checkpoints=integer(ge=1),
+    async_checkpoint=FLAG,
+    max_minutes=num(ge=0),
+    max_nonfinite_steps=integer(ge=1),
+    allow_changes=FLAG,
+    stop_after=integer(ge=0),
+    progress=FLAG,
+    export_hf=FLAG,
+    init_from=TEXT,
+    trainable=PATTERN,
+  )
 
   c.eval = config_dict.ConfigDict()
   c.eval.every = 250  # steps between held-out evaluations (and one at the end); 0 = end only
@@ -101,5 +180,14 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.num_examples = 200  # held-out problems per level
   c.eval.batch_size = 200  # prompts decoded at once
   c.eval.max_new_tokens = 96  # generation budget per answer
+  declare(
+    "eval",
+    every=integer(ge=0),
+    levels=OPTIONAL_LEVELS,
+    final_levels=FINAL_LEVELS,
+    num_examples=integer(ge=1),
+    batch_size=integer(ge=1),
+    max_new_tokens=integer(ge=1),
+  )
 
   return c

@@ -5,17 +5,89 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 import types
 
 from ml_collections import config_dict
 
-from jaxpost.data.packing import OVERLONG_CHOICES
-from jaxpost.optim import OPTIMIZERS, SCHEDULES
+from jaxpost import fields
 
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _check_levels(spec: str) -> None:
+  """A task mixture 'name:weight,...' of shipped levels with positive weights."""
+  from jaxpost.data import tasks
+
+  levels = parse_levels(spec)
+  if not levels:
+    raise ValueError("no level named")
+  for name, weight in levels.items():
+    if name not in tasks.LEVELS:
+      hint = fields.suggest(name, tasks.LEVELS)
+      raise ValueError(
+        f"unknown level {name!r}"
+        + (f" (did you mean {hint!r}?)" if hint else "")
+        + f"; levels: {', '.join(tasks.LEVELS)}"
+      )
+    if not (math.isfinite(weight) and weight > 0):
+      raise ValueError(f"the weight of {name!r} must be > 0, got {weight}")
+
+
+def _check_final_levels(spec: str) -> None:
+  if spec != "all":
+    _check_levels(spec)
+
+
+# Rules of the level-mixture fields (data.levels, eval.levels, eval.final_levels).
+OPTIONAL_LEVELS = fields.Text("a level mixture like 'add3:0.5,mul2x2:1' or ''", check=_check_levels)
+FINAL_LEVELS = fields.Text("'all' or a level mixture", check=_check_final_levels)
+
+
+def rule_for(c: config_dict.ConfigDict, field: str) -> fields.Rule | None:
+  """The declared rule of a dotted field: ``fields.FIELDS``, or for ``loss.<name>.*``
+  and ``reward.<name>.*`` the registered function's ``rules``."""
+  if field in fields.FIELDS:
+    return fields.FIELDS[field]
+  parts = field.split(".")
+  if len(parts) == 3 and parts[0] in ("loss", "reward"):
+    for registry in _hparam_registries(parts[0]):
+      if parts[1] in registry:
+        return registry.entry(parts[1]).rules.get(parts[2])
+  return None
+
+
+def _hparam_registries(section: str) -> list:
+  if section == "loss":
+    from jaxpost.losses import LOSSES
+
+    return [LOSSES]
+  from jaxpost.rewards import registry as rewards_registry
+  from jaxpost.rewards import token
+
+  return [rewards_registry.REWARDS, token.TOKEN_REWARDS]
+
+
+def leaves(c: config_dict.ConfigDict, prefix: str = ""):
+  """``(dotted field, value)`` of every leaf of ``c``, in order."""
+  for key, value in c.items():
+    if isinstance(value, config_dict.ConfigDict):
+      yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key, value
+
+
+def check_fields(c: config_dict.ConfigDict) -> None:
+  """Every leaf against its declared rule; raises ConfigError for the first bad one."""
+  for field, value in leaves(c):
+    rule = rule_for(c, field)
+    problem = rule.problem(value) if rule is not None else None
+    if problem:
+      raise ConfigError(f"{field}={value!r}: {problem}")
 
 
 # Device mesh axes, outermost first (``mesh.*`` in the config; see jaxpost.sharding).
@@ -43,18 +115,51 @@ def load_config(spec: str) -> config_dict.ConfigDict:
 
 
 def set_field(c: config_dict.ConfigDict, field: str, value) -> None:
-  """Sets a dotted field such as ``loss.grpo.kl_coef`` (type-checked, like a flag)."""
+  """Sets a dotted field such as ``loss.grpo.kl_coef`` (type-checked, like a flag).
+
+  Raises:
+    ConfigError: no such field (with the closest one), or a value of the wrong type.
+  """
   *sections, key = field.split(".")
-  for name in sections:
-    c = c[name]
-  c[key] = value
+  node = _section(c, sections, field)
+  if key not in node:
+    raise ConfigError(unknown_field(c, field))
+  try:
+    node[key] = value
+  except TypeError as e:
+    raise ConfigError(f"{field}={value!r}: {e}") from None
 
 
 def get_field(c: config_dict.ConfigDict, field: str):
   """The value of a dotted field such as ``reward.overlong.cache_len``."""
-  for name in field.split("."):
-    c = c[name]
-  return c
+  *sections, key = field.split(".")
+  node = _section(c, sections, field)
+  if key not in node:
+    raise ConfigError(unknown_field(c, field))
+  return node[key]
+
+
+def _section(c: config_dict.ConfigDict, sections: list[str], field: str):
+  node = c
+  for name in sections:
+    if name not in node or not isinstance(node[name], config_dict.ConfigDict):
+      raise ConfigError(unknown_field(c, field))
+    node = node[name]
+  return node
+
+
+def unknown_field(c: config_dict.ConfigDict, field: str) -> str:
+  """'unknown config field X (did you mean Y?)', against every field and section of ``c``."""
+  known = [f for f, _ in leaves(c)]
+  sections = sorted({f.rsplit(".", i)[0] for f in known for i in range(1, f.count(".") + 1)})
+  head = field.split(".")[0]
+  if "." in field and head not in c:
+    hint = fields.suggest(head, [s for s in sections if "." not in s])
+    what = f"unknown config section {head!r}"
+  else:
+    hint = fields.suggest(field, known + sections)
+    what = f"unknown config field {field!r}"
+  return what + (f" (did you mean {hint!r}?)" if hint else "")
 
 
 def parse_levels(spec: str) -> dict[str, float]:
@@ -100,52 +205,22 @@ def rows_split_over_mesh(c: config_dict.ConfigDict, rows: int, what: str) -> Non
 
 
 def validate(c: config_dict.ConfigDict) -> None:
-  """Checks values that types alone cannot; raises ConfigError naming the field.
+  """Checks a config before any work starts; raises ConfigError naming the field.
 
-  The shared sections here; the loss's section against its signature and check
-  (``registry.Registry.validate_hparams``); the recipe's own sections by its
-  ``validate``. Recipes call this once, first thing, before touching the workdir.
+  First every field against its declared rule (``check_fields``: ranges and choices,
+  declared next to the fields in ``configs/base.py``, the recipes' sections and the
+  registered losses and rewards), then what no single value shows: the loss against the
+  recipe, shapes that must divide, paths that must exist, and the recipe's own
+  conditions (its ``validate``). Recipes call this once, first thing, before touching
+  the workdir.
   """
   from jaxpost import recipes
-  from jaxpost.data import tasks
-  from jaxpost.losses.head import LM_HEADS
-  from jaxpost.models import NAMED_SIZES
 
-  choice(c.recipe, "recipe", recipes.RECIPES)
-  choice(c.model.size, "model.size", NAMED_SIZES)
+  check_fields(c)
   if c.model.hf_dir and not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
     raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
-  choice(c.model.dtype, "model.dtype", ("float32", "bfloat16"))
-  choice(c.model.param_dtype, "model.param_dtype", ("float32", "bfloat16"))
-  choice(c.data.source, "data.source", ("tasks", "jsonl", "tfds"))
-  choice(c.data.overlong, "data.overlong", OVERLONG_CHOICES)
   _validate_loss(c, recipes.get(c.recipe))
-  choice(c.kernels.lm_head, "kernels.lm_head", sorted(LM_HEADS))
-  if c.kernels.chunk_size < 0:
-    raise ConfigError(f"kernels.chunk_size must be >= 0, got {c.kernels.chunk_size}")
-  choice(c.optim.name, "optim.name", OPTIMIZERS)
-  choice(c.optim.decay, "optim.decay", SCHEDULES)
-  for field in (
-    "data.seq_len",
-    "data.batch_size",
-    "train.steps",
-    "train.microbatches",
-    "optim.lr",
-    "eval.num_examples",
-    "eval.batch_size",
-    "eval.max_new_tokens",
-    "tokenizer.vocab_size",
-  ):
-    section, key = field.split(".")
-    positive(c[section][key], field)
-  if c.train.stop_after < 0:
-    raise ConfigError(f"train.stop_after={c.train.stop_after!r} must be >= 0 (0 = never)")
   run_dir(c.train.init_from, "train.init_from")
-  if c.train.trainable:
-    try:
-      re.compile(c.train.trainable)
-    except re.error as e:
-      raise ConfigError(f"train.trainable={c.train.trainable!r} is not a regex: {e}") from None
   if c.data.batch_size % c.train.microbatches:
     raise ConfigError(
       f"data.batch_size={c.data.batch_size} is not divisible by "
@@ -153,22 +228,10 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   if c.data.seq_len > c.model.max_seq_len:
     raise ConfigError(f"data.seq_len={c.data.seq_len} > model.max_seq_len={c.model.max_seq_len}")
-  if c.data.source == "tasks":
-    levels = parse_levels(c.data.levels)
-    if not levels:
-      raise ConfigError("data.levels is empty")
-    for name, w in levels.items():
-      choice(name, "data.levels", tasks.LEVELS)
-      if w <= 0:
-        raise ConfigError(f"data.levels weight for {name!r} must be > 0")
-  elif not c.data.path:
+  if c.data.source == "tasks" and not c.data.levels:
+    raise ConfigError("data.levels is empty: the tasks source needs a level mixture")
+  if c.data.source != "tasks" and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
-  for field in ("eval.levels", "eval.final_levels"):
-    section, key = field.split(".")
-    spec = c[section][key]
-    if spec and spec != "all":
-      for name in parse_levels(spec):
-        choice(name, field, tasks.LEVELS)
   _validate_parallelism(c)
   recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
   if recipe_validate is not None:
@@ -211,16 +274,11 @@ def _validate_parallelism(c: config_dict.ConfigDict) -> None:
   ``distributed.initialize`` is set: then the device count is only known after
   ``jax.distributed.initialize()``, and ``sharding.make_mesh`` checks it.
   """
-  positive(c.data.streams, "data.streams")
   if c.data.batch_size % c.data.streams:
     raise ConfigError(
       f"data.batch_size={c.data.batch_size} is not divisible by data.streams={c.data.streams}"
     )
   mesh_sizes(c.mesh)
-  if c.distributed.num_processes < 0:
-    raise ConfigError(f"distributed.num_processes={c.distributed.num_processes!r} must be >= 0")
-  if c.distributed.process_id < -1:
-    raise ConfigError(f"distributed.process_id={c.distributed.process_id!r} must be >= -1")
   if not c.distributed.initialize:
     import jax
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -29,22 +30,77 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+# Exit statuses: bad input (config, data, a workdir in use) is 2, like a usage error; a
+# run that started and was stopped by what it computed (NaN, a reward budget) is 1.
+EXIT_BAD_INPUT = 2
+EXIT_RUN_STOPPED = 1
+
+
+def _fail(status: int, message: str) -> None:
+  """One line on stderr, no traceback, and the exit status."""
+  print(f"jaxpost: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad ``--config.*`` override as one line and exit 2.
+
+  ml_collections reports an unknown field or section as an AttributeError / KeyError
+  traceback; here it names the field and the closest known one.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail(EXIT_BAD_INPUT, f"invalid config: {_explain(argv, e)}")
+
+
+def _explain(argv: list[str], error: Exception) -> str:
+  """The first unknown ``--config.<field>`` of ``argv`` (with a suggestion), else the error."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if spec and overrides:
+    try:
+      c = config_lib.load_config(spec)
+      for field in overrides:
+        try:
+          config_lib.get_field(c, field)
+        except config_lib.ConfigError as e:
+          return str(e)
+    except Exception:  # noqa: BLE001 (the config file itself is broken: say what absl said)
+      pass
+  lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+  if any(ln.startswith("Traceback") for ln in lines):  # a config file that raised
+    return f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+  return " ".join(lines[:2]) if lines else type(error).__name__
+
+
 def main(argv) -> None:
+  from jaxpost.data.jsonl import DataError
+  from jaxpost.recipes.common import NonFiniteError
+  from jaxpost.workdir import WorkdirError
+
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(EXIT_BAD_INPUT, f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  try:
+    config.recipe  # noqa: B018 (a config file that failed to load raises on first use)
+  except (OSError, AttributeError) as e:
+    _fail(EXIT_BAD_INPUT, f"invalid config: --config: {str(e).strip().splitlines()[-1].strip()}")
   logging.info("config:\n%s", config)
   logging.info("workdir: %s", _WORKDIR.value)
   try:
     recipe = recipes.get(config.recipe)
-  except KeyError as e:
-    raise app.UsageError(f"invalid config: recipe: {e}") from None
-  try:
     # The recipe validates the config (once) before it touches the workdir.
     result = recipe.run(config, _WORKDIR.value)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(f"invalid config: {e}") from None
+  except (config_lib.ConfigError, KeyError) as e:
+    _fail(EXIT_BAD_INPUT, f"invalid config: {str(e).strip(chr(34))}")
+  except DataError as e:
+    _fail(EXIT_BAD_INPUT, f"bad data: {e}")
+  except WorkdirError as e:
+    _fail(EXIT_BAD_INPUT, str(e))
+  except NonFiniteError as e:
+    _fail(EXIT_RUN_STOPPED, f"run stopped: {e}")
   if jax.process_index() == 0:  # multi-host: one summary
     print(summary(result))
 
@@ -76,4 +132,4 @@ def summary(result: dict) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -15,6 +15,7 @@ values). Registering a name twice is an error, never a silent overwrite.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import importlib
 import inspect
@@ -37,7 +38,9 @@ class Entry:
     name: registry key (equal to the config name).
     fn: the function (or partial).
     family: which contract it follows (registry-specific, e.g. "token" / "policy").
-    check: optional ``check(**hparams) -> None`` raising ValueError on a bad value.
+    check: optional ``check(**hparams) -> None`` raising ValueError on a bad value
+      (conditions across hyperparameters; one value's range is a rule).
+    rules: ``{hparam: jaxpost.fields.Rule}``, what each hyperparameter accepts.
     meta: anything else the registry's users attach (e.g. how a token reward enters
       the advantages).
   """
@@ -47,6 +50,7 @@ class Entry:
   family: str
   check: Callable[..., None] | None = None
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  rules: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Registry:
@@ -83,9 +87,14 @@ class Registry:
     *,
     family: str | None = None,
     check: Callable[..., None] | None = None,
+    rules: Mapping[str, Any] | None = None,
     **meta: Any,
   ) -> Callable[[Callable], Callable]:
-    """Decorator adding ``fn`` under ``name``; returns ``fn`` unchanged."""
+    """Decorator adding ``fn`` under ``name``; returns ``fn`` unchanged.
+
+    ``rules`` (``{hparam: jaxpost.fields.Rule}``) declare what each hyperparameter
+    accepts; ``check`` is for conditions across them.
+    """
     family = family or self.families[0]
     if family not in self.families:
       raise ValueError(f"{self.kind} family {family!r}; expected one of {self.families}")
@@ -95,7 +104,10 @@ class Registry:
     def wrap(fn: Callable) -> Callable:
       if name in self._entries:
         raise ValueError(f"{self.kind} {name!r} is already registered")
-      self._entries[name] = Entry(name, fn, family, check, dict(meta))
+      unknown = set(rules or {}) - set(_signature_hparams(fn))
+      if unknown:
+        raise ValueError(f"{self.kind} {name!r}: rules for unknown hyperparameters {unknown}")
+      self._entries[name] = Entry(name, fn, family, check, dict(meta), dict(rules or {}))
       return fn
 
     return wrap
@@ -168,9 +180,14 @@ class Registry:
     for key, value in dict(hparams).items():
       if key not in known:
         raise HparamError(
-          f"{where}.{key}: not a hyperparameter of {name!r}; expected one of {sorted(known)}"
+          f"{where}.{key}: not a hyperparameter of {name!r}{_did_you_mean(key, known)}; "
+          f"expected one of {sorted(known)}"
         )
       out[key] = _typed(value, known[key], f"{where}.{key}")
+      rule = self.entry(name).rules.get(key)
+      problem = rule.problem(out[key]) if rule is not None else None
+      if problem:
+        raise HparamError(f"{where}.{key}={out[key]!r}: {problem}")
     check = self.entry(name).check
     if check is not None:
       try:
@@ -184,6 +201,20 @@ class Registry:
     return functools.partial(
       self.get(name), **self.validate_hparams(name, hparams or {}, where=where)
     )
+
+
+def _did_you_mean(word: str, candidates) -> str:
+  hits = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+  return f" (did you mean {hits[0]!r}?)" if hits else ""
+
+
+def _signature_hparams(fn: Callable) -> list[str]:
+  """Names of ``fn``'s parameters that have a default (hyperparameter candidates)."""
+  return [
+    p.name
+    for p in inspect.signature(fn).parameters.values()
+    if p.default is not inspect.Parameter.empty
+  ]
 
 
 def _expand(module: str) -> list[str]:

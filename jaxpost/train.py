@@ -144,15 +144,23 @@ def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, frozen, batch, microbatches
     )
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {f"train/{k}": v for k, v in metrics.items()}
     out["train/loss"] = loss
-    out["train/grad_norm"] = optax.tree.norm(grads)
+    out["train/grad_norm"] = grad_norm
     out["train/tokens"] = norm.tokens
     if schedule is not None:
       out["train/lr"] = schedule(state.step)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    # One non-finite update would poison every later step (and Adam's moments), so a
+    # step whose loss or gradient is not finite leaves the whole state as it was, step
+    # counter and optimizer state included; the recipe counts these and stops a run
+    # that keeps producing them (``recipes.common.count_skipped``).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    out["train/skipped_nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return new, out
 
   return step
@@ -169,7 +177,8 @@ def make_train_step(
   """Returns ``step(state, batch, frozen) -> (state, metrics)``, jitted.
 
   ``frozen`` is the dict of frozen states the objective reads (at least "rest").
-  Metrics are f32[] scalars named ``train/...``.
+  Metrics are f32[] scalars named ``train/...``; ``train/skipped_nonfinite`` is 1 when
+  the step's loss or gradient norm was not finite and the state was left unchanged.
   """
   step = _step_fn(objective, optimizer, microbatches, schedule)
   return jax.jit(step, donate_argnums=(0,) if donate else ())

@@ -190,3 +190,48 @@ def test_frozen_teacher_of_another_size_is_an_argument_not_a_constant():
   _, m_other = step(state, batch, {"rest": rest, "teacher": (other, t_rest)})
   assert float(m_other["train/loss"]) != losses[-1]  # the teacher is read, not baked in
   assert step._cache_size() == 1  # and swapping it did not recompile
+
+
+def _poisoned(objective):
+  """The objective, but NaN for a batch whose first token is 0 (a marker)."""
+
+  def poisoned(params, frozen, batch, norm):
+    loss, metrics = objective(params, frozen, batch, norm)
+    return jnp.where(batch.token_batch.tokens[0, 0] == 0, jnp.nan, loss), metrics
+
+  return poisoned
+
+
+def test_nonfinite_step_leaves_the_state_untouched():
+  """A NaN loss (hence NaN gradient) is skipped whole: params, Adam moments, step; the
+  next finite step is exactly the step the run would have taken without the bad batch."""
+  _, params, rest = _model_parts()
+  opt = optax.adamw(1e-2)
+  step = train.make_train_step(_poisoned(_objective()), opt, donate=False)
+  good = _batch(pack=True)
+  bad = good.replace(tokens=good.tokens.at[0, 0].set(0))
+  frozen = {"rest": rest}
+  start, _ = step(train.init_train_state(params, opt, 0), good, frozen)  # Adam moments set
+  after_bad, m = step(start, bad, frozen)
+  assert float(m["train/skipped_nonfinite"]) == 1.0 and np.isnan(float(m["train/loss"]))
+  _assert_trees_close(after_bad, start, rtol=0, atol=0)  # every leaf, step and opt_state
+  clean, m_clean = step(start, good, frozen)
+  resumed, _ = step(after_bad, good, frozen)
+  assert float(m_clean["train/skipped_nonfinite"]) == 0.0
+  assert int(clean.step) == int(start.step) + 1
+  _assert_trees_close(resumed, clean, rtol=0, atol=0)
+
+
+def test_nonfinite_update_in_a_scan_skips_only_that_update():
+  """make_update: of U updates over one batch, a non-finite one is skipped alone."""
+  _, params, rest = _model_parts()
+  opt = optax.adam(1e-2)
+  good = _batch(pack=True)
+  batch = good.replace(tokens=good.tokens.at[4, 0].set(0))  # rows 4.. hold the marker
+  update = train.make_update(_poisoned(_objective()), opt, donate=False)
+  order = jnp.asarray([[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]], jnp.int32)
+  state, m = update(train.init_train_state(params, opt, 0), batch, {"rest": rest}, order)
+  np.testing.assert_array_equal(np.asarray(m["train/skipped_nonfinite"]), [0.0, 1.0, 0.0])
+  assert int(state.step) == 2
+  expected, _ = update(train.init_train_state(params, opt, 0), batch, {"rest": rest}, order[::2])
+  _assert_trees_close(state, expected, rtol=0, atol=0)

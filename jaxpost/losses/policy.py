@@ -47,6 +47,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxpost import fields
 from jaxpost.losses import correction, kl, reduce
 from jaxpost.losses.registry import register
 from jaxpost.types import Rollout
@@ -146,33 +147,39 @@ def clip_fractions(
   return (adv > 0) & (ratio > 1.0 + eps_high), (adv < 0) & (ratio < 1.0 - eps_low)
 
 
+# What each hyperparameter of ``policy_loss`` accepts (every preset shares them).
+RULES = {
+  "ratio": fields.one_of(RATIOS),
+  "clip_eps_low": fields.num(ge=0),
+  "clip_eps_high": fields.num(ge=0),
+  "dual_clip": fields.FLAG,
+  "clip_ratio_c": fields.num(gt=1),
+  "agg": fields.one_of(reduce.AGGREGATIONS),
+  "agg_constant": fields.num(ge=0),
+  "kl_coef": fields.num(ge=0),
+  "kl_estimator": fields.one_of(tuple(kl.ESTIMATORS)),
+  "entropy_coef": fields.num(ge=0),
+  "is_level": fields.one_of(IS_LEVELS),
+  "is_mode": fields.one_of(correction.IS_MODES),
+  "is_cap": fields.num(gt=0),
+  "is_floor": fields.num(ge=0),
+  "prefix": fields.one_of(PREFIXES),
+  "prefix_behavior": fields.one_of(("old", "sampler")),
+  "log_ratio_clamp": fields.num(gt=0),
+  "group_log_ratio_max": fields.num(gt=0),
+}
+
+
 def check_hparams(h: dict[str, Any]) -> None:
-  """Raises ValueError naming the first bad hyperparameter of ``policy_loss`` in ``h``."""
-  if h["ratio"] not in RATIOS:
-    raise ValueError(f"unknown ratio {h['ratio']!r}; expected one of {RATIOS}")
-  if h["prefix"] not in PREFIXES:
-    raise ValueError(f"unknown prefix {h['prefix']!r}; expected one of {PREFIXES}")
-  if h["prefix_behavior"] not in ("old", "sampler"):
-    raise ValueError(f"prefix_behavior must be 'old' or 'sampler', got {h['prefix_behavior']!r}")
-  if h["dual_clip"] and not h["clip_ratio_c"] > 1.0:
-    raise ValueError(f"dual clip needs clip_ratio_c > 1, got {h['clip_ratio_c']!r}")
-  if h["is_level"] not in IS_LEVELS:
-    raise ValueError(f"unknown IS level {h['is_level']!r}; expected one of {IS_LEVELS}")
-  if h["is_mode"] not in correction.IS_MODES:
-    raise ValueError(f"unknown IS mode {h['is_mode']!r}; expected one of {correction.IS_MODES}")
+  """Raises ValueError naming the first bad hyperparameter of ``policy_loss`` in ``h``:
+  each value against ``RULES``, then the conditions across them."""
+  for name, rule in RULES.items():
+    problem = rule.problem(h[name])
+    if problem:
+      raise ValueError(f"{name}={h[name]!r}: {problem}")
   cap, floor = h["is_cap"], h["is_floor"]
-  if not cap > 0 or floor < 0 or (floor and floor > cap):
-    raise ValueError(f"need is_cap > 0 and 0 <= is_floor <= is_cap, got {cap}, {floor}")
-  if h["agg"] not in reduce.AGGREGATIONS:
-    raise ValueError(f"unknown aggregation {h['agg']!r}; expected one of {reduce.AGGREGATIONS}")
-  if h["kl_estimator"] not in kl.ESTIMATORS:
-    raise ValueError(
-      f"unknown KL estimator kl_estimator={h['kl_estimator']!r}; "
-      f"expected one of {tuple(kl.ESTIMATORS)}"
-    )
-  for name in ("clip_eps_low", "clip_eps_high", "kl_coef", "entropy_coef", "agg_constant"):
-    if h[name] < 0:
-      raise ValueError(f"{name}={h[name]!r} must be >= 0")
+  if floor and floor > cap:
+    raise ValueError(f"need is_floor <= is_cap, got is_floor={floor}, is_cap={cap}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -391,7 +398,7 @@ def _check(**hparams: Any) -> None:
 def _preset(name: str):
   fn = functools.partial(policy_loss, **PRESETS[name])
   fn.__doc__ = f"``policy_loss`` at the {name!r} preset ``PRESETS[{name!r}]``."
-  return register(name, family="policy", check=_check)(fn)
+  return register(name, family="policy", check=_check, rules=RULES)(fn)
 
 
 ppo = _preset("ppo")

@@ -6,22 +6,20 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxpost import fields
 from jaxpost.losses import reduce
 from jaxpost.losses.head import FusedHead, reduced_nll, target_stats
 from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
-
-def _check(*, reduction: str, label_smoothing: float, z_loss: float) -> None:
-  if reduction not in reduce.REDUCTIONS:
-    raise ValueError(f"reduction={reduction!r}; expected one of {reduce.REDUCTIONS}")
-  if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f"label_smoothing={label_smoothing!r} must be in [0, 1)")
-  if z_loss < 0:
-    raise ValueError(f"z_loss={z_loss!r} must be >= 0")
+RULES = {
+  "reduction": fields.one_of(reduce.REDUCTIONS),
+  "label_smoothing": fields.num(ge=0, lt=1),
+  "z_loss": fields.num(ge=0),
+}
 
 
-@register("cross_entropy", family="token", check=_check)
+@register("cross_entropy", family="token", rules=RULES)
 def cross_entropy(
   logits: jax.Array | FusedHead,
   batch: Batch,

@@ -29,6 +29,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxpost import fields
 from jaxpost.losses import reduce
 from jaxpost.losses.head import FusedHead, reduced_nll, target_stats
 from jaxpost.losses.registry import register
@@ -38,28 +39,20 @@ PRIORITIES = ("positive", "signed")
 NEGATIVES = ("ascent", "unlikelihood")
 
 
-def _check(
-  *,
-  priority,
-  negative,
-  prob_power,
-  min_prob,
-  reduction,
-  prompt_weight,
-  think_weight,
-  answer_weight,
-  **_,
-) -> None:
-  if priority not in PRIORITIES:
-    raise ValueError(f"priority={priority!r}; expected one of {PRIORITIES}")
-  if negative not in NEGATIVES:
-    raise ValueError(f"negative={negative!r}; expected one of {NEGATIVES}")
-  if prob_power < 0:
-    raise ValueError(f"prob_power={prob_power!r} must be >= 0")
-  if not 0.0 <= min_prob < 1.0:
-    raise ValueError(f"min_prob={min_prob!r} must be in [0, 1)")
-  if reduction not in reduce.REDUCTIONS:
-    raise ValueError(f"reduction={reduction!r}; expected one of {reduce.REDUCTIONS}")
+RULES = {
+  "priority": fields.one_of(PRIORITIES),
+  "negative": fields.one_of(NEGATIVES),
+  "prob_power": fields.num(ge=0),
+  "min_prob": fields.num(ge=0, lt=1),
+  "prompt_weight": fields.num(),
+  "think_weight": fields.num(),
+  "answer_weight": fields.num(),
+  "reduction": fields.one_of(reduce.REDUCTIONS),
+}
+
+
+def _check(*, priority, prompt_weight, think_weight, answer_weight, **_) -> None:
+  """Negative role weights only make sense with signed priorities."""
   if priority == "positive":
     for name, value in (
       ("prompt_weight", prompt_weight),
@@ -106,7 +99,7 @@ def token_weights(
   return jax.lax.stop_gradient(jnp.where(batch.loss_mask > 0, w, 0.0))
 
 
-@register("token_priority", family="token", check=_check)
+@register("token_priority", family="token", check=_check, rules=RULES)
 def token_priority(
   outputs: jax.Array | FusedHead,
   batch: Batch,

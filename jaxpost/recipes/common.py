@@ -1,6 +1,7 @@
 """What every recipe does before, around and after its loop: functions, not a base class.
 
-  validate_and_start   checks the config once, multi-host start, the mesh, the workdir;
+  validate_and_start   checks the config once, multi-host start, the mesh, the workdir
+                       (locked for this run; a resume must match its config and data);
   load_tokenizer       the run's tokenizer (``train.init_from``'s, a given one, or trained);
   build_model          a named size or a Hugging Face checkpoint, then ``train.init_from``'s
                        parameters on top;
@@ -30,6 +31,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train
+from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from jaxpost.eval import accuracy
@@ -47,7 +49,8 @@ def validate_and_start(config, workdir: str, recipe: str):
     raise config_lib.ConfigError(f"recipe={config.recipe!r}; this is the {recipe} recipe")
   sharding.initialize_distributed(config)  # multi-host: before anything else touches devices
   mesh = sharding.make_mesh(config)
-  os.makedirs(workdir, exist_ok=True)
+  # One run per workdir (a lock), and a resume continues the run recorded there.
+  jaxpost_workdir.claim(config, workdir, primary=jax.process_index() == 0)
   return mesh
 
 
@@ -161,6 +164,7 @@ class Run:
   sharded: bool
   n_params: int
   t_start: float
+  skipped_streak: int = 0  # consecutive train steps skipped as non-finite (``count_skipped``)
 
   @property
   def first_step(self) -> int:
@@ -188,6 +192,13 @@ class Run:
     return nnx.merge_state(self.state.params, self.frozen["rest"])
 
   def save(self, step: int, data: dict, force: bool = False) -> None:
+    """Checkpoints the state; refuses non-finite parameters, so that a good checkpoint
+    is never rotated away by a poisoned one (keep-N deletes the oldest)."""
+    if not all_finite(self.state.params):
+      raise NonFiniteError(
+        f"refusing to checkpoint step {step}: the parameters hold NaN or inf; the last "
+        f"checkpoint (step {self.ckpt.latest_step()}) is kept"
+      )
     self.ckpt.save(step, self.state, {**data, "step": step}, force=force)
 
   def evaluate(self, step: int, final: bool = False, write: bool = True) -> dict:
@@ -203,6 +214,82 @@ class Run:
       for prompt, response, answer in r.samples[:1]:
         logging.info("[%s] %s -> %r (expected %s)", r.level, prompt, response, answer)
     return m
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced NaN or inf for longer than ``train.max_nonfinite_steps``."""
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point leaf of ``tree`` is finite (one device reduction)."""
+  jnp = jax.numpy
+  checks = [
+    jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return bool(jax.device_get(jnp.all(jnp.stack(checks)))) if checks else True
+
+
+def train_metrics(run: Run, fetched, step: int) -> dict[str, float]:
+  """The logged means of fetched train-step metrics, minding skipped steps.
+
+  Args:
+    run: the run.
+    fetched: per-step metric dicts (a list) or stacked metrics (a dict of f32[U]), of
+      the steps since the last call, in order.
+    step: the last of those steps.
+
+  Returns:
+    each metric's mean over the steps that were applied (all of them, when every one
+    was skipped: the NaN then shows), and ``train/skipped_nonfinite``, the number skipped.
+  """
+  if isinstance(fetched, dict):
+    stacked = {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in fetched.items()}
+  else:
+    stacked = {k: np.asarray([m[k] for m in fetched], np.float64) for k in fetched[-1]}
+  skipped = stacked.pop("train/skipped_nonfinite")
+  n_skipped = float(skipped.sum())
+  applied = skipped == 0 if n_skipped < len(skipped) else np.ones_like(skipped, bool)
+  out = {k: float(np.mean(v[applied])) for k, v in stacked.items()}
+  out["train/skipped_nonfinite"] = n_skipped
+  try:
+    count_skipped(run, skipped, step)
+  except NonFiniteError:
+    run.writer.write(step, out)  # the window that ended the run is in the log too
+    raise
+  return out
+
+
+def count_skipped(run: Run, skipped, step: int) -> float:
+  """Counts the steps the train step skipped as non-finite; stops a run stuck on them.
+
+  Args:
+    run: the run (its ``skipped_streak`` carries over from the previous call).
+    skipped: the fetched ``train/skipped_nonfinite`` flags of the steps since the last
+      call, in order (1 = skipped: the state was left unchanged).
+    step: the last of those steps (for the message).
+
+  Returns:
+    how many of them were skipped (logged as ``train/skipped_nonfinite``).
+
+  Raises:
+    NonFiniteError: ``train.max_nonfinite_steps`` consecutive steps were skipped. The
+      flags are fetched when metrics are (every ``train.log_every`` steps in SFT), so
+      the stop may come up to that many steps late; the state never changed meanwhile.
+  """
+  flags = [float(x) for x in np.ravel(np.asarray(skipped, np.float32))]
+  for flag in flags:
+    run.skipped_streak = run.skipped_streak + 1 if flag else 0
+  limit = run.config.train.max_nonfinite_steps
+  if run.skipped_streak >= limit:
+    latest = run.ckpt.latest_step()
+    kept = "no checkpoint was written" if latest is None else f"the last checkpoint (step {latest})"
+    raise NonFiniteError(
+      f"{run.skipped_streak} consecutive train steps up to step {step} had a non-finite loss "
+      f"or gradient and were skipped (train.max_nonfinite_steps={limit}); the parameters are "
+      f"those of the last finite step and {kept} is finite. Lower optim.lr, set "
+      "optim.grad_clip, or check the data"
+    )
+  return float(sum(flags))
 
 
 def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dict | None = None):
@@ -368,4 +455,5 @@ def finish(run: Run, step: int, data: dict, last: dict, *, panels=None, extra=No
   result["tensorboard_dir"] = os.path.join(run.workdir, "tensorboard")
   result["headline_levels"] = eval_levels(run.config, final=False)
   result["wall_minutes"] = (time.time() - run.t_start) / 60
+  jaxpost_workdir.release(run.workdir)
   return result

@@ -89,7 +89,7 @@ def run(config, workdir: str) -> dict:
       fetched = jax.device_get([p[0] for p in pending])
       window_tokens += sum(float(m["train/tokens"]) for m in fetched)
       rate = window_tokens / max(time.time() - window_start, 1e-9)
-      last = common.mean_metrics(fetched)
+      last = common.train_metrics(run_, fetched, step)  # stops a run stuck on NaN
       last.update(common.mean_metrics([p[1] for p in pending]))
       last["perf/target_tokens_per_s"] = rate
       run_.writer.write(step, last)
@@ -103,4 +103,4 @@ def run(config, workdir: str) -> dict:
       )
       break
   bar.close()
-  return common.finish(run_, int(run_.state.step), data(), last)
+  return common.finish(run_, step, data(), last)
