@@ -232,6 +232,8 @@ def validate(c: config_dict.ConfigDict) -> None:
     raise ConfigError("data.levels is empty: the tasks source needs a level mixture")
   if c.data.source != "tasks" and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
+  if c.data.source == "jsonl" and not os.path.isfile(c.data.path):
+    raise ConfigError(f"data.path={c.data.path!r}: no such file")
   _validate_parallelism(c)
   recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
   if recipe_validate is not None:

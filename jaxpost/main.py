@@ -91,10 +91,13 @@ def main(argv) -> None:
   logging.info("workdir: %s", _WORKDIR.value)
   try:
     recipe = recipes.get(config.recipe)
+  except KeyError as e:
+    _fail(EXIT_BAD_INPUT, f"invalid config: recipe: {str(e).strip(chr(34))}")
+  try:
     # The recipe validates the config (once) before it touches the workdir.
     result = recipe.run(config, _WORKDIR.value)
-  except (config_lib.ConfigError, KeyError) as e:
-    _fail(EXIT_BAD_INPUT, f"invalid config: {str(e).strip(chr(34))}")
+  except config_lib.ConfigError as e:
+    _fail(EXIT_BAD_INPUT, f"invalid config: {e}")
   except DataError as e:
     _fail(EXIT_BAD_INPUT, f"bad data: {e}")
   except WorkdirError as e:

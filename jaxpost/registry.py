@@ -209,12 +209,9 @@ def _did_you_mean(word: str, candidates) -> str:
 
 
 def _signature_hparams(fn: Callable) -> list[str]:
-  """Names of ``fn``'s parameters that have a default (hyperparameter candidates)."""
-  return [
-    p.name
-    for p in inspect.signature(fn).parameters.values()
-    if p.default is not inspect.Parameter.empty
-  ]
+  """Names of ``fn``'s parameters that can be passed by keyword (hyperparameter candidates)."""
+  kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+  return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
 
 
 def _expand(module: str) -> list[str]:

@@ -108,12 +108,15 @@ def test_loss_section_is_checked_against_the_signature():
     c.loss.cross_entropy.smoothing = 0.1  # locked: a typo in a method file fails
 
 
-def test_validate_dataset_source_needs_path():
+def test_validate_dataset_source_needs_path(tmp_path):
   c = _config()
   c.data.source = "jsonl"
   with pytest.raises(config_lib.ConfigError, match="data.path"):
     config_lib.validate(c)
-  c.data.path = "/some/file.jsonl"
+  c.data.path = str(tmp_path / "missing.jsonl")
+  with pytest.raises(config_lib.ConfigError, match="missing.jsonl'?: no such file"):
+    config_lib.validate(c)
+  (tmp_path / "missing.jsonl").write_text("")
   config_lib.validate(c)  # levels are not checked for a dataset source
   c.data.levels = ""
   config_lib.validate(c)

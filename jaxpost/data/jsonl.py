@@ -8,6 +8,15 @@ Each non-blank line is one record, either
 Other keys (ids, sources, ...) are allowed and ignored. A malformed record is an error
 naming the file and line; with ``skip_malformed=True`` it is skipped, counted, logged
 and its error kept, so nothing disappears unreported.
+
+Malformed also covers what JSON itself allows but is never meant: a key given twice in
+one object (``json`` would silently keep the last), a NUL character or a lone surrogate
+in a text field (SentencePiece cannot represent either), and a prompt or response with
+no text at all (empty or whitespace only, including an empty think block and nothing
+else). A blank prompt is rejected too: it leaves the model nothing to condition on and
+almost always means a field was lost on export. A file that yields no example at all
+(empty, or every record malformed) is an error naming the file, so it fails here and
+not later inside tokenizer training.
 """
 
 from __future__ import annotations
@@ -33,20 +42,57 @@ class ReadResult:
 
   Attributes:
     examples: the well-formed records, in file order.
+    lines: the 1-based line of each example (parallel to ``examples``), so later checks
+      (e.g. over-long examples) can name ``path:line``.
     skipped: number of malformed records skipped (only with ``skip_malformed``).
     errors: one message per skipped record.
   """
 
   examples: list[Example]
+  lines: list[int] = dataclasses.field(default_factory=list)
   skipped: int = 0
   errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+  """``object_pairs_hook`` for `json.loads`: a repeated key is an error, not last-wins."""
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise ValueError(f"duplicate key {key!r} in a JSON object")
+    out[key] = value
+  return out
+
+
+def text_error(value: str) -> str | None:
+  """Why ``value`` cannot be training text (NUL, lone surrogate); None if it can.
+
+  JSON escapes make both possible (``"\\u0000"``, ``"\\ud800"``). A lone surrogate
+  cannot be UTF-8 encoded for the tokenizer; NUL is dropped by SentencePiece's trainer
+  and in text data nearly always marks binary junk or a broken export.
+  """
+  if "\x00" in value:
+    return f"contains a NUL character at offset {value.index(chr(0))}"
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return f"contains a lone surrogate at offset {e.start} (not valid Unicode)"
+  return None
+
+
+def _check_text(name: str, value: str) -> None:
+  error = text_error(value)
+  if error is not None:
+    raise ValueError(f"{name} {error}")
 
 
 def record_to_example(record: object) -> Example:
   """Converts one decoded JSON record to an `Example`.
 
   Raises:
-    ValueError: the record has the wrong shape, types, roles or think tags.
+    ValueError: the record has the wrong shape, types, roles or think tags, a text
+      field with a NUL or lone surrogate, or a blank (empty/whitespace-only) prompt or
+      response. (Duplicate keys are caught by `read_jsonl`'s parser, before this.)
   """
   if not isinstance(record, Mapping):
     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
@@ -56,6 +102,11 @@ def record_to_example(record: object) -> Example:
     raise ValueError("record has both 'messages' and 'prompt'/'response'; use one format")
   if has_chat:
     prompt, response = render_messages(record["messages"])
+    for i, msg in enumerate(record["messages"]):
+      _check_text(f"messages[{i}].content", msg["content"])
+    user_text = "".join(m["content"] for m in record["messages"][:-1] if m["role"] == "user")
+    if not user_text.strip():
+      raise ValueError("empty prompt: no user message has any text (only whitespace)")
   elif has_pair:
     missing = [k for k in ("prompt", "response") if k not in record]
     if missing:
@@ -64,11 +115,16 @@ def record_to_example(record: object) -> Example:
     for key, value in (("prompt", prompt), ("response", response)):
       if not isinstance(value, str):
         raise ValueError(f"{key!r} must be a string, got {type(value).__name__}")
+      _check_text(repr(key), value)
+    if not prompt.strip():
+      raise ValueError("empty prompt" + (" (whitespace only)" if prompt else ""))
   else:
     raise ValueError(f"expected keys 'prompt' and 'response', or 'messages'; got {sorted(record)}")
-  if not response:
-    raise ValueError("empty response")
+  if not response.strip():
+    raise ValueError("empty response" + (" (whitespace only)" if response else ""))
   thinking, answer = split_response(response)
+  if not (thinking + answer).strip():
+    raise ValueError("empty response (an empty think block and no answer)")
   return Example(prompt=prompt, thinking=thinking, answer=answer)
 
 
@@ -86,7 +142,9 @@ def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> Read
   Raises:
     FileNotFoundError: no such file.
     DataError: a malformed record, unless ``skip_malformed``; the message names the
-      file, the 1-based line number and the problem.
+      file, the 1-based line number and the problem. Also when the file yields no
+      example: it is empty (or blank), or every record was malformed and skipped (the
+      message then has the count and the first error).
   """
   path = Path(path)
   if not path.is_file():
@@ -102,10 +160,11 @@ def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> Read
         if not line.strip():
           continue
         try:
-          record = json.loads(line)
+          record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
           raise ValueError(f"invalid JSON: {e}") from e
         result.examples.append(record_to_example(record))
+        result.lines.append(lineno)
       except ValueError as e:  # UnicodeDecodeError is a ValueError too
         message = f"{path}:{lineno}: {e}"
         if not skip_malformed:
@@ -113,4 +172,15 @@ def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> Read
         logging.warning("skipping malformed record: %s", message)
         result.skipped += 1
         result.errors.append(message)
+  if not result.examples:
+    raise DataError(_no_examples_message(path, result))
   return result
+
+
+def _no_examples_message(path: Path, result: ReadResult) -> str:
+  if result.skipped:
+    return (
+      f"{path}: every record is malformed ({result.skipped} skipped under "
+      f"data.skip_malformed), so there is nothing to train on; the first: {result.errors[0]}"
+    )
+  return f"{path}: no records (the file is empty or has only blank lines)"

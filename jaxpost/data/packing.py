@@ -5,7 +5,9 @@ them apart in attention and ``positions`` restarts at 0 for each, so a packed ro
 computes exactly what the examples would compute alone (tested: packed == unpacked).
 
 The packer reads examples by a global index from a stateless source, so the whole
-data position is one integer (``next_index``) that checkpoints save and restore.
+data position is one integer (``next_index``) that checkpoints save and restore. A
+source may also say where each index comes from (`PlacedSource`), so an over-long
+example is reported as ``data.jsonl:17`` or a task level rather than a bare index.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from jaxpost.data.jsonl import DataError
 from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_THINK
 
 OVERLONG_CHOICES = ("truncate", "reject", "error")
@@ -23,8 +26,34 @@ OVERLONG_CHOICES = ("truncate", "reject", "error")
 ExampleSource = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
-class OverlongError(ValueError):
-  """An example is longer than the row and the config says overlong='error'."""
+class OverlongError(DataError):
+  """An example is longer than the row and the config says overlong='error'.
+
+  A `DataError` (so a ValueError): the data, not the program, is what must change.
+  """
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacedSource:
+  """An `ExampleSource` that can also say where an index comes from, for error messages.
+
+  Attributes:
+    fn: index -> (tokens, roles).
+    where: index -> a short place, e.g. ``"data.jsonl:17"``.
+  """
+
+  fn: ExampleSource
+  where: Callable[[int], str]
+
+  def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.fn(index)
+
+
+def where(source: ExampleSource, index: int) -> str:
+  """The place of ``source``'s example ``index`` (``"example <index>"`` if it cannot say)."""
+  if isinstance(source, PlacedSource):
+    return source.where(index)
+  return f"example {index}"
 
 
 @dataclasses.dataclass
@@ -45,8 +74,26 @@ class PackStats:
     }
 
 
-def _fit(tokens, roles, seq_len: int, overlong: str, stats: PackStats, index: int):
-  """Applies the overlong policy; returns (tokens, roles) or None when rejected."""
+def overlong_message(
+  place: str, n_tokens: int, seq_len: int, *, note: str = "", at_least: bool = False
+) -> str:
+  """The one-line error for an example of ``n_tokens`` > ``seq_len``, with the fix.
+
+  ``at_least``: ``n_tokens`` is a lower bound; ``note`` goes in parentheses after it.
+  """
+  count = f"at least {n_tokens}" if at_least else str(n_tokens)
+  note = f" ({note})" if note else ""
+  return (
+    f"{place} has {count} tokens > seq_len={seq_len}{note}; set data.overlong to "
+    "'truncate' or 'reject', or raise data.seq_len"
+  )
+
+
+def _fit(tokens, roles, seq_len: int, overlong: str, stats: PackStats, place: Callable[[], str]):
+  """Applies the overlong policy; returns (tokens, roles) or None when rejected.
+
+  ``place`` is only called to name the example in an error.
+  """
   if len(tokens) <= seq_len:
     return tokens, roles
   if overlong == "truncate":
@@ -55,10 +102,7 @@ def _fit(tokens, roles, seq_len: int, overlong: str, stats: PackStats, index: in
   if overlong == "reject":
     stats.rejected += 1
     return None
-  raise OverlongError(
-    f"example {index} has {len(tokens)} tokens > seq_len={seq_len}; set "
-    "data.overlong to 'truncate' or 'reject', or raise data.seq_len"
-  )
+  raise OverlongError(overlong_message(place(), len(tokens), seq_len))
 
 
 def pack_batch(
@@ -102,7 +146,7 @@ def pack_batch(
     fill, seg = 0, 0
     while True:
       if pending is None:
-        fitted = _fit(*source(index), seq_len, overlong, stats, index)
+        fitted = _fit(*source(index), seq_len, overlong, stats, lambda i=index: where(source, i))
         if fitted is None:
           index += 1
           rejects += 1

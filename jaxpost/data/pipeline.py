@@ -4,21 +4,55 @@ A source maps a global example index to ``(tokens, roles)``; the packer reads it
 order, so the data position of a run is one integer. Procedural tasks are an unbounded
 stream by index; finite datasets (JSONL, tfds) are read in a fresh seeded permutation
 per epoch.
+
+Data errors surface before anything expensive: an empty dataset fails in the reader,
+and with ``data.overlong='error'`` an over-long example fails twice over early, first
+by a lower bound on its token count before a tokenizer is trained (`TokenBound`), then
+exactly once the tokenizer exists and before the model is built (`check_overlong`),
+each time naming the example's place (``file.jsonl:17``, ``name[split][i]``).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import logging
 import os
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from jaxpost.data import tasks, template
-from jaxpost.data.packing import ExampleSource
-from jaxpost.data.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer
+from jaxpost.data.jsonl import DataError
+from jaxpost.data.packing import ExampleSource, OverlongError, PlacedSource, overlong_message
+from jaxpost.data.tokenizer import (
+  DEFAULT_SPECIAL_TOKENS,
+  SentencePieceTokenizer,
+  Tokenizer,
+  load_tokenizer,
+)
 
 TOKENIZER_PREFIX = "tokenizer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A finite user dataset: its examples and where each one came from.
+
+  Attributes:
+    examples: random-access Examples (a list for JSONL, a lazy view for tfds).
+    where: index -> the example's place, ``path:line`` or ``name[split][index]``.
+    skipped: malformed records dropped under ``data.skip_malformed``.
+  """
+
+  examples: Sequence[template.Example]
+  where: Callable[[int], str]
+  skipped: int = 0
+
+  def __len__(self) -> int:
+    return len(self.examples)
 
 
 def prepare_tokenizer(config, workdir: str) -> Tokenizer:
@@ -37,6 +71,10 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
     return SentencePieceTokenizer.load(prefix + ".model")
   os.makedirs(workdir, exist_ok=True)
   texts = _tokenizer_corpus(config)
+  if config.data.source != "tasks" and config.data.overlong == "error":
+    # Hopeless examples fail now, not after training the tokenizer and building the model.
+    bound = TokenBound.for_training(texts, byte_fallback=config.tokenizer.byte_fallback)
+    check_overlong_bound(load_dataset(config), bound, config.data.seq_len)
   logging.info("training a %d-piece sentencepiece tokenizer", config.tokenizer.vocab_size)
   return SentencePieceTokenizer.train(
     texts,
@@ -58,13 +96,24 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-def load_examples(config, counts: dict | None = None):
+def load_examples(config, counts: dict | None = None) -> Sequence[template.Example]:
   """The user dataset of ``config.data`` as a random-access sequence of Examples.
+
+  See `load_dataset`, which also says where each example came from.
+  """
+  return load_dataset(config, counts).examples
+
+
+def load_dataset(config, counts: dict | None = None) -> Dataset:
+  """The user dataset of ``config.data``, with the place of every example.
 
   ``counts``, if given, receives ``data/skipped_malformed`` (records dropped under
   ``data.skip_malformed``) so the caller can record it. The last dataset read is kept
   (keyed by its path's size and modification time), so training a tokenizer on it and
   then building the training source reads it once.
+
+  Raises:
+    DataError: a malformed record (unless skipped), or no examples at all.
   """
   d = config.data
   if d.source not in ("jsonl", "tfds"):
@@ -72,26 +121,168 @@ def load_examples(config, counts: dict | None = None):
   # A missing path is left to the reader, whose error says what it looked for.
   stat = os.stat(d.path) if os.path.exists(d.path) else None
   version = (stat.st_size, stat.st_mtime_ns) if stat else None
-  examples, skipped = _read_examples(d.source, d.path, d.split, d.skip_malformed, version)
+  dataset = _read_dataset(d.source, d.path, d.split, d.skip_malformed, version)
   if counts is not None and d.source == "jsonl":
-    counts["data/skipped_malformed"] = skipped
-  return examples
+    counts["data/skipped_malformed"] = dataset.skipped
+  return dataset
 
 
 @functools.lru_cache(maxsize=1)
-def _read_examples(source: str, path: str, split: str, skip_malformed: bool, version: tuple):
-  """(examples, skipped records) of one dataset; ``version`` only keys the cache."""
+def _read_dataset(
+  source: str, path: str, split: str, skip_malformed: bool, version: tuple
+) -> Dataset:
+  """One dataset, read; ``version`` only keys the cache."""
   del version
   if source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
 
-    result = read_jsonl(path, skip_malformed=skip_malformed)
+    result = read_jsonl(path, skip_malformed=skip_malformed)  # never empty
     if result.skipped:
       logging.warning("skipped %d malformed records in %s", result.skipped, path)
-    return result.examples, result.skipped
+    lines = result.lines
+    return Dataset(result.examples, lambda i: f"{path}:{lines[i]}", result.skipped)
   from jaxpost.data.tfds_source import read_tfds
 
-  return read_tfds(path, split), 0
+  examples = read_tfds(path, split)
+  if len(examples) == 0:
+    raise DataError(f"TFDS dataset {path!r} split {split!r} has no examples")
+  return Dataset(examples, examples.where)
+
+
+# ------------------------------------------------------------------ over-long examples
+
+# A SentencePiece piece is at most max_sentencepiece_length characters (Unicode code
+# points of the normalized text). SentencePieceTokenizer.train leaves it at
+# SentencePiece's default, 16, and normalizes nothing ("identity": one character in,
+# one character out; a space becomes one U+2581), so no token covers more than 16
+# characters of the text (tested against trained models).
+MAX_PIECE_CHARS = 16
+# Names the trainer treats as meta pieces: it blanks them out of the corpus before it
+# counts characters, so characters seen only inside them get no piece of their own.
+_META_PIECES = ("<unk>", "<s>", "</s>", "<pad>", *DEFAULT_SPECIAL_TOKENS)
+_TRAINER_MAX_SENTENCE_BYTES = 1 << 24  # SentencePieceTokenizer.train's max_sentence_length
+_RESERVED_UNK_CHAR = "\u2585"  # the trainer skips corpus texts that contain it
+_SPACE_PIECE_CHAR = "\u2581"
+# The trainer's character coverage test runs in float32: with coverage 1.0 a character
+# whose count is below ~2^-25 of all characters can still be left out of the alphabet.
+# Only characters above this (much larger) share are assumed to have a piece.
+_SAFE_CHAR_SHARE = 2.0**-20
+
+
+def _may_have_piece(c: str) -> bool:
+  """False for characters SentencePiece never gives a piece (tab, NUL, controls, ...)."""
+  if c in ("\t", "\x00", _RESERVED_UNK_CHAR):
+    return False
+  return c == "\n" or not unicodedata.category(c).startswith("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBound:
+  """A lower bound on token counts under a SentencePiece model not yet trained.
+
+  Every token of a model trained by `SentencePieceTokenizer.train` is one of: a learned
+  piece (at most `MAX_PIECE_CHARS` known characters), a special token (one string of
+  at most 16 characters), a byte piece (part of one character), or ``<unk>``, which
+  stands for a run of characters without a piece and may be arbitrarily long. So with
+  byte fallback (no ``<unk>``) a text of n characters has at least ceil(n / 16)
+  tokens; without it, only characters certain to have a piece count, and those are the
+  characters of the training corpus itself (coverage 1.0 puts every one of them in the
+  alphabet), less those the trainer drops (see `_may_have_piece`, `_SAFE_CHAR_SHARE`).
+  Counting fewer characters only lowers the bound, so it stays a bound.
+
+  Attributes:
+    known: characters certain to have a piece, or None for "every character counts"
+      (byte fallback).
+  """
+
+  known: frozenset[str] | None
+
+  @classmethod
+  def for_training(cls, texts: Iterable[str], *, byte_fallback: bool) -> TokenBound:
+    """The bound for a model about to be trained on ``texts`` (see the class doc)."""
+    if byte_fallback:
+      return cls(known=None)
+    counts = collections.Counter()
+    for text in texts:
+      too_long = len(text) * 4 > _TRAINER_MAX_SENTENCE_BYTES and (
+        len(text.encode("utf-8", "replace")) > _TRAINER_MAX_SENTENCE_BYTES
+      )
+      if too_long or _RESERVED_UNK_CHAR in text:
+        continue  # the trainer skips the whole text
+      for meta in _META_PIECES:
+        text = text.replace(meta, "\t")
+      counts.update(text)
+    counts[_SPACE_PIECE_CHAR] += counts.pop(" ", 0)  # the normalizer maps " " to U+2581
+    floor = _SAFE_CHAR_SHARE * sum(counts.values())
+    known = {c for c, n in counts.items() if n >= floor and _may_have_piece(c)}
+    if _SPACE_PIECE_CHAR in known:
+      known.add(" ")
+    return cls(known=frozenset(known))
+
+  def text(self, text: str) -> int:
+    """At most the number of tokens ``text`` encodes to."""
+    if self.known is None or set(text) <= self.known:
+      n = len(text)
+    else:
+      n = sum(map(self.known.__contains__, text))
+    return -(-n // MAX_PIECE_CHARS)
+
+  def example(self, ex: template.Example) -> int:
+    """At most ``len(template.encode_example(tok, ex))`` (no BOS, with EOS)."""
+    # Spans are encoded separately (template.encode_example); the two think tags are
+    # one token each and EOS is one more.
+    spans = (template.render_prompt(ex.prompt), ex.thinking, ex.answer)
+    return sum(self.text(span) for span in spans) + 3
+
+
+def _raise_first_overlong(dataset: Dataset, lengths, seq_len: int, *, bound: bool) -> None:
+  """OverlongError naming the first example longer than ``seq_len`` (and how many are)."""
+  lengths = np.asarray(lengths, np.int64)
+  over = np.flatnonzero(lengths > seq_len)
+  if len(over) == 0:
+    return
+  first = int(over[0])
+  note = f"{len(over)} of {len(dataset)} examples are over-long"
+  if bound:
+    note += "; found by a lower bound, before training the tokenizer"
+  raise OverlongError(
+    overlong_message(dataset.where(first), int(lengths[first]), seq_len, note=note, at_least=bound)
+  )
+
+
+def check_overlong_bound(dataset: Dataset, bound: TokenBound, seq_len: int) -> None:
+  """Fails on an example that cannot fit in ``seq_len`` whatever the tokenizer learns.
+
+  Raises:
+    OverlongError: (a `DataError`) naming the first such example's place.
+  """
+  by_length = TokenBound(known=None)  # >= any bound, and cheap: lengths only
+  lengths = []
+  for ex in dataset.examples:
+    n = by_length.example(ex)
+    lengths.append(n if n <= seq_len else bound.example(ex))
+  _raise_first_overlong(dataset, lengths, seq_len, bound=True)
+
+
+def encoded_length(tok: Tokenizer, ex: template.Example) -> int:
+  """``len(template.encode_example(tok, ex))`` (what the training source yields), faster."""
+  fixed = len(tok.encode(template.THINK_OPEN)) + len(tok.encode(template.THINK_CLOSE)) + 1
+  spans = (template.render_prompt(ex.prompt), ex.thinking, ex.answer)
+  return fixed + sum(len(tok.encode(span)) for span in spans)
+
+
+def check_overlong(dataset: Dataset, tok: Tokenizer, seq_len: int) -> None:
+  """Encodes every example once and fails on the first one longer than ``seq_len``.
+
+  For ``data.overlong='error'``: run before the model is built, so the error comes in
+  seconds rather than at the training step that first reads the example.
+
+  Raises:
+    OverlongError: (a `DataError`) naming the first over-long example's place, its
+      length and the number of over-long examples.
+  """
+  lengths = [encoded_length(tok, ex) for ex in dataset.examples]
+  _raise_first_overlong(dataset, lengths, seq_len, bound=False)
 
 
 def _encoded(tok: Tokenizer, ex: template.Example) -> tuple[np.ndarray, np.ndarray]:
@@ -100,26 +291,44 @@ def _encoded(tok: Tokenizer, ex: template.Example) -> tuple[np.ndarray, np.ndarr
 
 
 def task_source(levels: dict[str, float], tok: Tokenizer, seed: int) -> ExampleSource:
-  """index -> encoded problem from a weighted mixture of task levels (train split)."""
+  """index -> encoded problem from a weighted mixture of task levels (train split).
+
+  Its place names the problem's level and index, which is all `tasks.make_problem`
+  needs to regenerate it.
+  """
   mix = tasks.mixture(levels, "train", seed)
-  return lambda index: _encoded(tok, mix(index).example)
+  return PlacedSource(
+    lambda index: _encoded(tok, mix(index).example),
+    lambda index: f"task example {index} (level {mix.level_at(index)!r})",
+  )
 
 
-def dataset_source(examples, tok: Tokenizer, seed: int) -> ExampleSource:
-  """index -> encoded example, one seeded permutation per epoch."""
+def dataset_source(
+  examples, tok: Tokenizer, seed: int, where: Callable[[int], str] | None = None
+) -> ExampleSource:
+  """index -> encoded example, one seeded permutation per epoch.
+
+  ``where`` (example -> place, e.g. `Dataset.where`) lets errors name the example's
+  place instead of its source index.
+  """
   n = len(examples)
   if n == 0:
-    raise ValueError("the dataset has no examples")
+    raise DataError("the dataset has no examples")
   perms: dict[int, np.ndarray] = {}
 
-  def source(index: int):
+  def example_at(index: int) -> int:
     epoch, offset = divmod(index, n)
     if epoch not in perms:
       perms.clear()  # only the current epoch is ever needed again
       perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    return _encoded(tok, examples[int(perms[epoch][offset])])
+    return int(perms[epoch][offset])
 
-  return source
+  def source(index: int):
+    return _encoded(tok, examples[example_at(index)])
+
+  if where is None:
+    return source
+  return PlacedSource(source, lambda index: where(example_at(index)))
 
 
 def build_source(
@@ -127,11 +336,19 @@ def build_source(
 ) -> tuple[ExampleSource, int | None]:
   """The training example source of ``config``, and the dataset size (None if unbounded).
 
-  ``counts``, if given, receives the data counts to record (see `load_examples`).
+  ``counts``, if given, receives the data counts to record (see `load_dataset`). With
+  ``data.overlong='error'`` every example of a finite dataset is encoded once here
+  (`check_overlong`), so an over-long one fails before the model is built.
+
+  Raises:
+    DataError: see `load_dataset`; `OverlongError` from `check_overlong`.
   """
   from jaxpost.config_lib import parse_levels
 
   if config.data.source == "tasks":
     return task_source(parse_levels(config.data.levels), tok, config.seed), None
-  examples = load_examples(config, counts)
-  return dataset_source(examples, tok, config.seed), len(examples)
+  dataset = load_dataset(config, counts)
+  if config.data.overlong == "error":
+    check_overlong(dataset, tok, config.data.seq_len)
+  source = dataset_source(dataset.examples, tok, config.seed, dataset.where)
+  return source, len(dataset)

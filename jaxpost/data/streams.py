@@ -89,7 +89,11 @@ class StreamPacker:
   def _stream_source(self, j: int) -> packing.ExampleSource:
     if self.streams == 1:
       return self.source
-    return lambda k: self.source(j + self.streams * k)
+    source, s = self.source, self.streams
+    # Stream-local index k is source index j + S * k; errors name the source's place.
+    return packing.PlacedSource(
+      lambda k: source(j + s * k), lambda k: packing.where(source, j + s * k)
+    )
 
   def next_batch(self) -> tuple[dict[str, np.ndarray], packing.PackStats]:
     """Packs the next batch.

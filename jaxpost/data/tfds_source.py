@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import overload
 
-from jaxpost.data.jsonl import DataError
+from jaxpost.data.jsonl import DataError, text_error
 from jaxpost.data.template import Example, split_response
 
 
@@ -31,8 +31,9 @@ def _to_str(value: object, key: str, where: str) -> str:
 class TfdsExamples(Sequence[Example]):
   """A lazily decoded, random-access view of a TFDS split as `Example` s.
 
-  Records are decoded on access; a record with malformed think tags raises
-  `DataError` naming the dataset, split and index.
+  Records are decoded on access; a malformed record (bad think tags, a NUL character,
+  an empty or whitespace-only prompt or response, as for JSONL) raises `DataError`
+  naming the dataset, split and index (`where`).
   """
 
   def __init__(
@@ -70,8 +71,16 @@ class TfdsExamples(Sequence[Example]):
       raise IndexError(f"index {index} out of range for {n} examples")
     return self._decode(self._source[i], i)
 
+  def where(self, index: int) -> str:
+    """Where record ``index`` lives, for error messages: ``name[split][index]``."""
+    return f"{self._name}[{self._split}][{index}]"
+
   def _decode(self, record: Mapping[str, object], i: int) -> Example:
-    where = f"{self._name}[{self._split}][{i}]"
+    example = self._to_example(record, self.where(i))
+    _check_example(example, self.where(i))
+    return example
+
+  def _to_example(self, record: Mapping[str, object], where: str) -> Example:
     prompt = _to_str(record[self._prompt_key], self._prompt_key, where)
     response = _to_str(record[self._response_key], self._response_key, where)
     if self._thinking_key is not None:
@@ -86,6 +95,18 @@ class TfdsExamples(Sequence[Example]):
 
   def __repr__(self) -> str:
     return f"TfdsExamples({self._name!r}, split={self._split!r}, len={len(self)})"
+
+
+def _check_example(ex: Example, where: str) -> None:
+  """The text rules `jaxpost.data.jsonl` applies to records, with ``where`` in the error."""
+  for name, text in (("prompt", ex.prompt), ("thinking", ex.thinking), ("answer", ex.answer)):
+    error = text_error(text)
+    if error is not None:
+      raise DataError(f"{where}: {name} {error}")
+  if not ex.prompt.strip():
+    raise DataError(f"{where}: empty prompt (empty or whitespace only)")
+  if not (ex.thinking + ex.answer).strip():
+    raise DataError(f"{where}: empty response (empty or whitespace only)")
 
 
 def _open_source(name_or_dir: str, split: str, data_dir: str | None):

@@ -44,7 +44,7 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from jaxpost import config_lib, models, rewards, scoring, train
+from jaxpost import config_lib, fields, models, rewards, scoring, train
 from jaxpost.data import tasks
 from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
@@ -86,6 +86,31 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill
   c.rl.max_sample_rounds = 4  # dynamic sampling: generation rounds per step at most
   c.rl.mask_truncated = False  # overlong filtering: completions that hit the cap carry no loss
+  fields.declare(
+    "rl",
+    prompts_per_step=fields.integer(ge=1),
+    samples_per_prompt=fields.integer(ge=1),
+    max_new_tokens=fields.integer(ge=1),
+    temperature=fields.num(gt=0),
+    top_k=fields.integer(ge=0),
+    top_p=fields.num(gt=0, le=1),
+    min_p=fields.num(ge=0, le=1),
+    advantage=fields.one_of(advantages.ADVANTAGES.names),
+    old_logp=fields.one_of(("recompute", "sampler")),
+    shared_prompt=fields.FLAG,
+    reference=fields.TEXT,
+    epochs=fields.integer(ge=1),
+    minibatches=fields.integer(ge=1),
+    dynamic_sampling=fields.FLAG,
+    max_sample_rounds=fields.integer(ge=1),
+    mask_truncated=fields.FLAG,
+  )
+  fields.declare(
+    "rl.teacher",
+    size=fields.Text("a named size", check=_check_size),
+    hf_dir=fields.TEXT,
+    init_from=fields.TEXT,
+  )
 
   # Rewards: a weighted sum of registered sequence rewards (jaxpost/rewards), plus token
   # rewards (jaxpost/rewards/token.py) that enter the advantages per token.
@@ -93,6 +118,18 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.reward.terms = (("exact_answer", 1.0),)  # (name, weight) pairs, summed
   c.reward.token_terms = ()  # (name, weight) token rewards, e.g. (("kl_penalty", 0.04),)
   c.reward.timeout_s = 1.0  # time limit of one reward call; a call past it scores 0
+  c.reward.workers = 2  # worker processes for untrusted rewards (started only if one is used)
+  c.reward.budget_s = 600.0  # seconds timed-out reward calls may cost a run; 0 = no budget
+  fields.declare(
+    "reward",
+    terms=fields.Custom("(name, weight) pairs of registered rewards", _terms_check(rewards.names)),
+    token_terms=fields.Custom(
+      "(name, weight) pairs of token rewards", _terms_check(token_rewards.TOKEN_REWARDS.names)
+    ),
+    timeout_s=fields.num(ge=0),
+    workers=fields.integer(ge=1),
+    budget_s=fields.num(ge=0),
+  )  # reward.<name>.*: each reward's own rules (its registration)
   c.reward.exact_answer = config_dict.ConfigDict()
   c.reward.exact_answer.correct = 1.0  # reward of a correct final answer
   c.reward.exact_answer.wrong = 0.0  # reward of a wrong, missing or malformed answer
@@ -111,21 +148,40 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     c.reward[name] = token_rewards.TOKEN_REWARDS.hparams_config(name)
 
 
+def _terms_check(names):
+  """Checks a tuple of (name, weight[, hparams]) terms: registered names, finite weights."""
+
+  def check(terms) -> None:
+    if not isinstance(terms, tuple | list):
+      raise TypeError(f"a tuple of terms, got {type(terms).__name__}")
+    for term in terms:
+      if not isinstance(term, tuple | list) or not 2 <= len(term) <= 3:
+        raise ValueError(f"each term is (name, weight), got {term!r}")
+      name, weight = term[0], term[1]
+      known = names()
+      if name not in known:
+        hint = fields.suggest(str(name), known)
+        raise ValueError(
+          f"unknown name {name!r}"
+          + (f" (did you mean {hint!r}?)" if hint else "")
+          + f"; registered: {', '.join(known)}"
+        )
+      if isinstance(weight, bool) or not isinstance(weight, int | float) or weight != weight:
+        raise ValueError(f"the weight of {name!r} must be a finite number, got {weight!r}")
+      if abs(weight) == float("inf"):
+        raise ValueError(f"the weight of {name!r} must be a finite number, got {weight!r}")
+
+  return check
+
+
+def _check_size(size: str) -> None:
+  if size not in models.NAMED_SIZES:
+    raise ValueError(f"one of {tuple(models.NAMED_SIZES)}")
+
+
 def validate(c: config_dict.ConfigDict) -> None:
   """The ``rl`` and ``reward`` sections and how they fit the rest (config_lib calls it)."""
-  r = c.rl
-  config_lib.choice(r.advantage, "rl.advantage", advantages.ADVANTAGES)
-  config_lib.choice(r.old_logp, "rl.old_logp", ("recompute", "sampler"))
-  for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "epochs"):
-    config_lib.positive(r[key], f"rl.{key}")
-  config_lib.positive(r.minibatches, "rl.minibatches")
-  config_lib.positive(r.max_sample_rounds, "rl.max_sample_rounds")
-  if not r.temperature > 0:
-    raise config_lib.ConfigError(f"rl.temperature={r.temperature!r} must be > 0 (0 = greedy)")
-  if r.top_k < 0 or not 0 < r.top_p <= 1 or not 0 <= r.min_p <= 1:
-    raise config_lib.ConfigError(
-      f"rl.top_k/top_p/min_p out of range: {r.top_k}, {r.top_p}, {r.min_p}"
-    )
+  r = c.rl  # each field's own range is checked by its declared rule (config_sections)
   if r.max_new_tokens >= c.model.max_seq_len:
     raise config_lib.ConfigError(
       f"rl.max_new_tokens={r.max_new_tokens} leaves no room for a prompt in "
@@ -147,10 +203,6 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   config_lib.run_dir(r.reference, "rl.reference")
   config_lib.run_dir(r.teacher.init_from, "rl.teacher.init_from")
-  if r.teacher.size:
-    config_lib.choice(r.teacher.size, "rl.teacher.size", models.NAMED_SIZES)
-  if c.reward.timeout_s < 0:
-    raise config_lib.ConfigError(f"reward.timeout_s={c.reward.timeout_s!r} must be >= 0")
   if c.data.source != "tasks":
     raise config_lib.ConfigError(
       "the rl recipe draws prompts from the tasks: data.source must be 'tasks'"
@@ -227,6 +279,12 @@ def run(config, workdir: str) -> dict:
   tok = common.load_tokenizer(config, workdir)
   prompts = tasks.mixture(config_lib.parse_levels(config.data.levels), "train", config.seed)
   spec = reward_spec(config)
+  reward_pool = rewards.RewardPool(  # one per run: its budget spans the run; closed at the end
+    workers=config.reward.workers,
+    timeout_s=config.reward.timeout_s or None,
+    budget_s=config.reward.budget_s,
+  )
+  reward_pool.check(spec)  # an untrusted reward that cannot reach a worker fails now
   token_spec = token_rewards.make_spec(config.reward.token_terms, config.reward, {"tokenizer": tok})
   run_ = common.setup(
     config, workdir, mesh, tok, total_updates=config.train.steps * updates_per_step
@@ -301,7 +359,7 @@ def run(config, workdir: str) -> dict:
         G,
         jax.random.fold_in(step_key, k),
         spec,
-        timeout_s=config.reward.timeout_s or None,
+        pool=reward_pool,
       )
 
     groups, reward_ms, rounds, filled, next_prompt = groups_lib.collect_groups(
@@ -371,7 +429,7 @@ def run(config, workdir: str) -> dict:
     t_update = time.time() - t1
 
     # 6. Log, evaluate, checkpoint.
-    last = {k: float(np.mean(v)) for k, v in fetched.items()}
+    last = common.train_metrics(run_, fetched, step)  # stops a run stuck on NaN
     last.update(common.mean_metrics(reward_ms))
     last.update(token_ms)
     trainer_logp = old_logp if r.old_logp == "recompute" else None
@@ -394,6 +452,7 @@ def run(config, workdir: str) -> dict:
       logging.warning("stopping at RL step %d (%s)", step, stop)
       break
   bar.close()
+  reward_pool.close()
 
   extra = {}
   if start_metrics:

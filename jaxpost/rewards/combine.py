@@ -4,54 +4,79 @@
 
 A reward is arbitrary host-side Python (a verifier, a parser, perhaps a tool call),
 so one bad term must not cost a training run: a call that raises, returns something
-that is not a finite number, or runs past ``timeout_s`` scores 0 for that term and is
-counted in the metrics.
+that is not a finite number, runs past ``timeout_s`` or crashes its process scores 0
+for that term and is counted in the metrics.
 
-How the time limit is enforced, and its limits. Calls run one at a time on a daemon
-worker thread while the caller waits on each with a deadline. When a call overruns,
-the caller stops waiting, scores it 0, marks that worker abandoned and starts a
-fresh one for the remaining calls. Python cannot kill a thread, so:
+Where a call runs. A *trusted* reward (``register(..., trusted=True)``: the built-ins,
+pure string and arithmetic functions) runs inline in the caller, without a time limit;
+an exception still scores 0. Every other reward runs in a `RewardPool` of worker
+processes with a hard time limit per call: at the limit the caller kills that worker
+(SIGTERM to its process group, SIGKILL after a grace second) and starts a fresh one
+for the remaining calls. So whatever the reward does, holding the GIL in C code (a
+pathological regex, ``10 ** 10 ** 8``), busy-looping or sleeping, it stops at the limit
+and leaves nothing running that slows the caller; a worker that dies (a segfault,
+``os._exit``) is replaced and its call counted as an error. The pool starts only when
+a spec has an untrusted term, so a spec of built-ins never starts a process.
 
-* an abandoned call keeps running in the background until it returns on its own
-  (its result is discarded); the number still alive is reported as
-  ``reward/stuck_workers``. Daemon threads never block interpreter exit.
-* a call stuck inside C code that holds the GIL (a pathological regex, a huge
-  integer power) also stalls the caller; only a process boundary can bound that.
-  Rewards that run untrusted code (sandboxed tools) should use their own
-  subprocess with its own timeout.
+Workers are fresh interpreters (``jaxpost/rewards/worker.py``), never forks: the
+parent has initialised JAX, whose threads and device state a fork would copy in an
+undefined state. They are started like multiprocessing's spawn start method, but by
+path with ``python -P`` rather than through ``multiprocessing``, which would import
+the parent's ``__main__`` (a training script: JAX) in every worker. A worker imports
+only the modules of the rewards it runs: reward functions are pickled by reference
+(module and qualified name), so an untrusted reward must be a module-level function
+of an importable module; `RewardPool.check` fails at start-up otherwise. Calls go to a
+worker in chunks (one message each way per chunk and one short message per result);
+each result carries the time the next call starts, so each call keeps its own
+deadline. With ``workers`` > 1, chunks score in parallel; the output never depends
+on which worker scored what.
+
+What bounds the damage:
+
 * after ``max_timeouts`` overruns of one term in a batch, that term is skipped for the
-  rest of the batch (scored 0, counted in ``reward/skipped``), which bounds both the
-  extra wall time (about ``n_terms * max_timeouts * timeout_s``) and the number of
-  abandoned threads per batch.
+  rest of the batch (scored 0, counted in ``reward/skipped``). With one worker that
+  bounds the extra wall time to about ``n_terms * max_timeouts * timeout_s`` per
+  batch; calls of the term already sent to other workers still run, so with ``N``
+  workers a term may time out up to ``max_timeouts + N - 1`` times.
+* a pool has a budget for its whole life (a run): ``budget_s`` seconds lost to
+  timed-out calls (``timeout_s`` each). Past it, `RewardBudgetError` stops the run
+  rather than letting it train on zeros; 0 means no budget.
 
-Threads rather than a process pool: reward functions and samples need not pickle
-(``functools.partial`` of a local function, a closure over a tokenizer), there is no
-fork of a process that has initialised JAX, and no per-call IPC. Running calls one
-after another costs nothing, since pure-Python rewards would serialise on the GIL
-anyway, and it keeps each call's time limit its own.
+Limits: a chunk's clock starts once its worker has loaded the rewards (module imports
+are not charged to the first call; loading has its own ``start_timeout_s``); a call
+that starts processes in a session of their own escapes the kill; workers need POSIX
+(``pass_fds``, process groups). ``timeout_s=None`` runs every reward inline without a
+limit (debugging, trusted code).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import inspect
 import logging
 import math
-import queue
-import threading
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeoutError
+from multiprocessing import connection
 from typing import Any
 
 import numpy as np
 
 from jaxpost.rewards import registry
+from jaxpost.rewards import worker as worker_lib
 from jaxpost.rewards.registry import Sample
 
-_WORKER_NAME = "jaxpost-reward-worker"
-_STUCK_NAME = "jaxpost-reward-stuck"
+_WORKER_FILE = os.path.abspath(worker_lib.__file__)
+_CHUNK = 16  # most calls per message to a worker (fewer when that leaves a worker idle)
+_GRACE_S = 1.0  # between SIGTERM and SIGKILL of a worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +92,6 @@ class Term:
   name: str
   weight: float = 1.0
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BoundTerm:
-  name: str
-  weight: float
-  fn: Callable[[Sample], Any]
 
 
 def make_spec(
@@ -116,6 +134,11 @@ def make_spec(
       inspect.signature(fn).bind(None, **kwargs)
     except TypeError as e:
       raise TypeError(f"bad hyperparameters {kwargs} for reward {entry.name!r}: {e}") from None
+    for key, value in kwargs.items():  # each value against its declared rule
+      rule = registry.REWARDS.entry(entry.name).rules.get(key)
+      problem = rule.problem(value) if rule is not None else None
+      if problem:
+        raise ValueError(f"reward {entry.name!r}: {key}={value!r}: {problem}")
     check = registry.get_check(entry.name)
     if check is not None:
       check(**kwargs)
@@ -125,78 +148,379 @@ def make_spec(
   return tuple(out)
 
 
-class _Worker:
-  """A daemon thread running submitted calls one after another."""
-
-  def __init__(self):
-    self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-    self.thread = threading.Thread(target=self._loop, name=_WORKER_NAME, daemon=True)
-    self.thread.start()
-
-  def _loop(self) -> None:
-    while True:
-      job = self._jobs.get()
-      if job is None:
-        return
-      fn, arg, future = job
-      try:
-        future.set_result(fn(arg))
-      except BaseException as e:  # even SystemExit: a reward must not end scoring
-        future.set_exception(e)
-
-  def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future:
-    future: Future = Future()
-    future.set_running_or_notify_cancel()
-    self._jobs.put((fn, arg, future))
-    return future
-
-  def stop(self) -> None:
-    """Lets the thread exit once its current call (if any) returns."""
-    self._jobs.put(None)
-
-  def abandon(self) -> None:
-    self.thread.name = _STUCK_NAME
-    self.stop()
+class RewardBudgetError(RuntimeError):
+  """Timed-out reward calls have cost a pool (a run) its whole ``budget_s``."""
 
 
-def _as_reward(value: Any) -> float:
-  """The value as a finite float; raises for anything else (bool and str included)."""
-  if isinstance(value, bool | str | bytes) or value is None:
-    raise TypeError(f"a reward must return a real number, got {type(value).__name__}")
-  x = float(value)
-  if not math.isfinite(x):
-    raise ValueError(f"a reward must be finite, got {x}")
-  return x
-
-
-def _call(
-  worker: _Worker | None, fn: Callable[[Sample], Any], sample: Sample, timeout_s: float | None
-) -> tuple[float, str | None]:
-  """``(value, None)`` on success, ``(0.0, why)`` on failure; never raises for the reward."""
-  if worker is None:
-    try:
-      return _as_reward(fn(sample)), None
-    except Exception as e:  # any failure of a reward scores 0
-      return 0.0, f"error {e!r}"
-  future = worker.submit(fn, sample)
+def _call_inline(fn: Callable[[Sample], Any], sample: Sample) -> tuple[float, str | None]:
+  """A trusted call in the caller: failures score 0, but Ctrl-C still stops the run."""
   try:
-    # exception() rather than result(): whatever the reward raised, even a
-    # BaseException such as SystemExit, comes back as a value; only a
-    # KeyboardInterrupt of the caller itself propagates.
-    exc = future.exception(timeout=timeout_s)
-  except FutureTimeoutError:
-    return 0.0, f"timeout after {timeout_s} s"
-  if exc is not None:
-    return 0.0, f"error {exc!r}"
-  try:
-    return _as_reward(future.result()), None
-  except Exception as e:  # not a finite real number
+    return worker_lib.as_reward(fn(sample)), None
+  except (Exception, SystemExit) as e:
     return 0.0, f"error {e!r}"
 
 
-def stuck_workers() -> int:
-  """Abandoned reward calls of this process that are still running."""
-  return sum(t.name == _STUCK_NAME and t.is_alive() for t in threading.enumerate())
+def _cannot_send(fn: Callable) -> str | None:
+  """Why ``fn`` cannot reach a worker process (which unpickles it by reference), or None."""
+  base = fn
+  while isinstance(base, functools.partial):
+    base = base.func
+  if getattr(base, "__module__", None) == "__main__":
+    return "it is defined in __main__ (a script or notebook cell), which a worker cannot import"
+  try:
+    pickle.dumps(fn)
+  except Exception as e:  # a lambda, a local function, a closure over a lock, ...
+    return f"it does not pickle ({type(e).__name__}: {e})"
+  return None
+
+
+class _Process:
+  """One worker process: ``python -P worker.py``, with a command and a result pipe."""
+
+  def __init__(self, start_timeout_s: float):
+    cmd_r, cmd_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+      self.popen = subprocess.Popen(
+        [sys.executable, "-P", _WORKER_FILE, str(cmd_r), str(out_w)],
+        pass_fds=(cmd_r, out_w),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: a kill reaches its children
+      )
+    except BaseException:
+      os.close(cmd_w)
+      os.close(out_r)
+      raise
+    finally:
+      os.close(cmd_r)
+      os.close(out_w)
+    self.pid = self.popen.pid
+    self.commands = connection.Connection(cmd_w, readable=False)
+    self.results = connection.Connection(out_r, writable=False)
+    self.loaded: set[int] = set()  # fn ids this worker has unpickled
+    if not self.results.poll(start_timeout_s):
+      self.kill()
+      raise RuntimeError(f"a reward worker did not start within {start_timeout_s} s")
+    try:
+      self.results.recv()  # ("ready", pid)
+    except EOFError:
+      code = self.kill()
+      raise RuntimeError(f"a reward worker exited at start-up (exit code {code})") from None
+
+  def kill(self) -> int:
+    """Terminates the worker and its process group (then kills it); returns the exit code."""
+    for conn in (self.commands, self.results):
+      conn.close()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+      try:
+        os.killpg(self.pid, sig)
+      except (ProcessLookupError, PermissionError):
+        pass  # already gone
+      try:
+        return self.popen.wait(_GRACE_S)
+      except subprocess.TimeoutExpired:
+        continue
+    return self.popen.wait()
+
+
+def _kill_all(procs: list[_Process | None]) -> None:
+  for i, proc in enumerate(procs):
+    if proc is not None:
+      proc.kill()
+      procs[i] = None
+
+
+@dataclasses.dataclass
+class _Job:
+  """The chunk a worker is running: ``calls`` (k, b) still due, the first one running."""
+
+  calls: list[tuple[int, int]]
+  deadline: float  # of loading, then of the running call (time.monotonic)
+  loading: bool = True
+
+
+class RewardPool:
+  """Scores batches with reward specs; untrusted rewards run in killable worker processes.
+
+  One pool lives for a run (its budget spans every batch); workers start on the first
+  batch with an untrusted term and are reused. Not thread-safe. Use as a context
+  manager, or call `close` (a finaliser also kills the workers at exit).
+
+  Args:
+    workers: worker processes that may score in parallel (started as needed).
+    timeout_s: hard time limit of one untrusted reward call, in seconds; None runs
+      every reward inline in the caller without a limit (no process is started).
+    max_timeouts: overruns of one term after which it is skipped for the rest of the
+      batch.
+    budget_s: seconds that timed-out calls may cost over the pool's life (each costs
+      ``timeout_s``); once reached, `score` raises `RewardBudgetError`. 0: no budget.
+    start_timeout_s: time limit of a worker's start-up and of loading its rewards.
+  """
+
+  def __init__(
+    self,
+    *,
+    workers: int = 2,
+    timeout_s: float | None = 1.0,
+    max_timeouts: int = 4,
+    budget_s: float = 600.0,
+    start_timeout_s: float = 60.0,
+  ):
+    if workers < 1:
+      raise ValueError(f"workers must be >= 1, got {workers}")
+    if timeout_s is not None and not timeout_s > 0:
+      raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
+    if max_timeouts < 1:
+      raise ValueError(f"max_timeouts must be >= 1, got {max_timeouts}")
+    if not budget_s >= 0:
+      raise ValueError(f"budget_s must be >= 0 (0 = no budget), got {budget_s}")
+    self.workers, self.timeout_s, self.max_timeouts = workers, timeout_s, max_timeouts
+    self.budget_s, self.start_timeout_s = float(budget_s), start_timeout_s
+    self.lost_s = 0.0  # seconds lost to timed-out calls so far
+    self.restarts = 0  # workers replaced so far (killed at a time limit or died)
+    self.started = 0  # worker processes started so far
+    self._procs: list[_Process | None] = [None] * workers
+    self._fn_ids: dict[bytes, int] = {}
+    self._closed = False
+    self._finalizer = weakref.finalize(self, _kill_all, self._procs)
+
+  def __enter__(self) -> RewardPool:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Kills the workers; the pool cannot score afterwards."""
+    self._closed = True
+    self._finalizer()
+
+  @property
+  def pids(self) -> list[int]:
+    """Process ids of the running workers."""
+    return [p.pid for p in self._procs if p is not None]
+
+  def _remote(self, name: str) -> bool:
+    return self.timeout_s is not None and not registry.is_trusted(name)
+
+  def check(self, spec: Sequence[Term | Sequence[Any]]) -> tuple[Term, ...]:
+    """Validates ``spec`` (`make_spec`) and that its untrusted rewards can reach a worker.
+
+    Starts no process. Raises ValueError naming a reward that cannot be pickled by
+    reference (a lambda, a local function, one defined in __main__).
+    """
+    terms = make_spec(spec)
+    for t in terms:
+      if self._remote(t.name):
+        self._fn_id(t)
+    return terms
+
+  def _fn_id(self, term: Term) -> int:
+    fn = functools.partial(registry.get(term.name), **term.hparams)
+    problem = _cannot_send(fn)
+    if problem is not None:
+      raise ValueError(
+        f"reward {term.name!r} cannot be sent to a reward worker process: {problem}. "
+        "Define it at module level in an importable module, or, if it is pure and fast, "
+        "register it with trusted=True to run it in-process (without a time limit)."
+      )
+    return self._fn_ids.setdefault(pickle.dumps(fn), len(self._fn_ids))
+
+  def score(
+    self, samples: Sequence[Sample], spec: Sequence[Term | Sequence[Any]]
+  ) -> tuple[np.ndarray, dict[str, float]]:
+    """Scores every sample with every term of ``spec`` and sums with the weights.
+
+    Returns:
+      ``(rewards, metrics)``: rewards f32[B], the weighted sum; metrics with
+      ``reward/mean`` (of the sum), ``reward/<name>`` (mean of the term, unweighted,
+      failures counted as 0), ``reward/errors``, ``reward/timeouts``, ``reward/skipped``
+      (failed or skipped calls over all terms) and ``reward/restarted_workers``
+      (workers replaced in this batch).
+
+    Raises:
+      RewardBudgetError: timed-out calls have used up ``budget_s``.
+      RuntimeError: a worker could not start or load a reward.
+    """
+    if self._closed:
+      raise RuntimeError("this RewardPool is closed")
+    terms = self.check(spec)
+    batch = _Batch(self, terms, list(samples))
+    try:
+      batch.fill()  # workers start on their chunks while the trusted terms run here
+      for k, term in enumerate(terms):
+        if not self._remote(term.name):
+          fn = functools.partial(registry.get(term.name), **term.hparams)
+          for b, sample in enumerate(batch.samples):
+            batch.record(k, b, *_call_inline(fn, sample))
+      while batch.jobs:
+        batch.pump()
+    except BaseException:  # stale chunks must not answer the next batch
+      for w in list(batch.jobs):
+        self._replace(w)
+      raise
+    weights = np.asarray([t.weight for t in terms], np.float64)
+    values = batch.values
+    rewards = (weights @ values).astype(np.float32) if terms else np.zeros(len(samples), np.float32)
+    metrics = {
+      "reward/mean": float(rewards.mean()) if len(samples) else 0.0,
+      **{f"reward/{kind}": float(n) for kind, n in batch.counts.items()},
+    }
+    for k, term in enumerate(terms):
+      metrics[f"reward/{term.name}"] = float(values[k].mean()) if len(samples) else 0.0
+    return rewards, metrics
+
+  def _worker(self, w: int) -> _Process:
+    if self._procs[w] is None:
+      self._procs[w] = _Process(self.start_timeout_s)
+      self.started += 1
+    return self._procs[w]
+
+  def _replace(self, w: int) -> int:
+    """Kills worker ``w`` (a fresh one starts when next needed); returns its exit code."""
+    proc, self._procs[w] = self._procs[w], None
+    return proc.kill() if proc is not None else 0
+
+
+class _Batch:
+  """The state of one `RewardPool.score` call: results, counts and the chunks in flight."""
+
+  def __init__(self, pool: RewardPool, terms: tuple[Term, ...], samples: list[Sample]):
+    self.pool, self.terms, self.samples = pool, terms, samples
+    self.values = np.zeros((len(terms), len(samples)), np.float64)  # [n_terms, B]
+    self.counts = {"errors": 0, "timeouts": 0, "skipped": 0, "restarted_workers": 0}
+    remote = [k for k, t in enumerate(terms) if pool._remote(t.name)]
+    self.fn_ids = {k: pool._fn_id(terms[k]) for k in remote}
+    self.queue = collections.deque((k, b) for k in remote for b in range(len(samples)))
+    self.chunk = max(1, min(_CHUNK, -(-len(self.queue) // pool.workers)))  # all get work
+    self.jobs: dict[int, _Job] = {}  # worker index -> its chunk
+    self.term_timeouts = collections.Counter()
+    self.logged: set[tuple[int, str]] = set()
+
+  def record(self, k: int, b: int, value: float, failure: str | None) -> None:
+    if failure is None:
+      self.values[k, b] = value
+      return
+    kind = failure.split(" ", 1)[0]  # "timeout" or "error"
+    self.counts[f"{kind}s"] += 1
+    if (k, kind) not in self.logged:  # once per kind of failure, term and batch
+      self.logged.add((k, kind))
+      logging.warning("reward %r on sample %d scored 0: %s", self.terms[k].name, b, failure)
+
+  def fill(self) -> None:
+    """Sends a chunk to every idle worker while calls are due."""
+    for w in range(self.pool.workers):
+      if not self.queue:
+        return
+      if w not in self.jobs:
+        self._dispatch(w)
+
+  def _dispatch(self, w: int) -> None:
+    calls = []
+    while self.queue and len(calls) < self.chunk:
+      k, b = self.queue.popleft()
+      if self.term_timeouts[k] >= self.pool.max_timeouts:
+        self.counts["skipped"] += 1
+      else:
+        calls.append((k, b))
+    if not calls:
+      return
+    ids = {self.fn_ids[k] for k, _ in calls}
+    payload = pickle.dumps(
+      [(k * len(self.samples) + b, self.fn_ids[k], self.samples[b]) for k, b in calls]
+    )
+    for attempt in (0, 1):  # an idle worker may have died since the last batch
+      proc = self.pool._worker(w)
+      blobs = {i: blob for blob, i in self.pool._fn_ids.items() if i in ids - proc.loaded}
+      try:
+        proc.commands.send(("calls", list(sys.path), blobs, payload))
+        break
+      except OSError:
+        self.pool._replace(w)
+        if attempt:
+          raise
+    proc.loaded |= ids
+    deadline = time.monotonic() + self.pool.start_timeout_s
+    self.jobs[w] = _Job(calls, deadline)
+
+  def pump(self) -> None:
+    """Handles what the busy workers sent, then kills those past their deadline."""
+    procs = {self.pool._procs[w].results: w for w in self.jobs}
+    wait_s = min(job.deadline for job in self.jobs.values()) - time.monotonic()
+    for conn in connection.wait(list(procs), max(wait_s, 0.0)):
+      w = procs[conn]
+      while w in self.jobs and self.pool._procs[w].results is conn and conn.poll(0):
+        try:
+          message = conn.recv()
+        except (EOFError, OSError):
+          self._died(w)
+          break
+        self._handle(w, message)
+    now = time.monotonic()
+    for w, job in list(self.jobs.items()):
+      if job.deadline <= now:
+        self._expired(w, job)
+
+  def _names(self, job: _Job) -> list[str]:
+    return sorted({self.terms[k].name for k, _ in job.calls})
+
+  def _handle(self, w: int, message: tuple) -> None:
+    job = self.jobs[w]
+    if message[0] == "loaded":
+      _, t, error = message
+      if error is not None:
+        raise RuntimeError(
+          f"a reward worker could not load rewards {self._names(job)}: {error}. An untrusted "
+          "reward must be importable by module and name in a fresh interpreter (same "
+          "sys.path); or register it with trusted=True to run it in-process."
+        )
+      job.loading, job.deadline = False, t + self.pool.timeout_s
+      return
+    _, call_id, value, failure, t = message
+    k, b = job.calls.pop(0)
+    assert call_id == k * len(self.samples) + b, (call_id, k, b)
+    self.record(k, b, value, failure)
+    job.deadline = t + self.pool.timeout_s
+    if not job.calls:
+      del self.jobs[w]
+      self._dispatch(w)
+
+  def _lost(self, w: int, job: _Job, failure: str) -> None:
+    """The running call of ``job`` scores 0; its worker is replaced, the rest requeued."""
+    k, b = job.calls.pop(0)
+    del self.jobs[w]
+    self.counts["restarted_workers"] += 1
+    self.pool.restarts += 1
+    self.queue.extendleft(reversed(job.calls))
+    self.record(k, b, 0.0, failure)
+
+  def _died(self, w: int) -> None:
+    job = self.jobs[w]
+    code = self.pool._replace(w)
+    if job.loading:
+      raise RuntimeError(f"a reward worker died (exit code {code}) loading {self._names(job)}")
+    self._lost(w, job, f"error (the worker process died, exit code {code})")
+    self._dispatch(w)
+
+  def _expired(self, w: int, job: _Job) -> None:
+    pool = self.pool
+    pool._replace(w)
+    if job.loading:
+      raise RuntimeError(
+        f"a reward worker did not load {self._names(job)} within {pool.start_timeout_s} s"
+      )
+    k = job.calls[0][0]
+    self._lost(w, job, f"timeout after {pool.timeout_s} s (worker killed)")
+    self.term_timeouts[k] += 1
+    pool.lost_s += pool.timeout_s
+    if pool.budget_s and pool.lost_s >= pool.budget_s:
+      raise RewardBudgetError(
+        f"reward {self.terms[k].name!r} timed out again: timed-out reward calls have now cost "
+        f"{pool.lost_s:.1f} s, the budget of this run (reward.budget_s={pool.budget_s:g}). "
+        "Fix or drop the reward, raise reward.timeout_s if its calls are just slow, or raise "
+        "reward.budget_s (0 = no budget)."
+      )
+    self._dispatch(w)
 
 
 def score(
@@ -205,67 +529,14 @@ def score(
   *,
   timeout_s: float | None = 1.0,
   max_timeouts: int = 4,
+  workers: int = 1,
 ) -> tuple[np.ndarray, dict[str, float]]:
-  """Scores every sample with every term of ``spec`` and sums with the weights.
+  """`RewardPool.score` with a pool for this one batch (no budget); see `RewardPool`.
 
-  Args:
-    samples: the B completions.
-    spec: reward terms (see `make_spec`; validated again here).
-    timeout_s: time limit of one reward call, in seconds; None runs the calls inline
-      in the calling thread without a limit (exceptions are still caught).
-    max_timeouts: overruns of one term after which it is skipped for the rest of the
-      batch.
-
-  Returns:
-    ``(rewards, metrics)``: rewards f32[B], the weighted sum; metrics with
-    ``reward/mean`` (of the sum), ``reward/<name>`` (mean of the term, unweighted,
-    failures counted as 0), ``reward/errors``, ``reward/timeouts``, ``reward/skipped``
-    (failed or skipped calls over all terms) and ``reward/stuck_workers``.
+  A run should keep one `RewardPool` instead: its workers start once and its budget
+  spans the run. A spec of trusted rewards (the built-ins) starts no process.
   """
-  terms = make_spec(spec)
-  if timeout_s is not None and not timeout_s > 0:
-    raise ValueError(f"timeout_s must be > 0 or None, got {timeout_s}")
-  if max_timeouts < 1:
-    raise ValueError(f"max_timeouts must be >= 1, got {max_timeouts}")
-  bound = [
-    _BoundTerm(t.name, t.weight, functools.partial(registry.get(t.name), **t.hparams))
-    for t in terms
-  ]
-  values = np.zeros((len(bound), len(samples)), np.float64)  # [n_terms, B]
-  counts = {"error": 0, "timeout": 0, "skipped": 0}
-  worker = _Worker() if timeout_s is not None else None
-  try:
-    for k, term in enumerate(bound):
-      term_timeouts, logged = 0, set()
-      for b, sample in enumerate(samples):
-        if term_timeouts >= max_timeouts:
-          counts["skipped"] += 1
-          continue
-        value, failure = _call(worker, term.fn, sample, timeout_s)
-        if failure is None:
-          values[k, b] = value
-          continue
-        kind = failure.split(" ", 1)[0]  # "timeout" or "error"
-        counts[kind] += 1
-        if kind == "timeout":
-          term_timeouts += 1
-          worker.abandon()  # stuck in the call: let it finish alone, score on a fresh one
-          worker = _Worker()
-        if kind not in logged:  # once per kind of failure, term and batch
-          logged.add(kind)
-          logging.warning("reward %r on sample %d scored 0: %s", term.name, b, failure)
-  finally:
-    if worker is not None:
-      worker.stop()
-  weights = np.asarray([t.weight for t in bound], np.float64)
-  rewards = (weights @ values).astype(np.float32) if bound else np.zeros(len(samples), np.float32)
-  metrics = {
-    "reward/mean": float(rewards.mean()) if len(samples) else 0.0,
-    "reward/errors": float(counts["error"]),
-    "reward/timeouts": float(counts["timeout"]),
-    "reward/skipped": float(counts["skipped"]),
-    "reward/stuck_workers": float(stuck_workers()),
-  }
-  for k, term in enumerate(bound):
-    metrics[f"reward/{term.name}"] = float(values[k].mean()) if len(samples) else 0.0
-  return rewards, metrics
+  with RewardPool(
+    workers=workers, timeout_s=timeout_s, max_timeouts=max_timeouts, budget_s=0.0
+  ) as pool:
+    return pool.score(samples, spec)

@@ -14,6 +14,10 @@ Contract for every registered reward::
 * A reward may register a ``check`` function, called with the hyperparameters when a
   spec is built, so a bad value fails loudly at start-up instead of as one error per
   sample.
+* By default a reward is untrusted: it runs in a worker process that is killed at the
+  time limit, so it must be a module-level function of an importable module (it is
+  pickled by reference). ``trusted=True`` marks a pure, fast function that runs in the
+  calling process without a time limit (see `combine`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from jaxpost.data.tasks import Problem
 from jaxpost.registry import Registry
+
+if TYPE_CHECKING:  # a reward worker unpickles `Sample`s: importing this must not pull in JAX
+  from jaxpost.data.tasks import Problem
 
 RewardFn = Callable[..., float]
 CheckFn = Callable[..., None]
@@ -32,7 +39,7 @@ CheckFn = Callable[..., None]
 REWARDS = Registry("reward", builtins=("jaxpost.rewards.*",))
 
 # Metric names `combine.score` writes next to ``reward/<name>``; a reward may not take one.
-RESERVED_NAMES = frozenset({"mean", "errors", "timeouts", "skipped", "stuck_workers"})
+RESERVED_NAMES = frozenset({"mean", "errors", "timeouts", "skipped", "restarted_workers"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,17 +86,24 @@ class Sample:
     )
 
 
-def register(name: str, *, check: CheckFn | None = None) -> Callable[[RewardFn], RewardFn]:
+def register(
+  name: str, *, check: CheckFn | None = None, trusted: bool = False, rules=None
+) -> Callable[[RewardFn], RewardFn]:
   """Decorator adding a reward under ``name`` (the name used in the config's spec).
 
   Args:
     name: registry key; equals the function's name.
     check: optional ``check(**hparams) -> None`` that raises ValueError on bad
       hyperparameter values; run once when a spec is built.
+    rules: ``{hparam: jaxpost.fields.Rule}``, what each hyperparameter accepts as a
+      config value (checked with the config, before any work).
+    trusted: the reward is pure and fast (string parsing, arithmetic), so it runs inline
+      in the calling process, without a time limit and without a worker process;
+      exceptions still score 0. Leave False for anything that may hang or crash.
   """
   if name in RESERVED_NAMES or "/" in name or not name:
     raise ValueError(f"reward name {name!r} is reserved or invalid")
-  return REWARDS.register(name, check=check)
+  return REWARDS.register(name, check=check, rules=rules, trusted=bool(trusted))
 
 
 def get(name: str) -> RewardFn:
@@ -100,6 +114,11 @@ def get(name: str) -> RewardFn:
 def get_check(name: str) -> CheckFn | None:
   """The hyperparameter check registered with ``name``, if any."""
   return REWARDS.entry(name).check
+
+
+def is_trusted(name: str) -> bool:
+  """Whether the reward registered as ``name`` runs in-process (``register(trusted=True)``)."""
+  return bool(REWARDS.entry(name).meta.get("trusted", False))
 
 
 def names() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import operator
 
+from jaxpost import fields
 from jaxpost.data.template import parse_response
 from jaxpost.rewards.registry import Sample, register
 
@@ -14,7 +15,12 @@ def _check_think_format(*, ok: float = 1.0, bad: float = 0.0) -> None:
     raise ValueError(f"think_format values must be finite, got {ok=} {bad=}")
 
 
-@register("think_format", check=_check_think_format)
+@register(
+  "think_format",
+  check=_check_think_format,
+  trusted=True,
+  rules={"ok": fields.num(), "bad": fields.num()},
+)
 def think_format(sample: Sample, *, ok: float = 1.0, bad: float = 0.0) -> float:
   """Format reward: ``ok`` for ``<think>...</think>`` followed by a non-blank answer.
 
@@ -42,7 +48,13 @@ def _check_length(*, norm_tokens: int, free_tokens: int = 0) -> None:
     raise ValueError(f"length needs free_tokens >= 0, got {free_tokens}")
 
 
-@register("length", check=_check_length)
+# Config value 0 of a length budget means the sampling cap (resolved by the RL recipe).
+@register(
+  "length",
+  check=_check_length,
+  trusted=True,
+  rules={"norm_tokens": fields.integer(ge=0), "free_tokens": fields.integer(ge=0)},
+)
 def length(sample: Sample, *, norm_tokens: int, free_tokens: int = 0) -> float:
   """Linear length penalty: ``-max(n - free_tokens, 0) / norm_tokens``.
 
@@ -74,7 +86,16 @@ def _check_overlong(*, max_len: int, cache_len: int, penalty_factor: float = 1.0
     raise ValueError(f"overlong needs a finite penalty_factor >= 0, got {penalty_factor}")
 
 
-@register("overlong", check=_check_overlong)
+@register(
+  "overlong",
+  check=_check_overlong,
+  trusted=True,
+  rules={
+    "max_len": fields.integer(ge=0),
+    "cache_len": fields.integer(ge=0),
+    "penalty_factor": fields.num(ge=0),
+  },
+)
 def overlong(sample: Sample, *, max_len: int, cache_len: int, penalty_factor: float = 1.0) -> float:
   """DAPO's soft overlong punishment, in tokens.
 

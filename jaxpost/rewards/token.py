@@ -37,6 +37,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpost import fields
 from jaxpost.data import tasks, template
 from jaxpost.losses import kl
 from jaxpost.registry import Registry
@@ -53,11 +54,12 @@ TOKEN_REWARDS = Registry(
 )
 
 
-def register(name: str, *, mode: str, needs: Sequence[str] = (), check=None):
-  """Decorator adding a token reward; ``mode`` is one of ``MODES``, ``needs`` its scores."""
+def register(name: str, *, mode: str, needs: Sequence[str] = (), check=None, rules=None):
+  """Decorator adding a token reward; ``mode`` is one of ``MODES``, ``needs`` its scores,
+  ``rules`` what each hyperparameter accepts (``jaxpost.fields``)."""
   if mode not in MODES:
     raise ValueError(f"token reward mode {mode!r}; expected one of {MODES}")
-  return TOKEN_REWARDS.register(name, check=check, mode=mode, needs=tuple(needs))
+  return TOKEN_REWARDS.register(name, check=check, rules=rules, mode=mode, needs=tuple(needs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +124,12 @@ def score(spec: Sequence[TokenTerm], rollout, scores: Mapping[str, np.ndarray]):
 # Built-in token rewards.
 
 
-def _check_kl(*, estimator: str) -> None:
-  if estimator not in kl.ESTIMATORS:
-    raise ValueError(f"estimator={estimator!r}; expected one of {tuple(kl.ESTIMATORS)}")
-
-
-@register("kl_penalty", mode="outcome", needs=("old_logp", "ref_logp"), check=_check_kl)
+@register(
+  "kl_penalty",
+  mode="outcome",
+  needs=("old_logp", "ref_logp"),
+  rules={"estimator": fields.one_of(tuple(kl.ESTIMATORS))},
+)
 def kl_penalty(rollout, scores, *, estimator: str = "k3") -> np.ndarray:
   """-KL_t(pi_old || pi_ref) per completion token: the KL in the reward.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from jaxpost import fields
 from jaxpost.data.tasks import Problem, check_answer
 from jaxpost.rewards.registry import Sample, register
 
@@ -15,7 +16,12 @@ def _check_exact_answer(
     raise ValueError(f"exact_answer values must be finite, got {correct=} {wrong=}")
 
 
-@register("exact_answer", check=_check_exact_answer)
+@register(
+  "exact_answer",
+  check=_check_exact_answer,
+  trusted=True,
+  rules={"correct": fields.num(), "wrong": fields.num(), "truncated_is_wrong": fields.FLAG},
+)
 def exact_answer(
   sample: Sample, *, correct: float = 1.0, wrong: float = 0.0, truncated_is_wrong: bool = True
 ) -> float:

@@ -121,9 +121,14 @@ def sample_groups(
   key: jax.Array,
   spec,
   *,
-  timeout_s: float | None,
+  timeout_s: float | None = 1.0,
+  pool: rewards.RewardPool | None = None,
 ) -> tuple[Groups, dict[str, float]]:
-  """Samples G completions per problem and scores them; returns the groups and reward metrics."""
+  """Samples G completions per problem and scores them; returns the groups and reward metrics.
+
+  Rewards are scored by ``pool``, the run's `rewards.RewardPool` (its workers and its
+  budget span the run); without one, by a pool for this batch with ``timeout_s``.
+  """
   prompts = [template.encode_prompt(tok, p.prompt) for p in problems]
   width = -(-max(map(len, prompts)) // PROMPT_BUCKET) * PROMPT_BUCKET
   prompt_tokens, prompt_mask, out = sampler.generate_groups(
@@ -144,7 +149,10 @@ def sample_groups(
     samples.append(
       rewards.Sample.from_problem(problem, text, num_tokens=int(lengths[row]), truncated=truncated)
     )
-  reward, reward_metrics = rewards.score(samples, spec, timeout_s=timeout_s)
+  if pool is not None:
+    reward, reward_metrics = pool.score(samples, spec)
+  else:
+    reward, reward_metrics = rewards.score(samples, spec, timeout_s=timeout_s)
   correct = np.asarray(
     [
       (not s.truncated) and tasks.check_answer(problems[i // num_samples], s.completion)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -71,6 +72,38 @@ BAD_RECORDS = [
     json.dumps({"prompt": "p", "response": "r", "messages": []}),
     "both 'messages' and 'prompt'",
   ),
+  # Valid JSON, never meant: json.loads alone would accept each of these.
+  ('{"prompt": "a", "response": "b", "prompt": "c"}', "duplicate key 'prompt'"),
+  (
+    '{"messages": [{"role": "user", "content": "x", "content": "y"},'
+    ' {"role": "assistant", "content": "z"}]}',
+    "duplicate key 'content'",
+  ),
+  (json.dumps({"prompt": "a\u0000b", "response": "r"}), "'prompt' contains a NUL character"),
+  (json.dumps({"prompt": "p", "response": "r\u0000"}), "'response' contains a NUL character"),
+  (
+    json.dumps(
+      {
+        "messages": [
+          {"role": "system", "content": "s\u0000"},
+          {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a"},
+        ]
+      }
+    ),
+    "messages[0].content contains a NUL",
+  ),
+  ('{"prompt": "\\ud800", "response": "r"}', "'prompt' contains a lone surrogate"),
+  (json.dumps({"prompt": "p", "response": " \n\t "}), "empty response (whitespace only)"),
+  (json.dumps({"prompt": "p", "response": "<think> </think>\n"}), "an empty think block"),
+  (json.dumps({"prompt": "  ", "response": "r"}), "empty prompt (whitespace only)"),
+  (json.dumps({"prompt": "", "response": "r"}), "empty prompt"),
+  (
+    json.dumps(
+      {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "a"}]}
+    ),
+    "no user message has any text",
+  ),
 ]
 
 
@@ -78,7 +111,7 @@ BAD_RECORDS = [
 def test_malformed_record_names_file_and_line(tmp_path, line, message):
   good = json.dumps({"prompt": "a", "response": "b"})
   path = _write(tmp_path / "bad.jsonl", [good, "", line, good])
-  with pytest.raises(DataError, match=message) as info:
+  with pytest.raises(DataError, match=re.escape(message)) as info:
     read_jsonl(path)
   assert f"{path}:3:" in str(info.value)
   assert isinstance(info.value, ValueError)
@@ -112,11 +145,20 @@ def test_missing_file(tmp_path):
     read_jsonl(tmp_path / "nope.jsonl")
 
 
-def test_empty_file(tmp_path):
+@pytest.mark.parametrize("text", ["", "\n  \n\n"])
+def test_empty_file_is_an_error_naming_it(tmp_path, text):
+  # Before: an empty list, and later SentencePiece's opaque "[!sentences_.empty()]".
   path = tmp_path / "empty.jsonl"
-  path.write_text("")
-  result = read_jsonl(path)
-  assert (result.examples, result.skipped) == ([], 0)
+  path.write_text(text)
+  with pytest.raises(DataError, match=re.escape(f"{path}: no records")):
+    read_jsonl(path)
+
+
+def test_lines_are_kept_next_to_examples(tmp_path):
+  good = json.dumps({"prompt": "a", "response": "b"})
+  path = _write(tmp_path / "d.jsonl", ["", good, "{bad", "  ", good])
+  result = read_jsonl(path, skip_malformed=True)
+  assert result.lines == [2, 5] and len(result.examples) == 2 and result.skipped == 1
 
 
 def test_pipeline_reads_a_dataset_once_for_tokenizer_and_source(tmp_path, monkeypatch):

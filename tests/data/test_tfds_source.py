@@ -5,7 +5,9 @@ TensorFlow when file_format="array_record".
 """
 
 import importlib.util
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
@@ -19,6 +21,12 @@ RECORDS = {
   ]
   + [{"prompt": "ünï 🙂", "response": "plain", "cot": ""}],
   "bad": [{"prompt": "p", "response": "<think>never closed", "cot": ""}],
+  # The JSONL text rules hold here too: blank prompt, blank response, NUL.
+  "blank": [
+    {"prompt": " ", "response": "r", "cot": ""},
+    {"prompt": "p", "response": "<think> </think>", "cot": ""},
+    {"prompt": "p\x00", "response": "r", "cot": ""},
+  ],
 }
 
 
@@ -110,3 +118,50 @@ def test_errors(data_dir, tmp_path):
     read_tfds("no_such_dataset_anywhere", "train", data_dir=tmp_path)
   with pytest.raises(FileNotFoundError, match="without dataset_info.json"):
     read_tfds(tmp_path, "train")
+
+
+def test_blank_and_nul_records_are_errors_naming_split_and_index(data_dir):
+  blank = read_tfds(data_dir / "jaxpost_test_tiny" / "1.0.0", "blank")
+  messages = []
+  for i in range(len(blank)):
+    with pytest.raises(DataError, match=re.escape(f"[blank][{i}]: ")) as info:
+      blank[i]
+    messages.append(str(info.value))
+  # TFDS shuffles on write: compare the set of problems.
+  problems = {m.split("]: ", 1)[1].split(" (")[0] for m in messages}
+  assert problems == {
+    "empty prompt",
+    "empty response",
+    "prompt contains a NUL character at offset 1",
+  }
+
+
+def test_overlong_tfds_example_names_split_and_index(data_dir, tmp_path):
+  from jaxpost import config_lib
+  from jaxpost.data import pipeline
+  from jaxpost.data.packing import OverlongError
+
+  repo = Path(__file__).resolve().parents[2]
+  c = config_lib.load_config(str(repo / "configs" / "base.py:sft"))
+  c.data.source, c.data.path, c.data.split = (
+    "tfds",
+    str(data_dir / "jaxpost_test_tiny" / "1.0.0"),
+    "train",
+  )
+  pipeline._read_dataset.cache_clear()
+  dataset = pipeline.load_dataset(c)
+  assert dataset.where(3) == f"{c.data.path}[train][3]"
+
+  class CharTokenizer:
+    vocab_size, pad_id, bos_id, eos_id = 1 << 21, 0, 2, 3
+
+    def encode(self, text):
+      return [ord(ch) for ch in text]
+
+  longest = max(
+    range(len(dataset)), key=lambda i: pipeline.encoded_length(CharTokenizer(), dataset.examples[i])
+  )
+  n = pipeline.encoded_length(CharTokenizer(), dataset.examples[longest])
+  with pytest.raises(OverlongError, match=re.escape(f"[train][{longest}] has {n} tokens")):
+    pipeline.check_overlong(dataset, CharTokenizer(), n - 1)
+  pipeline._read_dataset.cache_clear()

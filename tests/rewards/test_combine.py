@@ -1,11 +1,11 @@
-import threading
 import time
 
 import numpy as np
+import pool_rewards  # tests/rewards: module-level rewards a worker process can import
 import pytest
 
 from jaxpost import rewards
-from jaxpost.rewards import combine, registry
+from jaxpost.rewards import registry
 from jaxpost.rewards.registry import Sample
 
 # Three completions of 357+468 = 825: right and short, wrong and in the punishment
@@ -95,14 +95,10 @@ def test_make_spec_fails_loudly(spec, hparams, error, match):
     rewards.make_spec(spec, hparams)
 
 
-def test_raising_reward_scores_zero_and_is_counted(scratch_registry):
-  @scratch_registry("_boom")
-  def _boom(sample):
-    if sample.num_tokens == 14:
-      raise RuntimeError("verifier crashed")
-    return 2.0
-
-  r, m = rewards.score(_SAMPLES, (("_boom", 1.0), ("exact_answer", 1.0)), timeout_s=5.0)
+@pytest.mark.parametrize("timeout_s", [5.0, None])  # in a worker process, inline
+def test_raising_reward_scores_zero_and_is_counted(scratch_registry, timeout_s):
+  scratch_registry("_boom")(pool_rewards.boom)
+  r, m = rewards.score(_SAMPLES, (("_boom", 1.0), ("exact_answer", 1.0)), timeout_s=timeout_s)
   np.testing.assert_array_equal(r, np.float32([3.0, 0.0, 3.0]))
   assert m["reward/errors"] == 1.0 and m["reward/timeouts"] == 0.0
   assert m["reward/_boom"] == pytest.approx(4 / 3)
@@ -110,72 +106,54 @@ def test_raising_reward_scores_zero_and_is_counted(scratch_registry):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1.0", None, True, 10**400])
 def test_bad_return_values_are_errors(scratch_registry, bad):
-  scratch_registry("_bad")(lambda sample: bad)
+  scratch_registry("_bad")(pool_rewards.constant)
   for timeout_s in (5.0, None):
-    r, m = rewards.score(_SAMPLES[:2], (("_bad", 1.0),), timeout_s=timeout_s)
+    r, m = rewards.score(_SAMPLES[:2], (("_bad", 1.0, {"value": bad}),), timeout_s=timeout_s)
     np.testing.assert_array_equal(r, np.zeros(2, np.float32))
     assert m["reward/errors"] == 2.0
 
 
-def test_system_exit_in_a_reward_does_not_end_scoring(scratch_registry):
-  def _exit(sample):
-    raise SystemExit(3)
-
-  scratch_registry("_exit")(_exit)
-  r, m = rewards.score(_SAMPLES, (("_exit", 1.0), ("exact_answer", 1.0)), timeout_s=5.0)
+@pytest.mark.parametrize("timeout_s", [5.0, None])
+def test_system_exit_in_a_reward_does_not_end_scoring(scratch_registry, timeout_s):
+  scratch_registry("_exit")(pool_rewards.exits)
+  r, m = rewards.score(_SAMPLES, (("_exit", 1.0), ("exact_answer", 1.0)), timeout_s=timeout_s)
   np.testing.assert_array_equal(r, np.float32([1.0, 0.0, 1.0]))
   assert m["reward/errors"] == 3.0
 
 
 def test_sleeping_reward_times_out_and_the_batch_goes_on(scratch_registry):
-  release = threading.Event()
-
-  @scratch_registry("_sleepy")
-  def _sleepy(sample):
-    if sample.num_tokens == 14:
-      release.wait(30.0)  # far beyond the limit; released at the end of the test
-    return 1.0
-
-  try:
-    start = time.monotonic()
-    r, m = rewards.score(_SAMPLES, (("_sleepy", 1.0), ("exact_answer", 1.0)), timeout_s=0.2)
-    elapsed = time.monotonic() - start
-    np.testing.assert_array_equal(r, np.float32([2.0, 0.0, 2.0]))
-    assert (m["reward/timeouts"], m["reward/errors"], m["reward/skipped"]) == (1.0, 0.0, 0.0)
-    assert m["reward/stuck_workers"] >= 1.0
-    assert elapsed < 10.0  # did not wait for the 30 s call
-  finally:
-    release.set()
-  deadline = time.monotonic() + 10.0
-  while combine.stuck_workers() and time.monotonic() < deadline:
-    time.sleep(0.01)
-  assert combine.stuck_workers() == 0  # the abandoned call finished on its own
+  scratch_registry("_sleepy")(pool_rewards.sleepy)  # 60 s on the 14-token sample
+  spec = (("_sleepy", 1.0, {"on_tokens": 14}), ("exact_answer", 1.0))
+  start = time.monotonic()
+  r, m = rewards.score(_SAMPLES, spec, timeout_s=0.3)
+  elapsed = time.monotonic() - start
+  np.testing.assert_array_equal(r, np.float32([2.0, 0.0, 2.0]))
+  assert (m["reward/timeouts"], m["reward/errors"], m["reward/skipped"]) == (1.0, 0.0, 0.0)
+  assert m["reward/restarted_workers"] == 1.0  # killed at the limit, replaced for sample 2
+  assert elapsed < 5.0  # did not wait for the 60 s call (about 0.3 s + 2 worker starts)
 
 
 def test_a_term_that_keeps_timing_out_is_skipped(scratch_registry):
-  release = threading.Event()
-  scratch_registry("_stuck")(lambda sample: release.wait(30.0) and 1.0)
+  scratch_registry("_stuck")(pool_rewards.sleepy)
   samples = _SAMPLES * 2  # B = 6
-  try:
-    r, m = rewards.score(
-      samples, (("_stuck", 1.0), ("exact_answer", 1.0)), timeout_s=0.2, max_timeouts=2
-    )
-  finally:
-    release.set()
+  r, m = rewards.score(
+    samples, (("_stuck", 1.0), ("exact_answer", 1.0)), timeout_s=0.2, max_timeouts=2
+  )
   np.testing.assert_array_equal(r, np.float32([1.0, 0.0, 1.0] * 2))
   assert (m["reward/timeouts"], m["reward/skipped"]) == (2.0, 4.0)
+  assert m["reward/restarted_workers"] == 2.0
 
 
-def test_inline_scoring_equals_threaded():
+def test_inline_scoring_equals_limited():
   spec = (
     ("exact_answer", 1.0, {"wrong": -1.0}),
     ("think_format", 0.1),
     ("length", -0.01, {"norm_tokens": 1}),
   )
-  r_thread, m_thread = rewards.score(_SAMPLES, spec, timeout_s=5.0)
+  r_limited, m_limited = rewards.score(_SAMPLES, spec, timeout_s=5.0)
   r_inline, m_inline = rewards.score(_SAMPLES, spec, timeout_s=None)
-  np.testing.assert_array_equal(r_thread, r_inline)
-  assert m_thread == m_inline
+  np.testing.assert_array_equal(r_limited, r_inline)
+  assert m_limited == m_inline
 
 
 def test_empty_spec_and_empty_batch():
@@ -186,7 +164,9 @@ def test_empty_spec_and_empty_batch():
   assert r.shape == (0,) and r.dtype == np.float32 and m["reward/exact_answer"] == 0.0
 
 
-@pytest.mark.parametrize("kwargs", [{"timeout_s": 0.0}, {"timeout_s": -1.0}, {"max_timeouts": 0}])
+@pytest.mark.parametrize(
+  "kwargs", [{"timeout_s": 0.0}, {"timeout_s": -1.0}, {"max_timeouts": 0}, {"workers": 0}]
+)
 def test_bad_limits(kwargs):
   with pytest.raises(ValueError):
     rewards.score(_SAMPLES, (("exact_answer", 1.0),), **kwargs)

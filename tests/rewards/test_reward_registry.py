@@ -40,7 +40,7 @@ def test_register_rejects_duplicates_and_reserved_names(monkeypatch):
   monkeypatch.setattr(registry.REWARDS, "_entries", dict(registry.REWARDS._entries))
   with pytest.raises(ValueError, match="already registered"):
     registry.register("exact_answer")(lambda sample: 0.0)
-  for bad in ("errors", "timeouts", "mean", "a/b", ""):
+  for bad in ("errors", "timeouts", "mean", "restarted_workers", "a/b", ""):
     with pytest.raises(ValueError, match="reserved or invalid"):
       registry.register(bad)
 
