@@ -126,8 +126,9 @@ def set_field(c: config_dict.ConfigDict, field: str, value) -> None:
     raise ConfigError(unknown_field(c, field))
   try:
     node[key] = value
-  except TypeError as e:
-    raise ConfigError(f"{field}={value!r}: {e}") from None
+  except TypeError:  # ml_collections' message spans lines; say it in one
+    kind = type(node[key]).__name__
+    raise ConfigError(f"{field}={value!r}: must be {kind}, got {type(value).__name__}") from None
 
 
 def get_field(c: config_dict.ConfigDict, field: str):

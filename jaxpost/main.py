@@ -77,6 +77,7 @@ def _explain(argv: list[str], error: Exception) -> str:
 def main(argv) -> None:
   from jaxpost.data.jsonl import DataError
   from jaxpost.recipes.common import NonFiniteError
+  from jaxpost.rewards import RewardBudgetError
   from jaxpost.workdir import WorkdirError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -102,7 +103,7 @@ def main(argv) -> None:
     _fail(EXIT_BAD_INPUT, f"bad data: {e}")
   except WorkdirError as e:
     _fail(EXIT_BAD_INPUT, str(e))
-  except NonFiniteError as e:
+  except (NonFiniteError, RewardBudgetError) as e:
     _fail(EXIT_RUN_STOPPED, f"run stopped: {e}")
   if jax.process_index() == 0:  # multi-host: one summary
     print(summary(result))

@@ -41,18 +41,25 @@ def _cli(workdir, *overrides):
 @pytest.mark.parametrize(
   "override, expected",
   [
-    ("--config.optim.lrr=1", "lrr"),  # unknown key
+    ("--config.optim.lrr=1", "unknown config field 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("--config.optimizer.lr=1", "unknown config section 'optimizer' (did you mean 'optim'?)"),
     ("--config.train.steps=abc", "train.steps"),  # wrong type
-    ("--config.loss.name=nope", "loss.name"),  # invalid value
-    ("--config.data.levels=foo:1", "data.levels"),  # unknown task level
+    ("--config.loss.name=nope", "loss.name='nope': must be one of"),
+    ("--config.data.levels=foo:1", "data.levels='foo:1'"),  # unknown task level
     ("--config.data.seq_len=4096", "data.seq_len"),  # > model.max_seq_len
+    ("--config.optim.lr=nan", "optim.lr=nan: must be a finite number > 0"),
+    ("--config.train.log_every=0", "train.log_every=0: must be an int >= 1"),
+    ("--config.optim.b2=1.0", "optim.b2=1.0: must be a finite number >= 0 and < 1"),
   ],
 )
 def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
+  """One line on stderr naming the field, exit status 2, no traceback, nothing started."""
   workdir = tmp_path / "run"
   proc = _cli(workdir, override)
-  assert proc.returncode != 0, proc.stdout + proc.stderr
-  assert expected in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 2, proc.stdout + proc.stderr
+  errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("jaxpost: ")]
+  assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
   # Nothing was started: no workdir, let alone a tokenizer or checkpoints.
   assert not workdir.exists()
 
