@@ -11,32 +11,14 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from tiny_configs import sft_tiny  # tests/recipes
 
-from jaxpost import config_lib, metrics, workdir
+from jaxpost import metrics, workdir
 from jaxpost.recipes import common, sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytestmark = pytest.mark.usefixtures("subprocess_env")
-
-
-def _config(**overrides):
-  """configs/sft.py:tiny shrunk to seconds on CPU; overrides are dotted fields."""
-  c = config_lib.load_config(os.path.join(REPO, "configs", "sft.py:tiny"))
-  c.tokenizer.train_examples = 2000
-  c.data.batch_size = 8
-  c.data.seq_len = 64
-  c.train.steps = 4
-  c.train.log_every = 1
-  c.train.checkpoint_every = 2
-  c.train.progress = False
-  c.eval.every = 0
-  c.eval.num_examples = 8
-  c.eval.batch_size = 8
-  c.eval.max_new_tokens = 4
-  for field, value in overrides.items():
-    config_lib.set_field(c, field, value)
-  return c
 
 
 def _params_finite(ckpt_dir: str, step: int) -> bool:
@@ -51,7 +33,7 @@ def _params_finite(ckpt_dir: str, step: int) -> bool:
 def test_diverging_run_stops_clearly_and_keeps_only_finite_checkpoints(tmp_path):
   """lr=1e3 used to go NaN at step ~13, run on and exit 0 with NaN checkpoints only."""
   d = str(tmp_path / "run")
-  c = _config(
+  c = sft_tiny(
     **{
       "optim.lr": 1e3,
       "optim.warmup_steps": 0,
@@ -81,7 +63,11 @@ def test_skipped_steps_are_counted_as_a_streak():
       return 8
 
   run = common.Run.__new__(common.Run)
-  run.config, run.ckpt, run.skipped_streak = _config(**{"train.max_nonfinite_steps": 3}), _Ckpt(), 0
+  run.config, run.ckpt, run.skipped_streak = (
+    sft_tiny(**{"train.max_nonfinite_steps": 3}),
+    _Ckpt(),
+    0,
+  )
   assert common.count_skipped(run, [0, 1, 1], 3) == 2.0 and run.skipped_streak == 2
   assert common.count_skipped(run, [0], 4) == 0.0 and run.skipped_streak == 0  # reset
   common.count_skipped(run, [1, 1], 6)
@@ -91,7 +77,7 @@ def test_skipped_steps_are_counted_as_a_streak():
 
 def test_train_metrics_average_applied_steps_only():
   run = common.Run.__new__(common.Run)
-  run.config, run.skipped_streak = _config(), 0
+  run.config, run.skipped_streak = sft_tiny(), 0
   fetched = [
     {"train/loss": 2.0, "train/skipped_nonfinite": 0.0},
     {"train/loss": float("nan"), "train/skipped_nonfinite": 1.0},
@@ -181,23 +167,23 @@ def test_resume_with_a_changed_config_or_dataset_is_refused_unless_allowed(tmp_p
   d = str(tmp_path / "run")
   data = tmp_path / "data.jsonl"
   data.write_text('{"prompt": "1+1", "response": "2"}\n')
-  c = _config(**{"data.source": "jsonl", "data.path": str(data)})
+  c = sft_tiny(**{"data.source": "jsonl", "data.path": str(data)})
   workdir.claim(c, d)
   workdir.release(d)
-  workdir.claim(_config(**{"data.source": "jsonl", "data.path": str(data)}), d)  # same run
+  workdir.claim(sft_tiny(**{"data.source": "jsonl", "data.path": str(data)}), d)  # same run
   workdir.release(d)
   # Run control may change (resume later, on another mesh, with a time limit).
   workdir.claim(
-    _config(**{"data.source": "jsonl", "data.path": str(data), "train.stop_after": 2}), d
+    sft_tiny(**{"data.source": "jsonl", "data.path": str(data), "train.stop_after": 2}), d
   )
   workdir.release(d)
-  changed = _config(**{"data.source": "jsonl", "data.path": str(data), "optim.lr": 1e-3})
+  changed = sft_tiny(**{"data.source": "jsonl", "data.path": str(data), "optim.lr": 1e-3})
   with pytest.raises(workdir.WorkdirError, match=r"optim.lr: 0.002 -> 0.001.*allow_changes"):
     workdir.claim(changed, d)
   assert open(os.path.join(d, workdir.LOCK_FILE)).read() == ""  # released on refusal
   data.write_text('{"prompt": "1+1", "response": "3"}\n')
   with pytest.raises(workdir.WorkdirError, match="data sha256"):
-    workdir.claim(_config(**{"data.source": "jsonl", "data.path": str(data)}), d)
+    workdir.claim(sft_tiny(**{"data.source": "jsonl", "data.path": str(data)}), d)
   # Opt in: accepted, and the change is kept in the history.
   changed.train.allow_changes = True
   workdir.claim(changed, d)
@@ -210,7 +196,7 @@ def test_resume_with_a_changed_config_or_dataset_is_refused_unless_allowed(tmp_p
 
 
 def test_tasks_fingerprint_follows_the_levels_and_seed():
-  a = workdir.data_fingerprint(_config())
-  assert a == workdir.data_fingerprint(_config())
-  assert a != workdir.data_fingerprint(_config(**{"seed": 1}))
-  assert a != workdir.data_fingerprint(_config(**{"data.levels": "add3"}))
+  a = workdir.data_fingerprint(sft_tiny())
+  assert a == workdir.data_fingerprint(sft_tiny())
+  assert a != workdir.data_fingerprint(sft_tiny(**{"seed": 1}))
+  assert a != workdir.data_fingerprint(sft_tiny(**{"data.levels": "add3"}))

@@ -9,8 +9,9 @@ import re
 import jax
 import numpy as np
 import pytest
+from tiny_configs import sft_tiny  # tests/recipes
 
-from jaxpost import checkpoint, config_lib, metrics, optim, train
+from jaxpost import checkpoint, metrics, optim, train
 from jaxpost.data import DataError
 from jaxpost.data.packing import OverlongError
 from jaxpost.data.tokenizer import SentencePieceTokenizer
@@ -20,26 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # A persistent compilation cache for this module (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("subprocess_env")
-
-
-def _config(**overrides):
-  """configs/sft.py:tiny shrunk to seconds on CPU; overrides are 'section.key': value."""
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", "sft.py"), "sft").get_config("tiny")
-  c.tokenizer.train_examples = 2000
-  c.data.batch_size = 8
-  c.data.seq_len = 64
-  c.train.steps = 4
-  c.train.log_every = 1
-  c.train.checkpoint_every = 2
-  c.train.progress = False
-  c.eval.every = 0
-  c.eval.num_examples = 8
-  c.eval.batch_size = 8
-  c.eval.max_new_tokens = 4
-  for field, value in overrides.items():
-    section, key = field.split(".")
-    c[section][key] = value
-  return c
 
 
 def _records(workdir):
@@ -118,7 +99,7 @@ def test_cli_quickstart_smoke(tmp_path, run_cli):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
-  config = _config(
+  config = sft_tiny(
     **{
       "train.steps": 6,
       "train.checkpoint_every": 3,
@@ -195,7 +176,7 @@ def _write_jsonl(path, lines):
 
 
 def _jsonl_config(path, **overrides):
-  return _config(**{"data.source": "jsonl", "data.path": path, "train.steps": 2, **overrides})
+  return sft_tiny(**{"data.source": "jsonl", "data.path": path, "train.steps": 2, **overrides})
 
 
 def test_jsonl_malformed_line_fails_or_is_skipped_and_recorded(tmp_path, caplog):
@@ -259,7 +240,7 @@ def test_metrics_once_per_step_after_crashes(tmp_path):
   resume, so every step (and the step-0 line, and the final evaluation) appears once."""
   import shutil
 
-  c = _config(**{"eval.every": 2})
+  c = sft_tiny(**{"eval.every": 2})
   full = str(tmp_path / "full")
   sft.run(c, full)
   want = _step_counts(full)
