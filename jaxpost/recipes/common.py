@@ -282,12 +282,16 @@ def count_skipped(run: Run, skipped, step: int) -> float:
   limit = run.config.train.max_nonfinite_steps
   if run.skipped_streak >= limit:
     latest = run.ckpt.latest_step()
-    kept = "no checkpoint was written" if latest is None else f"the last checkpoint (step {latest})"
+    kept = (
+      "no checkpoint was written yet"
+      if latest is None
+      else f"the last checkpoint (step {latest}) is finite"
+    )
     raise NonFiniteError(
       f"{run.skipped_streak} consecutive train steps up to step {step} had a non-finite loss "
       f"or gradient and were skipped (train.max_nonfinite_steps={limit}); the parameters are "
-      f"those of the last finite step and {kept} is finite. Lower optim.lr, set "
-      "optim.grad_clip, or check the data"
+      f"those of the last finite step and {kept}. Lower optim.lr or lengthen optim.warmup_steps, "
+      "or check the data"
     )
   return float(sum(flags))
 
