@@ -166,9 +166,7 @@ def _terms_check(names):
           + (f" (did you mean {hint!r}?)" if hint else "")
           + f"; registered: {', '.join(known)}"
         )
-      if isinstance(weight, bool) or not isinstance(weight, int | float) or weight != weight:
-        raise ValueError(f"the weight of {name!r} must be a finite number, got {weight!r}")
-      if abs(weight) == float("inf"):
+      if fields.num().problem(weight):
         raise ValueError(f"the weight of {name!r} must be a finite number, got {weight!r}")
 
   return check
