@@ -9,9 +9,9 @@ method file or a command line that sets an unknown key fails.
 
 from ml_collections import config_dict
 
-from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS
+from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
 from jaxpost.data.packing import OVERLONG_CHOICES
-from jaxpost.fields import FLAG, PATTERN, TEXT, declare, integer, num, one_of
+from jaxpost.fields import FLAG, PATTERN, TEXT, Text, declare, integer, num, one_of
 from jaxpost.losses import LOSSES
 from jaxpost.losses.head import LM_HEADS
 from jaxpost.models import NAMED_SIZES
@@ -151,9 +151,18 @@ def shared_sections() -> config_dict.ConfigDict:
   c.train.max_nonfinite_steps = 10  # consecutive NaN/inf steps (each skipped) before the run stops
   c.train.allow_changes = False  # resume even if the config or data differ from run.json's
   c.train.stop_after = 0  # stop (with a checkpoint) after this many steps of this run; 0 = never
+  # End the run at this step (checkpoint + final evaluation) on the schedule of train.steps.
+  # Counted from step 0, unlike stop_after, so a resumed run ends where it would have.
+  c.train.stop_at = 0  # 0 = train.steps
+  c.train.stop_when = ""  # end at an evaluation meeting this, e.g. "eval/accuracy>=0.6"; "" = never
   c.train.progress = True  # tqdm progress bar
   c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
-  c.train.init_from = ""  # a run's workdir to start from (its tokenizer + latest params); "" = none
+  c.train.init_from = (
+    ""  # a run's workdir or zoo:NAME[@SEED] to start from (its tokenizer + latest params)
+  )
+  # "params": init_from's latest parameters; "fork": its whole train state (optimizer
+  # moments, step, schedule position, RNG, data position), continuing that run here.
+  c.train.init_mode = "params"
   c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
   declare(
     "train",
@@ -167,9 +176,12 @@ def shared_sections() -> config_dict.ConfigDict:
     max_nonfinite_steps=integer(ge=1),
     allow_changes=FLAG,
     stop_after=integer(ge=0),
+    stop_at=integer(ge=0),
+    stop_when=Text("a condition METRIC>=VALUE (or >, <=, <)", check=parse_condition),
     progress=FLAG,
     export_hf=FLAG,
     init_from=TEXT,
+    init_mode=one_of(("params", "fork")),
     trainable=PATTERN,
   )
 

@@ -131,6 +131,39 @@ def load_params(workdir: str, like: Any, *, what: str = "train.init_from") -> tu
   return jax.tree.unflatten(treedef, leaves), kept
 
 
+def load_state(workdir: str, like: Any) -> tuple[Any, dict]:
+  """The latest ``(state, data)`` of the run in ``workdir``, shaped like ``like``: another
+  run's whole train state, to continue it in a new workdir (a fork). Read-only.
+
+  Raises:
+    ValueError: no checkpoint there, or one whose state does not fit ``like``.
+  """
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise ValueError(f"{workdir!r} has no checkpoints/ directory")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise ValueError(f"{workdir!r} has no checkpoint")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+      out = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        ),
+      )
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(
+        f"the train state saved in {workdir!r} (step {step}) does not fit this run's "
+        f"(another model size, optimizer or trainable subset?): {str(e).splitlines()[0]}"
+      ) from None
+  finally:
+    manager.close()
+  return out.state, dict(out.data)
+
+
 def key_name(k) -> str:
   """The name of one pytree key-path entry (dict key, attribute or index)."""
   for attr in ("key", "name", "idx"):

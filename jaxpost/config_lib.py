@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import operator
 import os
+import re
 import types
 
 from ml_collections import config_dict
@@ -46,6 +48,23 @@ def _check_final_levels(spec: str) -> None:
 # Rules of the level-mixture fields (data.levels, eval.levels, eval.final_levels).
 OPTIONAL_LEVELS = fields.Text("a level mixture like 'add3:0.5,mul2x2:1' or ''", check=_check_levels)
 FINAL_LEVELS = fields.Text("'all' or a level mixture", check=_check_final_levels)
+
+
+# train.stop_when: METRIC OP VALUE, e.g. "eval/accuracy>=0.6".
+_CONDITION = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+|inf)\s*$")
+_COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+
+
+def parse_condition(spec: str):
+  """``"eval/accuracy>=0.6"`` -> ``(metric, compare, threshold)``; ValueError if malformed."""
+  m = _CONDITION.match(spec)
+  if not m:
+    raise ValueError(f"{spec!r} is not METRIC>=VALUE (or >, <=, <), e.g. 'eval/accuracy>=0.6'")
+  try:
+    threshold = float(m.group(3))
+  except ValueError:
+    raise ValueError(f"{m.group(3)!r} in {spec!r} is not a number") from None
+  return m.group(1), _COMPARE[m.group(2)], threshold
 
 
 def rule_for(c: config_dict.ConfigDict, field: str) -> fields.Rule | None:
@@ -176,7 +195,16 @@ def parse_levels(spec: str) -> dict[str, float]:
 
 
 def run_dir(path: str, field: str) -> None:
-  """Raises ConfigError unless ``path`` is "" or a run directory with ``checkpoints/``."""
+  """Raises ConfigError unless ``path`` is "", a run directory with ``checkpoints/`` or a
+  model of the zoo (``zoo:NAME[@SEED]``, built when the run first reads it)."""
+  from jaxpost import zoo
+
+  if zoo.is_ref(path):
+    try:
+      zoo.parse_ref(path)
+    except ValueError as e:
+      raise ConfigError(f"{field}={path!r}: {e}") from None
+    return
   if path and not os.path.isdir(os.path.join(path, "checkpoints")):
     raise ConfigError(f"{field}={path!r} has no checkpoints/ directory")
 
@@ -210,6 +238,18 @@ def validate(c: config_dict.ConfigDict) -> None:
     raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
   _validate_loss(c, recipes.get(c.recipe))
   run_dir(c.train.init_from, "train.init_from")
+  if c.train.init_mode == "fork" and not c.train.init_from:
+    raise ConfigError("train.init_mode='fork' continues another run: set train.init_from")
+  if c.train.stop_at > c.train.steps:
+    raise ConfigError(f"train.stop_at={c.train.stop_at} > train.steps={c.train.steps}")
+  if c.train.stop_when:
+    metric = parse_condition(c.train.stop_when)[0]
+    if not c.eval.every:
+      raise ConfigError(
+        f"train.stop_when={c.train.stop_when!r} needs periodic evaluations (eval.every)"
+      )
+    if not metric.startswith("eval/"):
+      raise ConfigError(f"train.stop_when reads an evaluation metric (eval/...), not {metric!r}")
   if c.data.batch_size % c.train.microbatches:
     raise ConfigError(
       f"data.batch_size={c.data.batch_size} is not divisible by "

@@ -39,6 +39,8 @@ IDENTITY_FILE = "run.json"
 # Fields that steer a run without changing its result; changing them on resume is fine.
 RUN_CONTROL = (
   "train.stop_after",
+  "train.stop_at",
+  "train.stop_when",
   "train.max_minutes",
   "train.progress",
   "train.async_checkpoint",
@@ -154,6 +156,22 @@ def flat_config(config) -> dict:
 
   walk(config, "")
   return out
+
+
+def config_hash(config) -> str:
+  """12 hex digits of SHA-256 over every field of ``config``: names a config in a sweep
+  manifest or the model zoo."""
+  text = json.dumps(flat_config(config), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def recorded_config(workdir: str) -> dict:
+  """The flat config recorded in ``<workdir>/run.json`` ({} if there is none)."""
+  path = os.path.join(workdir, IDENTITY_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("config", {})
 
 
 def data_fingerprint(config) -> dict:

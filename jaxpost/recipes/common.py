@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train
+from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train, zoo
 from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
@@ -56,7 +56,7 @@ def validate_and_start(config, workdir: str, recipe: str):
 
 def load_tokenizer(config, workdir: str):
   """``train.init_from``'s tokenizer when starting from a run, else ``pipeline``'s."""
-  init = config.train.init_from
+  init = zoo.resolve(config.train.init_from)
   if init and not config.tokenizer.path and not config.model.hf_dir:
     path = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model")
     if not os.path.exists(path):
@@ -99,7 +99,7 @@ def build_model(
       max_seq_len=config.model.max_seq_len,
     )
     model = models.create_model(model_config, config.seed)
-  init_from = config.train.init_from if init_from is None else init_from
+  init_from = zoo.resolve(config.train.init_from if init_from is None else init_from)
   if init_from:
     params = nnx.state(model, nnx.Param)
     try:
@@ -337,6 +337,8 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
     state, data_state = ckpt.restore(None, like=state)
     data_state.setdefault("step", int(state.step))
     logging.info("resumed at step %d", data_state["step"])
+  elif config.train.init_mode == "fork":
+    state, data_state = fork_state(config, state)
   # Records past the restored step (-1: no checkpoint) are from an interrupted run and
   # will be written again: drop them, so each step is logged exactly once.
   writer = metrics.MetricWriter(workdir, resume_step=int(data_state.get("step", -1)))
@@ -371,6 +373,33 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
   return run
 
 
+def fork_state(config, like):
+  """``train.init_from``'s latest train state and data position (``train.init_mode=fork``).
+
+  The new run continues that one: same recipe, same shapes (model, optimizer, trainable
+  subset), its schedule position and data stream; only the workdir is new.
+  """
+  source = zoo.resolve(config.train.init_from)
+  recorded = jaxpost_workdir.recorded_config(source)
+  if recorded.get("recipe", config.recipe) != config.recipe:
+    raise config_lib.ConfigError(
+      f"train.init_mode='fork': {config.train.init_from!r} is a {recorded['recipe']} run, "
+      f"this is the {config.recipe} recipe; fork a run of the same recipe (or use 'params')"
+    )
+  try:
+    state, data_state = checkpoint.load_state(source, like)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"train.init_mode='fork': {e}") from None
+  data_state.setdefault("step", int(state.step))
+  logging.info("forked %s at step %d", source, data_state["step"])
+  return state, data_state
+
+
+def end_step(config) -> int:
+  """The last step of the run: ``train.stop_at`` if set, else ``train.steps``."""
+  return config.train.stop_at or config.train.steps
+
+
 def eval_levels(config, final: bool) -> list[str]:
   """Levels evaluated periodically, plus ``eval.final_levels`` at the end."""
   if config.eval.levels:
@@ -390,25 +419,45 @@ def eval_levels(config, final: bool) -> list[str]:
 
 
 def should_stop(run: Run, step: int) -> str:
-  """Why the loop stops after ``step`` ("time", "steps"), or "" to go on."""
+  """Which rule stops the loop after ``step`` (``train.max_minutes``, ``train.stop_after``;
+  ``train.stop_at`` ends the loop itself), or "" to go on."""
   c = run.config.train
   if c.max_minutes and (time.time() - run.t_start) / 60 > c.max_minutes:
-    return "time"
+    return "train.max_minutes"
   if c.stop_after and step - run.first_step >= c.stop_after:
-    return "steps"
+    return "train.stop_after"
   return ""
 
 
-def periodic(run: Run, step: int, data) -> None:
+def periodic(run: Run, step: int, data, stop: str = "") -> str:
   """The loop's evaluation and checkpoint every ``eval.every`` / ``train.checkpoint_every``.
 
-  ``data`` returns the host-side state to checkpoint (called only when saving).
+  Neither runs at the last step or when the loop stops after this one (``stop``):
+  ``finish`` evaluates and saves then. ``data`` returns the host-side state to
+  checkpoint (called only when saving).
+
+  Returns:
+    ``stop``, or "train.stop_when" when this step's evaluation meets that condition
+    (the run then ends at this step).
   """
   c = run.config
-  if c.eval.every and step % c.eval.every == 0 and step != c.train.steps:
-    run.evaluate(step)
-  if step % c.train.checkpoint_every == 0 and step != c.train.steps:
+  if step == end_step(c) or stop:
+    return stop
+  if c.eval.every and step % c.eval.every == 0:
+    m = run.evaluate(step)
+    if c.train.stop_when:
+      metric, compare, threshold = config_lib.parse_condition(c.train.stop_when)
+      if metric not in m:
+        raise config_lib.ConfigError(
+          f"train.stop_when={c.train.stop_when!r}: the evaluation logs no {metric!r}; it "
+          f"logs {', '.join(sorted(m))}"
+        )
+      if compare(m[metric], threshold):
+        logging.warning("%s = %.4f meets train.stop_when at step %d", metric, m[metric], step)
+        return "train.stop_when"
+  if step % c.train.checkpoint_every == 0:
     run.save(step, data())
+  return stop
 
 
 def mean_metrics(fetched: list[dict]) -> dict[str, float]:

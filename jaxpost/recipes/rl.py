@@ -337,12 +337,11 @@ def run(config, workdir: str) -> dict:
   # The loop.
   base_key = jax.random.key(config.seed)
   next_prompt = int(run_.data_state.get("next_prompt", 0))
-  bar = tqdm(
-    total=config.train.steps, initial=run_.first_step, disable=not config.train.progress, desc="rl"
-  )
+  end = common.end_step(config)
+  bar = tqdm(total=end, initial=run_.first_step, disable=not config.train.progress, desc="rl")
   last: dict[str, float] = {}
   step = run_.first_step
-  for step in range(run_.first_step + 1, config.train.steps + 1):
+  for step in range(run_.first_step + 1, end + 1):
     t0 = time.time()
     step_key = jax.random.fold_in(base_key, step)
     model_state = run_.model_state()
@@ -440,12 +439,14 @@ def run(config, workdir: str) -> dict:
     last.update(
       {"perf/sample_s": t_sample, "perf/update_s": t_update, "perf/step_s": time.time() - t0}
     )
-    if step % config.train.log_every == 0 or step == config.train.steps:
+    stop = common.should_stop(run_, step)
+    if step % config.train.log_every == 0 or step == end or stop:
       run_.writer.write(step, last)
     bar.set_postfix(reward=f"{last['rl/reward_mean']:.3f}", acc=f"{last['rl/accuracy']:.2f}")
     bar.update(1)
-    stop = common.should_stop(run_, step)
-    common.periodic(run_, step, lambda step=step, n=next_prompt: {"step": step, "next_prompt": n})
+    stop = common.periodic(
+      run_, step, lambda step=step, n=next_prompt: {"step": step, "next_prompt": n}, stop
+    )
     if stop:
       logging.warning("stopping at RL step %d (%s)", step, stop)
       break

@@ -73,7 +73,7 @@ def run(config, workdir: str) -> dict:
     return {**packer.state(), "dataset_size": dataset_size}
 
   # The loop. Metrics stay on device until a log step, so steps dispatch back to back.
-  first_step, total = run_.first_step, config.train.steps
+  first_step, total = run_.first_step, common.end_step(config)
   show_bar = config.train.progress and jax.process_index() == 0
   bar = tqdm(total=total, initial=first_step, disable=not show_bar, desc="sft")
   window_tokens, window_start = 0.0, time.time()
@@ -96,11 +96,9 @@ def run(config, workdir: str) -> dict:
       bar.set_postfix(loss=f"{last['train/loss']:.4f}", tok_s=f"{rate:,.0f}")
       window_tokens, window_start, pending = 0.0, time.time(), []
     bar.update(1)
-    common.periodic(run_, step, data)
+    stop = common.periodic(run_, step, data, stop)
     if stop:
-      logging.warning(
-        "stopping at step %d (train.%s)", step, "max_minutes" if stop == "time" else "stop_after"
-      )
+      logging.warning("stopping at step %d (%s)", step, stop)
       break
   bar.close()
   return common.finish(run_, step, data(), last)
