@@ -20,6 +20,20 @@ _CACHE_OPTIONS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def zoo_dir(tmp_path_factory):
+  """One model-zoo cache for the whole session (never the user's ~/.cache): an entry a
+  test builds is reused by the next, in this process and in subprocesses."""
+  path = str(tmp_path_factory.mktemp("zoo"))
+  saved = os.environ.get("JAXPOST_ZOO_DIR")
+  os.environ["JAXPOST_ZOO_DIR"] = path
+  yield path
+  if saved is None:
+    os.environ.pop("JAXPOST_ZOO_DIR", None)
+  else:
+    os.environ["JAXPOST_ZOO_DIR"] = saved
+
+
 @pytest.fixture(scope="module")
 def subprocess_env(tmp_path_factory):
   """A persistent compilation cache shared by one module's runs (CLI subprocesses too).

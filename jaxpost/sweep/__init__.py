@@ -8,3 +8,7 @@
 ``python -m jaxpost.sweep --config=configs/sweeps/<name>.py --root=DIR`` runs a sweep;
 ``python -m jaxpost.sweep.report DIR`` writes its tables.
 """
+
+from jaxpost.sweep.spec import Cell, Sweep, cells, grid, load, product, zipped
+
+__all__ = ["Cell", "Sweep", "cells", "grid", "load", "product", "zipped"]

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats as sps
 
 METHODS = ("t", "bootstrap")
+N_RESAMPLES = 10000
 
 
 def _sample(values: Sequence[float] | np.ndarray, confidence: float) -> np.ndarray:
@@ -34,25 +35,33 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
   return float(x.mean() - half), float(x.mean() + half)
 
 
-def bootstrap_interval(
-  values, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0
-) -> tuple[float, float]:
-  """Percentile bootstrap interval of the mean.
+def bootstrap_means(values, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
+  """The means of ``n_resamples`` resamples (with replacement) of ``values``.
 
-  Draws the same resamples as ``scipy.stats.bootstrap(..., method="percentile",
-  rng=np.random.default_rng(seed))`` (one ``integers(0, n, (B, n))`` call, then linear
-  quantiles), so the two agree exactly; written out because it is three lines and does not
-  depend on scipy's batching defaults. n=1 gives (nan, nan) like ``t_interval``: every
-  resample equals the one value, and a zero-width interval would claim a certainty that
-  one seed cannot give.
+  One ``default_rng(seed).integers(0, n, (B, n))`` draw: the same resamples, bit for bit,
+  as ``scipy.stats.bootstrap(..., rng=np.random.default_rng(seed))`` (its default batch
+  draws them in one call), so results can be checked against scipy.
+  """
+  x = np.asarray(values, dtype=np.float64).reshape(-1)
+  rng = np.random.default_rng(seed)
+  return x[rng.integers(0, x.size, (n_resamples, x.size))].mean(axis=1)
+
+
+def bootstrap_interval(
+  values, confidence: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean: quantiles (1-c)/2 and (1+c)/2 of the means.
+
+  Agrees with ``scipy.stats.bootstrap(..., method="percentile")`` to rounding (the same
+  resamples; scipy's quantile interpolates with an algebraically equal but differently
+  rounded formula). n=1 gives (nan, nan) like ``t_interval``: every resample is the one
+  value, and a zero-width interval would claim a certainty one seed cannot give.
   """
   x = _sample(values, confidence)
   if x.size < 2:
     return math.nan, math.nan
-  rng = np.random.default_rng(seed)
-  means = x[rng.integers(0, x.size, (n_resamples, x.size))].mean(axis=1)
   alpha = (1 - confidence) / 2
-  low, high = np.quantile(means, [alpha, 1 - alpha])
+  low, high = np.quantile(bootstrap_means(x, n_resamples, seed), [alpha, 1 - alpha])
   return float(low), float(high)
 
 

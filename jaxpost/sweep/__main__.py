@@ -1,0 +1,7 @@
+"""``python -m jaxpost.sweep``: see ``jaxpost.sweep.launch``."""
+
+import sys
+
+from jaxpost.sweep.launch import main
+
+sys.exit(main())

@@ -1,0 +1,442 @@
+"""A sweep's results: every cell's metrics.jsonl -> results.md / .csv / .json and curve PNGs.
+
+Reads ``<root>/manifest.json`` (written by the launcher) and, for each done cell,
+``<root>/<workdir>/metrics.jsonl``. Each metric becomes one number per cell (a reduction
+over its steps), then per group a mean over seeds with an interval and, against a baseline
+group, a paired difference by seed. Nothing is dropped quietly: cells that did not finish,
+and done cells that lack a metric, are listed with the reason.
+
+  python -m jaxpost.sweep.report ROOT [--metric eval/accuracy:max ...] [--baseline G]
+      [--bootstrap] [--confidence 0.95] [--curve eval/accuracy ...] [--out DIR]
+
+From a notebook: ``report = build(root); write(report, out_dir)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+from functools import reduce
+
+import numpy as np
+
+from jaxpost.metrics import read_jsonl_metrics
+from jaxpost.sweep import stats
+
+DEFAULT_METRICS = ("eval/accuracy",)
+CSV_COLUMNS = ("group", "metric", "n", "mean", "std", "low", "high")
+CSV_COLUMNS += ("diff_mean", "diff_low", "diff_high", "values")
+_PLAIN = ("final", "max", "min", "mean")
+_WITH_ARG = ("step", "last")
+_SPEC_HELP = "NAME or NAME:REDUCTION, REDUCTION one of final, max, min, mean, step=N, last=K"
+
+
+class MissingMetric(ValueError):
+  """A done cell lacks what a metric spec asks for; ``build`` lists the cell as missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+  """One number per cell: ``reduction`` (with ``arg`` for step=N / last=K) of ``name``."""
+
+  name: str
+  reduction: str = "final"
+  arg: int | None = None
+
+  @property
+  def label(self) -> str:
+    if self.reduction == "final":
+      return self.name
+    suffix = self.reduction if self.arg is None else f"{self.reduction}={self.arg}"
+    return f"{self.name}:{suffix}"
+
+
+def parse_spec(spec: str) -> MetricSpec:
+  """``eval/accuracy``, ``eval/accuracy:max``, ``train/loss:last=5``, ... -> MetricSpec."""
+  name, sep, reduction = spec.rpartition(":")
+  if not sep:
+    name, reduction = spec, "final"
+  kind, eq, arg = reduction.partition("=")
+  if name and kind in _PLAIN and not eq:
+    return MetricSpec(name, kind)
+  if name and kind in _WITH_ARG and eq:
+    try:
+      n = int(arg)
+    except ValueError:
+      n = -1
+    if n >= (1 if kind == "last" else 0):
+      return MetricSpec(name, kind, n)
+    raise ValueError(f"bad metric spec {spec!r}: {kind}= needs a whole number, got {arg!r}")
+  raise ValueError(f"bad metric spec {spec!r}: expected {_SPEC_HELP}")
+
+
+def series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+  """Ascending steps and the values of ``name`` there.
+
+  A step may be spread over several lines (train and eval logged apart); they are merged
+  and a later line wins. Non-finite values, which the writer stores as strings, are floats.
+  """
+  by_step = {int(r["step"]): float(r[name]) for r in records if name in r and "step" in r}
+  steps = np.array(sorted(by_step), dtype=np.int64)
+  return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
+
+
+def reduce_metric(records: list[dict], spec: MetricSpec, cell: str = "?") -> float:
+  """The cell's number for ``spec``; MissingMetric (naming ``cell``) when it is not there."""
+  steps, values = series(records, spec.name)
+  if steps.size == 0:
+    raise MissingMetric(f"cell {cell}: no {spec.name!r} in metrics.jsonl")
+  if spec.reduction == "step":
+    hit = np.flatnonzero(steps == spec.arg)
+    if hit.size == 0:
+      raise MissingMetric(
+        f"cell {cell}: {spec.name!r} not logged at step {spec.arg} (logged at {steps.tolist()})"
+      )
+    return float(values[hit[0]])
+  if spec.reduction == "last":
+    if values.size < spec.arg:
+      raise MissingMetric(
+        f"cell {cell}: {spec.label} needs {spec.arg} values of {spec.name!r}, has {values.size}"
+      )
+    return float(values[-spec.arg :].mean())
+  reducers = {"final": lambda v: v[-1], "max": np.max, "min": np.min, "mean": np.mean}
+  return float(reducers[spec.reduction](values))
+
+
+@dataclasses.dataclass
+class GroupStats:
+  """One group x metric: summary over seeds, per-seed values, paired difference vs baseline."""
+
+  group: str
+  metric: str
+  n: int
+  mean: float
+  std: float
+  low: float
+  high: float
+  values: dict[int, float]
+  diff: dict | None = None  # stats.paired_difference(group, baseline); None if not computed
+
+
+@dataclasses.dataclass
+class Report:
+  name: str
+  root: str
+  metrics: list[str]
+  groups: list[str]
+  baseline: str | None
+  method: str
+  confidence: float
+  scale: float
+  unit: str
+  results: dict[str, list[GroupStats]]  # metric label -> one entry per group, in order
+  not_done: list[dict]  # id, group, seed, status, error (first line), log
+  missing: list[dict]  # id, group, seed, metric, reason
+  curves: dict[str, dict[str, dict]]  # metric -> group -> seeds, steps, mean, low, high
+
+
+def load_manifest(root: str) -> dict:
+  path = os.path.join(root, "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no manifest.json in {root!r}: not a sweep root?")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _load_cell(root: str, cell: dict) -> list[dict] | str:
+  """A done cell's records, or why there are none (kept as a reason, not raised)."""
+  path = os.path.join(root, cell["workdir"], "metrics.jsonl")
+  if not os.path.exists(path):
+    return f"cell {cell['id']}: no metrics.jsonl at {path}"
+  try:
+    return read_jsonl_metrics(path)
+  except json.JSONDecodeError as e:
+    return f"cell {cell['id']}: unreadable {path}: {e}"
+
+
+def _first_line(text: str) -> str:
+  return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+
+
+def _check_seeds(cells: list[dict]) -> None:
+  """Values are keyed by seed within a group, so a repeated seed would overwrite silently."""
+  seen = {}
+  for c in cells:
+    key = (c["group"], c["seed"])
+    if key in seen:
+      raise ValueError(f"cells {seen[key]} and {c['id']} share group {key[0]!r} seed {key[1]}")
+    seen[key] = c["id"]
+
+
+def _group_stats(label, groups, values, baseline, confidence, method) -> list[GroupStats]:
+  out = []
+  nan = math.nan
+  for g in groups:
+    v = values[g]
+    s = stats.summarize(list(v.values()), confidence, method) if v else {}
+    diff = None
+    if baseline and g != baseline and set(v) & set(values[baseline]):
+      diff = stats.paired_difference(v, values[baseline], confidence, method)
+    s = {"n": 0, "mean": nan, "std": nan, "low": nan, "high": nan, **s}
+    out.append(GroupStats(g, label, **s, values=v, diff=diff))
+  return out
+
+
+def _curves(names, groups, done, loaded, confidence, listed) -> tuple[dict, list[dict]]:
+  """Per group, the mean over seeds (and a t band) at each step every such seed logged.
+
+  Also returns the cells left out of a curve, except those ``listed`` (id, metric) already.
+  """
+  out, missing = {}, []
+  for name in names:
+    out[name] = {}
+    for g in groups:
+      seeds, per_seed = [], []
+      for c in (c for c in done if c["group"] == g):
+        records = loaded[c["id"]]
+        steps, values = series(records if isinstance(records, list) else [], name)
+        if steps.size:
+          seeds.append(c["seed"])
+          per_seed.append((steps, values))
+        elif (c["id"], name) not in listed:
+          why = records if isinstance(records, str) else f"no {name!r} in metrics.jsonl"
+          missing.append({**_cell_key(c), "metric": name, "reason": f"{why} (curve)"})
+      if not per_seed:
+        continue
+      common = reduce(np.intersect1d, [s for s, _ in per_seed])
+      matrix = np.stack([v[np.isin(s, common)] for s, v in per_seed])
+      band = [stats.t_interval(col, confidence) for col in matrix.T]
+      out[name][g] = {
+        "seeds": seeds,
+        "steps": common.tolist(),
+        "mean": matrix.mean(axis=0).tolist(),
+        "low": [lo for lo, _ in band],
+        "high": [hi for _, hi in band],
+      }
+  return out, missing
+
+
+def _cell_key(c: dict) -> dict:
+  return {"id": c["id"], "group": c["group"], "seed": c["seed"]}
+
+
+def build(
+  root: str,
+  metrics: list[str] | None = None,
+  baseline: str | None = None,
+  method: str = "t",
+  confidence: float = 0.95,
+  curves: list[str] | None = None,
+) -> Report:
+  """Reads the sweep at ``root``. None arguments take the manifest's ``report`` block;
+  ``baseline=""`` turns a manifest baseline off."""
+  manifest = load_manifest(root)
+  defaults = manifest.get("report") or {}
+  specs = [parse_spec(s) for s in (metrics or defaults.get("metrics") or DEFAULT_METRICS)]
+  curves = list(defaults.get("curves") or []) if curves is None else list(curves)
+  cells = manifest["cells"]
+  groups = list(dict.fromkeys(c["group"] for c in cells))
+  baseline = defaults.get("baseline") if baseline is None else baseline or None
+  if baseline is not None and baseline not in groups:
+    raise ValueError(f"unknown baseline group {baseline!r}; known groups: {groups}")
+  if method not in stats.METHODS:
+    raise ValueError(f"unknown interval method {method!r}; expected one of {stats.METHODS}")
+  _check_seeds(cells)
+
+  done = [c for c in cells if c.get("status") == "done"]
+  not_done = [
+    {
+      **_cell_key(c),
+      "status": c.get("status", "pending"),
+      "error": _first_line(c.get("error", "")),
+      "log": c.get("log", ""),
+    }
+    for c in cells
+    if c.get("status") != "done"
+  ]
+  loaded = {c["id"]: _load_cell(root, c) for c in done}
+  missing, results = [], {}
+  for spec in specs:
+    values = {g: {} for g in groups}
+    for c in done:
+      records = loaded[c["id"]]
+      try:
+        if isinstance(records, str):
+          raise MissingMetric(records)
+        values[c["group"]][c["seed"]] = reduce_metric(records, spec, c["id"])
+      except MissingMetric as e:
+        missing.append({**_cell_key(c), "metric": spec.label, "reason": str(e)})
+    results[spec.label] = _group_stats(spec.label, groups, values, baseline, confidence, method)
+  listed = {(m["id"], m["metric"]) for m in missing}
+  curve_data, curve_missing = _curves(curves, groups, done, loaded, confidence, listed)
+  return Report(
+    name=manifest.get("name", os.path.basename(os.path.abspath(root))),
+    root=os.fspath(root),
+    metrics=[s.label for s in specs],
+    groups=groups,
+    baseline=baseline,
+    method=method,
+    confidence=confidence,
+    scale=float(defaults.get("scale", 1.0)),
+    unit=str(defaults.get("unit", "")),
+    results=results,
+    not_done=not_done,
+    missing=missing + curve_missing,
+    curves=curve_data,
+  )
+
+
+def _fmt(x: float | None, scale: float = 1.0, sign: str = "") -> str:
+  return "—" if x is None or math.isnan(x) else f"{x * scale:{sign}.4g}"
+
+
+def _diff_text(r: GroupStats, report: Report) -> str:
+  if r.group == report.baseline:
+    return "baseline"
+  if r.diff is None:
+    return "— (no common seed)"
+  d, s = r.diff, report.scale
+  return f"{_fmt(d['mean'], s, '+')} [{_fmt(d['low'], s)}, {_fmt(d['high'], s)}]"
+
+
+def _md_row(cells) -> str:
+  return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _md_table(head: list[str]) -> list[str]:
+  return [_md_row(head), "|---" * len(head) + "|"]
+
+
+def to_markdown(report: Report) -> str:
+  """results.md: the method line, one table per metric, then what is not in the tables."""
+  pct = f"{report.confidence * 100:g}%"
+  boot = f"percentile bootstrap ({stats.N_RESAMPLES} resamples)"
+  how = "Student t" if report.method == "t" else boot
+  lines = [f"# {report.name}", "", f"Intervals: {pct} {how} interval of the mean over seeds."]
+  if report.baseline:
+    lines[-1] += f" Differences are paired by seed: group − {report.baseline}."
+  head = ["group", "n", "mean ± std", f"{pct} interval", "per-seed values"]
+  if report.baseline:
+    head.append(f"difference vs {report.baseline} [{pct} interval]")
+  for metric, rows in report.results.items():
+    lines += ["", f"## {metric}" + (f" ({report.unit})" if report.unit else ""), ""]
+    lines += _md_table(head)
+    for r in rows:
+      s = report.scale
+      seeds = ", ".join(f"{k}: {_fmt(v, s)}" for k, v in r.values.items()) or "—"
+      row = [r.group, str(r.n), f"{_fmt(r.mean, s)} ± {_fmt(r.std, s)}"]
+      row += [f"[{_fmt(r.low, s)}, {_fmt(r.high, s)}]", seeds]
+      if report.baseline:
+        row.append(_diff_text(r, report))
+      lines.append(_md_row(row))
+  if report.not_done or report.missing:
+    lines += ["", "## Not in the tables", "", *_md_table(["cell", "status", "metric", "detail"])]
+    for c in report.not_done:
+      detail = c["error"] + (f" (log: {c['log']})" if c["log"] else "")
+      lines.append(_md_row([c["id"], c["status"], "all", detail or "—"]))
+    for m in report.missing:
+      lines.append(_md_row([m["id"], "done, missing", m["metric"], m["reason"]]))
+  return "\n".join(lines) + "\n"
+
+
+def to_csv(report: Report) -> str:
+  """results.csv: one row per group x metric, unscaled; diff_* empty without a difference."""
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(CSV_COLUMNS)
+  for rows in report.results.values():
+    for r in rows:
+      d = [r.diff[k] for k in ("mean", "low", "high")] if r.diff else ["", "", ""]
+      seeds = ";".join(f"{k}:{v!r}" for k, v in r.values.items())
+      w.writerow([r.group, r.metric, r.n, r.mean, r.std, r.low, r.high, *d, seeds])
+  return buf.getvalue()
+
+
+def _jsonable(x):
+  """NaN/inf become null: JSON has no such numbers, and null is what strict readers accept."""
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def to_json(report: Report) -> str:
+  return json.dumps(_jsonable(dataclasses.asdict(report)), indent=1) + "\n"
+
+
+def plot_curve(report: Report, name: str, path: str) -> str:
+  """One line per group over steps with a shaded t band where the group has >= 2 seeds."""
+  from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
+
+  fig = Figure(figsize=(6, 4))
+  ax = fig.add_subplot()
+  for g, c in report.curves.get(name, {}).items():
+    steps, s = c["steps"], report.scale
+    (line,) = ax.plot(
+      steps, np.asarray(c["mean"]) * s, marker="o", ms=3, label=f"{g} (n={len(c['seeds'])})"
+    )
+    if len(c["seeds"]) >= 2:
+      low, high = np.asarray(c["low"]) * s, np.asarray(c["high"]) * s
+      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+  ax.set_xlabel("step")
+  ax.set_ylabel(name + (f" ({report.unit})" if report.unit else ""))
+  ax.set_title(f"{report.name}: mean over seeds, {report.confidence * 100:g}% t band")
+  if ax.lines:
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def write(report: Report, out_dir: str) -> list[str]:
+  """Writes results.md/.csv/.json and curve_<metric>.png into ``out_dir``; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for fname, text in (
+    ("results.md", to_markdown(report)),
+    ("results.csv", to_csv(report)),
+    ("results.json", to_json(report)),
+  ):
+    paths.append(os.path.join(out_dir, fname))
+    with open(paths[-1], "w", encoding="utf-8") as f:
+      f.write(text)
+  for name in report.curves:
+    png = os.path.join(out_dir, f"curve_{name.replace('/', '_')}.png")
+    paths.append(plot_curve(report, name, png))
+  return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(
+    prog="python -m jaxpost.sweep.report", description=__doc__.split("\n")[0]
+  )
+  p.add_argument("root", help="the sweep root (holds manifest.json)")
+  p.add_argument("--metric", action="append", dest="metrics", metavar="SPEC", help=_SPEC_HELP)
+  p.add_argument("--baseline", help="group to pair the others against ('' for none)")
+  p.add_argument("--bootstrap", action="store_true", help="percentile bootstrap, not t")
+  p.add_argument("--confidence", type=float, default=0.95)
+  p.add_argument("--curve", action="append", dest="curves", metavar="METRIC")
+  p.add_argument("--out", help="output folder (default: ROOT)")
+  args = p.parse_args(argv)
+  method = "bootstrap" if args.bootstrap else "t"
+  try:
+    report = build(args.root, args.metrics, args.baseline, method, args.confidence, args.curves)
+  except (ValueError, FileNotFoundError) as e:
+    p.error(str(e))
+  print(to_markdown(report))
+  for path in write(report, args.out or args.root):
+    print("wrote", path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
