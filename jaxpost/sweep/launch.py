@@ -24,6 +24,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -463,11 +464,16 @@ def tpu_commands(
       "--workdir",
       workdir,
       "--tag",
-      e["id"].replace("/", "."),
+      _tag(e["id"]),
     ]
     argv += [f"--config.{k}={_flag_value(v)}" for k, v in e["overrides"].items()]
     out.append(argv)
   return out
+
+
+def _tag(cell_id: str) -> str:
+  # launch.sh puts the tag unquoted in a remote shell command: only [A-Za-z0-9_./-].
+  return re.sub(r"[^A-Za-z0-9_./-]", "_", cell_id.replace("/", "."))
 
 
 def slurm_job(

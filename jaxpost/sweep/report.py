@@ -136,7 +136,7 @@ class Report:
   scale: float
   unit: str
   results: dict[str, list[GroupStats]]  # metric label -> one entry per group, in order
-  not_done: list[dict]  # id, group, seed, status, error (first line), log
+  not_done: list[dict]  # id, group, seed, status, error (its last line), log
   missing: list[dict]  # id, group, seed, metric, reason
   curves: dict[str, dict[str, dict]]  # metric -> group -> seeds, steps, mean, low, high
 
@@ -160,8 +160,9 @@ def _load_cell(root: str, cell: dict) -> list[dict] | str:
     return f"cell {cell['id']}: unreadable {path}: {e}"
 
 
-def _first_line(text: str) -> str:
-  return next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+def _last_line(text: str) -> str:
+  # A log tail ends with the exception (a traceback's last line says what went wrong).
+  return next((line.strip() for line in reversed((text or "").splitlines()) if line.strip()), "")
 
 
 def _check_seeds(cells: list[dict]) -> None:
@@ -254,7 +255,7 @@ def build(
     {
       **_cell_key(c),
       "status": c.get("status", "pending"),
-      "error": _first_line(c.get("error", "")),
+      "error": _last_line(c.get("error", "")),
       "log": c.get("log", ""),
     }
     for c in cells
