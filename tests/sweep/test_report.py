@@ -25,7 +25,7 @@ ACC = {
   ("big", 2): None,
 }
 FINAL = {g: [ACC[g, s][40] for s in range(3)] for g in ("rl", "sft_more")}
-ERROR = 'step 12\nTraceback (most recent call last):\n  File "train.py", line 3\nRuntimeError: out of memory\n'
+ERROR = "step 12\nTraceback (most recent call last):\n  ...\nRuntimeError: out of memory\n"
 
 
 def _loss(seed: int, step: int) -> float:
