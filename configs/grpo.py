@@ -4,8 +4,8 @@ Variants:
   tiny          CPU seconds: a fresh tiny model and tokenizer, 2 prompts x 4 samples.
                 For smoke tests; a random model earns no reward, so it learns nothing.
   quickstart    CPU minutes: GRPO (no KL) on 2x2-digit multiplication from an
-                under-trained SFT checkpoint (experiments/grpo_demo/run.py passes
-                --config.train.init_from=<its SFT workdir>); 10 minutes at most.
+                under-trained SFT checkpoint (--config.train.init_from=zoo:rl-start,
+                as configs/sweeps/grpo_demo.py does); 10 minutes at most.
   qwen2.5-0.5b  real size (TPU/GPU): Qwen2.5-0.5B from a Hugging Face checkpoint
                 (--config.model.hf_dir=...), DAPO-style clip-higher, dynamic sampling
                 and the overlong penalty, fused LM head.
