@@ -324,18 +324,19 @@ def run_cell(
     log.write(f"=== attempt {attempt} at {_now()}: {shlex.join(argv)}\n")
     log.flush()
 
-    def limit():  # in the child, before exec
-      if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-
     proc = subprocess.Popen(
       argv,
       stdout=log,
       stderr=subprocess.STDOUT,
       env=worker_env(threads),
       start_new_session=True,
-      preexec_fn=limit,
     )
+    # Pinned from here, not in a preexec_fn: that would fork a process that may be running
+    # JAX's threads (a notebook's kernel). The child is still importing Python modules,
+    # long before it starts its compute threads, which inherit the affinity.
+    if cores and hasattr(os, "sched_setaffinity"):
+      with contextlib.suppress(ProcessLookupError):
+        os.sched_setaffinity(proc.pid, cores)
     if children is not None:
       with children.lock:
         children.procs.add(proc)

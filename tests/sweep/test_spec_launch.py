@@ -341,3 +341,25 @@ def test_local_sweep_interrupt_resume_failure_and_report(tmp_path, subprocess_en
   assert "bad/seed0" in md and "failed" in md  # the report says what is missing
   with open(os.path.join(root, "results.json"), encoding="utf-8") as f:
     assert json.load(f)["name"] == "three"
+
+
+def test_run_cell_pins_cpus_and_threads(tmp_path):
+  """A worker slot's limits reach the cell's process: its CPU set and thread count."""
+  if not hasattr(os, "sched_setaffinity"):
+    pytest.skip("no CPU affinity on this platform")
+  root = str(tmp_path)
+  launch.prepare(Sweep("configs/sft.py:tiny", seeds=(0,)), root)
+  probe = "import os, time; time.sleep(1.0); "
+  probe += "print(sorted(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'])"
+  cpu = sorted(os.sched_getaffinity(0))[-1]
+  entry = launch.run_cell(
+    root, "base/seed0", argv=[sys.executable, "-c", probe], threads=1, cores=[cpu]
+  )
+  assert entry["status"] == "done" and entry["returncode"] == 0 and entry["attempts"] == 1
+  with open(os.path.join(root, entry["log"]), encoding="utf-8") as f:
+    assert f.read().splitlines()[-1] == f"[{cpu}] 1"
+  failing = launch.run_cell(
+    root, "base/seed0", argv=[sys.executable, "-c", "raise SystemExit('boom')"]
+  )
+  assert failing["status"] == "failed" and failing["returncode"] == 1 and failing["attempts"] == 2
+  assert failing["error"].splitlines()[-1] == "boom"
