@@ -374,28 +374,67 @@ def to_json(report: Report) -> str:
   return json.dumps(_jsonable(dataclasses.asdict(report)), indent=1) + "\n"
 
 
+MAX_LINES_PER_PANEL = 6  # more groups than this: one small panel per group
+
+
 def plot_curve(report: Report, name: str, path: str) -> str:
-  """One line per group over steps with a shaded t band where the group has >= 2 seeds."""
+  """Mean over seeds against step with a shaded t band where a group has >= 2 seeds.
+
+  Up to ``MAX_LINES_PER_PANEL`` groups share one plot; more get one panel each (same
+  axes), with the baseline group's mean dashed in every panel for reference.
+  """
   from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
-  fig = Figure(figsize=(6, 4))
-  ax = fig.add_subplot()
-  for g, c in report.curves.get(name, {}).items():
-    steps, s = c["steps"], report.scale
-    (line,) = ax.plot(
-      steps, np.asarray(c["mean"]) * s, marker="o", ms=3, label=f"{g} (n={len(c['seeds'])})"
-    )
-    if len(c["seeds"]) >= 2:
-      low, high = np.asarray(c["low"]) * s, np.asarray(c["high"]) * s
-      ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
-  ax.set_xlabel("step")
-  ax.set_ylabel(name + (f" ({report.unit})" if report.unit else ""))
-  ax.set_title(f"{report.name}: mean over seeds, {report.confidence * 100:g}% t band")
-  if ax.lines:
-    ax.legend()
+  curves = report.curves.get(name, {})
+  ylabel = name + (f" ({report.unit})" if report.unit else "")
+  title = f"{report.name}: mean over seeds, {report.confidence * 100:g}% t band"
+  if len(curves) <= MAX_LINES_PER_PANEL:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for g, c in curves.items():
+      _draw(ax, g, c, report.scale)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    if ax.lines:
+      ax.legend()
+  else:
+    cols = 4
+    rows = -(-len(curves) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.6))
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    base = curves.get(report.baseline) if report.baseline else None
+    for ax, (g, c) in zip(axes, curves.items(), strict=False):
+      if base is not None and g != report.baseline:
+        means = np.asarray(base["mean"]) * report.scale
+        ax.plot(base["steps"], means, "--", color="0.5", lw=1, label=report.baseline)
+      _draw(ax, g, c, report.scale, color="C0")
+      ax.set_title(f"{g} (n={len(c['seeds'])})", fontsize=9)
+    for ax in axes[len(curves) :]:
+      ax.set_visible(False)
+    for ax in axes[::cols]:
+      ax.set_ylabel(ylabel, fontsize=8)
+    for ax in axes[max(0, len(curves) - cols) : len(curves)]:  # the lowest panel of each column
+      ax.xaxis.set_tick_params(labelbottom=True)
+      ax.set_xlabel("step", fontsize=8)
+    dashed = f"; dashed: {report.baseline}" if base is not None else ""
+    fig.suptitle(title + dashed)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   return path
+
+
+def _draw(ax, group: str, c: dict, scale: float, color=None) -> None:
+  steps = c["steps"]
+  (line,) = ax.plot(
+    steps,
+    np.asarray(c["mean"]) * scale,
+    marker="o",
+    ms=3,
+    color=color,
+    label=f"{group} (n={len(c['seeds'])})",
+  )
+  if len(c["seeds"]) >= 2:
+    low, high = np.asarray(c["low"]) * scale, np.asarray(c["high"]) * scale
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
 
 
 def write(report: Report, out_dir: str) -> list[str]:

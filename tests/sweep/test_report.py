@@ -399,3 +399,14 @@ def test_cli_errors(tree, capsys):
   with pytest.raises(SystemExit):
     rp.main([str(tree), "--metric", "eval/accuracy:p90"])
   assert "bad metric spec 'eval/accuracy:p90'" in capsys.readouterr().err
+
+
+def test_many_groups_get_one_panel_each(tree, tmp_path, monkeypatch):
+  """Past MAX_LINES_PER_PANEL groups the curve is a grid of panels (4 per row), each group
+  alone with the baseline dashed, instead of one plot of overlapping bands."""
+  r = rp.build(tree)
+  single = matplotlib.image.imread(rp.plot_curve(r, "eval/accuracy", str(tmp_path / "a.png")))
+  monkeypatch.setattr(rp, "MAX_LINES_PER_PANEL", 2)
+  panels = matplotlib.image.imread(rp.plot_curve(r, "eval/accuracy", str(tmp_path / "b.png")))
+  assert single.shape[:2] == (4 * 120, 6 * 120)  # figsize x dpi
+  assert panels.shape[:2] == (int((2.4 + 0.6) * 120), int(4 * 3.2 * 120))  # 3 groups: 1 row
