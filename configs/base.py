@@ -157,12 +157,10 @@ def shared_sections() -> config_dict.ConfigDict:
   c.train.stop_when = ""  # end at an evaluation meeting this, e.g. "eval/accuracy>=0.6"; "" = never
   c.train.progress = True  # tqdm progress bar
   c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
-  c.train.init_from = (
-    ""  # a run's workdir or zoo:NAME[@SEED] to start from (its tokenizer + latest params)
-  )
-  # "params": init_from's latest parameters; "fork": its whole train state (optimizer
-  # moments, step, schedule position, RNG, data position), continuing that run here.
-  c.train.init_mode = "params"
+  # A run's workdir or zoo:NAME[@SEED] to start from (its tokenizer + latest params).
+  c.train.init_from = ""  # "" = a fresh initialisation
+  # "fork" also takes init_from's optimizer moments, step, schedule, RNG and data position.
+  c.train.init_mode = "params"  # "params": init_from's latest parameters; "fork": continue it
   c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
   declare(
     "train",
