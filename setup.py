@@ -13,6 +13,10 @@ CORE = [
   "tokenizers>=0.22",
   # HF checkpoint import/export (jaxpost.models.hf); never unpickles.
   "safetensors>=0.8",
+  # GGUF import (jaxpost.models.gguf): metadata and tensors; we dequantize ourselves.
+  "gguf>=0.17",
+  # Chat templates (jaxpost.data.chat), rendered in Jinja's sandbox.
+  "jinja2>=3.1.6",
   # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
   "tensorflow-datasets>=4.9.9",
   "array-record>=0.8",
@@ -50,8 +54,9 @@ setup(
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
-    # Parity tests against transformers (tests/models/test_hf.py).
-    "interop": ["torch==2.13.0", "transformers>=4.50"],
+    # Parity tests against transformers (tests/models/test_hf.py, test_gguf.py,
+    # test_smollm2.py); transformers reads GGUF files only with accelerate installed.
+    "interop": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0"],
     # Peers for experiments/benchmarks/generate.py and grpo_step.py only.
     "bench": ["torch==2.13.0", "transformers>=4.50", "trl>=1.16"],
   },

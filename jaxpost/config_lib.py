@@ -236,6 +236,15 @@ def validate(c: config_dict.ConfigDict) -> None:
   check_fields(c)
   if c.model.hf_dir and not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
     raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
+  if c.model.gguf:
+    if c.model.hf_dir:
+      raise ConfigError("set one of model.hf_dir and model.gguf, not both")
+    from jaxpost.models import gguf
+
+    try:
+      gguf.resolve(c.model.gguf)
+    except (FileNotFoundError, KeyError) as e:
+      raise ConfigError(f"model.gguf={c.model.gguf!r}: {e}") from None
   _validate_loss(c, recipes.get(c.recipe))
   run_dir(c.train.init_from, "train.init_from")
   if c.train.init_mode == "fork" and not c.train.init_from:

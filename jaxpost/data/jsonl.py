@@ -98,6 +98,7 @@ def record_to_example(record: object) -> Example:
     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
   has_chat = "messages" in record
   has_pair = "prompt" in record or "response" in record
+  context: tuple[tuple[str, str], ...] = ()
   if has_chat and has_pair:
     raise ValueError("record has both 'messages' and 'prompt'/'response'; use one format")
   if has_chat:
@@ -107,6 +108,11 @@ def record_to_example(record: object) -> Example:
     user_text = "".join(m["content"] for m in record["messages"][:-1] if m["role"] == "user")
     if not user_text.strip():
       raise ValueError("empty prompt: no user message has any text (only whitespace)")
+    # The turns before the answer, for a model with a chat template (template.encode_prompt);
+    # a lone user turn is just the prompt.
+    context = tuple((m["role"], m["content"]) for m in record["messages"][:-1])
+    if len(context) == 1:
+      context = ()
   elif has_pair:
     missing = [k for k in ("prompt", "response") if k not in record]
     if missing:
@@ -125,7 +131,7 @@ def record_to_example(record: object) -> Example:
   thinking, answer = split_response(response)
   if not (thinking + answer).strip():
     raise ValueError("empty response (an empty think block and no answer)")
-  return Example(prompt=prompt, thinking=thinking, answer=answer)
+  return Example(prompt=prompt, thinking=thinking, answer=answer, context=context)
 
 
 def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> ReadResult:

@@ -66,6 +66,10 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   if config.model.hf_dir:
     # A pretrained checkpoint comes with its own vocabulary.
     return load_tokenizer(config.model.hf_dir)
+  if config.model.gguf:
+    from jaxpost.models import gguf
+
+    return gguf.load_tokenizer(config.model.gguf)
   prefix = os.path.join(workdir, TOKENIZER_PREFIX)
   if os.path.exists(prefix + ".model"):
     return SentencePieceTokenizer.load(prefix + ".model")
@@ -267,8 +271,8 @@ def check_overlong_bound(dataset: Dataset, bound: TokenBound, seq_len: int) -> N
 def encoded_length(tok: Tokenizer, ex: template.Example) -> int:
   """``len(template.encode_example(tok, ex))`` (what the training source yields), faster."""
   fixed = len(tok.encode(template.THINK_OPEN)) + len(tok.encode(template.THINK_CLOSE)) + 1
-  spans = (template.render_prompt(ex.prompt), ex.thinking, ex.answer)
-  return fixed + sum(len(tok.encode(span)) for span in spans)
+  prompt = len(template.encode_prompt(tok, ex.prompt, context=ex.context))
+  return fixed + prompt + sum(len(tok.encode(span)) for span in (ex.thinking, ex.answer))
 
 
 def check_overlong(dataset: Dataset, tok: Tokenizer, seq_len: int) -> None:

@@ -12,6 +12,14 @@ never blur which span a token belongs to. The tokenizers we train guarantee that
 
 The response always carries a think block, even an empty one, so a model trained on
 mixed data has a single output format.
+
+A tokenizer with a ``chat_template`` (an instruct model's, from GGUF metadata or
+``tokenizer_config.json``) replaces the ``Q: ...\nA: `` prompt: the prompt becomes the
+model's own rendering of the conversation (one user turn, or an `Example`'s
+``context`` turns) ending in the opening of an assistant turn, and the response
+spans follow as above, closed by the tokenizer's EOS (the end-of-turn token of chat
+models, e.g. ``<|im_end|>``). Only the final assistant message is the loss span;
+earlier assistant turns are context (ROLE_PROMPT).
 """
 
 from __future__ import annotations
@@ -46,11 +54,15 @@ class Example:
     prompt: the task text, without template decoration.
     thinking: the reasoning that goes inside ``<think>...</think>`` (may be empty).
     answer: the final answer after the think block.
+    context: for chat data, the ``(role, content)`` turns before the answer; a
+      tokenizer with a chat template renders them instead of ``prompt`` (which holds
+      their plain-text rendering, `render_messages`). Empty: one user turn, ``prompt``.
   """
 
   prompt: str
   thinking: str
   answer: str
+  context: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,36 +202,82 @@ def _check_span(name: str, text: str) -> None:
     )
 
 
-def encode_prompt(tok: Tokenizer, prompt: str, *, add_bos: bool = False) -> list[int]:
+def _piece(tok: Tokenizer, i: int) -> str:
+  return tok.id_to_piece(i) if i >= 0 else ""
+
+
+def render_chat_prompt(
+  tok: Tokenizer, prompt: str, context: Sequence[tuple[str, str]] = ()
+) -> str | None:
+  """The chat-template rendering of a prompt (None when ``tok`` has no template).
+
+  The conversation is ``context`` when given, else one user turn ``prompt``; it ends
+  with the template's generation prompt (the opening of the assistant's turn).
+  """
+  chat_template = getattr(tok, "chat_template", None)
+  if not chat_template:
+    return None
+  from jaxpost.data.chat import render_chat
+
+  turns = context or (("user", prompt),)
+  return render_chat(
+    chat_template,
+    [{"role": role, "content": content} for role, content in turns],
+    add_generation_prompt=True,
+    bos_token=_piece(tok, tok.bos_id),
+    eos_token=_piece(tok, tok.eos_id),
+  )
+
+
+def encode_prompt(
+  tok: Tokenizer,
+  prompt: str,
+  *,
+  add_bos: bool | None = None,
+  context: Sequence[tuple[str, str]] = (),
+) -> list[int]:
   """Token ids of the rendered prompt; exactly the prefix `encode_example` produces.
+
+  With a chat template (``tok.chat_template``) the prompt is the template's rendering
+  (`render_chat_prompt`); otherwise ``"Q: {prompt}\nA: "``.
 
   Args:
     tok: the tokenizer.
     prompt: the raw prompt (template decoration is added here).
-    add_bos: prepend ``tok.bos_id``.
+    add_bos: prepend ``tok.bos_id`` (unless the rendering already starts with it);
+      None = the tokenizer's ``add_bos`` for plain prompts, never for chat prompts
+      (templates print their BOS themselves).
+    context: chat turns that replace ``prompt`` under a chat template.
 
   Raises:
     ValueError: ``add_bos`` but the tokenizer has no BOS token.
   """
   if not isinstance(prompt, str):
     raise TypeError(f"prompt must be str, got {type(prompt).__name__}")
-  ids = list(tok.encode(render_prompt(prompt)))
+  chat = render_chat_prompt(tok, prompt, context)
+  if chat is not None:
+    ids = list(tok.encode(chat))
+    add_bos = bool(add_bos)
+  else:
+    ids = list(tok.encode(render_prompt(prompt)))
+    add_bos = getattr(tok, "add_bos", False) if add_bos is None else add_bos
   if add_bos:
     if tok.bos_id < 0:
       raise ValueError("add_bos=True but the tokenizer defines no BOS token")
-    ids = [tok.bos_id, *ids]
+    if not ids or ids[0] != tok.bos_id:
+      ids = [tok.bos_id, *ids]
   return ids
 
 
 def encode_example(
-  tok: Tokenizer, ex: Example, *, add_bos: bool = False, add_eos: bool = True
+  tok: Tokenizer, ex: Example, *, add_bos: bool | None = None, add_eos: bool = True
 ) -> Encoded:
   """Tokenizes an example span by span and labels every token with its role.
 
   Args:
     tok: the tokenizer.
     ex: the example; ``thinking`` and ``answer`` must not contain think tags.
-    add_bos: prepend BOS (role PROMPT).
+    add_bos: prepend BOS (role PROMPT); None = as `encode_prompt` decides.
     add_eos: append EOS (role ANSWER), so the model learns to stop.
 
   Returns:
@@ -230,7 +288,7 @@ def encode_example(
   if add_eos and tok.eos_id < 0:
     raise ValueError("add_eos=True but the tokenizer defines no EOS token")
   spans = [
-    (encode_prompt(tok, ex.prompt, add_bos=add_bos), ROLE_PROMPT),
+    (encode_prompt(tok, ex.prompt, add_bos=add_bos, context=ex.context), ROLE_PROMPT),
     (tok.encode(THINK_OPEN), ROLE_THINK),
     (tok.encode(ex.thinking), ROLE_THINK),
     (tok.encode(THINK_CLOSE), ROLE_THINK),

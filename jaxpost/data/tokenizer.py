@@ -241,18 +241,76 @@ def _configured_specials(directory: Path) -> dict[str, str]:
   return found
 
 
+def _configured_chat_template(directory: Path) -> str | None:
+  """The chat template beside a tokenizer.json: ``chat_template.jinja``, else the
+  ``chat_template`` of tokenizer_config.json (a string, or a list of named templates of
+  which "default" is used)."""
+  jinja = directory / "chat_template.jinja"
+  if jinja.is_file():
+    return jinja.read_text(encoding="utf-8")
+  path = directory / "tokenizer_config.json"
+  if not path.is_file():
+    return None
+  try:
+    template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+  if isinstance(
+    template, list
+  ):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    template = named.get("default")
+  return template if isinstance(template, str) and template else None
+
+
+def _configured_add_bos(directory: Path) -> bool:
+  """tokenizer_config.json's ``add_bos_token`` (False when absent)."""
+  path = directory / "tokenizer_config.json"
+  if not path.is_file():
+    return False
+  try:
+    return bool(json.loads(path.read_text(encoding="utf-8")).get("add_bos_token", False))
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from e
+
+
 class HFTokenizer:
   """A HuggingFace ``tokenizers`` tokenizer (``tokenizer.json``) behind `Tokenizer`."""
 
   def __init__(
-    self, tokenizer: tokenizers.Tokenizer, *, pad_id: int, bos_id: int, eos_id: int, path=None
+    self,
+    tokenizer: tokenizers.Tokenizer,
+    *,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+    path=None,
+    chat_template: str | None = None,
+    add_bos: bool = False,
   ):
+    """Wraps ``tokenizer``.
+
+    Args:
+      tokenizer: the ``tokenizers.Tokenizer``.
+      pad_id, bos_id, eos_id: special ids (-1 = none).
+      path: where it came from (for messages).
+      chat_template: the model's Jinja chat template; when set, prompts are rendered
+        with it (``jaxpost.data.template.encode_prompt``).
+      add_bos: the model expects BOS before a prompt that has no chat template.
+    """
     self._tok = tokenizer
     self.path = path
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     self.pad_id = pad_id
     self.bos_id = bos_id
     self.eos_id = eos_id
+    self.chat_template = chat_template or None
+    self.add_bos = add_bos
+
+  @property
+  def backend(self) -> tokenizers.Tokenizer:
+    """The wrapped ``tokenizers.Tokenizer`` (e.g. to save it)."""
+    return self._tok
 
   @classmethod
   def load(
@@ -312,6 +370,8 @@ class HFTokenizer:
       bos_id=resolve("bos"),
       eos_id=eos_id,
       path=str(path),
+      chat_template=_configured_chat_template(path.parent),
+      add_bos=_configured_add_bos(path.parent),
     )
 
   def encode(self, text: str) -> list[int]:

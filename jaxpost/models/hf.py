@@ -564,14 +564,17 @@ def _save_tokenizer(tokenizer: Any, out_dir: Path) -> dict[str, int | None]:
   from jaxpost.data.tokenizer import HFTokenizer
 
   if isinstance(tokenizer, HFTokenizer):
-    # The wrapped tokenizers.Tokenizer (no public accessor on HFTokenizer yet).
-    tokenizer._tok.save(str(out_dir / "tokenizer.json"))
+    tokenizer.backend.save(str(out_dir / "tokenizer.json"))
     names = {}
     for kind in ("bos", "eos", "pad"):
       i = getattr(tokenizer, f"{kind}_id")
       if i is not None and i >= 0:
         names[f"{kind}_token"] = tokenizer.id_to_piece(i)
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
+    if tokenizer.chat_template:
+      tok_config["chat_template"] = tokenizer.chat_template
+    if tokenizer.add_bos:
+      tok_config["add_bos_token"] = True
     (out_dir / "tokenizer_config.json").write_text(
       json.dumps(tok_config, indent=2) + "\n", encoding="utf-8"
     )

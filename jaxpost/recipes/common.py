@@ -35,7 +35,7 @@ from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from jaxpost.eval import accuracy
-from jaxpost.models import hf
+from jaxpost.models import gguf, hf
 
 
 def validate_and_start(config, workdir: str, recipe: str):
@@ -57,7 +57,7 @@ def validate_and_start(config, workdir: str, recipe: str):
 def load_tokenizer(config, workdir: str):
   """``train.init_from``'s tokenizer when starting from a run, else ``pipeline``'s."""
   init = zoo.resolve(config.train.init_from)
-  if init and not config.tokenizer.path and not config.model.hf_dir:
+  if init and not (config.tokenizer.path or config.model.hf_dir or config.model.gguf):
     path = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model")
     if not os.path.exists(path):
       raise config_lib.ConfigError(f"train.init_from={init!r} has no {os.path.basename(path)}")
@@ -72,8 +72,10 @@ def build_model(
   init_from: str | None = None,
   size: str | None = None,
   hf_dir: str | None = None,
+  gguf_path: str | None = None,
 ) -> models.Decoder:
-  """The named size or ``model.hf_dir``'s checkpoint, with ``init_from``'s parameters loaded.
+  """The named size, ``model.hf_dir``'s checkpoint or ``model.gguf``'s file, with
+  ``init_from``'s parameters loaded.
 
   Args:
     config: the run config (``model`` section, seed).
@@ -81,14 +83,21 @@ def build_model(
     init_from: a run's workdir whose latest parameters replace the built ones (None:
       ``train.init_from``; "" = none). Leaves that run did not save (it trained a
       subset) keep the built values, and are logged.
-    size, hf_dir: another model than ``config.model``'s (a teacher); None = the config's.
+    size, hf_dir, gguf_path: another model than ``config.model``'s (a teacher); None =
+      the config's.
   """
-  hf_dir = config.model.hf_dir if hf_dir is None else hf_dir
-  if hf_dir:
-    model = hf.load_model(hf_dir, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  if hf_dir is None and gguf_path is None and size is None:
+    hf_dir, gguf_path = config.model.hf_dir, config.model.gguf
+  dtypes = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype}
+  if hf_dir or gguf_path:
+    if hf_dir:
+      model = hf.load_model(hf_dir, **dtypes)
+    else:
+      model = gguf.load_model(gguf_path, **dtypes)
     if vocab_size > model.config.vocab_size:
+      source = hf_dir or gguf_path
       raise config_lib.ConfigError(
-        f"the tokenizer has {vocab_size} ids but {hf_dir} embeds only {model.config.vocab_size}"
+        f"the tokenizer has {vocab_size} ids but {source} embeds only {model.config.vocab_size}"
       )
   else:
     model_config = models.named_config(
