@@ -20,6 +20,8 @@ CORE = [
   # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
   "tensorflow-datasets>=4.9.9",
   "array-record>=0.8",
+  # Parquet files and datasets' save_to_disk directories (jaxpost.data.tables).
+  "pyarrow>=15",
   "absl-py>=2.1",
   "numpy>=2.0",
   # t intervals and paired tests in jaxpost.sweep.stats.
@@ -51,6 +53,8 @@ setup(
       "nbformat>=5.10",
       "jupytext>=1.16",
       "ipykernel>=6.29",
+      # tests/data/test_tables.py writes real save_to_disk directories to read back.
+      "datasets>=3.0",
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],

@@ -64,11 +64,14 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   c.data = config_dict.ConfigDict()
-  c.data.source = "tasks"  # tasks | jsonl | tfds
+  c.data.source = "tasks"  # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
-  c.data.path = ""  # jsonl source: path of a .jsonl file; tfds source: dataset name or dir
-  c.data.split = "train"  # tfds source: split to read
-  c.data.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of failing
+  c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
+  c.data.split = "train"  # tfds / arrow (DatasetDict) source: split to read
+  c.data.skip_malformed = False  # user data: skip (and count) malformed records, not fail
+  c.data.eval_fraction = 0.0  # user data: hold out this fraction of data.path (fixed draw)
+  c.data.eval_path = ""  # user data: held-out file / dir of the same source ("" = data.path)
+  c.data.eval_split = ""  # tfds / arrow: held-out split, e.g. "test" ("" = none)
   c.data.seq_len = 128  # tokens per packed row
   c.data.batch_size = 64  # rows per optimiser step (global batch)
   c.data.pack = True  # several examples per row (segment ids keep them apart)
@@ -76,11 +79,14 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
   declare(
     "data",
-    source=one_of(("tasks", "jsonl", "tfds")),
+    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds")),
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,
     skip_malformed=FLAG,
+    eval_fraction=num(ge=0, lt=1),
+    eval_path=TEXT,
+    eval_split=TEXT,
     seq_len=integer(ge=2),
     batch_size=integer(ge=1),
     pack=FLAG,
@@ -192,6 +198,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.num_examples = 200  # held-out problems per level
   c.eval.batch_size = 200  # prompts decoded at once
   c.eval.max_new_tokens = 96  # generation budget per answer
+  c.eval.checker = "exact_match"  # held-out user data: jaxpost.eval.checkers name or mod:fn
   declare(
     "eval",
     every=integer(ge=0),
@@ -200,6 +207,7 @@ def shared_sections() -> config_dict.ConfigDict:
     num_examples=integer(ge=1),
     batch_size=integer(ge=1),
     max_new_tokens=integer(ge=1),
+    checker=TEXT,
   )
 
   return c

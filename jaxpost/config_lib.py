@@ -272,10 +272,37 @@ def validate(c: config_dict.ConfigDict) -> None:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
   if c.data.source == "jsonl" and not os.path.isfile(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file")
+  if c.data.source in ("parquet", "arrow") and not os.path.exists(c.data.path):
+    raise ConfigError(f"data.path={c.data.path!r}: no such file or directory")
+  _validate_heldout(c)
   _validate_parallelism(c)
   recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
   if recipe_validate is not None:
     recipe_validate(c)
+
+
+def _validate_heldout(c: config_dict.ConfigDict) -> None:
+  """The held-out user data fields name one held-out set the source can give."""
+  d = c.data
+  if not (d.eval_fraction or d.eval_path or d.eval_split):
+    return
+  if d.source == "tasks":
+    raise ConfigError(
+      "data.eval_fraction / eval_path / eval_split hold out user data; the tasks source "
+      "has held-out problems of its own (eval.levels)"
+    )
+  if d.eval_fraction and (d.eval_path or d.eval_split):
+    raise ConfigError("set data.eval_fraction or data.eval_path / eval_split, not both")
+  if d.eval_split and d.source not in ("tfds", "arrow"):
+    raise ConfigError(f"data.eval_split is for tfds / arrow sources, not {d.source!r}")
+  if d.eval_path and d.source != "tfds" and not os.path.exists(d.eval_path):
+    raise ConfigError(f"data.eval_path={d.eval_path!r}: no such file or directory")
+  from jaxpost.eval import checkers
+
+  try:
+    checkers.get(c.eval.checker)
+  except ValueError as e:
+    raise ConfigError(f"eval.checker={c.eval.checker!r}: {e}") from None
 
 
 def _validate_loss(c: config_dict.ConfigDict, recipe) -> None:

@@ -181,6 +181,8 @@ def data_fingerprint(config) -> dict:
   if d.source == "jsonl":
     out["path"] = d.path
     out["sha256"] = _file_sha256(d.path)
+  elif d.source in ("parquet", "arrow"):
+    out.update(path=d.path, split=d.split, sha256=_tree_sha256(d.path))
   elif d.source == "tfds":
     out.update(path=d.path, split=d.split)
   else:
@@ -188,6 +190,19 @@ def data_fingerprint(config) -> dict:
   if config.tokenizer.path and os.path.isfile(config.tokenizer.path):
     out["tokenizer_sha256"] = _file_sha256(config.tokenizer.path)
   return out
+
+
+def _tree_sha256(path: str) -> str:
+  """SHA-256 over a file, or over every file under a directory (names and contents)."""
+  if os.path.isfile(path):
+    return _file_sha256(path)
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      h.update(os.path.relpath(full, path).encode() + b"\0" + _file_sha256(full).encode())
+  return h.hexdigest()
 
 
 def _file_sha256(path: str) -> str:

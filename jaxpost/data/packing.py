@@ -114,6 +114,7 @@ def pack_batch(
   pack: bool = True,
   overlong: str = "error",
   max_consecutive_rejects: int = 10_000,
+  stop: int | None = None,
 ) -> tuple[dict[str, np.ndarray], int, PackStats]:
   """Fills ``batch_size`` rows of ``seq_len`` tokens from ``source(start), source(start+1), ...``.
 
@@ -128,6 +129,8 @@ def pack_batch(
     pack: several examples per row if True, else one example per row.
     overlong: what to do with an example longer than T: 'truncate' | 'reject' | 'error'.
     max_consecutive_rejects: guards against a source whose every example is rejected.
+    stop: the index one past the last example (a finite pass over a dataset, e.g. an
+      evaluation): the rows after it stay padding. None = the source never ends.
 
   Returns:
     (arrays for ``Batch`` with numpy [B, T] fields, next index to read, stats).
@@ -145,6 +148,8 @@ def pack_batch(
   for row in range(batch_size):
     fill, seg = 0, 0
     while True:
+      if pending is None and stop is not None and index >= stop:
+        break
       if pending is None:
         fitted = _fit(*source(index), seq_len, overlong, stats, lambda i=index: where(source, i))
         if fitted is None:

@@ -2,7 +2,7 @@
 
 A source maps a global example index to ``(tokens, roles)``; the packer reads it in
 order, so the data position of a run is one integer. Procedural tasks are an unbounded
-stream by index; finite datasets (JSONL, tfds) are read in a fresh seeded permutation
+stream by index; finite datasets (JSONL, Parquet, Arrow, tfds) are read in a fresh seeded permutation
 per epoch.
 
 Data errors surface before anything expensive: an empty dataset fails in the reader,
@@ -100,6 +100,12 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
+USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow")
+# The held-out fraction is drawn with this seed, not the run's: runs of a sweep that
+# differ only in their seed evaluate on the same examples.
+HELDOUT_SEED = 0
+
+
 def load_examples(config, counts: dict | None = None) -> Sequence[template.Example]:
   """The user dataset of ``config.data`` as a random-access sequence of Examples.
 
@@ -109,29 +115,88 @@ def load_examples(config, counts: dict | None = None) -> Sequence[template.Examp
 
 
 def load_dataset(config, counts: dict | None = None) -> Dataset:
-  """The user dataset of ``config.data``, with the place of every example.
+  """The training part of the user dataset of ``config.data``, with each example's place.
 
-  ``counts``, if given, receives ``data/skipped_malformed`` (records dropped under
-  ``data.skip_malformed``) so the caller can record it. The last dataset read is kept
-  (keyed by its path's size and modification time), so training a tokenizer on it and
-  then building the training source reads it once.
+  ``data.eval_fraction`` > 0 holds that fraction out (`heldout_dataset`); the rest is
+  returned. ``counts``, if given, receives ``data/skipped_malformed`` (records dropped
+  under ``data.skip_malformed``) so the caller can record it. The last datasets read
+  are kept (keyed by their path's size and modification time), so training a tokenizer
+  on one and then building the training source reads it once.
 
   Raises:
     DataError: a malformed record (unless skipped), or no examples at all.
   """
   d = config.data
-  if d.source not in ("jsonl", "tfds"):
-    raise ValueError(f"data.source={d.source!r} has no example list")
-  # A missing path is left to the reader, whose error says what it looked for.
-  stat = os.stat(d.path) if os.path.exists(d.path) else None
-  version = (stat.st_size, stat.st_mtime_ns) if stat else None
-  dataset = _read_dataset(d.source, d.path, d.split, d.skip_malformed, version)
-  if counts is not None and d.source == "jsonl":
+  dataset = _load(d.source, d.path, d.split, d.skip_malformed)
+  if counts is not None and d.source != "tfds":
     counts["data/skipped_malformed"] = dataset.skipped
+  if d.eval_fraction:
+    return split_heldout(dataset, d.eval_fraction)[0]
   return dataset
 
 
-@functools.lru_cache(maxsize=1)
+def heldout_dataset(config) -> Dataset | None:
+  """The held-out user examples ``config.data`` names, or None when it names none.
+
+  ``data.eval_fraction`` of ``data.path`` (a fixed seeded draw), or the examples of
+  ``data.eval_path`` (default ``data.path``) at ``data.eval_split`` (default
+  ``data.split``; tfds and arrow sources), read with the training data's rules.
+  """
+  d = config.data
+  if d.eval_fraction:
+    return split_heldout(_load(d.source, d.path, d.split, d.skip_malformed), d.eval_fraction)[1]
+  if d.eval_path or d.eval_split:
+    return _load(d.source, d.eval_path or d.path, d.eval_split or d.split, d.skip_malformed)
+  return None
+
+
+class _Subset(Sequence):
+  """Some examples of a random-access sequence, by index (lazy: tfds views stay lazy)."""
+
+  def __init__(self, examples: Sequence[template.Example], indices: np.ndarray):
+    self._examples, self._indices = examples, indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return self._examples[int(self._indices[i])]
+
+
+def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+  """(training part, held-out part): ``round(fraction * n)`` examples (at least one)
+  drawn with `HELDOUT_SEED`, both parts in the original order.
+
+  Raises:
+    DataError: the held-out part would leave no training example.
+  """
+  n = len(dataset)
+  k = max(1, round(fraction * n))
+  if k >= n:
+    raise DataError(
+      f"data.eval_fraction={fraction} of {n} examples leaves none to train on; lower it"
+    )
+  order = np.random.default_rng(HELDOUT_SEED).permutation(n)
+  parts = []
+  for indices in (np.sort(order[k:]), np.sort(order[:k])):
+    where = functools.partial(lambda idx, i: dataset.where(int(idx[i])), indices)
+    parts.append(Dataset(_Subset(dataset.examples, indices), where))
+  train, heldout = parts
+  return dataclasses.replace(train, skipped=dataset.skipped), heldout
+
+
+def _load(source: str, path: str, split: str, skip_malformed: bool) -> Dataset:
+  if source not in USER_SOURCES:
+    raise ValueError(f"data.source={source!r} has no example list")
+  # A missing path is left to the reader, whose error says what it looked for.
+  stat = os.stat(path) if os.path.exists(path) else None
+  version = (stat.st_size, stat.st_mtime_ns) if stat else None
+  return _read_dataset(source, path, split, skip_malformed, version)
+
+
+@functools.lru_cache(maxsize=2)
 def _read_dataset(
   source: str, path: str, split: str, skip_malformed: bool, version: tuple
 ) -> Dataset:
@@ -145,6 +210,13 @@ def _read_dataset(
       logging.warning("skipped %d malformed records in %s", result.skipped, path)
     lines = result.lines
     return Dataset(result.examples, lambda i: f"{path}:{lines[i]}", result.skipped)
+  if source in ("parquet", "arrow"):
+    from jaxpost.data.tables import read_table
+
+    table = read_table(source, path, split=split, skip_malformed=skip_malformed)
+    if table.skipped:
+      logging.warning("skipped %d malformed rows in %s", table.skipped, path)
+    return Dataset(table.examples, table.places.__getitem__, table.skipped)
   from jaxpost.data.tfds_source import read_tfds
 
   examples = read_tfds(path, split)

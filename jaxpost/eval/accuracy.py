@@ -7,6 +7,7 @@ sampler; each response is scored by the task's own checker.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -65,12 +66,13 @@ class Evaluator:
       self._problems[level] = tasks.heldout_set(level, self.num_examples, seed=self.seed)
     return self._problems[level]
 
-  def responses(self, state, prompts: list[str]) -> list[str]:
-    """Greedy responses (text up to EOS) for raw prompts."""
+  def responses(self, state, prompts: Sequence[str | template.Example]) -> list[str]:
+    """Greedy responses (text up to EOS) for raw prompts or examples' prompts (with
+    their chat context)."""
     out = []
     for i in range(0, len(prompts), self.batch_size):
       chunk = prompts[i : i + self.batch_size]
-      ids = [template.encode_prompt(self.tok, p) for p in chunk]
+      ids = [self._prompt_ids(p) for p in chunk]
       # Pad the batch to a fixed row count so every call reuses one compilation.
       ids += [ids[-1]] * (self.batch_size - len(ids))
       tokens, mask = _pad_to_bucket(*sampler.left_pad(ids, self.tok.pad_id), self.tok.pad_id)
@@ -79,6 +81,11 @@ class Evaluator:
       for row in range(len(chunk)):
         out.append(self.tok.decode(_strip_eos(new[row, : lengths[row]], self.tok.eos_id)))
     return out
+
+  def _prompt_ids(self, prompt: str | template.Example) -> list[int]:
+    if isinstance(prompt, str):
+      return template.encode_prompt(self.tok, prompt)
+    return template.encode_prompt(self.tok, prompt.prompt, context=prompt.context)
 
   def evaluate_level(self, state, level: str) -> LevelResult:
     problems = self.problems(level)

@@ -34,7 +34,7 @@ from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, tr
 from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
-from jaxpost.eval import accuracy
+from jaxpost.eval import accuracy, heldout
 from jaxpost.models import gguf, hf
 
 
@@ -151,7 +151,8 @@ class Run:
     optimizer, schedule: from ``config.optim``.
     ckpt: the checkpointer; ``data_state`` is what the restored checkpoint's host side
       saved ({} on a fresh run).
-    writer: metrics (JSONL + TensorBoard); evaluator: held-out accuracy.
+    writer: metrics (JSONL + TensorBoard); evaluator: held-out accuracy on task levels;
+      heldout_evaluator: held-out user data (None without it).
     sharded: more than one device or process (placement is a no-op otherwise).
     n_params: trainable + frozen parameter count of the trained model.
     t_start: wall-clock start (``should_stop``).
@@ -170,6 +171,7 @@ class Run:
   data_state: dict
   writer: metrics.MetricWriter
   evaluator: accuracy.Evaluator
+  heldout_evaluator: heldout.HeldOutEvaluator | None
   sharded: bool
   n_params: int
   t_start: float
@@ -211,12 +213,21 @@ class Run:
     self.ckpt.save(step, self.state, {**data, "step": step}, force=force)
 
   def evaluate(self, step: int, final: bool = False, write: bool = True) -> dict:
-    """Held-out accuracy on the eval levels (plus ``eval.final_levels`` when final)."""
+    """Held-out accuracy on the eval levels (plus ``eval.final_levels`` when final), and
+    on held-out user data its loss, perplexity and checked generations (level
+    "heldout")."""
     levels = eval_levels(self.config, final)
-    if not levels:
+    if not levels and self.heldout_evaluator is None:
       return {}
-    results = self.evaluator.evaluate(self.model_state(), levels)
-    m = accuracy.as_metrics(results, headline=tuple(eval_levels(self.config, final=False)))
+    state = self.model_state()
+    results = self.evaluator.evaluate(state, levels)
+    headline = tuple(eval_levels(self.config, final=False))
+    m = {}
+    if self.heldout_evaluator is not None:
+      m.update(self.heldout_evaluator.loss(state))
+      results[heldout.LEVEL] = self.heldout_evaluator.generate(state)
+      headline += (heldout.LEVEL,)
+    m.update(accuracy.as_metrics(results, headline=headline))
     if write:
       self.writer.write(step, m)
     for r in results.values():
@@ -351,6 +362,7 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
   # Records past the restored step (-1: no checkpoint) are from an interrupted run and
   # will be written again: drop them, so each step is logged exactly once.
   writer = metrics.MetricWriter(workdir, resume_step=int(data_state.get("step", -1)))
+  evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
   run = Run(
     config=config,
     workdir=workdir,
@@ -364,7 +376,8 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
     ckpt=ckpt,
     data_state=data_state,
     writer=writer,
-    evaluator=accuracy.Evaluator.from_config(graphdef, tok, config),
+    evaluator=evaluator,
+    heldout_evaluator=heldout.from_config(graphdef, evaluator, config),
     sharded=sharded,
     n_params=n_params,
     t_start=time.time(),
