@@ -2,8 +2,8 @@
 
 A source maps a global example index to ``(tokens, roles)``; the packer reads it in
 order, so the data position of a run is one integer. Procedural tasks are an unbounded
-stream by index; finite datasets (JSONL, Parquet, Arrow, tfds) are read in a fresh seeded permutation
-per epoch.
+stream by index; finite datasets (JSONL, Parquet, Arrow, tfds) are read in a fresh
+seeded permutation per epoch.
 
 Data errors surface before anything expensive: an empty dataset fails in the reader,
 and with ``data.overlong='error'`` an over-long example fails twice over early, first

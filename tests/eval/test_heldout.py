@@ -90,8 +90,7 @@ def test_loss_equals_per_example_reference(model, tok, batch_size, seq_len):
   assert m["eval/loss"] == pytest.approx(want, rel=1e-5)
   assert m["eval/perplexity"] == pytest.approx(math.exp(want), rel=1e-5)
   n_response = sum(
-    int((template.encode_example(tok, ex).roles[1:] != ROLE_PROMPT).sum())
-    for ex in EXAMPLES
+    int((template.encode_example(tok, ex).roles[1:] != ROLE_PROMPT).sum()) for ex in EXAMPLES
   )
   assert sum(float(b.loss_mask.sum()) for b in ev.batches) == n_response
 
@@ -150,7 +149,7 @@ def test_sft_on_parquet_reports_heldout_loss_and_accuracy(tmp_path):
   """A user's Parquet file with a held-out fraction: evaluated by loss, perplexity and
   exact match (the tasks' problems as user data, so a few steps move the loss)."""
   problems = [tasks.make_problem("add3", "train", 0, i) for i in range(64)]
-  rows = [{"prompt": p.prompt, "response": f"<think>{p.thinking}</think>{p.answer}"} for p in problems]
+  rows = [{"prompt": p.prompt, "response": template.render_response(p.example)} for p in problems]
   path = tmp_path / "add.parquet"
   pq.write_table(pa.Table.from_pylist(rows), path)
   c = sft_tiny(
