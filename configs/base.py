@@ -149,7 +149,7 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   c.train = config_dict.ConfigDict()
-  c.train.steps = 1000  # optimiser updates in total
+  c.train.steps = 1000  # optimiser updates in total (0 = only evaluate the start)
   c.train.microbatches = 1  # gradient accumulation splits of the global batch
   c.train.log_every = 25  # steps between metric lines
   c.train.checkpoint_every = 250  # steps between checkpoints (and one at the end)
@@ -172,7 +172,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
   declare(
     "train",
-    steps=integer(ge=1),
+    steps=integer(ge=0),
     microbatches=integer(ge=1),
     log_every=integer(ge=1),
     checkpoint_every=integer(ge=1),

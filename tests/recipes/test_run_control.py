@@ -115,3 +115,20 @@ def test_fork_refuses_a_run_of_another_recipe(tmp_path):
   config = sft_tiny(**{"train.init_from": str(src), "train.init_mode": "fork"})
   with pytest.raises(config_lib.ConfigError, match="is a rl run, this is the sft recipe"):
     common.fork_state(config, None)
+
+
+def test_zero_steps_evaluates_the_starting_model(tmp_path):
+  """train.steps=0: the start is evaluated and checkpointed as it is (a zero-shot row of a
+  sweep); with train.init_from, the loaded parameters are exactly what is saved."""
+  base = str(tmp_path / "base")
+  sft.run(sft_tiny(), base)
+  workdir = str(tmp_path / "zero")
+  result = sft.run(sft_tiny(**{"train.steps": 0, "train.init_from": base}), workdir)
+  assert result["step"] == 0 and "eval/accuracy" in result
+  recs = metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in recs if "eval/accuracy" in r] == [0]
+  assert not any("train/loss" in r for r in recs)
+  zero, _ = _params(workdir)
+  trained, _ = _params(base)
+  for a, b in zip(jax.tree.leaves(zero["params"]), jax.tree.leaves(trained["params"]), strict=True):
+    np.testing.assert_array_equal(a, b)
