@@ -95,7 +95,13 @@ def test_runs_errors(sweep, match):
 
 
 def test_load_sweep_files(tmp_path):
-  for name in ("grpo_demo.py", "grpo_demo.py:tiny", "rl_algorithms.py", "sft_lr.py:tiny", "smollm2.py"):
+  for name in (
+    "grpo_demo.py",
+    "grpo_demo.py:tiny",
+    "rl_algorithms.py",
+    "sft_lr.py:tiny",
+    "smollm2.py",
+  ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
     assert launch.plan(sweep)  # every shipped sweep's every run passes the field checks
