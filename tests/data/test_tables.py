@@ -3,11 +3,11 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from recipes.tiny_configs import sft_tiny  # tests/ is on sys.path (its conftest.py)
 
 from jaxpost import config_lib
 from jaxpost.data import DataError, Example, pipeline
 from jaxpost.data.tables import read_table
-from tests.recipes.tiny_configs import sft_tiny
 
 ROWS = [
   {"prompt": "1+1", "response": "<think>1+1=2</think>2", "id": 0},

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from flax import nnx
+from recipes.tiny_configs import sft_tiny  # tests/ is on sys.path (its conftest.py)
 
 from jaxpost import scoring
 from jaxpost.data import Example, tasks, template
@@ -18,7 +19,6 @@ from jaxpost.eval import accuracy, checkers, heldout
 from jaxpost.models import ModelConfig
 from jaxpost.recipes import sft
 from jaxpost.types import ROLE_PROMPT
-from tests.recipes.tiny_configs import sft_tiny
 
 EXAMPLES = [
   Example("357+468", "7+8+0=15,5+6+1=12,3+4+1=08", "825"),
