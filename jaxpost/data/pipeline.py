@@ -179,21 +179,35 @@ def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
       f"data.eval_fraction={fraction} of {n} examples leaves none to train on; lower it"
     )
   order = np.random.default_rng(HELDOUT_SEED).permutation(n)
-  parts = []
-  for indices in (np.sort(order[k:]), np.sort(order[:k])):
-    where = functools.partial(lambda idx, i: dataset.where(int(idx[i])), indices)
-    parts.append(Dataset(_Subset(dataset.examples, indices), where))
-  train, heldout = parts
-  return dataclasses.replace(train, skipped=dataset.skipped), heldout
+
+  def part(indices: np.ndarray, skipped: int = 0) -> Dataset:
+    where = lambda i: dataset.where(int(indices[i]))  # noqa: E731 (a place per index)
+    return Dataset(_Subset(dataset.examples, indices), where, skipped)
+
+  return part(np.sort(order[k:]), dataset.skipped), part(np.sort(order[:k]))
 
 
 def _load(source: str, path: str, split: str, skip_malformed: bool) -> Dataset:
   if source not in USER_SOURCES:
     raise ValueError(f"data.source={source!r} has no example list")
-  # A missing path is left to the reader, whose error says what it looked for.
-  stat = os.stat(path) if os.path.exists(path) else None
-  version = (stat.st_size, stat.st_mtime_ns) if stat else None
-  return _read_dataset(source, path, split, skip_malformed, version)
+  return _read_dataset(source, path, split, skip_malformed, _version(path))
+
+
+def _version(path: str) -> tuple | None:
+  """What changes when the data at ``path`` changes: size and mtime of the file, or of
+  every file under a directory. None for a missing path (the reader reports it) or a
+  tfds name."""
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    return (stat.st_size, stat.st_mtime_ns)
+  if not os.path.isdir(path):
+    return None
+  out = []
+  for root, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      stat = os.stat(os.path.join(root, name), follow_symlinks=False)
+      out.append((os.path.join(root, name), stat.st_size, stat.st_mtime_ns))
+  return tuple(out)
 
 
 @functools.lru_cache(maxsize=2)

@@ -153,3 +153,15 @@ def test_heldout_file_and_split_and_config_errors(tmp_path):
     config_lib.validate(sft_tiny(**{"data.eval_fraction": 0.1}))
   with pytest.raises(config_lib.ConfigError, match="no such file or directory"):
     config_lib.validate(_config(tmp_path / "absent.parquet"))
+
+
+def test_a_rewritten_file_in_a_directory_is_read_again(tmp_path):
+  """The reader's cache is keyed by every file under a directory, not the directory's
+  own size and mtime (which do not change when a file is rewritten in place)."""
+  (tmp_path / "d").mkdir()
+  _parquet(tmp_path / "d" / "part-0.parquet", ROWS[:1])
+  pipeline._read_dataset.cache_clear()
+  c = _config(tmp_path / "d")
+  assert len(pipeline.load_dataset(c)) == 1
+  _parquet(tmp_path / "d" / "part-0.parquet", ROWS)
+  assert len(pipeline.load_dataset(c)) == 3
