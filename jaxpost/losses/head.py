@@ -17,9 +17,11 @@ import jax.numpy as jnp
 
 from pallas_kernels.fused_linear_divergence import (
   TokenStats,
+  TopK,
   fused_linear_divergence,
   fused_linear_divergence_sum,
 )
+from pallas_kernels.fused_linear_divergence.reference import token_divergence
 
 # config.kernels.lm_head -> implementation of the fused op (None = full logits).
 LM_HEADS = {"logits": None, "fused": "auto", "fused_xla": "xla", "fused_pallas": "pallas"}
@@ -186,3 +188,136 @@ def _as_target_stats(stats: TokenStats, shape, label_smoothing) -> TargetStats:
       entropy=stats.entropy,
     ),
   )
+
+
+# ----------------------------------------------------------------------------------------
+# Divergences from a teacher (distillation): the same two paths as ``target_stats``.
+
+
+def vocab_size(outputs) -> int:
+  """V of logits [..., V], a ``FusedHead`` or a ``TopK`` teacher (its k + tail: not a V)."""
+  if isinstance(outputs, FusedHead):
+    return outputs.vocab_size
+  if isinstance(outputs, TopK):
+    raise ValueError("a top-k teacher has no vocabulary axis")
+  return outputs.shape[-1]
+
+
+def first_tokens(outputs, n: int):
+  """``outputs`` restricted to token ids [0, n): logits [..., :n] or the head's first n
+  columns. Distillation between models whose embeddings are padded past the
+  tokenizer's ids compares the distributions over the real ids only."""
+  if isinstance(outputs, FusedHead):
+    return outputs.replace(weight=outputs.weight[:, :n])
+  return outputs[..., :n]
+
+
+def divergence_stats(
+  outputs: jax.Array | FusedHead,
+  teacher: jax.Array | FusedHead | TopK,
+  mask: jax.Array,
+  *,
+  kind: str,
+  beta: float = 0.5,
+  temperature: float = 1.0,
+) -> TokenStats:
+  """Per-token divergence of the model from a teacher, from logits or fused heads.
+
+  Args:
+    outputs: the student's f32[B, T, V] logits or a ``FusedHead``.
+    teacher: the teacher's f32[B, T, V] logits, a ``FusedHead`` (its own hidden states
+      and head; never materialised when ``outputs`` is fused too) or a ``TopK`` with
+      [B, T, k] ids / log-probs (taken as given, no temperature). No gradient flows
+      into the teacher.
+    mask: [B, T] 1 where the token counts; other positions give 0 and no gradient.
+    kind: fkl | rkl | jsd (``pallas_kernels.fused_linear_divergence.reference``).
+    beta: the JSD's teacher weight (0 = fkl, 1 = rkl exactly).
+    temperature: divides both models' logits (not a ``TopK``'s log-probs).
+
+  Returns:
+    ``TokenStats`` of f32[B, T] arrays (``loss`` is the divergence).
+  """
+  chex.assert_rank(mask, 2)
+  rows, options = _divergence_call(outputs, teacher, mask, kind, beta, temperature)
+  if options is None:  # materialised logits
+    stats = token_divergence(*rows, kind=kind, beta=beta)
+  else:
+    stats = fused_linear_divergence(*rows, **options)
+  return jax.tree.map(lambda x: x.reshape(mask.shape), stats)
+
+
+def reduced_divergence(
+  outputs: jax.Array | FusedHead,
+  teacher: jax.Array | FusedHead | TopK,
+  mask: jax.Array,
+  reduce_fn,
+  *,
+  kind: str,
+  beta: float = 0.5,
+  temperature: float = 1.0,
+) -> tuple[jax.Array, TokenStats]:
+  """``reduce_fn(divergence)`` and the per-token statistics, for a *linear* ``reduce_fn``.
+
+  The divergence counterpart of ``reduced_nll``: with a ``FusedHead`` the per-token
+  weights (the gradient of ``reduce_fn``) go into the fused op, which forms the gradient
+  in its forward pass (each chunk's logits built once); the statistics then carry no
+  gradient. Arguments as ``divergence_stats``.
+  """
+  if not isinstance(outputs, FusedHead):
+    stats = divergence_stats(outputs, teacher, mask, kind=kind, beta=beta, temperature=temperature)
+    return reduce_fn(stats.loss), stats
+  token_weights = jax.grad(reduce_fn)(jnp.zeros(mask.shape, jnp.float32)).reshape(-1)
+  rows, options = _divergence_call(outputs, teacher, mask, kind, beta, temperature)
+  total, stats = fused_linear_divergence_sum(*rows, token_weights=token_weights, **options)
+  return total, jax.tree.map(lambda x: x.reshape(mask.shape), stats)
+
+
+def _divergence_call(outputs, teacher, mask, kind, beta, temperature):
+  """Row-major arguments for the fused op (FusedHead) or ``token_divergence`` (logits).
+
+  Returns ((h, w) and keyword options, or the positional arguments of
+  ``token_divergence`` and None).
+  """
+  n = mask.shape[0] * mask.shape[1]
+  on = mask.reshape(n) > 0
+  teacher = jax.lax.stop_gradient(teacher)
+  if isinstance(teacher, TopK):
+    rows = TopK(ids=teacher.ids.reshape(n, -1), logp=teacher.logp.reshape(n, -1))
+  elif isinstance(teacher, FusedHead) and isinstance(outputs, FusedHead):
+    rows = (teacher.hidden.reshape(n, -1), teacher.weight)  # never materialised
+  else:  # the student's logits are materialised anyway (or the teacher gave logits)
+    logits = _logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
+    rows = logits.astype(jnp.float32).reshape(n, -1)
+  if not isinstance(outputs, FusedHead):
+    zs = outputs.astype(jnp.float32).reshape(n, -1) / temperature
+    if not isinstance(rows, TopK):
+      rows = rows / temperature
+    return (zs, rows, None, on, None), None
+  options = dict(
+    kind=kind,
+    teacher=rows,
+    mask=on,
+    beta=beta,
+    temperature=temperature,
+    implementation=None if outputs.implementation == "auto" else outputs.implementation,
+    chunk_size=outputs.chunk_size or None,
+  )
+  return (outputs.hidden.reshape(n, -1), outputs.weight), options
+
+
+def top_k_teacher(teacher: jax.Array | FusedHead, k: int, temperature: float = 1.0) -> TopK:
+  """The teacher's k most likely tokens and their log-probs under softmax(z / T).
+
+  What an offline teacher shard stores (the rest of the mass is the tail bucket of the
+  divergence). Builds the teacher's [B, T, V] logits; no gradient.
+  """
+  logits = _logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
+  logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature)
+  if not 0 < k <= logp.shape[-1]:
+    raise ValueError(f"top_k must be in [1, {logp.shape[-1]}], got {k}")
+  values, ids = jax.lax.top_k(logp, k)
+  return TopK(ids=ids.astype(jnp.int32), logp=values)
+
+
+def _logits_of(head: FusedHead) -> jax.Array:
+  return jnp.einsum("...d,dv->...v", head.hidden, head.weight, preferred_element_type=jnp.float32)

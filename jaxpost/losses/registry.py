@@ -13,6 +13,12 @@ Each family has one contract, and the train step builds its objective from the f
     loss(logp: f32[B, T], rollout: Rollout, *, norm: Normalizers, entropy=None, **hparams)
         -> (loss: f32[], metrics: dict[str, f32[]])
 
+``distill`` (``distill.py``) takes the student's outputs and a frozen teacher's at the
+same positions (logits, a ``FusedHead`` or a top-k ``TopK``)::
+
+    loss(outputs, teacher, batch: Batch, *, norm: Normalizers, **hparams)
+        -> (loss: f32[], metrics: dict[str, f32[]])
+
 ``norm`` holds the global-batch counts (see ``losses/reduce.py``). Both the loss and
 every metric must be *additive over micro-batches*: already divided by the global
 normalisers, so the train step can sum them across gradient-accumulation steps.
@@ -28,9 +34,9 @@ from jaxpost.registry import Registry
 
 LOSSES = Registry(
   "loss",
-  families=("token", "policy"),
+  families=("token", "policy", "distill"),
   builtins=("jaxpost.losses.*",),  # every module of jaxpost/losses: a new file registers
-  contract={"token": ("norm",), "policy": ("norm", "entropy")},
+  contract={"token": ("norm",), "policy": ("norm", "entropy"), "distill": ("norm",)},
 )
 
 register = LOSSES.register

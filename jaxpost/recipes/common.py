@@ -9,6 +9,7 @@
                        subset, placement on the mesh (a no-op on one device), the
                        checkpointer (resumed if it has a step), metric writer, evaluator;
   frozen_model         another model as a frozen state (a reference, a teacher);
+  load_teacher         ``config.teacher`` as a frozen state with its own graph;
   should_stop          the stop rule (``train.max_minutes``, ``train.stop_after``);
   finish               the last checkpoint, final evaluation, export, plot and summary.
 
@@ -54,9 +55,16 @@ def validate_and_start(config, workdir: str, recipe: str):
   return mesh
 
 
-def load_tokenizer(config, workdir: str):
-  """``train.init_from``'s tokenizer when starting from a run, else ``pipeline``'s."""
+def load_tokenizer(config, workdir: str, *, teacher: bool = False):
+  """``train.init_from``'s tokenizer when starting from a run, else ``pipeline``'s.
+
+  With ``teacher`` (the run reads ``config.teacher``), a run with no tokenizer of its
+  own (no init_from, tokenizer.path or model file) takes ``teacher.init_from``'s: a
+  student must use its teacher's token ids.
+  """
   init = zoo.resolve(config.train.init_from)
+  if not init and teacher:
+    init = zoo.resolve(config.teacher.init_from)
   if init and not (config.tokenizer.path or config.model.hf_dir or config.model.gguf):
     path = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model")
     if not os.path.exists(path):
@@ -136,6 +144,50 @@ def frozen_model(config, vocab_size: int, **source):
   """
   graphdef, params, rest = train.split_model(build_model(config, vocab_size, **source))
   return graphdef, (params, rest)
+
+
+def check_teacher(config) -> None:
+  """Fails early unless ``config.teacher`` names a model to load (a method reads it)."""
+  t = config.teacher
+  if not (t.hf_dir or t.gguf or t.init_from):
+    raise config_lib.ConfigError(
+      "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir "
+      "or teacher.gguf"
+    )
+  if t.init_from:
+    config_lib.run_dir(t.init_from, "teacher.init_from")
+
+
+def load_teacher(config, tok):
+  """The frozen teacher of ``config.teacher`` as ``(graphdef, (params, rest))``.
+
+  Its own graph (any size or architecture); its token ids must be the tokenizer's: a
+  teacher embedding fewer ids than the tokenizer has is an error, and one padded to
+  another size than the student needs ``teacher.shared_vocab`` (checked when traced).
+  """
+  check_teacher(config)
+  t = config.teacher
+  init = zoo.resolve(t.init_from)
+  own = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model") if init else ""
+  if own and os.path.exists(own) and not (t.hf_dir or t.gguf):
+    theirs = SentencePieceTokenizer.load(own)
+    same = theirs.vocab_size == tok.vocab_size and all(
+      theirs.id_to_piece(i) == tok.id_to_piece(i) for i in range(tok.vocab_size)
+    )
+    if not same:
+      raise config_lib.ConfigError(
+        f"teacher.init_from={t.init_from!r} was trained with another tokenizer "
+        f"({theirs.vocab_size} ids vs this run's {tok.vocab_size}, or other pieces): a "
+        "teacher must share the student's token ids (train the student with its tokenizer)"
+      )
+  return frozen_model(
+    config,
+    tok.vocab_size,
+    size=t.size or None,  # none of size / hf_dir / gguf: built like the trained model
+    hf_dir=t.hf_dir or None,
+    gguf_path=t.gguf or None,
+    init_from=t.init_from,
+  )
 
 
 @dataclasses.dataclass

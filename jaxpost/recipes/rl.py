@@ -13,7 +13,7 @@ One RL step:
               exactly as the sampler records it, log_softmax(f32 logits / temperature),
               or with ``rl.old_logp=sampler`` the sampler's records stand in for it (no
               forward); the frozen reference gives ``ref_logp`` and the teacher
-              (``rl.teacher``, its own graph) ``teacher_logp`` when the loss or a token
+              (``teacher``, its own graph) ``teacher_logp`` when the loss or a token
               reward reads them; with ``rl.shared_prompt`` (default) every forward pass,
               here and in the update, runs each group's prompt once (``scoring``);
   4. advantage token rewards (``reward.token_terms``: the KL in the reward, per-step
@@ -44,7 +44,7 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from jaxpost import config_lib, fields, models, rewards, scoring, train
+from jaxpost import config_lib, fields, rewards, scoring, train
 from jaxpost.data import tasks
 from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
@@ -75,12 +75,6 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.old_logp = "recompute"  # pi_old of the ratio: recompute (a forward pass) | sampler
   c.rl.shared_prompt = True  # score/update each group's prompt once, not G times (exact)
   c.rl.reference = ""  # workdir of the frozen reference; "" = the policy's starting point
-  # The teacher whose log-probs ("teacher_logp") token rewards may read (on-policy
-  # distillation); loaded only when a reward needs it. Same tokenizer as the policy.
-  c.rl.teacher = config_dict.ConfigDict()
-  c.rl.teacher.size = ""  # named size of the teacher; "" = model.size
-  c.rl.teacher.hf_dir = ""  # a Hugging Face checkpoint dir to load the teacher from
-  c.rl.teacher.init_from = ""  # or a run's workdir whose latest params the teacher loads
   c.rl.epochs = 1  # passes of policy updates over each rollout batch
   c.rl.minibatches = 1  # optimiser updates per pass, each on B / minibatches shuffled rows
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill
@@ -104,12 +98,6 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     dynamic_sampling=fields.FLAG,
     max_sample_rounds=fields.integer(ge=1),
     mask_truncated=fields.FLAG,
-  )
-  fields.declare(
-    "rl.teacher",
-    size=fields.Text("a named size", check=_check_size),
-    hf_dir=fields.TEXT,
-    init_from=fields.TEXT,
   )
 
   # Rewards: a weighted sum of registered sequence rewards (jaxpost/rewards), plus token
@@ -172,11 +160,6 @@ def _terms_check(names):
   return check
 
 
-def _check_size(size: str) -> None:
-  if size not in models.NAMED_SIZES:
-    raise ValueError(f"one of {tuple(models.NAMED_SIZES)}")
-
-
 def validate(c: config_dict.ConfigDict) -> None:
   """The ``rl`` and ``reward`` sections and how they fit the rest (config_lib calls it)."""
   r = c.rl  # each field's own range is checked by its declared rule (config_sections)
@@ -200,7 +183,6 @@ def validate(c: config_dict.ConfigDict) -> None:
       "rl.shared_prompt=False"
     )
   config_lib.run_dir(r.reference, "rl.reference")
-  config_lib.run_dir(r.teacher.init_from, "rl.teacher.init_from")
   if c.data.source != "tasks":
     raise config_lib.ConfigError(
       "the rl recipe draws prompts from the tasks: data.source must be 'tasks'"
@@ -208,8 +190,8 @@ def validate(c: config_dict.ConfigDict) -> None:
   try:
     reward_spec(c)
     needs = token_rewards.needs(token_rewards.make_spec(c.reward.token_terms, c.reward))
-    if "teacher_logp" in needs and not (r.teacher.hf_dir or r.teacher.init_from):
-      raise ValueError("a token reward reads teacher_logp: set rl.teacher.hf_dir or .init_from")
+    if "teacher_logp" in needs:
+      common.check_teacher(c)
     for name in token_rewards.TOKEN_REWARDS.names():  # used or not: a bad value fails now
       token_rewards.TOKEN_REWARDS.validate_hparams(name, c.reward[name], where=f"reward.{name}")
   except (KeyError, TypeError, ValueError) as e:
@@ -293,10 +275,7 @@ def run(config, workdir: str) -> dict:
     _, ref_state = common.frozen_model(config, tok.vocab_size, init_from=r.reference or None)
     run_.frozen["reference"] = run_.place(ref_state)
   if "teacher_logp" in token_rewards.needs(token_spec):  # its own graph, its own scorer
-    t = r.teacher
-    t_graph, t_state = common.frozen_model(
-      config, tok.vocab_size, size=t.size or None, hf_dir=t.hf_dir or None, init_from=t.init_from
-    )
+    t_graph, t_state = common.load_teacher(config, tok)
     run_.frozen["teacher"] = run_.place(t_state)
 
   # Compiled pieces: sampler, scorer (completions only, shared prompts), policy update.

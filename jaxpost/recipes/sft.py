@@ -4,13 +4,18 @@ tokenizer -> example source -> model -> (resume?) -> loop { pack batch -> jitted
 train step -> log -> evaluate -> checkpoint } -> final evaluation, plot, summary.
 
 The loss is looked up by name in the registry (any loss of the "token" family), so
-SFT's token-level variants are new loss functions, not new loops. A run is resumable:
-re-running with the same workdir restores params, optimizer state, RNG and the data
-position, and then produces exactly what the uninterrupted run would have.
+SFT's token-level variants are new loss functions, not new loops. A "distill" loss
+(off-policy distillation) also reads a frozen teacher (``config.teacher``, its own graph
+and scorer) on the same batch, passed to the train step as ``frozen["teacher"]``.
+
+A run is resumable: re-running with the same workdir restores params, optimizer state,
+RNG and the data position, and then produces exactly what the uninterrupted run would
+have.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -23,8 +28,14 @@ from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
 from jaxpost.types import Batch
 
-LOSS_FAMILIES = ("token",)
+LOSS_FAMILIES = ("token", "distill")
 DEFAULT_LOSS = "cross_entropy"
+
+
+def validate(c) -> None:
+  """A distill loss needs a teacher (config_lib.validate calls this once)."""
+  if LOSSES.family(c.loss.name) == "distill":
+    common.check_teacher(c)
 
 
 @register("sft")
@@ -33,7 +44,8 @@ def run(config, workdir: str) -> dict:
   mesh = common.validate_and_start(config, workdir, "sft")
 
   # Data: a tokenizer (trained once per workdir) and a stateless example source.
-  tok = common.load_tokenizer(config, workdir)
+  distill = LOSSES.family(config.loss.name) == "distill"
+  tok = common.load_tokenizer(config, workdir, teacher=distill)
   data_counts = {}  # e.g. data/skipped_malformed: recorded at step 0, never dropped silently
   source, dataset_size = pipeline.build_source(config, tok, data_counts)
 
@@ -60,8 +72,19 @@ def run(config, workdir: str) -> dict:
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
+  readers = {}
+  if distill:  # a frozen teacher of its own graph, read on the same batch
+    t_graph, t_state = common.load_teacher(config, tok)
+    run_.frozen["teacher"] = run_.place(t_state)
+    readers = dict(
+      teacher=dataclasses.replace(scorer, graphdef=t_graph),
+      shared_vocab=config.teacher.shared_vocab,
+    )
   objective = train.make_objective(
-    LOSSES.family(name), scorer, LOSSES.bind(name, config.loss[name], where=f"loss.{name}")
+    LOSSES.family(name),
+    scorer,
+    LOSSES.bind(name, config.loss[name], where=f"loss.{name}"),
+    **readers,
   )
   train_step = run_.compile_step(
     train.make_train_step(
