@@ -3,7 +3,7 @@
 An entry is a named, deterministic recipe (a config file and overrides, for a seed).
 ``path(name, seed)`` returns its run directory, training it first if the cache lacks it;
 a run-directory field of any config (``train.init_from``, ``rl.reference``,
-``rl.teacher.init_from``) may say ``zoo:NAME`` or ``zoo:NAME@SEED`` instead of a path.
+``teacher.init_from``) may say ``zoo:NAME`` or ``zoo:NAME@SEED`` instead of a path.
 
 Cache: ``$JAXPOST_ZOO_DIR`` (default ``~/.cache/jaxpost/zoo``), one directory per
 ``NAME@SEED-HASH``, where HASH covers every config field and the jaxpost version, so an

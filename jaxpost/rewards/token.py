@@ -203,7 +203,7 @@ def teacher_log_ratio(rollout, scores) -> np.ndarray:
   per-token reverse KL(pi || p_teacher) on the student's own samples, as in GKD's
   on-policy setting (arXiv 2306.13649) and "On-Policy Distillation" (Thinking
   Machines, 2025), whose reward is this negative reverse-KL estimate. The teacher is
-  ``rl.teacher`` (the recipe loads it when a term needs "teacher_logp").
+  ``teacher`` (the config section; the recipe loads it when a term needs "teacher_logp").
 
   Args:
     rollout: uses batch.loss_mask.

@@ -4,8 +4,9 @@ Nothing here names a loss: the cases come from ``LOSSES.names()``, so a loss is 
 by being registered (as optax's alias tests do). Each family in ``_FAMILIES`` builds the
 inputs its contract takes: for "token" logits f32[B, T, V] or a ``FusedHead`` and a
 packed ``Batch`` (prompt / think / answer roles, masked prompt and padding targets);
-for "policy" log-probs f32[B, T], entropy and a ``Rollout``. Every loss, at its default
-hyperparameters, must
+for "policy" log-probs f32[B, T], entropy and a ``Rollout``; for "distill" the token
+family's inputs twice, the student's and a teacher's (logits, or two fused heads).
+Every loss, at its default hyperparameters, must
 
   * run under ``jax.jit`` and return an f32[] loss and a dict of f32[] metrics;
   * take bf16 model outputs (f32 loss, close to the f32 result);
@@ -55,7 +56,7 @@ B, T, V, D = len(_LAYOUT), 10, 13, 6
 _ROLE = {"p": ROLE_PROMPT, "t": ROLE_THINK, "a": ROLE_ANSWER}
 
 # Leaves of the model outputs shared by all rows (not split, sharded or concatenated).
-_SHARED = frozenset({"weight"})
+_SHARED = frozenset({"weight", "teacher_weight"})
 
 
 def _layout(layout=_LAYOUT, t=T):
@@ -175,9 +176,37 @@ class _PolicyFamily:
     return rollout.replace(batch=batch.replace(loss_mask=jnp.zeros_like(batch.loss_mask)))
 
 
+class _DistillFamily(_TokenFamily):
+  """``loss(outputs, teacher, batch, *, norm)``: student and teacher, both logits or both
+  fused heads (the teacher's hidden width differs from the student's)."""
+
+  def make(self, kind: str, seed: int, garbage: str = "large", layout=_LAYOUT):
+    x, batch = super().make(kind, seed, garbage, layout)
+    rng = np.random.default_rng(seed + 1000)
+    mask = np.asarray(batch.loss_mask)
+    b = len(layout)
+    if kind == "logits":
+      z = rng.normal(size=(b, T, V)) * 2.0
+      return {**x, "teacher_logits": _bf16_exact(_poison(z, mask, rng, garbage))}, batch
+    h = rng.normal(size=(b, T, D + 2))
+    w = rng.normal(size=(D + 2, V)) / np.sqrt(D + 2) * 2.0
+    teacher = {
+      "teacher_hidden": _bf16_exact(_poison(h, mask, rng, garbage)),
+      "teacher_weight": _bf16_exact(w),
+    }
+    return {**x, **teacher}, batch
+
+  def call(self, fn, kind, x, batch, norm):
+    if kind == "logits":
+      return fn(x["logits"], x["teacher_logits"], batch, norm=norm)
+    student = FusedHead(x["hidden"], x["weight"], "xla", 0)
+    teacher = FusedHead(x["teacher_hidden"], x["teacher_weight"], "xla", 0)
+    return fn(student, teacher, batch, norm=norm)
+
+
 # Loss family -> how the contract test builds its inputs. A family registered in
 # LOSSES without an entry here fails test_every_family_has_a_contract_case.
-_FAMILIES = {"token": _TokenFamily(), "policy": _PolicyFamily()}
+_FAMILIES = {"token": _TokenFamily(), "policy": _PolicyFamily(), "distill": _DistillFamily()}
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -346,8 +375,13 @@ _NAN_LOGITS = pytest.mark.xfail(
   strict=True,
   reason="materialised logits: NaN/inf at masked slots give NaN gradients (see comment)",
 )
+# Distill losses mask the logits inside the divergence (reference.token_divergence), so
+# their materialised path is NaN-safe too.
 NAN_CASES = [
-  pytest.param(n, k, id=f"{n}-{k}", marks=_NAN_LOGITS if k == "logits" else ()) for n, k in CASES
+  pytest.param(
+    n, k, id=f"{n}-{k}", marks=_NAN_LOGITS if k == "logits" and LOSSES.family(n) == "token" else ()
+  )
+  for n, k in CASES
 ]
 
 

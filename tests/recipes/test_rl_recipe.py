@@ -606,7 +606,7 @@ def test_teacher_log_ratio_is_a_direct_token_advantage_by_hand():
 
 
 def test_on_policy_distillation_from_a_teacher_of_another_size(tmp_path, random_decoder):
-  """A token reward that reads teacher_logp makes the recipe load rl.teacher (here a wider,
+  """A token reward that reads teacher_logp makes the recipe load the teacher (here a wider,
   deeper model from a Hugging Face dir) and score it with its own graph."""
   from jaxpost.models import hf
 
@@ -628,10 +628,10 @@ def test_on_policy_distillation_from_a_teacher_of_another_size(tmp_path, random_
       "train.steps": 1,
       "eval.every": 0,
       "reward.token_terms": (("teacher_log_ratio", 1.0),),
-      "rl.teacher.hf_dir": teacher_dir,
+      "teacher.hf_dir": teacher_dir,
     }
   )
-  with pytest.raises(config_lib.ConfigError, match="rl.teacher"):
+  with pytest.raises(config_lib.ConfigError, match="teacher.init_from"):
     bad = _run_config(**{"reward.token_terms": (("teacher_log_ratio", 1.0),)})
     config_lib.validate(bad)
   result = rl.run(c, str(tmp_path / "run"))

@@ -1,0 +1,116 @@
+"""Off-policy distillation through the SFT recipe: a frozen teacher in the train step."""
+
+import os
+
+import numpy as np
+import pytest
+from tiny_configs import sft_tiny  # tests/recipes
+
+from jaxpost import config_lib, metrics, models
+from jaxpost.data import pipeline
+from jaxpost.recipes import sft
+
+pytestmark = pytest.mark.usefixtures("subprocess_env")
+
+
+def _records(workdir):
+  return metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """A tiny SFT run (its tokenizer and 6 steps of training): the teacher."""
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  sft.run(sft_tiny(**{"train.steps": 6, "optim.lr": 5e-3}), workdir)
+  return workdir
+
+
+def _kd(**overrides):
+  return sft_tiny(**{"loss.name": "kd", **overrides})
+
+
+def test_a_student_started_at_its_teacher_has_zero_divergence(tmp_path, teacher_dir):
+  """The train step reads frozen["teacher"]: a student that *is* the teacher (same
+  parameters, its own copy) starts at divergence 0, and moves away from it only by the
+  update's noise-free drift (it is at its minimum, so the gradient is ~0)."""
+  c = _kd(**{"teacher.init_from": teacher_dir, "train.init_from": teacher_dir, "train.steps": 2})
+  result = sft.run(c, str(tmp_path / "run"))
+  first = [r for r in _records(str(tmp_path / "run")) if "train/divergence" in r][0]
+  assert first["step"] == 1
+  assert abs(first["train/divergence"]) < 1e-6
+  assert first["train/grad_norm"] < 1e-4
+  assert abs(result["train/divergence"]) < 1e-5
+
+
+def test_a_fresh_student_learns_the_teachers_distribution(tmp_path, teacher_dir):
+  """A student from scratch takes the teacher's tokenizer and lowers its divergence."""
+  c = _kd(
+    **{
+      "teacher.init_from": teacher_dir,
+      "train.steps": 12,
+      "optim.lr": 5e-3,
+      "optim.warmup_steps": 1,
+      "loss.kd.divergence": "jsd",
+    }
+  )
+  sft.run(c, str(tmp_path / "run"))
+  div = [r["train/divergence"] for r in _records(str(tmp_path / "run")) if "train/divergence" in r]
+  assert len(div) == 12 and all(np.isfinite(div))
+  assert np.mean(div[-3:]) < 0.7 * np.mean(div[:3])
+
+
+def test_fused_heads_train_like_materialised_logits(tmp_path, teacher_dir):
+  """kernels.lm_head=fused reads both models as fused heads: the same run up to float
+  summation order."""
+  runs = {}
+  for head in ("logits", "fused"):
+    c = _kd(**{"teacher.init_from": teacher_dir, "train.steps": 3, "kernels.lm_head": head})
+    runs[head] = sft.run(c, str(tmp_path / head))
+  for key in ("train/loss", "train/divergence", "train/grad_norm"):
+    np.testing.assert_allclose(runs["fused"][key], runs["logits"][key], rtol=2e-4, err_msg=key)
+
+
+def test_a_kd_run_without_a_teacher_fails_before_any_work(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="teacher.init_from"):
+    sft.run(_kd(), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_teacher_with_other_token_ids_is_refused(tmp_path, teacher_dir):
+  """A student started from a run with another tokenizer cannot distill from this one."""
+  other = str(tmp_path / "other")
+  sft.run(sft_tiny(**{"tokenizer.vocab_size": 40, "train.steps": 1}), other)
+  c = _kd(**{"teacher.init_from": teacher_dir, "train.init_from": other})
+  with pytest.raises(config_lib.ConfigError, match="another tokenizer"):
+    sft.run(c, str(tmp_path / "run"))
+
+
+def test_a_teacher_of_another_size_and_padded_vocabulary(tmp_path, teacher_dir, random_decoder):
+  """A wider, deeper Hugging Face teacher whose embedding is padded past the tokenizer's
+  ids: refused with a hint until teacher.shared_vocab says which ids to compare."""
+  from jaxpost.data.tokenizer import SentencePieceTokenizer
+  from jaxpost.models import hf
+
+  tok = SentencePieceTokenizer.load(os.path.join(teacher_dir, pipeline.TOKENIZER_PREFIX + ".model"))
+  config = models.named_config(
+    "tiny",
+    vocab_size=tok.vocab_size + 16,
+    d_model=48,
+    n_layers=3,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=12,
+    mlp_dim=96,
+    max_seq_len=256,
+  )
+  hf_dir = str(tmp_path / "hf_teacher")
+  hf.save_model(random_decoder(config, seed=3), hf_dir)
+  tok_path = os.path.join(teacher_dir, pipeline.TOKENIZER_PREFIX + ".model")
+  base = {"teacher.hf_dir": hf_dir, "tokenizer.path": tok_path}
+  with pytest.raises(ValueError, match="shared_vocab"):
+    sft.run(_kd(**base), str(tmp_path / "refused"))
+  result = sft.run(
+    _kd(**base, **{"teacher.shared_vocab": tok.vocab_size, "train.steps": 2}),
+    str(tmp_path / "run"),
+  )
+  assert np.isfinite(result["train/divergence"]) and result["train/divergence"] > 0.01
