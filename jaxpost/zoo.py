@@ -117,6 +117,17 @@ register(
   **_MUL2X2,
 )
 register(
+  "teacher-mul2x2",
+  "teacher for the tiny distillation experiments: the quickstart trained to the end "
+  "(1500 steps, about 96% held-out mul2x2 and 100% add3), same size as its students",
+  "quickstart.py",
+  5.0,
+  train__max_minutes=0.0,
+  train__checkpoint_every=100_000,
+  eval__every=0,
+  eval__final_levels="",
+)
+register(
   "teacher-mul",
   "teacher: the w-tiny size (~4M parameters with this tokenizer, 10x the quickstart's) "
   "trained on 2x2 and 3x3 multiplication with the quickstart's tokenizer settings",
