@@ -61,8 +61,10 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   A trained tokenizer is saved in the workdir so that resuming (and evaluating) a
   run uses exactly the same vocabulary.
   """
-  if config.tokenizer.path:
-    return load_tokenizer(config.tokenizer.path)
+  if config.tokenizer.path:  # a file, a directory holding one, or a run / zoo:NAME's
+    from jaxpost import zoo
+
+    return load_tokenizer(zoo.resolve(config.tokenizer.path))
   if config.model.hf_dir:
     # A pretrained checkpoint comes with its own vocabulary.
     return load_tokenizer(config.model.hf_dir)

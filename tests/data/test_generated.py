@@ -1,5 +1,6 @@
 """Datasets a model writes (SeqKD and self-data methods): load_run + generate_dataset."""
 
+import copy
 import json
 
 import numpy as np
@@ -78,3 +79,18 @@ def test_bad_arguments_fail_before_generating(tmp_path, teacher):
     generated.generate_dataset(model, tok, {"add3": 1.0}, 2, str(tmp_path / "x"), keep="best")
   with pytest.raises(ValueError, match="samples"):
     generated.generate_dataset(model, tok, {"add3": 1.0}, 2, str(tmp_path / "x"), samples=0)
+
+
+def test_tokenizer_path_may_name_a_run_or_zoo_model(tmp_path, teacher):
+  """tokenizer.path=zoo:NAME (or a run dir): train a student on a teacher's token ids."""
+  from jaxpost.data import pipeline
+
+  _, tok, config = teacher
+  config = copy.deepcopy(config)  # the fixture's is shared
+  config.tokenizer.path = "zoo:tiny-sft"
+  got = pipeline.prepare_tokenizer(config, str(tmp_path))
+  assert got.vocab_size == tok.vocab_size
+  assert [got.id_to_piece(i) for i in range(got.vocab_size)] == [
+    tok.id_to_piece(i) for i in range(tok.vocab_size)
+  ]
+  assert not (tmp_path / "tokenizer.model").exists()  # nothing trained

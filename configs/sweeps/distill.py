@@ -1,0 +1,64 @@
+"""Off-policy distillation on the quickstart task: KD variants vs SFT and SeqKD (issue 15).
+
+Teacher: the zoo's ``teacher-mul2x2`` (the quickstart trained to the end, 1500 steps:
+~96% held-out mul2x2). Students: the same 0.4M-parameter size from scratch, 500 steps of
+configs/quickstart.py's batches (a third of the teacher's budget), all on the teacher's
+tokenizer. Per seed (data order, init and the held-out problems):
+  sft        cross-entropy on the tasks' reference traces (the undistilled student);
+  seqkd      cross-entropy on the teacher's greedy responses to 32000 training prompts
+             (SeqKD; the file comes from ``jaxpost.data.generated``, command below);
+  kd_*       the ``kd`` loss against the teacher's distribution at every position of
+             the reference traces: forward KL at tau 1 and 2 (with tau^2), reverse KL,
+             JSD(0.5), Hinton's mixture (a = 0.5, tau = 2) and a top-8 teacher (of 64
+             tokens, plus the tail bucket: what an offline shard stores);
+  teacher    the teacher itself, evaluated (the ceiling).
+The report's baseline is ``sft``.
+
+  python -m jaxpost.data.generated --model=zoo:teacher-mul2x2 --levels=add3:0.2,mul2x2:1.0 \\
+      --n=32000 --max_new_tokens=64 --batch_size=256 --out=runs/distill/teacher_quickstart.jsonl
+  python -m jaxpost.sweep --config=configs/sweeps/distill.py --report
+  python -m jaxpost.sweep.report runs/sweeps/distill --out experiments/distillation
+"""
+
+from jaxpost.sweep import Sweep, cells
+
+TEACHER = "zoo:teacher-mul2x2"
+SEQKD_DATA = "runs/distill/teacher_quickstart.jsonl"
+
+
+def get_config(variant: str = "default") -> Sweep:
+  if variant != "default":
+    raise ValueError(f"unknown variant {variant!r}; expected default")
+  kd = {"loss.name": "kd", "teacher.init_from": TEACHER}
+  return Sweep(
+    base="configs/quickstart.py",
+    cells=cells(
+      {"name": "sft"},
+      {"name": "seqkd", "data.source": "jsonl", "data.path": SEQKD_DATA},
+      {"name": "kd_fkl", **kd},
+      {"name": "kd_fkl_t2", **kd, "loss.kd.temperature": 2.0},
+      {"name": "kd_rkl", **kd, "loss.kd.divergence": "rkl"},
+      {"name": "kd_jsd", **kd, "loss.kd.divergence": "jsd"},
+      {"name": "kd_hinton", **kd, "loss.kd.temperature": 2.0, "loss.kd.hard_label_weight": 0.5},
+      {"name": "kd_top8", **kd, "loss.kd.top_k": 8},
+      {"name": "teacher", "train.steps": 0, "train.init_from": TEACHER},
+    ),
+    seeds=(0, 1, 2),
+    fixed={
+      "train.progress": False,
+      "train.steps": 500,
+      "train.max_minutes": 0.0,  # a step budget, never the wall clock
+      "train.checkpoint_every": 500,
+      "tokenizer.path": TEACHER,  # every student on the teacher's token ids
+      "eval.every": 100,
+      "eval.levels": "mul2x2",
+      "eval.final_levels": "",
+    },
+    report={
+      "metrics": ["eval/accuracy"],
+      "baseline": "sft",
+      "curves": ["eval/accuracy"],
+      "scale": 100.0,
+      "unit": "%",
+    },
+  )
