@@ -133,6 +133,35 @@ def load_config(spec: str) -> config_dict.ConfigDict:
   return module.get_config(variant) if variant else module.get_config()
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def from_flat(
+  recipe: str, flat: dict, *, strict: bool = True
+) -> tuple[config_dict.ConfigDict, list]:  # noqa: E501
+  """``configs/base.py``'s config for ``recipe`` with the dotted fields of ``flat`` set
+  (e.g. a ``run.json``'s; JSON lists become tuples).
+
+  Returns:
+    (config, the fields of ``flat`` this config does not have: with ``strict`` they
+    raise ConfigError instead).
+  """
+  c = load_config(os.path.join(CONFIGS_DIR, "base.py:" + recipe))
+  unknown = []
+  for field, value in flat.items():
+    try:
+      set_field(c, field, _tupled(value))
+    except ConfigError:
+      if strict:
+        raise
+      unknown.append(field)
+  return c, unknown
+
+
+def _tupled(x):
+  return tuple(map(_tupled, x)) if isinstance(x, list) else x
+
+
 def set_field(c: config_dict.ConfigDict, field: str, value) -> None:
   """Sets a dotted field such as ``loss.grpo.kl_coef`` (type-checked, like a flag).
 

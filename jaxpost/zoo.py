@@ -38,7 +38,7 @@ from jaxpost import config_lib, fields
 PREFIX = "zoo:"
 CACHE_ENV = "JAXPOST_ZOO_DIR"
 MARKER = "zoo.json"  # written last: a directory holding it is a finished build
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = config_lib.CONFIGS_DIR
 
 
 @dataclasses.dataclass(frozen=True)

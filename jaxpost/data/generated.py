@@ -38,7 +38,6 @@ from jaxpost.rollout import sampler
 from jaxpost.workdir import recorded_config
 
 KEEP = ("all", "correct", "incorrect")
-CONFIGS = zoo.CONFIGS
 
 
 def load_run(run: str):
@@ -56,20 +55,13 @@ def load_run(run: str):
   flat = recorded_config(workdir)
   if not flat:
     raise ValueError(f"{run!r} has no run.json: not a jaxpost run directory")
-  config = config_lib.load_config(os.path.join(CONFIGS, "base.py:" + flat["recipe"]))
-  for field, value in flat.items():
-    try:
-      config_lib.set_field(config, field, _tupled(value))
-    except config_lib.ConfigError:
-      logging.warning("load_run: %s=%r is not a field of this version; ignored", field, value)
+  config, unknown = config_lib.from_flat(flat["recipe"], flat, strict=False)
+  if unknown:
+    logging.warning("load_run: fields of %s this version does not have: %s", run, unknown)
   config_lib.set_field(config, "train.init_from", workdir)
   tok = common.load_tokenizer(config, workdir)
   model = common.build_model(config, tok.vocab_size)
   return model, tok, config
-
-
-def _tupled(x):
-  return tuple(map(_tupled, x)) if isinstance(x, list) else x
 
 
 def generate_dataset(

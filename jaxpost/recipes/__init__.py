@@ -18,7 +18,9 @@ import sys
 from jaxpost.registry import Registry
 
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
-RECIPES = Registry("recipe", builtins=("jaxpost.recipes.sft", "jaxpost.recipes.rl"))
+RECIPES = Registry(
+  "recipe", builtins=("jaxpost.recipes.sft", "jaxpost.recipes.rl", "jaxpost.recipes.mot")
+)
 register = RECIPES.register
 
 
