@@ -106,9 +106,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.teacher.hf_dir = ""  # or a Hugging Face checkpoint dir
   c.teacher.gguf = ""  # or a GGUF file / packaged model name ("smollm2")
   c.teacher.init_from = ""  # a run's workdir or zoo:NAME[@SEED] whose latest params it loads
-  # > 0: compare the distributions over token ids [0, shared_vocab) only, when the two
-  # embeddings are padded to different sizes past the tokenizer's ids; 0 = sizes must match
-  c.teacher.shared_vocab = 0
+  # Embeddings padded to different sizes past the tokenizer's ids: compare ids [0, N) only.
+  c.teacher.shared_vocab = 0  # N; 0 = the two vocabulary sizes must match
   declare(
     "teacher",
     size=Text("a named size", check=_check_size),
