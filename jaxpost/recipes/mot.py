@@ -67,9 +67,6 @@ def validate(c: config_dict.ConfigDict) -> None:
   m = c.mot
   if not m.branch_data:
     raise config_lib.ConfigError("mot.branch_data: give one JSONL corpus per teacher")
-  missing = [p for p in m.branch_data if not os.path.isfile(p)]
-  if missing:
-    raise config_lib.ConfigError(f"mot.branch_data: no file {missing[0]!r}")
   if m.weights and len(m.weights) != len(m.branch_data):
     raise config_lib.ConfigError(
       f"mot.weights has {len(m.weights)} entries for {len(m.branch_data)} branches"
@@ -81,6 +78,9 @@ def run(config, workdir: str) -> dict:
   """Runs MoT per ``config`` under ``workdir``; returns the final model's metrics."""
   config_lib.validate(config)
   m = config.mot
+  missing = [p for p in m.branch_data if not os.path.isfile(p)]
+  if missing:  # checked here, not in validate: shipped configs name corpora made later
+    raise config_lib.ConfigError(f"mot.branch_data: no file {missing[0]!r}")
   start = config.train.init_from
   # Every branch on the student's token ids: its tokenizer.path, its start's, or else the
   # one the very first branch trains.
