@@ -106,6 +106,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.teacher.hf_dir = ""  # or a Hugging Face checkpoint dir
   c.teacher.gguf = ""  # or a GGUF file / packaged model name ("smollm2")
   c.teacher.init_from = ""  # a run's workdir or zoo:NAME[@SEED] whose latest params it loads
+  c.teacher.offline = ""  # or a dir of its top-k log-probs (python -m jaxpost.data.teacher_shards)
   # Embeddings padded to different sizes past the tokenizer's ids: compare ids [0, N) only.
   c.teacher.shared_vocab = 0  # N; 0 = the two vocabulary sizes must match
   declare(
@@ -114,6 +115,7 @@ def shared_sections() -> config_dict.ConfigDict:
     hf_dir=TEXT,
     gguf=TEXT,
     init_from=TEXT,
+    offline=TEXT,
     shared_vocab=integer(ge=0),
   )
 

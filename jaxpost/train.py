@@ -25,7 +25,7 @@ from jaxpost import checkpoint
 from jaxpost.losses import head
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
 from jaxpost.scoring import Scorer
-from jaxpost.types import Batch, Rollout
+from jaxpost.types import Batch, DistillBatch, Rollout
 
 
 @flax.struct.dataclass
@@ -91,20 +91,27 @@ def policy_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
   return objective
 
 
-def distill_objective(scorer: Scorer, loss_fn, *, teacher: Scorer, shared_vocab: int = 0):
+def distill_objective(
+  scorer: Scorer, loss_fn, *, teacher: Scorer | None = None, shared_vocab: int = 0
+):
   """Objective of a distill-family loss: the model's outputs and a frozen teacher's.
 
   Args:
     scorer: how to read the trained model.
     loss_fn: ``loss(outputs, teacher_outputs, batch, *, norm)`` with hyperparameters bound.
     teacher: how to read ``frozen["teacher"]`` (its own graph: any size or architecture
-      with the same token ids).
+      with the same token ids). A ``DistillBatch`` brings its teacher's top k instead
+      (offline shards, ``jaxpost.data.teacher_shards``): then no teacher is read.
     shared_vocab: > 0 compares both distributions over token ids [0, shared_vocab) only
       (embeddings padded past the tokenizer's ids to different sizes); 0 = the two
       vocabulary sizes must be equal (checked when traced).
   """
 
-  def objective(params, frozen, batch: Batch, norm: Normalizers):
+  def objective(params, frozen, batch: Batch | DistillBatch, norm: Normalizers):
+    if isinstance(batch, DistillBatch):  # an offline teacher: its top k came with the batch
+      outputs = scorer.outputs((params, frozen["rest"]), batch.batch)
+      teacher_outputs = head.TopK(ids=batch.teacher_ids, logp=batch.teacher_logp)
+      return loss_fn(outputs, teacher_outputs, batch.batch, norm=norm)
     outputs = scorer.outputs((params, frozen["rest"]), batch)
     teacher_outputs = jax.lax.stop_gradient(teacher.outputs(frozen["teacher"], batch))
     if shared_vocab:

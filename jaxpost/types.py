@@ -103,6 +103,26 @@ class Batch:
 
 
 @flax.struct.dataclass
+class DistillBatch:
+  """A token ``Batch`` with an offline teacher's top-k log-probs at every position.
+
+  Attributes:
+    batch: the token batch.
+    teacher_ids: i32[B, T, k] the teacher's k most likely next tokens at each position.
+    teacher_logp: f32[B, T, k] their log-probabilities (the rest of the mass is the
+      tail bucket of ``pallas_kernels.fused_linear_divergence``).
+  """
+
+  batch: Batch
+  teacher_ids: jax.Array
+  teacher_logp: jax.Array
+
+  @property
+  def token_batch(self) -> Batch:
+    return self.batch
+
+
+@flax.struct.dataclass
 class Rollout:
   """Sampled completions laid out for the policy update (B = P * G rows).
 

@@ -149,10 +149,10 @@ def frozen_model(config, vocab_size: int, **source):
 def check_teacher(config) -> None:
   """Fails early unless ``config.teacher`` names a model to load (a method reads it)."""
   t = config.teacher
-  if not (t.hf_dir or t.gguf or t.init_from):
+  if not (t.hf_dir or t.gguf or t.init_from or t.offline):
     raise config_lib.ConfigError(
-      "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir "
-      "or teacher.gguf"
+      "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir, "
+      "teacher.gguf or teacher.offline (precomputed top-k shards)"
     )
   if t.init_from:
     config_lib.run_dir(t.init_from, "teacher.init_from")

@@ -22,11 +22,11 @@ import time
 import jax
 from tqdm import tqdm
 
-from jaxpost import scoring, sharding, train
-from jaxpost.data import pipeline, streams
+from jaxpost import config_lib, scoring, sharding, train
+from jaxpost.data import pipeline, streams, teacher_shards
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
-from jaxpost.types import Batch
+from jaxpost.types import Batch, DistillBatch
 
 LOSS_FAMILIES = ("token", "distill")
 DEFAULT_LOSS = "cross_entropy"
@@ -36,6 +36,8 @@ def validate(c) -> None:
   """A distill loss needs a teacher (config_lib.validate calls this once)."""
   if LOSSES.family(c.loss.name) == "distill":
     common.check_teacher(c)
+    if c.teacher.offline and jax.process_count() > 1:
+      raise config_lib.ConfigError("teacher.offline shards are read by one process only")
 
 
 @register("sft")
@@ -72,8 +74,11 @@ def run(config, workdir: str) -> dict:
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
-  readers = {}
-  if distill:  # a frozen teacher of its own graph, read on the same batch
+  readers, shards = {}, None
+  if distill and config.teacher.offline:  # its top k come from disk with each batch
+    shards = teacher_shards.Reader(config.teacher.offline)
+    shards.check(config, tok.vocab_size)
+  elif distill:  # a frozen teacher of its own graph, read on the same batch
     t_graph, t_state = common.load_teacher(config, tok)
     run_.frozen["teacher"] = run_.place(t_state)
     readers = dict(
@@ -104,7 +109,10 @@ def run(config, workdir: str) -> dict:
   step = first_step
   for step in range(first_step + 1, total + 1):
     arrays, stats = packer.next_batch()
-    batch = run_.place_batch(Batch(**arrays), global_batch_size=config.data.batch_size)
+    batch = Batch(**arrays)
+    if shards is not None:
+      batch = DistillBatch(batch, *shards.step(step, arrays["tokens"]))
+    batch = run_.place_batch(batch, global_batch_size=config.data.batch_size)
     run_.state, step_metrics = train_step(run_.state, batch, run_.frozen)
     pending.append((step_metrics, stats.as_metrics(packer.capacity)))
     stop = common.should_stop(run_, step)

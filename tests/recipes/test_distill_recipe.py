@@ -114,3 +114,63 @@ def test_a_teacher_of_another_size_and_padded_vocabulary(tmp_path, teacher_dir, 
     str(tmp_path / "run"),
   )
   assert np.isfinite(result["train/divergence"]) and result["train/divergence"] > 0.01
+
+
+def test_offline_teacher_shards_round_trip_and_train_like_the_live_teacher(tmp_path, teacher_dir):
+  """Top-k shards written once: exactly the teacher's top k of each training batch, and a
+  run on them equals a run with the live teacher at loss.kd.top_k = k."""
+  import jax
+  import safetensors.numpy
+
+  from jaxpost import scoring
+  from jaxpost.data import teacher_shards
+  from jaxpost.losses.head import top_k_teacher
+  from jaxpost.recipes import common
+  from jaxpost.types import Batch
+
+  base = {"teacher.init_from": teacher_dir, "train.steps": 3, "loss.kd.temperature": 2.0}
+  shards = str(tmp_path / "shards")
+  meta = teacher_shards.write(_kd(**base), shards, k=5, steps_per_shard=2)
+  assert meta["k"] == 5 and meta["steps"] == 3
+  assert sorted(os.listdir(shards)) == ["meta.json", "shard_0000001.safetensors",
+                                        "shard_0000003.safetensors"]  # fmt: skip
+  # Round trip: the stored arrays are the teacher's top k of each batch, bit for bit.
+  c = _kd(**base)
+  tok = common.load_tokenizer(c, str(tmp_path), teacher=True)
+  graphdef, state = common.load_teacher(c, tok)
+  scorer = scoring.make_scorer(graphdef)
+  packer = teacher_shards.make_packer(c, tok)
+  first = safetensors.numpy.load_file(os.path.join(shards, "shard_0000001.safetensors"))
+  top_k = jax.jit(lambda state, batch: top_k_teacher(scorer.outputs(state, batch), 5, 2.0))
+  reader = teacher_shards.Reader(shards)
+  for i in range(2):
+    arrays, _ = packer.next_batch()
+    top = top_k(state, jax.tree.map(np.asarray, Batch(**arrays)))
+    ids, logp = reader.step(i + 1, arrays["tokens"])
+    np.testing.assert_array_equal(ids, first["ids"][i])
+    np.testing.assert_array_equal(logp, first["logp"][i])
+    np.testing.assert_array_equal(first["tokens"][i], arrays["tokens"])
+    np.testing.assert_array_equal(first["ids"][i], np.asarray(top.ids))
+    np.testing.assert_array_equal(first["logp"][i], np.asarray(top.logp))
+  # Training on the shards == training against the live teacher's top 5.
+  offline = sft.run(_kd(**base, **{"teacher.offline": shards}), str(tmp_path / "offline"))
+  live = sft.run(_kd(**base, **{"loss.kd.top_k": 5}), str(tmp_path / "live"))
+  for key in ("train/loss", "train/divergence", "train/grad_norm"):
+    np.testing.assert_allclose(offline[key], live[key], rtol=1e-6, err_msg=key)
+
+
+def test_offline_shards_for_another_run_are_refused(tmp_path, teacher_dir):
+  from jaxpost.data import teacher_shards
+
+  base = {"teacher.init_from": teacher_dir, "train.steps": 2}
+  shards = str(tmp_path / "shards")
+  teacher_shards.write(_kd(**base), shards, k=4)
+  offline = {**base, "teacher.offline": shards}
+  with pytest.raises(ValueError, match="other tokens"):  # another data order
+    sft.run(_kd(**offline, seed=1), str(tmp_path / "seed1"))
+  with pytest.raises(ValueError, match="covers 2 steps"):
+    sft.run(_kd(**{**offline, "train.steps": 3}), str(tmp_path / "longer"))
+  with pytest.raises(ValueError, match="k=4"):
+    sft.run(_kd(**offline, **{"loss.kd.top_k": 8}), str(tmp_path / "k8"))
+  with pytest.raises(ValueError, match="already holds"):
+    teacher_shards.write(_kd(**base), shards, k=4)
