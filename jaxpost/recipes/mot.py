@@ -15,9 +15,9 @@ whether optimizer state or schedule carry across rounds: this reading resets bot
 ``optim.warmup_steps`` counts within a branch). Merges are ``jaxpost.merging.merge_runs``
 run directories (``<workdir>/round<r>/merged``). Every branch and merge is resumable
 and skipped once finished, so a killed MoT run continues where it stopped. The final
-evaluation is a zero-step SFT run from the last merge (``<workdir>/final``), so it
-reports exactly what any SFT run reports. With K = 1 MoT is R sequential S-step SFT
-segments on one corpus (tested).
+evaluation is a zero-step SFT run from the last merge in ``<workdir>`` itself, so it
+reports exactly what any SFT run reports, where any run's metrics are. With K = 1 MoT
+is R sequential S-step SFT segments on one corpus (tested).
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def run(config, workdir: str) -> dict:
       merging.merge_runs(branches, merged, m.weights or None)
       logging.info("MoT round %d: merged %d branches into %s", r, len(branches), merged)
     start = merged
-  return sft.run(_sft_config(config, **{"train.init_from": start, "train.steps": 0}),
-                 os.path.join(workdir, "final"))  # fmt: skip
+  # The final model is evaluated in the MoT workdir itself, so its metrics.jsonl is where
+  # a sweep or a person looks.
+  return sft.run(_sft_config(config, **{"train.init_from": start, "train.steps": 0}), workdir)
 
 
 def _branch_config(config, corpus: str, start: str, tokens: str, steps: int):
