@@ -51,7 +51,7 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   c.tokenizer = config_dict.ConfigDict()
-  c.tokenizer.path = ""  # .model / tokenizer.json, a run dir or zoo:NAME; "" = train one
+  c.tokenizer.path = ""  # .model / tokenizer.json / .gguf / smollm2, a run or zoo:NAME; "" = train
   c.tokenizer.vocab_size = 512  # vocabulary size when training a sentencepiece model
   c.tokenizer.byte_fallback = True  # trained tokenizer: unseen characters as UTF-8 bytes (+256 ids)
   c.tokenizer.train_examples = 20_000  # examples of training text for tokenizer training

