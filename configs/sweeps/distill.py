@@ -18,6 +18,9 @@ The report's baseline is ``sft``.
       --n=32000 --max_new_tokens=64 --batch_size=256 --out=runs/distill/teacher_quickstart.jsonl
   python -m jaxpost.sweep --config=configs/sweeps/distill.py --report
   python -m jaxpost.sweep.report runs/sweeps/distill --out experiments/distillation
+
+Variant ``smollm2``: the same question with a real pretrained teacher (``_smollm2``):
+  python -m jaxpost.sweep --config=configs/sweeps/distill.py:smollm2 --name=distill_smollm2 --report
 """
 
 from jaxpost.sweep import Sweep, cells
@@ -27,8 +30,10 @@ SEQKD_DATA = "runs/distill/teacher_quickstart.jsonl"
 
 
 def get_config(variant: str = "default") -> Sweep:
+  if variant == "smollm2":
+    return _smollm2()
   if variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; expected default")
+    raise ValueError(f"unknown variant {variant!r}; expected default | smollm2")
   kd = {"loss.name": "kd", "teacher.init_from": TEACHER}
   return Sweep(
     base="configs/quickstart.py",
@@ -52,6 +57,43 @@ def get_config(variant: str = "default") -> Sweep:
       "tokenizer.path": TEACHER,  # every student on the teacher's token ids
       "eval.every": 100,
       "eval.levels": "mul2x2",
+      "eval.final_levels": "",
+    },
+    report={
+      "metrics": ["eval/accuracy"],
+      "baseline": "sft",
+      "curves": ["eval/accuracy"],
+      "scale": 100.0,
+      "unit": "%",
+    },
+  )
+
+
+def _smollm2() -> Sweep:
+  """A real pretrained teacher: configs/distill.py:smollm2 (a 6.4M-parameter student from
+  scratch on SmolLM2's tokenizer, 300 steps of 8 x 160 tokens of add3) against the same
+  student trained by SFT, and the teacher itself (SmolLM2-135M-Instruct fine-tuned to
+  100% add3, the zoo's smollm2-add3-sft)."""
+  distill = "configs/distill.py:smollm2"
+  return Sweep(
+    base=distill,
+    cells=cells(
+      {"name": "sft", "loss.name": "cross_entropy"},
+      {"name": "kd_fkl"},
+      {"name": "kd_fkl_t2", "loss.kd.temperature": 2.0},
+      {
+        "name": "teacher",
+        "config": "configs/sft.py:smollm2",
+        "train.steps": 0,
+        "train.init_from": "zoo:smollm2-add3-sft",
+      },
+    ),
+    seeds=(0, 1, 2),
+    fixed={
+      "train.progress": False,
+      "train.max_minutes": 0.0,
+      "eval.levels": "add3",
+      "eval.num_examples": 64,
       "eval.final_levels": "",
     },
     report={
