@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 
 from jaxpost import fields
 from jaxpost.losses import reduce
@@ -25,6 +26,7 @@ from jaxpost.losses.head import (
   TopK,
   reduced_divergence,
   reduced_nll,
+  target_stats,
   top_k_teacher,
 )
 from jaxpost.losses.registry import register
@@ -112,4 +114,56 @@ def kd(
     ce, target = reduced_nll(outputs, batch.targets, mask, reduce_fn)
     loss = loss + hard_label_weight * ce
     metrics["nll"] = reduce.token_mean(-jax.lax.stop_gradient(target.logp), mask, norm)
+  return loss, metrics
+
+
+@register("sampled_rkl", family="distill", rules={"reduction": fields.one_of(reduce.REDUCTIONS)})
+def sampled_rkl(
+  outputs: jax.Array | FusedHead,
+  teacher: jax.Array | FusedHead,
+  batch: Batch,
+  *,
+  norm: reduce.Normalizers,
+  reduction: str = "token_mean",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Reverse KL on the student's own sampled tokens, as a per-token advantage.
+
+  For targets y_t drawn from the student p_S (on-policy rows), with the per-token
+  log-ratio d_t = log p_S(y_t) - log p_T(y_t):
+
+    loss = reduce_t( sg(d_t) * log p_S(y_t) ),
+
+  whose gradient sg(d_t) * grad log p_S(y_t) is the score-function estimate of the
+  gradient of KL(p_S || p_T) at position t (E[grad log p_S] = 0 removes the d_t's own
+  dependence), i.e. the advantage -d_t of on-policy distillation (arXiv 2306.13649 §3;
+  the per-token form with no discounting over later tokens). Unbiased only on the
+  student's own samples: train it with ``gkd.lmbda=1``. The reported ``divergence`` is
+  the mean d_t, a one-sample estimate of the reverse KL. A top-k teacher cannot give
+  log p_T of a sampled token outside its k, so it needs the teacher's logits or head.
+
+  Args:
+    outputs: the student's [B, T, V] logits or a ``FusedHead``.
+    teacher: the teacher's logits or ``FusedHead`` at the same positions (no gradient).
+    batch: uses targets (the sampled tokens), loss_mask, segment_ids.
+    norm: global normalisers.
+    reduction: token_mean | sequence_mean.
+
+  Returns:
+    (loss f32[], metrics) with metrics additive over micro-batches.
+  """
+  if isinstance(teacher, TopK):
+    raise ValueError("sampled_rkl needs log p_T of every sampled token: not a top-k teacher")
+  mask = batch.loss_mask
+  if not isinstance(outputs, FusedHead):
+    # Materialised logits: zero the uncounted rows first, so garbage (NaN) there cannot
+    # reach the gradient through log-softmax's backward (the fused head never sees it).
+    outputs = jnp.where(mask[..., None] > 0, outputs, 0.0)
+  student = target_stats(outputs, batch.targets, mask)
+  t_logp = jax.lax.stop_gradient(target_stats(teacher, batch.targets, mask).logp)
+  ratio = jax.lax.stop_gradient(student.logp) - t_logp
+  loss = reduce.reduce(ratio * student.logp, mask, batch.segment_ids, norm, reduction)
+  metrics = {
+    "divergence": reduce.token_mean(ratio, mask, norm),
+    "student_entropy": reduce.token_mean(jax.lax.stop_gradient(student.entropy), mask, norm),
+  }
   return loss, metrics

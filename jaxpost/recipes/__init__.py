@@ -19,7 +19,8 @@ from jaxpost.registry import Registry
 
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
 RECIPES = Registry(
-  "recipe", builtins=("jaxpost.recipes.sft", "jaxpost.recipes.rl", "jaxpost.recipes.mot")
+  "recipe",
+  builtins=tuple(f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd")),
 )
 register = RECIPES.register
 

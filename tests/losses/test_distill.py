@@ -223,3 +223,45 @@ def test_no_gradient_reaches_the_teacher_and_masked_tokens_give_none():
 def test_bad_hyperparameters_name_the_field(bad, match):
   with pytest.raises((ValueError, TypeError), match=match):
     LOSSES.bind("kd", bad, where="loss.kd")
+
+
+def _srkl(student, teacher, batch):
+  fn = LOSSES.bind("sampled_rkl", {})
+  norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
+  return fn(student, teacher, batch, norm=norm)
+
+
+def test_sampled_rkl_gradient_is_the_log_ratio_times_the_score_by_hand():
+  """d/dz_t of mean_t sg(d_t) log p_S(y_t) = d_t (onehot(y_t) - p_S) / N, with
+  d_t = log p_S(y_t) - log p_T(y_t); the metric is the mean d_t."""
+  rng = np.random.default_rng(10)
+  batch = _batch(rng)
+  s, t = _logits(18), _logits(19)
+  (loss, metrics), g = jax.value_and_grad(lambda z: _srkl(z, t, batch), has_aux=True)(s)
+  ls = np.asarray(jax.nn.log_softmax(s), np.float64)
+  lt = np.asarray(jax.nn.log_softmax(t), np.float64)
+  y = np.asarray(batch.targets)
+  mask = np.asarray(batch.loss_mask)
+  picked = lambda lp: np.take_along_axis(lp, y[..., None], -1)[..., 0]  # noqa: E731
+  d = picked(ls) - picked(lt)
+  n = mask.sum()
+  want = d[..., None] * (np.eye(V)[y] - np.exp(ls)) * mask[..., None] / n
+  np.testing.assert_allclose(np.asarray(g), want, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(float(metrics["divergence"]), (d * mask).sum() / n, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), (d * picked(ls) * mask).sum() / n, rtol=1e-5)
+
+
+def test_sampled_rkl_is_still_at_the_teacher_and_refuses_a_top_k_teacher():
+  rng = np.random.default_rng(11)
+  batch = _batch(rng)
+  s = _logits(20)
+  g = jax.grad(lambda z: _srkl(z, s + 3.0, batch)[0])(s)
+  assert float(jnp.abs(g).max()) < 1e-7
+  with pytest.raises(ValueError, match="top-k"):
+    _srkl(s, top_k_teacher(s, 3), batch)
+  # Fused student and teacher heads give the same loss and gradient as their logits.
+  hs, ws = _heads(22)
+  ht, wt = _heads(23, d=12)
+  fused = jax.grad(lambda h: _srkl(FusedHead(h, ws, "xla", 8), FusedHead(ht, wt, "xla", 8), batch)[0])
+  dense = jax.grad(lambda h: _srkl(jnp.einsum("btd,dv->btv", h, ws), ht @ wt, batch)[0])
+  np.testing.assert_allclose(np.asarray(fused(hs)), np.asarray(dense(hs)), rtol=1e-4, atol=1e-7)
