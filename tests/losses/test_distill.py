@@ -262,6 +262,7 @@ def test_sampled_rkl_is_still_at_the_teacher_and_refuses_a_top_k_teacher():
   # Fused student and teacher heads give the same loss and gradient as their logits.
   hs, ws = _heads(22)
   ht, wt = _heads(23, d=12)
-  fused = jax.grad(lambda h: _srkl(FusedHead(h, ws, "xla", 8), FusedHead(ht, wt, "xla", 8), batch)[0])
+  teacher = FusedHead(ht, wt, "xla", 8)
+  fused = jax.grad(lambda h: _srkl(FusedHead(h, ws, "xla", 8), teacher, batch)[0])
   dense = jax.grad(lambda h: _srkl(jnp.einsum("btd,dv->btv", h, ws), ht @ wt, batch)[0])
   np.testing.assert_allclose(np.asarray(fused(hs)), np.asarray(dense(hs)), rtol=1e-4, atol=1e-7)

@@ -37,9 +37,8 @@ def _gkd(teacher_dir, **overrides):
 
 
 def _train_records(workdir):
-  return [
-    r for r in metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r
-  ]
+  records = metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return [r for r in records if "train/loss" in r]
 
 
 def test_lambda_zero_never_builds_or_calls_the_sampler(tmp_path, teacher_dir, monkeypatch):
@@ -74,7 +73,8 @@ def test_the_coins_say_which_steps_sample_and_a_resume_flips_the_same(tmp_path, 
   assert all(np.isfinite(r["train/loss"]) for r in _train_records(str(tmp_path / "whole")))
   # Killed after 3 steps and resumed: the same coins, samples and final state.
   parts = str(tmp_path / "parts")
-  gkd.run(_gkd(teacher_dir, **{"gkd.lmbda": 0.5, "train.steps": steps, "train.stop_after": 3}), parts)
+  first = {"gkd.lmbda": 0.5, "train.steps": steps, "train.stop_after": 3}
+  gkd.run(_gkd(teacher_dir, **first), parts)
   resumed = gkd.run(c, parts)
   for key in ("train/loss", "train/divergence", "gkd/on_policy_steps"):
     assert resumed[key] == whole[key], key
