@@ -107,6 +107,10 @@ def shared_sections() -> config_dict.ConfigDict:
   c.teacher.gguf = ""  # or a GGUF file / packaged model name ("smollm2")
   c.teacher.init_from = ""  # a run's workdir or zoo:NAME[@SEED] whose latest params it loads
   c.teacher.offline = ""  # or a dir of its top-k log-probs (python -m jaxpost.data.teacher_shards)
+  # The teacher also sees privileged text in its prompt: "" | answer | trace (tasks only;
+  # one example per row). With no teacher model named, the teacher is the student itself.
+  c.teacher.privileged = ""  # what the teacher's prompt gains (jaxpost/data/privileged.py)
+  c.teacher.privileged_tokens = 64  # extra columns of the teacher's rows for that text
   # Embeddings padded to different sizes past the tokenizer's ids: compare ids [0, N) only.
   c.teacher.shared_vocab = 0  # N; 0 = the two vocabulary sizes must match
   declare(
@@ -116,6 +120,8 @@ def shared_sections() -> config_dict.ConfigDict:
     gguf=TEXT,
     init_from=TEXT,
     offline=TEXT,
+    privileged=one_of(("", "answer", "trace")),
+    privileged_tokens=integer(ge=0),
     shared_vocab=integer(ge=0),
   )
 

@@ -212,6 +212,11 @@ class Scorer:
       raise ValueError("outputs() covers every position; this scorer has a completion window")
     return model_outputs(self.model(state), batch, **self._head)
 
+  def outputs_at(self, state, batch: Batch, columns: jax.Array):
+    """Like ``outputs``, at positions ``columns`` (i32[B, W]) of each row: [B, W, V] or
+    a head over [B, W] hidden states (the forward still covers all T tokens)."""
+    return model_outputs(self.model(state), batch, columns=columns, **self._head)
+
   def hidden(self, state, batch: Batch) -> jax.Array:
     """[B, T, D] final hidden states (features of a frozen model)."""
     return final_hidden(self.model(state), batch)

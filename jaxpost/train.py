@@ -25,7 +25,7 @@ from jaxpost import checkpoint
 from jaxpost.losses import head
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
 from jaxpost.scoring import Scorer
-from jaxpost.types import Batch, DistillBatch, Rollout
+from jaxpost.types import Batch, DistillBatch, PrivilegedBatch, Rollout
 
 
 @flax.struct.dataclass
@@ -101,19 +101,31 @@ def distill_objective(
     loss_fn: ``loss(outputs, teacher_outputs, batch, *, norm)`` with hyperparameters bound.
     teacher: how to read ``frozen["teacher"]`` (its own graph: any size or architecture
       with the same token ids). A ``DistillBatch`` brings its teacher's top k instead
-      (offline shards, ``jaxpost.data.teacher_shards``): then no teacher is read.
+      (offline shards, ``jaxpost.data.teacher_shards``): then no teacher is read. A
+      ``PrivilegedBatch`` is read by the teacher on its own rows (the prompt with
+      privileged text) at the aligned columns; without a ``frozen["teacher"]`` the
+      teacher is the student itself (its current parameters, no gradient).
     shared_vocab: > 0 compares both distributions over token ids [0, shared_vocab) only
       (embeddings padded past the tokenizer's ids to different sizes); 0 = the two
       vocabulary sizes must be equal (checked when traced).
   """
 
-  def objective(params, frozen, batch: Batch | DistillBatch, norm: Normalizers):
+  def objective(params, frozen, batch: Batch | DistillBatch | PrivilegedBatch, norm):
     if isinstance(batch, DistillBatch):  # an offline teacher: its top k came with the batch
       outputs = scorer.outputs((params, frozen["rest"]), batch.batch)
       teacher_outputs = head.TopK(ids=batch.teacher_ids, logp=batch.teacher_logp)
       return loss_fn(outputs, teacher_outputs, batch.batch, norm=norm)
-    outputs = scorer.outputs((params, frozen["rest"]), batch)
-    teacher_outputs = jax.lax.stop_gradient(teacher.outputs(frozen["teacher"], batch))
+    if isinstance(batch, PrivilegedBatch):  # the teacher reads its own (longer) rows
+      # No "teacher" state: the student itself is the teacher (self-distillation).
+      t_state = frozen.get("teacher", (params, frozen["rest"]))
+      outputs = scorer.outputs((params, frozen["rest"]), batch.batch)
+      teacher_outputs = jax.lax.stop_gradient(
+        (teacher or scorer).outputs_at(t_state, batch.teacher_batch, batch.teacher_columns)
+      )
+      batch = batch.batch
+    else:
+      outputs = scorer.outputs((params, frozen["rest"]), batch)
+      teacher_outputs = jax.lax.stop_gradient(teacher.outputs(frozen["teacher"], batch))
     if shared_vocab:
       outputs = head.first_tokens(outputs, shared_vocab)
       teacher_outputs = head.first_tokens(teacher_outputs, shared_vocab)

@@ -123,6 +123,27 @@ class DistillBatch:
 
 
 @flax.struct.dataclass
+class PrivilegedBatch:
+  """A student ``Batch`` and the same examples as a teacher with privileged context sees
+  them (extra text in the prompt: a worked solution, a hint), aligned token by token.
+
+  Attributes:
+    batch: the student's rows (no privileged text).
+    teacher_batch: the teacher's rows, one example per row like the student's.
+    teacher_columns: i32[B, T] the teacher column of each student position: the same
+      response token, shifted by the longer teacher prompt.
+  """
+
+  batch: Batch
+  teacher_batch: Batch
+  teacher_columns: jax.Array
+
+  @property
+  def token_batch(self) -> Batch:
+    return self.batch
+
+
+@flax.struct.dataclass
 class Rollout:
   """Sampled completions laid out for the policy update (B = P * G rows).
 

@@ -149,11 +149,19 @@ def frozen_model(config, vocab_size: int, **source):
 def check_teacher(config) -> None:
   """Fails early unless ``config.teacher`` names a model to load (a method reads it)."""
   t = config.teacher
-  if not (t.hf_dir or t.gguf or t.init_from or t.offline):
+  if not (t.hf_dir or t.gguf or t.init_from or t.offline or t.privileged):
     raise config_lib.ConfigError(
       "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir, "
-      "teacher.gguf or teacher.offline (precomputed top-k shards)"
+      "teacher.gguf, teacher.offline (precomputed top-k shards) or teacher.privileged (the "
+      "student itself, seeing privileged text)"
     )
+  if t.privileged and (config.data.pack or config.data.overlong != "error"):
+    raise config_lib.ConfigError(
+      "teacher.privileged aligns the two views row by row: set data.pack=False and keep "
+      "data.overlong='error' (nothing dropped from one view only)"
+    )
+  if t.privileged and t.offline:
+    raise config_lib.ConfigError("teacher.privileged and teacher.offline do not combine")
   if t.init_from:
     config_lib.run_dir(t.init_from, "teacher.init_from")
 

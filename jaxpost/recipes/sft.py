@@ -23,10 +23,10 @@ import jax
 from tqdm import tqdm
 
 from jaxpost import config_lib, scoring, sharding, train
-from jaxpost.data import pipeline, streams, teacher_shards
+from jaxpost.data import pipeline, privileged, streams, teacher_shards
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
-from jaxpost.types import Batch, DistillBatch
+from jaxpost.types import Batch, DistillBatch, PrivilegedBatch
 
 LOSS_FAMILIES = ("token", "distill")
 DEFAULT_LOSS = "cross_entropy"
@@ -74,17 +74,30 @@ def run(config, workdir: str) -> dict:
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
-  readers, shards = {}, None
-  if distill and config.teacher.offline:  # its top k come from disk with each batch
-    shards = teacher_shards.Reader(config.teacher.offline)
+  t = config.teacher
+  readers, shards, t_packer = {}, None, None
+  if distill and t.offline:  # its top k come from disk with each batch
+    shards = teacher_shards.Reader(t.offline)
     shards.check(config, tok.vocab_size)
-  elif distill:  # a frozen teacher of its own graph, read on the same batch
+  elif distill and (t.init_from or t.hf_dir or t.gguf):  # a frozen teacher, its own graph
     t_graph, t_state = common.load_teacher(config, tok)
     run_.frozen["teacher"] = run_.place(t_state)
     readers = dict(
       teacher=dataclasses.replace(scorer, graphdef=t_graph),
-      shared_vocab=config.teacher.shared_vocab,
+      shared_vocab=t.shared_vocab,
     )
+  if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
+    t_packer = streams.StreamPacker(
+      privileged.source(config, tok),
+      batch_size=config.data.batch_size,
+      seq_len=config.data.seq_len + t.privileged_tokens,
+      streams=config.data.streams,
+      rows=sharding.process_rows(mesh, config.data.batch_size),
+      pack=False,
+      overlong="error",
+    )
+    if run_.data_state:
+      t_packer.restore(run_.data_state)
   objective = train.make_objective(
     LOSSES.family(name),
     scorer,
@@ -112,6 +125,9 @@ def run(config, workdir: str) -> dict:
     batch = Batch(**arrays)
     if shards is not None:
       batch = DistillBatch(batch, *shards.step(step, arrays["tokens"]))
+    if t_packer is not None:
+      t_arrays, _ = t_packer.next_batch()
+      batch = PrivilegedBatch(batch, Batch(**t_arrays), privileged.align(arrays, t_arrays))
     batch = run_.place_batch(batch, global_batch_size=config.data.batch_size)
     run_.state, step_metrics = train_step(run_.state, batch, run_.frozen)
     pending.append((step_metrics, stats.as_metrics(packer.capacity)))

@@ -174,3 +174,72 @@ def test_offline_shards_for_another_run_are_refused(tmp_path, teacher_dir):
     sft.run(_kd(**offline, **{"loss.kd.top_k": 8}), str(tmp_path / "k8"))
   with pytest.raises(ValueError, match="already holds"):
     teacher_shards.write(_kd(**base), shards, k=4)
+
+
+def test_privileged_views_align_token_by_token_and_the_student_never_sees_the_text(tmp_path):
+  from jaxpost.data import pipeline as data_pipeline
+  from jaxpost.data import privileged, streams, template
+
+  c = _kd(**{"teacher.privileged": "answer", "data.pack": False})
+  tok = data_pipeline.prepare_tokenizer(c, str(tmp_path))
+  student_source, _ = data_pipeline.build_source(c, tok)
+
+  def packer(source, seq_len):
+    return streams.StreamPacker(source, batch_size=8, seq_len=seq_len, pack=False)
+
+  s_arrays, _ = packer(student_source, 64).next_batch()
+  t_arrays, _ = packer(privileged.source(c, tok), 64 + 64).next_batch()
+  cols = privileged.align(s_arrays, t_arrays)
+  on = s_arrays["loss_mask"] > 0
+  np.testing.assert_array_equal(
+    np.take_along_axis(t_arrays["targets"], cols, 1)[on], s_arrays["targets"][on]
+  )
+  # The teacher's prompts are longer by the privileged text; the student's are the plain ones.
+  hint = tok.encode("The answer is")
+  for row in range(8):
+    s_ids, t_ids = s_arrays["tokens"][row].tolist(), t_arrays["tokens"][row].tolist()
+    has = lambda ids: any(ids[i : i + len(hint)] == hint for i in range(len(ids)))  # noqa: E731
+    assert has(t_ids) and not has(s_ids)
+  assert template.encode_prompt(tok, "12*34")  # the template is the SFT one
+  # A shuffled teacher view is refused, not silently misaligned.
+  with pytest.raises(ValueError, match="differs"):
+    privileged.align(s_arrays, {k: v[::-1] for k, v in t_arrays.items()})
+
+
+def test_the_student_as_its_own_teacher_with_no_privilege_has_zero_loss_and_gradient():
+  """A PrivilegedBatch whose teacher view is the student's own rows: self-distillation
+  against itself is exactly 0 (the live student is the teacher, under stop-gradient)."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxpost import models, train
+  from jaxpost.types import Batch, PrivilegedBatch
+
+  model = models.create_model(models.named_config("tiny", vocab_size=40), 0)
+  graphdef, params, rest = train.split_model(model)
+  objective = train.objective_for("kd", graphdef, {"divergence": "jsd"})
+  tokens = np.random.default_rng(0).integers(0, 40, (4, 16))
+  batch = Batch.from_tokens(jnp.asarray(tokens, jnp.int32))
+  cols = jnp.tile(jnp.arange(16, dtype=jnp.int32), (4, 1))
+  pb = PrivilegedBatch(batch, batch, cols)
+  from jaxpost.losses import compute_normalizers
+
+  norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
+  (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(params, {"rest": rest}, pb, norm)
+  assert abs(float(loss)) < 1e-6
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) < 1e-6
+
+
+def test_privileged_self_distillation_runs_end_to_end(tmp_path):
+  c = _kd(
+    **{
+      "teacher.privileged": "trace",
+      "data.pack": False,
+      "train.steps": 3,
+      "loss.kd.divergence": "rkl",
+    }
+  )
+  result = sft.run(c, str(tmp_path / "run"))
+  assert np.isfinite(result["train/loss"]) and result["train/divergence"] > 0
+  with pytest.raises(config_lib.ConfigError, match="data.pack=False"):
+    sft.run(_kd(**{"teacher.privileged": "trace"}), str(tmp_path / "packed"))
