@@ -64,7 +64,8 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   c.data = config_dict.ConfigDict()
-  c.data.source = "tasks"  # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds
+  # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds | pairs (chosen/rejected JSONL)
+  c.data.source = "tasks"  # where training examples come from
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
   c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
   c.data.split = "train"  # tfds / arrow (DatasetDict) source: split to read
@@ -79,7 +80,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
   declare(
     "data",
-    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds")),
+    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs")),
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,

@@ -106,7 +106,7 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow")
+USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs")
 # The held-out fraction is drawn with this seed, not the run's: runs of a sweep that
 # differ only in their seed evaluate on the same examples.
 HELDOUT_SEED = 0
@@ -222,6 +222,11 @@ def _read_dataset(
 ) -> Dataset:
   """One dataset, read; ``version`` only keys the cache."""
   del version
+  if source == "pairs":  # [chosen, rejected] of each pair, adjacent (jaxpost.data.pairs)
+    from jaxpost.data.pairs import read_pairs
+
+    examples, where, skipped = read_pairs(path, skip_malformed=skip_malformed)
+    return Dataset(examples, where, skipped)
   if source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
 
@@ -446,5 +451,9 @@ def build_source(
   dataset = load_dataset(config, counts)
   if config.data.overlong == "error":
     check_overlong(dataset, tok, config.data.seq_len)
+  if config.data.source == "pairs":
+    from jaxpost.data.pairs import pair_source
+
+    return pair_source(dataset.examples, tok, config.seed, dataset.where), len(dataset)
   source = dataset_source(dataset.examples, tok, config.seed, dataset.where)
   return source, len(dataset)
