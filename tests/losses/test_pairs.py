@@ -82,7 +82,8 @@ def test_redi_alpha_zero_is_length_normalised_sft_on_the_chosen_responses():
   # alpha > 0 adds alpha times the rejected responses' normalised log-likelihood.
   loss8, _ = LOSSES.bind("redi", {"alpha": 0.8})(z, batch, norm=_norm(batch))
   np.testing.assert_allclose(float(loss8), float(loss) + 0.8 * np.mean((lp / n)[1::2]), rtol=1e-5)
-  unnorm, _ = LOSSES.bind("redi", {"alpha": 0.0, "length_normalize": False})(z, batch, norm=_norm(batch))
+  plain = LOSSES.bind("redi", {"alpha": 0.0, "length_normalize": False})
+  unnorm, _ = plain(z, batch, norm=_norm(batch))
   np.testing.assert_allclose(float(unnorm), np.mean(-lp[0::2]), rtol=1e-5)
   assert float(metrics["chosen_logp"]) == pytest.approx(np.mean((lp / n)[0::2]), rel=1e-5)
 
@@ -94,7 +95,8 @@ def test_a_pair_with_an_empty_row_does_not_count():
   loss, _ = LOSSES.bind("redi", {"alpha": 0.5})(z, empty, norm=_norm(empty))
   lp, n = _row_logp(z, empty)
   keep = [0, 2]  # pairs 0 and 2
-  per_pair = [-(lp / np.maximum(n, 1))[2 * p] + 0.5 * (lp / np.maximum(n, 1))[2 * p + 1] for p in keep]
+  per = lp / np.maximum(n, 1)
+  per_pair = [-per[2 * p] + 0.5 * per[2 * p + 1] for p in keep]
   # Normalised by half the counted sequences (5 rows -> 2.5): the data regime has none empty.
   np.testing.assert_allclose(float(loss), sum(per_pair) / 2.5, rtol=1e-5)
 
@@ -124,7 +126,9 @@ def test_pair_data_keeps_each_pair_in_adjacent_rows_in_a_seeded_order(tmp_path):
   examples, where, skipped = read_pairs(path, skip_malformed=True)
   assert skipped == 1 and len(examples) == 12 and "(rejected)" in where(1)
   texts = [f"{e.prompt} {e.thinking} {e.answer}" for e in examples] * 20
-  tok = SentencePieceTokenizer.train(texts, str(tmp_path / "tok"), vocab_size=40, byte_fallback=False)
+  tok = SentencePieceTokenizer.train(
+    texts, str(tmp_path / "tok"), vocab_size=40, byte_fallback=False
+  )
   source = pair_source(examples, tok, seed=3)
   seen = []
   for j in range(12):  # two epochs of six pairs
