@@ -146,9 +146,20 @@ def frozen_model(config, vocab_size: int, **source):
   return graphdef, (params, rest)
 
 
-def check_teacher(config) -> None:
-  """Fails early unless ``config.teacher`` names a model to load (a method reads it)."""
+def check_teacher(config, *, model: bool = False) -> None:
+  """Fails early unless ``config.teacher`` says what teacher a method reads; with
+  ``model``, a frozen model to load (not shards, not the student itself)."""
   t = config.teacher
+  if model and not (t.hf_dir or t.gguf or t.init_from):
+    raise config_lib.ConfigError(
+      "this run reads a frozen teacher model: set teacher.init_from (a run or zoo:NAME), "
+      "teacher.hf_dir or teacher.gguf"
+      + (
+        " (teacher.offline / teacher.privileged cannot serve here)"
+        if t.offline or t.privileged
+        else ""
+      )
+    )
   if not (t.hf_dir or t.gguf or t.init_from or t.offline or t.privileged):
     raise config_lib.ConfigError(
       "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir, "
@@ -173,7 +184,7 @@ def load_teacher(config, tok):
   teacher embedding fewer ids than the tokenizer has is an error, and one padded to
   another size than the student needs ``teacher.shared_vocab`` (checked when traced).
   """
-  check_teacher(config)
+  check_teacher(config, model=True)
   t = config.teacher
   init = zoo.resolve(t.init_from)
   own = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model") if init else ""

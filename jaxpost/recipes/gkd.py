@@ -55,9 +55,9 @@ def config_sections(c: config_dict.ConfigDict) -> None:
 
 
 def validate(c: config_dict.ConfigDict) -> None:
-  common.check_teacher(c)
-  if c.teacher.offline:
-    raise config_lib.ConfigError("gkd scores the student's own samples: teacher.offline cannot")
+  common.check_teacher(c, model=True)  # it scores the student's own samples: a live model
+  if c.teacher.offline or c.teacher.privileged:
+    raise config_lib.ConfigError("gkd reads a teacher model on the student's rows only")
   if c.gkd.lmbda > 0 and c.data.levels == "":
     raise config_lib.ConfigError("on-policy steps sample task prompts: set data.levels")
   if c.gkd.max_new_tokens >= c.model.max_seq_len:

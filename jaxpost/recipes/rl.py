@@ -191,7 +191,7 @@ def validate(c: config_dict.ConfigDict) -> None:
     reward_spec(c)
     needs = token_rewards.needs(token_rewards.make_spec(c.reward.token_terms, c.reward))
     if "teacher_logp" in needs:
-      common.check_teacher(c)
+      common.check_teacher(c, model=True)
     for name in token_rewards.TOKEN_REWARDS.names():  # used or not: a bad value fails now
       token_rewards.TOKEN_REWARDS.validate_hparams(name, c.reward[name], where=f"reward.{name}")
   except (KeyError, TypeError, ValueError) as e:
