@@ -44,6 +44,19 @@ class StreamPacker:
       on this host (``state()`` merges them across hosts).
   """
 
+  @classmethod
+  def for_config(cls, source: packing.ExampleSource, data, rows=None, **overrides):
+    """The packer a config's ``data`` section describes (``overrides``: e.g. another
+    ``seq_len`` or ``pack`` for a second view of the same examples)."""
+    kw = dict(
+      batch_size=data.batch_size,
+      seq_len=data.seq_len,
+      streams=data.streams,
+      pack=data.pack,
+      overlong=data.overlong,
+    )
+    return cls(source, rows=rows, **{**kw, **overrides})
+
   def __init__(
     self,
     source: packing.ExampleSource,

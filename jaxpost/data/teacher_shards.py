@@ -50,14 +50,7 @@ def make_packer(config, tok):
   """The SFT recipe's batch stream for ``config`` (one host): what training will see."""
   counts: dict = {}
   source, _ = pipeline.build_source(config, tok, counts)
-  return streams.StreamPacker(
-    source,
-    batch_size=config.data.batch_size,
-    seq_len=config.data.seq_len,
-    streams=config.data.streams,
-    pack=config.data.pack,
-    overlong=config.data.overlong,
-  )
+  return streams.StreamPacker.for_config(source, config.data)
 
 
 def write(config, out: str, *, k: int, steps_per_shard: int = 100) -> dict:

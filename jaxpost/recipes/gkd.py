@@ -93,15 +93,8 @@ def run(config, workdir: str) -> dict:
   run_ = common.setup(
     config, workdir, mesh, tok, total_updates=config.train.steps, step_zero=counts
   )
-  packer = streams.StreamPacker(
-    source,
-    batch_size=config.data.batch_size,
-    seq_len=config.data.seq_len,
-    streams=config.data.streams,
-    rows=sharding.process_rows(mesh, config.data.batch_size),
-    pack=config.data.pack,
-    overlong=config.data.overlong,
-  )
+  rows = sharding.process_rows(mesh, config.data.batch_size)
+  packer = streams.StreamPacker.for_config(source, config.data, rows)
   if run_.data_state:
     packer.restore(run_.data_state)
   next_prompt = int(run_.data_state.get("next_prompt", 0))

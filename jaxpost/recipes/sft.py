@@ -57,15 +57,8 @@ def run(config, workdir: str) -> dict:
   )
   # Each host packs only the rows its devices need; the global batch does not depend on
   # the number of hosts (see jaxpost.data.streams).
-  packer = streams.StreamPacker(
-    source,
-    batch_size=config.data.batch_size,
-    seq_len=config.data.seq_len,
-    streams=config.data.streams,
-    rows=sharding.process_rows(mesh, config.data.batch_size),
-    pack=config.data.pack,
-    overlong=config.data.overlong,
-  )
+  rows = sharding.process_rows(mesh, config.data.batch_size)
+  packer = streams.StreamPacker.for_config(source, config.data, rows)
   if run_.data_state:
     packer.restore(run_.data_state)
     logging.info("resumed from step %d (example %d)", run_.first_step, packer.next_index)
@@ -87,15 +80,9 @@ def run(config, workdir: str) -> dict:
       shared_vocab=t.shared_vocab,
     )
   if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
-    t_packer = streams.StreamPacker(
-      privileged.source(config, tok),
-      batch_size=config.data.batch_size,
-      seq_len=config.data.seq_len + t.privileged_tokens,
-      streams=config.data.streams,
-      rows=sharding.process_rows(mesh, config.data.batch_size),
-      pack=False,
-      overlong="error",
-    )
+    t_source = privileged.source(config, tok)
+    t_len = config.data.seq_len + t.privileged_tokens
+    t_packer = streams.StreamPacker.for_config(t_source, config.data, rows, seq_len=t_len)
     if run_.data_state:
       t_packer.restore(run_.data_state)
   objective = train.make_objective(
