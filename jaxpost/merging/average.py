@@ -66,7 +66,9 @@ def average(trees: Sequence, weights: Sequence[float] | None = None):
   return jax.tree.unflatten(treedef, leaves)
 
 
-def merge_runs(runs: Sequence[str], out: str, weights: Sequence[float] | None = None) -> str:
+def merge_runs(
+  runs: Sequence[str], out: str, weights: Sequence[float] | None = None, *, tokenizer: str = ""
+) -> str:
   """Averages the latest parameters of ``runs`` into a new run directory ``out``.
 
   ``out`` gets ``checkpoints/`` (the averaged ``state.params``, step 0), the first
@@ -78,6 +80,9 @@ def merge_runs(runs: Sequence[str], out: str, weights: Sequence[float] | None = 
     runs: run directories (or ``zoo:NAME``) with ``checkpoints/``.
     out: the directory to write; must not hold a checkpoint yet.
     weights: per run, as ``average``'s.
+    tokenizer: where the runs' tokenizer is when they hold none themselves (their
+      ``tokenizer.path``: a ``.model`` file, or a run / ``zoo:NAME`` holding one), so
+      that ``out`` carries it.
 
   Returns:
     ``out``.
@@ -103,7 +108,11 @@ def merge_runs(runs: Sequence[str], out: str, weights: Sequence[float] | None = 
   tokenizers = {d: _read(os.path.join(d, "tokenizer.model")) for d in dirs}
   if len({t for t in tokenizers.values() if t is not None}) > 1:
     raise ValueError(f"the runs {dirs} were trained with different tokenizers")
-  source = next((d for d, t in tokenizers.items() if t is not None), None)
+  source = next((os.path.join(d, "tokenizer.model") for d, t in tokenizers.items() if t), None)
+  if source is None and tokenizer:
+    given = zoo.resolve(tokenizer)
+    given = os.path.join(given, "tokenizer.model") if os.path.isdir(given) else given
+    source = given if given.endswith(".model") and os.path.isfile(given) else None
   merged = average(params, weights)
   if os.path.isdir(os.path.join(out, "checkpoints")):
     raise ValueError(f"{out!r} already holds checkpoints")
@@ -112,7 +121,7 @@ def merge_runs(runs: Sequence[str], out: str, weights: Sequence[float] | None = 
   ckpt.save(0, {"params": merged}, {"merged_from": dirs}, force=True)
   ckpt.close()
   if source is not None:
-    shutil.copyfile(os.path.join(source, "tokenizer.model"), os.path.join(out, "tokenizer.model"))
+    shutil.copyfile(source, os.path.join(out, "tokenizer.model"))
   identity = os.path.join(dirs[0], workdir.IDENTITY_FILE)
   if os.path.exists(identity):
     shutil.copyfile(identity, os.path.join(out, workdir.IDENTITY_FILE))

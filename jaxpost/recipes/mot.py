@@ -95,12 +95,13 @@ def run(config, workdir: str) -> dict:
         sft.run(_branch_config(config, corpus, start, tokens, m.steps_per_round), branch)
         branches.append(branch)
         tokens = tokens or branch
-      merging.merge_runs(branches, merged, m.weights or None)
+      merging.merge_runs(branches, merged, m.weights or None, tokenizer=tokens)
       logging.info("MoT round %d: merged %d branches into %s", r, len(branches), merged)
     start = merged
   # The final model is evaluated in the MoT workdir itself, so its metrics.jsonl is where
   # a sweep or a person looks.
-  return sft.run(_sft_config(config, **{"train.init_from": start, "train.steps": 0}), workdir)
+  final = {"train.init_from": start, "train.steps": 0, "tokenizer.path": config.tokenizer.path}
+  return sft.run(_sft_config(config, **final), workdir)
 
 
 def _branch_config(config, corpus: str, start: str, tokens: str, steps: int):

@@ -111,3 +111,18 @@ def test_bad_mot_sections_fail_before_any_work(tmp_path, shared, overrides, matc
   with pytest.raises(config_lib.ConfigError, match=match):
     mot.run(c, str(tmp_path))
   assert not os.path.exists(tmp_path / "round1")
+
+
+def test_a_warm_start_carries_its_tokenizer_into_every_merge(tmp_path, shared):
+  """From a run (train.init_from) with no tokenizer.path: the branches read the start's
+  tokenizer, each merge holds a copy, and the final evaluation loads it from there."""
+  c = _mot_config(
+    [shared["add"]],
+    "",
+    **{"train.init_from": shared["tokenizer"], "mot.rounds": 1},
+  )
+  result = mot.run(c, str(tmp_path))
+  assert "eval/accuracy" in result
+  with open(os.path.join(shared["tokenizer"], "tokenizer.model"), "rb") as a:
+    with open(tmp_path / "round1" / "merged" / "tokenizer.model", "rb") as b:
+      assert a.read() == b.read()
