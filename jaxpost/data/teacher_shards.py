@@ -11,11 +11,11 @@ the teacher's view of training batch t. Each shard also stores the batch's token
 the training loop compares them with its own batch at every step: a shard written for
 other data, another seed or another packing is refused, never silently misaligned.
 
-Layout: ``DIR/meta.json`` (k, temperature, steps, batch shape, the teacher and the data
-fingerprint) and ``DIR/shard_<first step>.safetensors`` with ``ids`` i32[n, B, T, k],
-``logp`` f32[n, B, T, k] and ``tokens`` i32[n, B, T] for ``steps_per_shard`` steps
-each. Values are stored exactly as computed (f32), so training on shards gives the same
-loss as the live teacher with ``loss.kd.top_k=k`` (tested).
+Layout (``jaxpost.data.step_shards``): ``DIR/meta.json`` (k, temperature, steps, batch
+shape, the teacher and the data fingerprint) and ``DIR/shard_<first step>.safetensors``
+with ``ids`` i32[n, B, T, k], ``logp`` f32[n, B, T, k] and ``tokens`` i32[n, B, T] for
+``steps_per_shard`` steps each. Values are stored exactly as computed (f32), so training
+on shards gives the same loss as the live teacher with ``loss.kd.top_k=k`` (tested).
 
   python -m jaxpost.data.teacher_shards --config=configs/distill.py:tiny --out=runs/shards \\
       --k=8 [--steps_per_shard=100] [--config.train.steps=500 ...]
@@ -30,27 +30,13 @@ import os
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
-from tqdm import tqdm
 
 from jaxpost import scoring
-from jaxpost.data import pipeline, streams
+from jaxpost.data import step_shards
 from jaxpost.losses.head import top_k_teacher
-from jaxpost.types import Batch
-from jaxpost.workdir import data_fingerprint
 
-META = "meta.json"
-
-
-def _shard_name(first: int) -> str:
-  return f"shard_{first:07d}.safetensors"
-
-
-def make_packer(config, tok):
-  """The SFT recipe's batch stream for ``config`` (one host): what training will see."""
-  counts: dict = {}
-  source, _ = pipeline.build_source(config, tok, counts)
-  return streams.StreamPacker.for_config(source, config.data)
+make_packer = step_shards.make_packer
+FIELD = "teacher.offline"
 
 
 def write(config, out: str, *, k: int, steps_per_shard: int = 100) -> dict:
@@ -64,9 +50,9 @@ def write(config, out: str, *, k: int, steps_per_shard: int = 100) -> dict:
   """
   from jaxpost.recipes import common
 
-  if k < 1 or steps_per_shard < 1:
-    raise ValueError(f"k and steps_per_shard must be >= 1, got {k}, {steps_per_shard}")
-  if os.path.exists(os.path.join(out, META)):
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  if os.path.exists(os.path.join(out, step_shards.META)):
     raise ValueError(f"{out!r} already holds teacher shards")
   tok = common.load_tokenizer(config, out, teacher=True)
   graphdef, state = common.load_teacher(config, tok)
@@ -77,89 +63,38 @@ def write(config, out: str, *, k: int, steps_per_shard: int = 100) -> dict:
   def top_k(state, batch):
     return top_k_teacher(scorer.outputs(state, batch), k, temperature)
 
-  packer = make_packer(config, tok)
-  steps = config.train.steps
-  os.makedirs(out, exist_ok=True)
-  for first in tqdm(range(1, steps + 1, steps_per_shard), desc="teacher shards", unit="shard"):
-    ids, logp, tokens = [], [], []
-    for _ in range(first, min(first + steps_per_shard, steps + 1)):
-      arrays, _ = packer.next_batch()
-      top = top_k(state, jax.tree.map(np.asarray, Batch(**arrays)))
-      ids.append(np.asarray(top.ids, np.int32))
-      logp.append(np.asarray(top.logp, np.float32))
-      tokens.append(np.asarray(arrays["tokens"], np.int32))
-    save_file(
-      {"ids": np.stack(ids), "logp": np.stack(logp), "tokens": np.stack(tokens)},
-      os.path.join(out, _shard_name(first)),
-    )
+  def compute(batch):
+    top = top_k(state, jax.tree.map(np.asarray, batch))
+    return {"ids": np.asarray(top.ids, np.int32), "logp": np.asarray(top.logp, np.float32)}
+
   t = config.teacher
   meta = {
     "k": k,
     "temperature": temperature,
-    "steps": steps,
-    "steps_per_shard": steps_per_shard,
-    "batch_size": config.data.batch_size,
-    "seq_len": config.data.seq_len,
-    "vocab_size": tok.vocab_size,
     "teacher": {"init_from": t.init_from, "hf_dir": t.hf_dir, "gguf": t.gguf, "size": t.size},
-    "data": data_fingerprint(config),
-    "seed": config.seed,
   }
-  with open(os.path.join(out, META), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=1)
-  return meta
+  return step_shards.write(
+    config, tok, out, compute, meta, steps_per_shard=steps_per_shard, desc="teacher shards"
+  )
 
 
-class Reader:
-  """Shards of one directory, read step by step (one shard in memory at a time)."""
+class Reader(step_shards.Reader):
+  """The teacher shards of one directory, read step by step."""
 
   def __init__(self, directory: str):
-    path = os.path.join(directory, META)
-    if not os.path.exists(path):
-      raise ValueError(f"teacher.offline={directory!r} holds no {META}: write shards first")
-    with open(path, encoding="utf-8") as f:
-      self.meta = json.load(f)
-    self.directory = directory
-    self._first, self._arrays = None, None
+    super().__init__(directory, FIELD)
 
   def check(self, config, vocab_size: int) -> None:
     """Refuses shards written for another run shape, teacher temperature or top k."""
-    m = self.meta
-    want = {
-      "batch_size": config.data.batch_size,
-      "seq_len": config.data.seq_len,
-      "vocab_size": vocab_size,
-      "temperature": float(config.loss.kd.temperature),
-    }
+    want = {"temperature": float(config.loss.kd.temperature)}
     if config.loss.kd.top_k:
       want["k"] = config.loss.kd.top_k
-    for key, value in want.items():
-      if m[key] != value:
-        raise ValueError(
-          f"teacher.offline={self.directory!r} was written with {key}={m[key]!r}, "
-          f"this run has {value!r}"
-        )
-    if config.train.steps > m["steps"]:
-      raise ValueError(
-        f"teacher.offline={self.directory!r} covers {m['steps']} steps, "
-        f"train.steps={config.train.steps}"
-      )
+    super().check(config, vocab_size, **want)
 
   def step(self, step: int, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids i32[B, T, k], logp f32[B, T, k]) for training step ``step`` (1-based), after
-    checking that the shard was written for this very batch of ``tokens``."""
-    per = self.meta["steps_per_shard"]
-    first = (step - 1) // per * per + 1
-    if first != self._first:
-      self._arrays = load_file(os.path.join(self.directory, _shard_name(first)))
-      self._first = first
-    i = step - first
-    if not np.array_equal(self._arrays["tokens"][i], tokens):
-      raise ValueError(
-        f"teacher.offline={self.directory!r}: step {step}'s shard was written for other "
-        "tokens (another dataset, seed, tokenizer or packing than this run's)"
-      )
-    return self._arrays["ids"][i], self._arrays["logp"][i]
+    """(ids i32[B, T, k], logp f32[B, T, k]) of training step ``step`` (1-based)."""
+    arrays = super().step(step, tokens)
+    return arrays["ids"], arrays["logp"]
 
 
 def main(argv=None) -> None:
