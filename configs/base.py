@@ -78,9 +78,12 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
+  # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection); "" = off
+  c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
   declare(
     "data",
     source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs")),
+    token_selection=TEXT,
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,

@@ -74,8 +74,11 @@ class Checkpointer:
     self._manager.close()
 
 
-def load_params(workdir: str, like: Any, *, what: str = "train.init_from") -> tuple[Any, list[str]]:
-  """Parameters of the latest checkpoint of the run in ``workdir``, shaped like ``like``.
+def load_params(
+  workdir: str, like: Any, *, what: str = "train.init_from", step: int | None = None
+) -> tuple[Any, list[str]]:
+  """Parameters of the latest (or ``step``'s) checkpoint of the run in ``workdir``,
+  shaped like ``like``.
 
   Only the saved ``state.params`` are read (raw, without a target), so that run's
   optimizer, step and trainable subset may differ from this one's. A leaf of ``like``
@@ -99,7 +102,10 @@ def load_params(workdir: str, like: Any, *, what: str = "train.init_from") -> tu
 
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
-  step = manager.latest_step()
+  if step is not None and step not in manager.all_steps():
+    manager.close()
+    raise ValueError(f"{what}={workdir!r} has no checkpoint of step {step}")
+  step = manager.latest_step() if step is None else step
   if step is None:
     manager.close()
     raise ValueError(f"{what}={workdir!r} has no checkpoint")

@@ -23,7 +23,7 @@ import jax
 from tqdm import tqdm
 
 from jaxpost import config_lib, scoring, sharding, train
-from jaxpost.data import pipeline, privileged, streams, teacher_shards
+from jaxpost.data import pipeline, privileged, streams, teacher_shards, token_selection
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
 from jaxpost.types import Batch, DistillBatch, PrivilegedBatch
@@ -79,6 +79,10 @@ def run(config, workdir: str) -> dict:
       teacher=dataclasses.replace(scorer, graphdef=t_graph),
       shared_vocab=t.shared_vocab,
     )
+  selection = None
+  if config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
+    selection = token_selection.Reader(config.data.token_selection)
+    selection.check(config, tok.vocab_size)
   if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
     t_source = privileged.source(config, tok)
     t_len = config.data.seq_len + t.privileged_tokens
@@ -109,6 +113,8 @@ def run(config, workdir: str) -> dict:
   step = first_step
   for step in range(first_step + 1, total + 1):
     arrays, stats = packer.next_batch()
+    if selection is not None:
+      arrays["loss_mask"] = arrays["loss_mask"] * selection.keep(step, arrays["tokens"])
     batch = Batch(**arrays)
     if shards is not None:
       batch = DistillBatch(batch, *shards.step(step, arrays["tokens"]))
