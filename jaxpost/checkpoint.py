@@ -74,6 +74,14 @@ class Checkpointer:
     self._manager.close()
 
 
+def raw_restore():
+  """Restore args for a checkpoint read without a target tree, onto this process's
+  devices whatever topology saved it (a run on 8 devices read by one on 1)."""
+  return ocp.args.StandardRestore(
+    fallback_sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  )
+
+
 def load_params(
   workdir: str, like: Any, *, what: str = "train.init_from", step: int | None = None
 ) -> tuple[Any, list[str]]:
@@ -109,7 +117,7 @@ def load_params(
   if step is None:
     manager.close()
     raise ValueError(f"{what}={workdir!r} has no checkpoint")
-  saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved = manager.restore(step, args=ocp.args.Composite(state=raw_restore()))
   manager.close()
   tree = saved.state["params"]
   flat, treedef = jax.tree_util.tree_flatten_with_path(like)

@@ -1,6 +1,7 @@
 """Checkpointer: TrainState round trip, keep-N, abstract restore targets, missing checkpoints."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -127,3 +128,27 @@ def test_missing_checkpoint_raises(tmp_path):
   with pytest.raises(FileNotFoundError):
     ckpt.restore(7, like=_fresh_state())
   ckpt.close()
+
+
+def test_params_saved_on_8_devices_load_in_a_1_device_process(tmp_path):
+  """train.init_from (and merges) read a run saved on another topology: params of an
+  8-device run load in a process with one device."""
+  import subprocess
+  import sys
+
+  mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  w = jax.device_put(jnp.arange(16.0).reshape(8, 2), spec)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  ckpt.save(1, {"params": {"w": w}}, {}, force=True)
+  ckpt.close()
+  code = (
+    "import jax, jax.numpy as jnp, numpy as np\n"
+    "from jaxpost import checkpoint\n"
+    "assert jax.device_count() == 1\n"
+    f"p, kept = checkpoint.load_params({str(tmp_path / 'run')!r}, {{'w': jnp.zeros((8, 2))}})\n"
+    "assert kept == [] and np.array_equal(np.asarray(p['w']), np.arange(16.0).reshape(8, 2))\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]

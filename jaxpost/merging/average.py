@@ -101,7 +101,7 @@ def merge_runs(
     if step is None:
       manager.close()
       raise ValueError(f"{d!r} has no checkpoint to merge")
-    saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    saved = manager.restore(step, args=ocp.args.Composite(state=checkpoint.raw_restore()))
     manager.close()
     params.append(saved.state["params"])
   # A run that read its tokenizer from elsewhere (tokenizer.path) holds no file to compare.

@@ -55,6 +55,10 @@ def config_sections(c: config_dict.ConfigDict) -> None:
 
 
 def validate(c: config_dict.ConfigDict) -> None:
+  if "gkd" not in c:  # a config built for another recipe, with recipe=gkd set on it
+    raise config_lib.ConfigError(
+      "recipe=gkd needs its own sections: start from configs/gkd.py or base.get_config('gkd')"
+    )
   common.check_teacher(c, model=True)  # it scores the student's own samples: a live model
   if c.teacher.offline or c.teacher.privileged:
     raise config_lib.ConfigError("gkd reads a teacher model on the student's rows only")

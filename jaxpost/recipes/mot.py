@@ -64,6 +64,10 @@ def _check_weights(value) -> None:
 
 
 def validate(c: config_dict.ConfigDict) -> None:
+  if "mot" not in c:  # a config built for another recipe, with recipe=mot set on it
+    raise config_lib.ConfigError(
+      "recipe=mot needs its own sections: start from configs/mot.py or base.get_config('mot')"
+    )
   m = c.mot
   if not m.branch_data:
     raise config_lib.ConfigError("mot.branch_data: give one JSONL corpus per teacher")
