@@ -34,6 +34,8 @@ DEFAULT_LOSS = "cross_entropy"
 
 def validate(c) -> None:
   """A distill loss needs a teacher (config_lib.validate calls this once)."""
+  if c.data.token_selection and jax.process_count() > 1:
+    raise config_lib.ConfigError("data.token_selection masks are read by one process only")
   if LOSSES.family(c.loss.name) == "distill":
     common.check_teacher(c)
     if c.teacher.offline and jax.process_count() > 1:
