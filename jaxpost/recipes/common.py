@@ -209,6 +209,17 @@ def load_teacher(config, tok):
   )
 
 
+def attach_teacher(run, config, tok, scorer) -> dict:
+  """Loads ``config.teacher`` into ``run.frozen["teacher"]``; returns the distill
+  objective's readers (its scorer: the student's options on the teacher's graph)."""
+  t_graph, t_state = load_teacher(config, tok)
+  run.frozen["teacher"] = run.place(t_state)
+  return dict(
+    teacher=dataclasses.replace(scorer, graphdef=t_graph),
+    shared_vocab=config.teacher.shared_vocab,
+  )
+
+
 @dataclasses.dataclass
 class Run:
   """The set-up of a run: what a recipe's loop reads and updates.

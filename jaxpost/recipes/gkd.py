@@ -19,7 +19,6 @@ defaults are lambda 0.5, beta 0.5 (``loss.kd.divergence=jsd``), temperature 0.9.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import jax
@@ -103,21 +102,19 @@ def run(config, workdir: str) -> dict:
     packer.restore(run_.data_state)
   next_prompt = int(run_.data_state.get("next_prompt", 0))
   on_policy = int(run_.data_state.get("on_policy_steps", 0))
-  t_graph, t_state = common.load_teacher(config, tok)
-  run_.frozen["teacher"] = run_.place(t_state)
 
   name = config.loss.name
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
+  readers = common.attach_teacher(run_, config, tok, scorer)
   train_step = run_.compile_step(
     train.make_train_step(
       train.make_objective(
         LOSSES.family(name),
         scorer,
         LOSSES.bind(name, config.loss[name], where=f"loss.{name}"),
-        teacher=dataclasses.replace(scorer, graphdef=t_graph),
-        shared_vocab=config.teacher.shared_vocab,
+        **readers,
       ),
       run_.optimizer,
       microbatches=config.train.microbatches,

@@ -15,7 +15,6 @@ have.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -75,12 +74,7 @@ def run(config, workdir: str) -> dict:
     shards = teacher_shards.Reader(t.offline)
     shards.check(config, tok.vocab_size)
   elif distill and (t.init_from or t.hf_dir or t.gguf):  # a frozen teacher, its own graph
-    t_graph, t_state = common.load_teacher(config, tok)
-    run_.frozen["teacher"] = run_.place(t_state)
-    readers = dict(
-      teacher=dataclasses.replace(scorer, graphdef=t_graph),
-      shared_vocab=t.shared_vocab,
-    )
+    readers = common.attach_teacher(run_, config, tok, scorer)
   selection = None
   if config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
     selection = token_selection.Reader(config.data.token_selection)
