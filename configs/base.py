@@ -11,6 +11,7 @@ from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
 from jaxpost.data.packing import OVERLONG_CHOICES
+from jaxpost.data.privileged import PRIVILEGED
 from jaxpost.fields import FLAG, PATTERN, TEXT, Text, declare, integer, num, one_of
 from jaxpost.losses import LOSSES
 from jaxpost.losses.head import LM_HEADS
@@ -111,10 +112,16 @@ def shared_sections() -> config_dict.ConfigDict:
   c.teacher.gguf = ""  # or a GGUF file / packaged model name ("smollm2")
   c.teacher.init_from = ""  # a run's workdir or zoo:NAME[@SEED] whose latest params it loads
   c.teacher.offline = ""  # or a dir of its top-k log-probs (python -m jaxpost.data.teacher_shards)
-  # The teacher also sees privileged text in its prompt: "" | answer | trace (tasks only;
+  # The teacher also sees privileged text in its prompt: "" | answer | trace | skill (tasks;
   # one example per row). With no teacher model named, the teacher is the student itself.
   c.teacher.privileged = ""  # what the teacher's prompt gains (jaxpost/data/privileged.py)
   c.teacher.privileged_tokens = 64  # extra columns of the teacher's rows for that text
+  # Or a copy of the student that follows it (jaxpost/optim.py follow_params), kept in the
+  # optimizer state: "lagged" = its parameters as of the last multiple of sync_every steps
+  # (Skill-SD's synced teacher), "ema" = their moving average (decay per optimiser update).
+  c.teacher.follow = ""  # "" | lagged | ema
+  c.teacher.sync_every = 10  # lagged: steps between syncs (recipe steps: RL steps in rl)
+  c.teacher.ema_decay = 0.99  # ema: copy <- decay * copy + (1 - decay) * params
   # Embeddings padded to different sizes past the tokenizer's ids: compare ids [0, N) only.
   c.teacher.shared_vocab = 0  # N; 0 = the two vocabulary sizes must match
   declare(
@@ -124,8 +131,11 @@ def shared_sections() -> config_dict.ConfigDict:
     gguf=TEXT,
     init_from=TEXT,
     offline=TEXT,
-    privileged=one_of(("", "answer", "trace")),
+    privileged=one_of(PRIVILEGED),
     privileged_tokens=integer(ge=0),
+    follow=one_of(("", "lagged", "ema")),
+    sync_every=integer(ge=1),
+    ema_decay=num(ge=0, lt=1),
     shared_vocab=integer(ge=0),
   )
 

@@ -14,11 +14,18 @@ Two ways to train only part of a model, for two granularities:
   update after weight decay, so frozen entries receive an update of exactly 0 and stay
   bit-identical (p + 0 == p; only a stored -0.0 would turn into +0.0). Unlike the split,
   frozen entries still have (unused) optimizer moments.
+
+A copy of the parameters that *follows* them (``follow_params``: a lagged copy synced
+every N updates, or an exponential moving average) lives in the optimizer state, so it
+is checkpointed, restored, sharded and updated inside the compiled step like Adam's
+moments. Self-distillation reads it as its teacher (``teacher.follow``; the train step
+passes it to the objective as ``frozen["teacher"]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +33,7 @@ import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "sgd")
+FOLLOW = ("lagged", "ema")
 
 
 def make_schedule(
@@ -69,8 +77,70 @@ def mask_updates(trainable: Callable) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+class FollowState(NamedTuple):
+  """The following copy: ``count`` updates seen, ``params`` the copy (params' structure)."""
+
+  count: jax.Array
+  params: Any
+
+
+def follow_params(kind: str, *, every: int = 1, decay: float = 0.99):
+  """A stateful no-op transformation whose state is a copy that follows the parameters.
+
+  It starts as the initial parameters. After each update (the parameters it is given
+  plus the final updates, so put it last in a chain):
+
+    lagged  copy <- new params when the update count is a multiple of ``every``
+            (the copy is the parameters of at most ``every`` - 1 updates ago);
+    ema     copy <- decay * copy + (1 - decay) * new params.
+
+  The updates pass through unchanged; ``followed_params`` reads the copy.
+  """
+  if kind not in FOLLOW:
+    raise ValueError(f"follow kind {kind!r}; expected one of {FOLLOW}")
+  if every < 1 or not 0.0 <= decay < 1.0:
+    raise ValueError(f"follow needs every >= 1 and 0 <= decay < 1, got {every}, {decay}")
+
+  def init(params):
+    return FollowState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("follow_params needs params (the copy follows them)")
+    new = optax.apply_updates(params, updates)
+    count = state.count + 1
+    if kind == "lagged":
+      sync = count % every == 0
+      copy = jax.tree.map(lambda n, c: jnp.where(sync, n, c), new, state.params)
+    else:
+      copy = jax.tree.map(
+        lambda n, c: (decay * c.astype(jnp.float32) + (1.0 - decay) * n).astype(c.dtype),
+        new,
+        state.params,
+      )
+    return updates, FollowState(count, copy)
+
+  return optax.GradientTransformation(init, update)
+
+
+def followed_params(opt_state) -> Any | None:
+  """The following copy held in ``opt_state`` (``follow_params``), or None."""
+  found = [
+    s
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FollowState))
+    if isinstance(s, FollowState)
+  ]
+  if len(found) > 1:
+    raise ValueError("the optimizer state holds more than one following copy")
+  return found[0].params if found else None
+
+
 def make_optimizer(
-  optim_config, total_steps: int, *, trainable: Callable | None = None
+  optim_config,
+  total_steps: int,
+  *,
+  trainable: Callable | None = None,
+  follow: optax.GradientTransformation | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax chain (clip -> optimiser) and its schedule from ``config.optim``.
 
@@ -79,6 +149,7 @@ def make_optimizer(
     total_steps: optimiser updates of the run (the schedule's length).
     trainable: optional label function ``params -> pytree`` of True / False / bool
       arrays (see the module docstring); None trains every leaf it is given.
+    follow: a ``follow_params`` transformation, chained last (it sees the final updates).
   """
   c = optim_config
   schedule = make_schedule(
@@ -95,6 +166,8 @@ def make_optimizer(
   else:
     raise ValueError(f"optim.name={c.name!r}; expected one of {OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(c.grad_clip)] if c.grad_clip > 0 else []
-  if trainable is None:
-    return optax.chain(*parts, opt), schedule
-  return optax.chain(mask_updates(trainable), *parts, opt, mask_updates(trainable)), schedule
+  if trainable is not None:
+    parts = [mask_updates(trainable), *parts, opt, mask_updates(trainable)]
+  else:
+    parts = [*parts, opt]
+  return optax.chain(*parts, *([follow] if follow is not None else [])), schedule

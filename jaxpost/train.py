@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxpost import checkpoint
+from jaxpost import checkpoint, optim
 from jaxpost.losses import head
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
 from jaxpost.scoring import Scorer
@@ -188,10 +188,22 @@ def accumulate_grads(objective: ObjectiveFn, params, frozen: dict, batch, microb
   return loss, metrics, grads, norm
 
 
+def with_followed_teacher(frozen: dict, opt_state) -> dict:
+  """``frozen`` plus "teacher" = the optimizer state's following copy of the student
+  (``optim.follow_params``: a lagged or EMA teacher), when it holds one."""
+  copy = optim.followed_params(opt_state)
+  if copy is None:
+    return frozen
+  if "teacher" in frozen:
+    raise ValueError("a frozen teacher and a following copy of the student: choose one")
+  return {**frozen, "teacher": (copy, frozen["rest"])}
+
+
 def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
   """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``."""
 
   def step(state: TrainState, batch, frozen: dict):
+    frozen = with_followed_teacher(frozen, state.opt_state)
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, frozen, batch, microbatches
     )

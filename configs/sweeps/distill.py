@@ -19,6 +19,25 @@ The report's baseline is ``sft``.
   python -m jaxpost.sweep --config=configs/sweeps/distill.py --report
   python -m jaxpost.sweep.report runs/sweeps/distill --out experiments/distillation
 
+Variant ``warm``: distillation of a partly trained student, as GKD, SODA and REDI apply
+it (``_warm``): every cell fine-tunes the zoo's ``student-mul2x2-40@SEED`` (an SFT run
+stopped at >= 40% held-out mul2x2) for 300 steps at lr 5e-4 against ``teacher-mul2x2``,
+on-policy GKD, privileged self-distillation and the pair methods included:
+  for s in 0 1 2; do
+    python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
+        --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
+        --out=runs/distill/student40_$s.jsonl
+    python -m jaxpost.data.pairs --chosen=runs/distill/teacher_quickstart.jsonl \\
+        --rejected=runs/distill/student40_$s.jsonl --require=differ --out=runs/distill/soda_$s.jsonl
+  done
+  python -m jaxpost.data.generated --model=zoo:teacher-mul2x2 --levels=add3:0.2,mul2x2:1.0 \\
+      --n=16000 --samples=8 --temperature=1.0 --max_new_tokens=64 --batch_size=256 \\
+      --out=runs/distill/teacher_t1x8.jsonl
+  python -m jaxpost.data.pairs --chosen=runs/distill/teacher_t1x8.jsonl \\
+      --rejected=runs/distill/teacher_t1x8.jsonl --out=runs/distill/redi.jsonl \\
+      --require=chosen_correct,rejected_incorrect,differ --per_prompt=4
+  python -m jaxpost.sweep --config=configs/sweeps/distill.py:warm --name=distill_warm --report
+
 Variant ``smollm2``: the same question with a real pretrained teacher (``_smollm2``):
   python -m jaxpost.sweep --config=configs/sweeps/distill.py:smollm2 --name=distill_smollm2 --report
 """
@@ -32,8 +51,10 @@ SEQKD_DATA = "runs/distill/teacher_quickstart.jsonl"
 def get_config(variant: str = "default") -> Sweep:
   if variant == "smollm2":
     return _smollm2()
+  if variant == "warm":
+    return _warm()
   if variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; expected default | smollm2")
+    raise ValueError(f"unknown variant {variant!r}; expected default | warm | smollm2")
   kd = {"loss.name": "kd", "teacher.init_from": TEACHER}
   return Sweep(
     base="configs/quickstart.py",
@@ -55,6 +76,63 @@ def get_config(variant: str = "default") -> Sweep:
       "train.max_minutes": 0.0,  # a step budget, never the wall clock
       "train.checkpoint_every": 500,
       "tokenizer.path": TEACHER,  # every student on the teacher's token ids
+      "eval.every": 100,
+      "eval.levels": "mul2x2",
+      "eval.final_levels": "",
+    },
+    report={
+      "metrics": ["eval/accuracy"],
+      "baseline": "sft",
+      "curves": ["eval/accuracy"],
+      "scale": 100.0,
+      "unit": "%",
+    },
+  )
+
+
+def _warm() -> Sweep:
+  """Fine-tuning ``student-mul2x2-40@SEED`` for 300 steps by each method (module doc)."""
+  quick, gkd = "configs/quickstart.py", "configs/gkd.py:quickstart"
+  kd = {"config": quick, "loss.name": "kd", "teacher.init_from": TEACHER}
+  rows = {"data.pack": False, "data.seq_len": 80}  # one example per row, room for responses
+  pairs = {"config": quick, "data.source": "pairs", "data.streams": 1, **rows}
+  return Sweep(
+    base=quick,
+    cells=cells(
+      {"name": "start", "train.steps": 0},  # the undistilled student
+      {"name": "sft"},
+      {"name": "seqkd", "data.source": "jsonl", "data.path": SEQKD_DATA},
+      {"name": "kd_fkl", **kd},
+      {"name": "gkd", "config": gkd},  # lambda 0.5, JSD(0.5): GKD's defaults
+      {"name": "gkd_onpolicy", "config": gkd, "gkd.lmbda": 1.0},
+      {"name": "onpolicy_rkl", "config": gkd, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
+      {"name": "sampled_rkl", "config": gkd, "gkd.lmbda": 1.0, "loss.name": "sampled_rkl"},
+      {
+        "name": "self_answer",
+        "config": quick,
+        "loss.name": "kd",
+        "teacher.privileged": "answer",
+        **rows,
+      },
+      {
+        "name": "soda",
+        **pairs,
+        "data.path": "runs/distill/soda_{seed}.jsonl",
+        "loss.name": "dpo",
+        "teacher.init_from": "zoo:student-mul2x2-40@{seed}",  # the reference: the start
+      },
+      {"name": "redi", **pairs, "data.path": "runs/distill/redi.jsonl", "loss.name": "redi"},
+      {"name": "teacher", "train.steps": 0, "train.init_from": TEACHER},
+    ),
+    seeds=(0, 1, 2),
+    fixed={
+      "train.progress": False,
+      "train.steps": 300,
+      "train.max_minutes": 0.0,
+      "train.checkpoint_every": 300,
+      "train.init_from": "zoo:student-mul2x2-40@{seed}",
+      "optim.lr": 5e-4,
+      "optim.warmup_steps": 10,
       "eval.every": 100,
       "eval.levels": "mul2x2",
       "eval.final_levels": "",

@@ -9,10 +9,22 @@ examples: source index 2j is pair p(j)'s chosen response, 2j + 1 its rejected on
 p a seeded permutation per epoch. With one example per row (``data.pack=False``, one
 stream, an even batch) row 2i of every batch is a chosen response and row 2i + 1 the
 rejected response of the same prompt, which is the layout the pair losses read.
+
+``build_pairs`` (and ``python -m jaxpost.data.pairs``) makes such a file from the JSONL
+that ``jaxpost.data.generated`` writes, joining records by prompt:
+
+  SODA  chosen = a teacher's response, rejected = a one-time snapshot of the student's
+        response to the same prompt (two files):
+          --chosen=teacher.jsonl --rejected=student.jsonl --require=differ
+  REDI  chosen = a correct sample, rejected = an incorrect sample of the same prompt
+        (one file of several samples per prompt):
+          --chosen=samples.jsonl --rejected=samples.jsonl \\
+          --require=chosen_correct,rejected_incorrect
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 
@@ -78,3 +90,108 @@ def pair_source(examples, tok, seed: int, where: Callable[[int], str] | None = N
   if where is None:
     return source
   return PlacedSource(source, lambda index: where(example_at(index)))
+
+
+REQUIRE = ("chosen_correct", "rejected_incorrect", "differ")
+
+
+def _by_prompt(path: str) -> dict[str, list[dict]]:
+  """{prompt: [records in file order]} of a generated JSONL file."""
+  grouped: dict[str, list[dict]] = {}
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
+          raise ValueError("expected keys 'prompt' and 'response'")
+      except ValueError as e:
+        raise DataError(f"{path}:{number}: {e}") from None
+      grouped.setdefault(record["prompt"], []).append(record)
+  return grouped
+
+
+def build_pairs(
+  chosen: str, rejected: str, out: str, *, require: tuple[str, ...] = (), per_prompt: int = 1
+) -> dict:
+  """Joins two generated JSONL files by prompt into a pairs file (see module doc).
+
+  For each prompt of ``chosen`` (file order) that ``rejected`` also answers, the chosen
+  candidates and the rejected candidates are filtered by ``require`` and zipped in file
+  order, up to ``per_prompt`` pairs.
+
+  Args:
+    chosen: JSONL whose responses are the chosen side.
+    rejected: JSONL whose responses are the rejected side (may be ``chosen``).
+    out: the pairs JSONL to write.
+    require: any of ``REQUIRE``: the chosen record is correct, the rejected record is
+      incorrect (both need the ``correct`` key), the two responses differ (a pair of
+      equal responses has no gradient under DPO and cancels in REDI).
+    per_prompt: most pairs per prompt.
+
+  Returns:
+    counts: pairs written, prompts joined, prompts with no admissible pair.
+
+  Raises:
+    DataError: an unknown requirement, a record lacking ``correct`` when a
+      requirement reads it, or no pair at all.
+  """
+  unknown = set(require) - set(REQUIRE)
+  if unknown:
+    raise DataError(f"unknown requirement(s) {sorted(unknown)}; expected any of {REQUIRE}")
+  if per_prompt < 1:
+    raise DataError(f"per_prompt must be >= 1, got {per_prompt}")
+
+  def correct(record: dict, path: str) -> bool:
+    if "correct" not in record:
+      raise DataError(f"{path}: a record has no 'correct' key (prompt {record['prompt']!r})")
+    return bool(record["correct"])
+
+  good, bad = _by_prompt(chosen), _by_prompt(rejected)
+  written = joined = empty = 0
+  with open(out, "w", encoding="utf-8") as f:
+    for prompt, candidates in good.items():
+      if prompt not in bad:
+        continue
+      joined += 1
+      ups = [r for r in candidates if "chosen_correct" not in require or correct(r, chosen)]
+      downs = [
+        r for r in bad[prompt] if "rejected_incorrect" not in require or not correct(r, rejected)
+      ]
+      made = 0
+      for up in ups:
+        if made == per_prompt:
+          break
+        differ = "differ" in require
+        at = next(
+          (i for i, d in enumerate(downs) if not differ or d["response"] != up["response"]), None
+        )
+        if at is None:
+          continue
+        down = downs.pop(at)  # each rejected response is used once
+        pair = {"prompt": prompt, "chosen": up["response"], "rejected": down["response"]}
+        f.write(json.dumps(pair) + "\n")
+        made += 1
+      written += made
+      empty += made == 0
+  if written == 0:
+    raise DataError(f"no pairs: {chosen} and {rejected} share {joined} prompts, none admissible")
+  return dict(pairs=written, prompts=joined, without_pair=empty)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description="Join generated JSONL files into preference pairs.")
+  p.add_argument("--chosen", required=True, help="JSONL of the chosen side (data.generated)")
+  p.add_argument("--rejected", required=True, help="JSONL of the rejected side")
+  p.add_argument("--out", required=True, help="pairs JSONL to write")
+  p.add_argument("--require", default="", help=f"comma-separated, of {REQUIRE}")
+  p.add_argument("--per_prompt", type=int, default=1)
+  a = p.parse_args(argv)
+  require = tuple(r for r in a.require.split(",") if r)
+  counts = build_pairs(a.chosen, a.rejected, a.out, require=require, per_prompt=a.per_prompt)
+  print(json.dumps({"out": a.out, **counts}))
+
+
+if __name__ == "__main__":
+  main()

@@ -11,6 +11,11 @@ the same response token (checked token by token).
 Privileged text for the embedded tasks (``teacher.privileged``):
   answer  the prompt gains "\\nThe answer is {answer}."
   trace   the prompt gains "\\nWorked solution: {thinking} so the answer is {answer}."
+  skill   the prompt gains a worked example of *another* problem of the same level, in
+          the response format ("\\n12*34: <think>12*4=48,...</think>408"): the level's
+          workflow without this problem's answer. Our stand-in for Skill-SD's retrieved
+          skill (its "golden workflow", written by an auxiliary LLM from past
+          trajectories), spelled in characters the tasks' own small tokenizers have.
 """
 
 from __future__ import annotations
@@ -19,17 +24,33 @@ import numpy as np
 
 from jaxpost.data import tasks, template
 from jaxpost.data.packing import PlacedSource
-from jaxpost.types import ROLE_PROMPT
+from jaxpost.types import ROLE_PAD, ROLE_PROMPT, Batch
 
-PRIVILEGED = ("", "answer", "trace")
+PRIVILEGED = ("", "answer", "trace", "skill")
+SKILL_SEED = 0x5C111  # the demonstrations' problems: a seed no run's mixture is asked for
 
 
-def privileged_example(ex: template.Example, kind: str) -> template.Example:
-  """``ex`` with the privileged text of ``kind`` appended to its prompt."""
+def skill_demo(level: str, prompt: str) -> tasks.Problem:
+  """The level's worked demonstration for ``prompt``: a fixed problem, never ``prompt``."""
+  for index in range(2):
+    demo = tasks.make_problem(level, "train", SKILL_SEED, index)
+    if demo.prompt != prompt:
+      return demo
+  raise AssertionError("two fixed problems of one level cannot both equal one prompt")
+
+
+def privileged_example(ex: template.Example, kind: str, level: str = "") -> template.Example:
+  """``ex`` (a problem of task ``level``) with the privileged text of ``kind`` appended to
+  its prompt."""
   if kind == "answer":
     extra = f"\nThe answer is {ex.answer}."
   elif kind == "trace":
     extra = f"\nWorked solution: {ex.thinking} so the answer is {ex.answer}."
+  elif kind == "skill":
+    if level not in tasks.LEVELS:
+      raise ValueError(f"a skill demonstration needs the problem's task level, got {level!r}")
+    demo = skill_demo(level, ex.prompt)
+    extra = f"\n{demo.prompt}: {template.render_response(demo.example)}"
   elif kind == "":
     extra = ""
   else:
@@ -44,7 +65,8 @@ def teacher_task_source(levels: dict[str, float], tok, seed: int, kind: str):
   mix = tasks.mixture(levels, "train", seed)
 
   def encoded(index: int):
-    enc = template.encode_example(tok, privileged_example(mix(index).example, kind))
+    problem = mix(index)
+    enc = template.encode_example(tok, privileged_example(problem.example, kind, problem.level))
     return enc.tokens, enc.roles
 
   return PlacedSource(
@@ -75,6 +97,83 @@ def align(student: dict, teacher: dict) -> np.ndarray:
       "teacher's view (both must be packed one example per row from one index stream)"
     )
   return cols
+
+
+def problem_prompt(problem: tasks.Problem, kind: str) -> str:
+  """A task problem's prompt as the teacher sees it (``kind`` of ``PRIVILEGED``)."""
+  ex = template.Example(prompt=problem.prompt, thinking=problem.thinking, answer=problem.answer)
+  return privileged_example(ex, kind, problem.level).prompt
+
+
+def rollout_view(
+  batch: Batch, prompts: list[list[int]], *, window: int, pad_id: int = 0, bucket: int = 16
+):
+  """The teacher's rows of a rollout: each row's privileged prompt + the same completion.
+
+  On-policy self-distillation with privileged context (Skill-SD) has the student sample
+  from its plain prompt; the teacher scores those same completion tokens after a prompt
+  that holds the privileged text. Row b of ``batch`` (``rollout.batching`` layout: the
+  sequence from column 0, its completion targets from column L_p - 1) becomes the row
+  ``prompts[b] + completion_b`` laid out the same way, so a completion-window scorer
+  (``window``) reads it like the student's rows; shared prompts stay shared when the
+  rows of a group get the same privileged prompt.
+
+  Args:
+    batch: the student's rollout rows (NumPy arrays).
+    prompts: per row, the teacher's prompt token ids.
+    window: the scorer's completion window (``rl.max_new_tokens``): the teacher's width
+      is the longest prompt rounded up to ``bucket`` columns plus the window, so every
+      prompt fits before it.
+    pad_id: token and target id of padding slots.
+    bucket: prompt columns are a multiple of this (one compiled shape per bucket).
+
+  Returns:
+    (teacher ``Batch``, i32[B, T] the teacher column of each student column), checked
+    token by token (``align``).
+  """
+  tokens, roles = np.asarray(batch.tokens), np.asarray(batch.roles)
+  b, t = tokens.shape
+  if len(prompts) != b:
+    raise ValueError(f"{len(prompts)} teacher prompts for {b} rows")
+  lp = (roles == ROLE_PROMPT).sum(axis=1) + 1  # student prompt tokens
+  tlp = np.asarray([len(p) for p in prompts])
+  width = -(-int(tlp.max()) // bucket) * bucket + window
+  shift = tlp - lp
+  col = np.arange(width)[None, :]
+  src = col - shift[:, None]  # student column of each teacher column
+  inside = (src >= 0) & (src < t)
+  srcc = np.clip(src, 0, t - 1)
+
+  def gather(x, fill):
+    return np.where(inside, np.take_along_axis(np.asarray(x), srcc, axis=1), fill)
+
+  real = np.asarray(batch.segment_ids) > 0
+  total = real.sum(axis=1) + shift  # teacher tokens per row
+  prompt_tok = np.zeros((b, width), np.int32)
+  for row, p in enumerate(prompts):
+    prompt_tok[row, : len(p)] = p
+  is_prompt = col < tlp[:, None]
+  t_tokens = np.where(is_prompt, prompt_tok, gather(tokens, 0))
+  in_completion = col >= (tlp - 1)[:, None]  # targets from the last prompt token on
+  next_prompt = np.concatenate([prompt_tok[:, 1:], np.zeros((b, 1), np.int32)], axis=1)
+  t_targets = np.where(in_completion, gather(batch.targets, 0), next_prompt)
+  t_roles = np.where(in_completion, gather(roles, ROLE_PAD), ROLE_PROMPT)
+  t_real = col < total[:, None]
+  t_roles = np.where(t_real, t_roles, ROLE_PAD)
+  t_roles = np.where(col == (total - 1)[:, None], ROLE_PAD, t_roles)  # last token: no target
+  view = Batch(
+    tokens=np.where(t_real, t_tokens, pad_id).astype(np.int32),
+    targets=np.where(t_real & (t_roles != ROLE_PAD), t_targets, pad_id).astype(np.int32),
+    loss_mask=np.where(t_real & in_completion, gather(batch.loss_mask, 0.0), 0.0).astype(
+      np.float32
+    ),
+    segment_ids=t_real.astype(np.int32),
+    positions=np.where(t_real, col, 0).astype(np.int32),
+    roles=t_roles.astype(np.int32),
+  )
+  student = {k: np.asarray(getattr(batch, k)) for k in ("roles", "tokens", "targets", "loss_mask")}
+  teacher = {k: np.asarray(getattr(view, k)) for k in ("roles", "tokens", "targets")}
+  return view, align(student, teacher)
 
 
 def source(config, tok):

@@ -148,28 +148,31 @@ def frozen_model(config, vocab_size: int, **source):
 
 def check_teacher(config, *, model: bool = False) -> None:
   """Fails early unless ``config.teacher`` says what teacher a method reads; with
-  ``model``, a frozen model to load (not shards, not the student itself)."""
+  ``model``, a model to read (a frozen one or the student's following copy; not shards,
+  not the student's current parameters)."""
   t = config.teacher
-  if model and not (t.hf_dir or t.gguf or t.init_from):
+  named = bool(t.hf_dir or t.gguf or t.init_from)
+  if t.follow and (named or t.offline):
     raise config_lib.ConfigError(
-      "this run reads a frozen teacher model: set teacher.init_from (a run or zoo:NAME), "
-      "teacher.hf_dir or teacher.gguf"
+      f"teacher.follow={t.follow!r} makes a copy of the student the teacher: leave "
+      "teacher.init_from, teacher.hf_dir, teacher.gguf and teacher.offline empty"
+    )
+  if model and not (named or t.follow):
+    raise config_lib.ConfigError(
+      "this run reads a teacher model: set teacher.init_from (a run or zoo:NAME), "
+      "teacher.hf_dir, teacher.gguf, or teacher.follow (a copy of the student)"
       + (
-        " (teacher.offline / teacher.privileged cannot serve here)"
+        " (teacher.offline / teacher.privileged alone cannot serve here)"
         if t.offline or t.privileged
         else ""
       )
     )
-  if not (t.hf_dir or t.gguf or t.init_from or t.offline or t.privileged):
+  if not (named or t.follow or t.offline or t.privileged):
     raise config_lib.ConfigError(
       "this run reads a teacher: set teacher.init_from (a run or zoo:NAME), teacher.hf_dir, "
-      "teacher.gguf, teacher.offline (precomputed top-k shards) or teacher.privileged (the "
-      "student itself, seeing privileged text)"
-    )
-  if t.privileged and (config.data.pack or config.data.overlong != "error"):
-    raise config_lib.ConfigError(
-      "teacher.privileged aligns the two views row by row: set data.pack=False and keep "
-      "data.overlong='error' (nothing dropped from one view only)"
+      "teacher.gguf, teacher.offline (precomputed top-k shards), teacher.follow (a lagged "
+      "or EMA copy of the student) or teacher.privileged (the student itself, seeing "
+      "privileged text)"
     )
   if t.privileged and t.offline:
     raise config_lib.ConfigError("teacher.privileged and teacher.offline do not combine")
@@ -210,14 +213,30 @@ def load_teacher(config, tok):
 
 
 def attach_teacher(run, config, tok, scorer) -> dict:
-  """Loads ``config.teacher`` into ``run.frozen["teacher"]``; returns the distill
-  objective's readers (its scorer: the student's options on the teacher's graph)."""
+  """Makes ``config.teacher`` readable by the train step; returns the distill objective's
+  readers (its scorer: the student's options on the teacher's graph).
+
+  A frozen model goes into ``run.frozen["teacher"]``; a following copy of the student
+  (``teacher.follow``) lives in the optimizer state, and the train step passes it as
+  ``frozen["teacher"]`` itself (``train.with_followed_teacher``).
+  """
+  if config.teacher.follow:
+    return dict(teacher=scorer, shared_vocab=config.teacher.shared_vocab)
   t_graph, t_state = load_teacher(config, tok)
   run.frozen["teacher"] = run.place(t_state)
   return dict(
     teacher=dataclasses.replace(scorer, graphdef=t_graph),
     shared_vocab=config.teacher.shared_vocab,
   )
+
+
+def teacher_state(run):
+  """The teacher's ``(params, rest)`` now: the frozen model, else the student's following
+  copy (``teacher.follow``), else the student's current parameters (self-distillation)."""
+  if "teacher" in run.frozen:
+    return run.frozen["teacher"]
+  copy = optim.followed_params(run.state.opt_state)
+  return (run.state.params if copy is None else copy), run.frozen["rest"]
 
 
 @dataclasses.dataclass
@@ -398,7 +417,16 @@ def count_skipped(run: Run, skipped, step: int) -> float:
   return float(sum(flags))
 
 
-def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dict | None = None):
+def setup(
+  config,
+  workdir: str,
+  mesh,
+  tok,
+  *,
+  total_updates: int,
+  updates_per_step: int = 1,
+  step_zero: dict | None = None,
+):
   """Builds the trained model, its train state and frozen rest, and resumes if it can.
 
   Args:
@@ -407,13 +435,19 @@ def setup(config, workdir: str, mesh, tok, *, total_updates: int, step_zero: dic
     mesh: from ``validate_and_start``.
     tok: the tokenizer.
     total_updates: optimiser updates of the whole run (the lr schedule's length).
+    updates_per_step: optimiser updates per recipe step (``teacher.sync_every`` counts
+      recipe steps).
     step_zero: extra metrics written once at step 0 of a fresh run.
 
   Returns:
     a ``Run``; ``run.first_step`` is the restored step (0 on a fresh run).
   """
   model = build_model(config, tok.vocab_size)
-  optimizer, schedule = optim.make_optimizer(config.optim, total_updates)
+  t = config.teacher
+  follow = None
+  if t.follow:  # a copy of the student in the optimizer state (checkpointed with it)
+    follow = optim.follow_params(t.follow, every=t.sync_every * updates_per_step, decay=t.ema_decay)
+  optimizer, schedule = optim.make_optimizer(config.optim, total_updates, follow=follow)
   graphdef, params, rest = train.split_model(model, train.trainable_filter(config.train.trainable))
   if not jax.tree.leaves(params):
     raise config_lib.ConfigError(f"train.trainable={config.train.trainable!r} matches no parameter")

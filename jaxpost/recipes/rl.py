@@ -45,7 +45,7 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from jaxpost import config_lib, fields, rewards, scoring, train
-from jaxpost.data import tasks
+from jaxpost.data import privileged, tasks, template
 from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
 from jaxpost.rewards import token as token_rewards
@@ -190,8 +190,15 @@ def validate(c: config_dict.ConfigDict) -> None:
   try:
     reward_spec(c)
     needs = token_rewards.needs(token_rewards.make_spec(c.reward.token_terms, c.reward))
-    if "teacher_logp" in needs:
-      common.check_teacher(c, model=True)
+    if "teacher_logp" in needs:  # privileged alone: the policy itself, seeing the text
+      common.check_teacher(c, model=not c.teacher.privileged)
+      if c.teacher.offline:
+        raise config_lib.ConfigError("the rl recipe scores its own samples: no teacher.offline")
+    elif c.teacher.follow or c.teacher.privileged:
+      raise config_lib.ConfigError(
+        "teacher.follow / teacher.privileged shape the teacher of a token reward that reads "
+        "teacher_logp (e.g. reward.token_terms=(('teacher_log_ratio', 0.001),)); none does"
+      )
     for name in token_rewards.TOKEN_REWARDS.names():  # used or not: a bad value fails now
       token_rewards.TOKEN_REWARDS.validate_hparams(name, c.reward[name], where=f"reward.{name}")
   except (KeyError, TypeError, ValueError) as e:
@@ -244,6 +251,33 @@ def update_order(
   return np.concatenate(perms).reshape(epochs * minibatches, -1).astype(np.int32)
 
 
+def teacher_logp(run_, teacher_fn, groups, device_batch) -> np.ndarray:
+  """f32[B, T] the teacher's log-prob of each sampled token (0 off the loss mask).
+
+  The teacher is ``common.teacher_state``: a frozen model, the policy's following copy
+  (``teacher.follow``: Skill-SD's teacher synced every ``teacher.sync_every`` steps) or,
+  with only ``teacher.privileged``, the policy itself. With ``teacher.privileged`` it
+  reads its own rows: each problem's prompt with the privileged text, then the same
+  completion tokens (``privileged.rollout_view``); the policy's rows never hold that text.
+  """
+  config, tok = run_.config, run_.tok
+  state = common.teacher_state(run_)
+  if not config.teacher.privileged:
+    return np.asarray(jax.device_get(teacher_fn(state, device_batch)[0]))
+  g, window = groups.group_size, config.rl.max_new_tokens
+  kind = config.teacher.privileged
+  prompts = [
+    template.encode_prompt(tok, privileged.problem_prompt(groups.problems[row // g], kind))
+    for row in range(len(groups.completions))
+  ]
+  view, cols = privileged.rollout_view(groups.batch, prompts, window=window, pad_id=tok.pad_id)
+  if config.rl.shared_prompt:
+    groups_lib.check_prompt_groups(view, g, window)
+  logp = np.asarray(jax.device_get(teacher_fn(state, run_.place_batch(view))[0]))
+  on = np.asarray(groups.batch.loss_mask) > 0
+  return np.where(on, np.take_along_axis(logp, cols, axis=1), 0.0).astype(np.float32)
+
+
 @register("rl")
 def run(config, workdir: str) -> dict:
   """RL-trains per ``config`` in ``workdir``; returns the final metrics."""
@@ -267,15 +301,22 @@ def run(config, workdir: str) -> dict:
   reward_pool.check(spec)  # an untrusted reward that cannot reach a worker fails now
   token_spec = token_rewards.make_spec(config.reward.token_terms, config.reward, {"tokenizer": tok})
   run_ = common.setup(
-    config, workdir, mesh, tok, total_updates=config.train.steps * updates_per_step
+    config,
+    workdir,
+    mesh,
+    tok,
+    total_updates=config.train.steps * updates_per_step,
+    updates_per_step=updates_per_step,
   )
   hparams = loss_hparams(config, rows_per_update)
   needs_ref = hparams.get("kl_coef", 0.0) > 0 or "ref_logp" in token_rewards.needs(token_spec)
   if needs_ref:  # a frozen model from its own source, not a copy of the policy
     _, ref_state = common.frozen_model(config, tok.vocab_size, init_from=r.reference or None)
     run_.frozen["reference"] = run_.place(ref_state)
-  if "teacher_logp" in token_rewards.needs(token_spec):  # its own graph, its own scorer
-    t_graph, t_state = common.load_teacher(config, tok)
+  reads_teacher = "teacher_logp" in token_rewards.needs(token_spec)
+  t_graph = run_.graphdef  # the policy's copy (teacher.follow) or itself (privileged only)
+  if reads_teacher and (config.teacher.init_from or config.teacher.hf_dir or config.teacher.gguf):
+    t_graph, t_state = common.load_teacher(config, tok)  # its own graph, its own scorer
     run_.frozen["teacher"] = run_.place(t_state)
 
   # Compiled pieces: sampler, scorer (completions only, shared prompts), policy update.
@@ -298,8 +339,11 @@ def run(config, workdir: str) -> dict:
     group_size=G if r.shared_prompt else 1,  # each group's prompt runs once
   )
   logp_fn = scoring.jit_logp(scorer)
-  if "teacher" in run_.frozen:  # the teacher's own distribution (T = 1) on the same window
-    teacher_fn = scoring.jit_logp(dataclasses.replace(scorer, graphdef=t_graph, temperature=1.0))
+  if reads_teacher:  # a frozen model's own distribution (T = 1) on the same window; the
+    # policy's copy is read like the policy (at rl.temperature), so a copy equal to the
+    # policy, seeing the same context, gives exactly its log-probs
+    t_temp = 1.0 if "teacher" in run_.frozen else r.temperature
+    teacher_fn = scoring.jit_logp(dataclasses.replace(scorer, graphdef=t_graph, temperature=t_temp))
   loss_fn = LOSSES.bind(config.loss.name, hparams, where=f"loss.{config.loss.name}")
   update = run_.compile_step(
     train.make_update(
@@ -365,10 +409,8 @@ def run(config, workdir: str) -> dict:
         jax.device_get(logp_fn((run_.state.params, run_.frozen["rest"]), device_batch)[0])
       )
     scores = {"old_logp": old_logp, "ref_logp": None}
-    if "teacher" in run_.frozen:
-      scores["teacher_logp"] = np.asarray(
-        jax.device_get(teacher_fn(run_.frozen["teacher"], device_batch)[0])
-      )
+    if reads_teacher:
+      scores["teacher_logp"] = teacher_logp(run_, teacher_fn, groups, device_batch)
     if needs_ref:
       scores["ref_logp"] = np.asarray(
         jax.device_get(logp_fn(run_.frozen["reference"], device_batch)[0])

@@ -37,6 +37,16 @@ def validate(c) -> None:
     raise config_lib.ConfigError("data.token_selection masks are read by one process only")
   if LOSSES.family(c.loss.name) == "distill":
     common.check_teacher(c)
+    if c.teacher.privileged and (c.data.pack or c.data.overlong != "error"):
+      raise config_lib.ConfigError(
+        "teacher.privileged aligns the two views row by row: set data.pack=False and keep "
+        "data.overlong='error' (nothing dropped from one view only)"
+      )
+  elif c.teacher.follow:
+    raise config_lib.ConfigError(
+      f"teacher.follow={c.teacher.follow!r} is read by distill losses only; "
+      f"loss.name={c.loss.name!r} is not one"
+    )
     if c.teacher.offline and jax.process_count() > 1:
       raise config_lib.ConfigError("teacher.offline shards are read by one process only")
 
@@ -73,7 +83,7 @@ def run(config, workdir: str) -> dict:
   if distill and t.offline:  # its top k come from disk with each batch
     shards = teacher_shards.Reader(t.offline)
     shards.check(config, tok.vocab_size)
-  elif distill and (t.init_from or t.hf_dir or t.gguf):  # a frozen teacher, its own graph
+  elif distill and (t.init_from or t.hf_dir or t.gguf or t.follow):  # a model, or a copy
     readers = common.attach_teacher(run_, config, tok, scorer)
   selection = None
   if config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
