@@ -243,3 +243,28 @@ def test_privileged_self_distillation_runs_end_to_end(tmp_path):
   assert np.isfinite(result["train/loss"]) and result["train/divergence"] > 0
   with pytest.raises(config_lib.ConfigError, match="data.pack=False"):
     sft.run(_kd(**{"teacher.privileged": "trace"}), str(tmp_path / "packed"))
+
+
+def test_ema_and_lagged_copies_of_the_student_as_teacher(tmp_path):
+  """teacher.follow: the teacher starts as the student (divergence 0 at step 1, exactly),
+  then trails it: the lagged copy catches up at each sync, so the divergence just after
+  a sync is again ~0; the EMA copy never catches up. (A copy alone is a fixed point,
+  zero gradient; the hard-label term moves the student.)"""
+  mixed = {"loss.kd.hard_label_weight": 0.5, "optim.warmup_steps": 0}
+  lagged = str(tmp_path / "lagged")
+  sft.run(
+    _kd(**{"teacher.follow": "lagged", "teacher.sync_every": 2, "train.steps": 4, **mixed}), lagged
+  )
+  div = {r["step"]: r["train/divergence"] for r in _records(lagged) if "train/divergence" in r}
+  assert div[1] == pytest.approx(0.0, abs=1e-7) and div[3] == pytest.approx(0.0, abs=1e-7)
+  assert div[2] > 1e-6 and div[4] > 1e-6  # one update behind
+  ema = str(tmp_path / "ema")
+  sft.run(
+    _kd(**{"teacher.follow": "ema", "teacher.ema_decay": 0.5, "train.steps": 4, **mixed}), ema
+  )
+  div = {r["step"]: r["train/divergence"] for r in _records(ema) if "train/divergence" in r}
+  assert div[1] == pytest.approx(0.0, abs=1e-7) and all(div[s] > 1e-6 for s in (2, 3, 4))
+  with pytest.raises(config_lib.ConfigError, match="copy of the student"):
+    sft.run(_kd(**{"teacher.follow": "ema", "teacher.init_from": lagged}), str(tmp_path / "x"))
+  with pytest.raises(config_lib.ConfigError, match="distill losses only"):
+    sft.run(sft_tiny(**{"teacher.follow": "ema"}), str(tmp_path / "y"))
