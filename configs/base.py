@@ -65,7 +65,8 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   c.data = config_dict.ConfigDict()
-  # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds | pairs (chosen/rejected JSONL)
+  # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds | pairs (chosen/rejected
+  # JSONL) | rationales (teacher responses -> label + rationale tasks, distilling step-by-step)
   c.data.source = "tasks"  # where training examples come from
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
   c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
@@ -83,7 +84,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
   declare(
     "data",
-    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs")),
+    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
     token_selection=TEXT,
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,

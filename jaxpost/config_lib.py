@@ -299,14 +299,15 @@ def validate(c: config_dict.ConfigDict) -> None:
     raise ConfigError("data.levels is empty: the tasks source needs a level mixture")
   if c.data.source != "tasks" and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
-  if c.data.source == "pairs":
+  if c.data.source in ("pairs", "rationales"):
     pairs_rows = c.data.batch_size // c.train.microbatches
     if c.data.pack or c.data.streams != 1 or pairs_rows % 2 or c.data.eval_fraction:
       raise ConfigError(
-        "data.source=pairs lays each pair out in two adjacent rows: set data.pack=False, "
-        "data.streams=1, an even data.batch_size / train.microbatches, no data.eval_fraction"
+        f"data.source={c.data.source} lays each record out in two adjacent rows: set "
+        "data.pack=False, data.streams=1, an even data.batch_size / train.microbatches, "
+        "no data.eval_fraction"
       )
-  if c.data.source in ("jsonl", "pairs") and not os.path.isfile(c.data.path):
+  if c.data.source in ("jsonl", "pairs", "rationales") and not os.path.isfile(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file")
   if c.data.source in ("parquet", "arrow") and not os.path.exists(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file or directory")

@@ -178,7 +178,7 @@ def data_fingerprint(config) -> dict:
   """What identifies the run's data and tokenizer (files by content, tasks by output)."""
   d = config.data
   out = {"source": d.source}
-  if d.source in ("jsonl", "pairs"):
+  if d.source in ("jsonl", "pairs", "rationales"):
     out["path"] = d.path
     out["sha256"] = _file_sha256(d.path)
   elif d.source in ("parquet", "arrow"):

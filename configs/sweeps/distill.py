@@ -21,8 +21,9 @@ The report's baseline is ``sft``.
 
 Variant ``warm``: distillation of a partly trained student, as GKD, SODA and REDI apply
 it (``_warm``): every cell fine-tunes the zoo's ``student-mul2x2-40@SEED`` (an SFT run
-stopped at >= 40% held-out mul2x2) for 300 steps at lr 5e-4 against ``teacher-mul2x2``,
-on-policy GKD, privileged self-distillation and the pair methods included:
+stopped at >= 40% held-out mul2x2) for 300 steps at lr 5e-4 against ``teacher-mul2x2@SEED``,
+on-policy GKD, privileged self-distillation and the pair methods included (seed s: the
+student and the teacher of the quickstart's seed s, which share its tokenizer):
   for s in 0 1 2; do
     python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
         --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
@@ -91,9 +92,14 @@ def get_config(variant: str = "default") -> Sweep:
 
 
 def _warm() -> Sweep:
-  """Fine-tuning ``student-mul2x2-40@SEED`` for 300 steps by each method (module doc)."""
+  """Fine-tuning ``student-mul2x2-40@SEED`` for 300 steps by each method (module doc).
+
+  Each seed's student and teacher come from the same seed's quickstart run, so they share
+  its tokenizer (a teacher must have the student's token ids)."""
   quick, gkd = "configs/quickstart.py", "configs/gkd.py:quickstart"
-  kd = {"config": quick, "loss.name": "kd", "teacher.init_from": TEACHER}
+  teacher = "zoo:teacher-mul2x2@{seed}"
+  kd = {"config": quick, "loss.name": "kd", "teacher.init_from": teacher}
+  gkd_cell = {"config": gkd, "teacher.init_from": teacher}
   rows = {"data.pack": False, "data.seq_len": 80}  # one example per row, room for responses
   pairs = {"config": quick, "data.source": "pairs", "data.streams": 1, **rows}
   return Sweep(
@@ -103,10 +109,10 @@ def _warm() -> Sweep:
       {"name": "sft"},
       {"name": "seqkd", "data.source": "jsonl", "data.path": SEQKD_DATA},
       {"name": "kd_fkl", **kd},
-      {"name": "gkd", "config": gkd},  # lambda 0.5, JSD(0.5): GKD's defaults
-      {"name": "gkd_onpolicy", "config": gkd, "gkd.lmbda": 1.0},
-      {"name": "onpolicy_rkl", "config": gkd, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
-      {"name": "sampled_rkl", "config": gkd, "gkd.lmbda": 1.0, "loss.name": "sampled_rkl"},
+      {"name": "gkd", **gkd_cell},  # lambda 0.5, JSD(0.5): GKD's defaults
+      {"name": "gkd_onpolicy", **gkd_cell, "gkd.lmbda": 1.0},
+      {"name": "onpolicy_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
+      {"name": "sampled_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.name": "sampled_rkl"},
       {
         "name": "self_answer",
         "config": quick,
@@ -122,7 +128,7 @@ def _warm() -> Sweep:
         "teacher.init_from": "zoo:student-mul2x2-40@{seed}",  # the reference: the start
       },
       {"name": "redi", **pairs, "data.path": "runs/distill/redi.jsonl", "loss.name": "redi"},
-      {"name": "teacher", "train.steps": 0, "train.init_from": TEACHER},
+      {"name": "teacher", "train.steps": 0, "train.init_from": teacher},
     ),
     seeds=(0, 1, 2),
     fixed={

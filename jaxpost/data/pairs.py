@@ -9,6 +9,8 @@ examples: source index 2j is pair p(j)'s chosen response, 2j + 1 its rejected on
 p a seeded permutation per epoch. With one example per row (``data.pack=False``, one
 stream, an even batch) row 2i of every batch is a chosen response and row 2i + 1 the
 rejected response of the same prompt, which is the layout the pair losses read.
+``data.source=rationales`` uses the same layout for distilling step-by-step: row 2i is a
+teacher record's label task, row 2i + 1 its rationale task (``read_rationales``).
 
 ``build_pairs`` (and ``python -m jaxpost.data.pairs``) makes such a file from the JSONL
 that ``jaxpost.data.generated`` writes, joining records by prompt:
@@ -67,6 +69,63 @@ def read_pairs(path: str, *, skip_malformed: bool = False) -> tuple[list, Callab
 
   def where(i: int) -> str:
     return f"{path}:{lines[i]} ({'chosen' if i % 2 == 0 else 'rejected'})"
+
+  return examples, where, skipped
+
+
+EXPLAIN_PREFIX = "explain: "  # distilling step-by-step's rationale task (its label task: none)
+
+
+def rationale_examples(prompt: str, response: str) -> list[template.Example]:
+  """[label copy, rationale copy] of one teacher response (distilling step-by-step).
+
+  The label copy is the plain prompt answered with the teacher's answer and an empty
+  think block; the rationale copy is ``EXPLAIN_PREFIX + prompt`` answered with the
+  teacher's rationale (its think block) and no answer. Evaluation asks the plain prompt,
+  so inference never builds the rationale input (arXiv 2305.02301 uses "predict: " and
+  "explain: " prefixes on T5; a decoder-only student needs only one to tell them apart).
+  """
+  thinking, answer = template.split_response(response)
+  if not thinking.strip():
+    raise ValueError("the response has no rationale (an empty <think> block)")
+  if not answer.strip():
+    raise ValueError("the response has no answer after </think>")
+  return [
+    template.Example(prompt=prompt, thinking="", answer=answer),
+    template.Example(prompt=EXPLAIN_PREFIX + prompt, thinking=thinking, answer=""),
+  ]
+
+
+def read_rationales(path: str, *, skip_malformed: bool = False) -> tuple[list, Callable, int]:
+  """(examples [label_0, rationale_0, label_1, ...], index -> place, skipped records) of
+  a JSONL of ``{"prompt", "response"}`` teacher records (``jaxpost.data.generated``).
+
+  Raises:
+    DataError: a malformed record (unless skipped; then counted) naming ``path:line``, or
+      no record at all.
+  """
+  examples, lines, skipped = [], [], 0
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
+          raise ValueError("expected keys 'prompt' and 'response'")
+        pair = rationale_examples(record["prompt"], record["response"])
+      except ValueError as e:
+        if not skip_malformed:
+          raise DataError(f"{path}:{number}: {e}") from None
+        skipped += 1
+        continue
+      examples += pair
+      lines += [number, number]
+  if not examples:
+    raise DataError(f"{path} holds no teacher rationales")
+
+  def where(i: int) -> str:
+    return f"{path}:{lines[i]} ({'label' if i % 2 == 0 else 'rationale'} task)"
 
   return examples, where, skipped
 

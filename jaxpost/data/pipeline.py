@@ -106,7 +106,9 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs")
+USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales")
+# Sources whose examples come two by two, in adjacent rows (jaxpost.data.pairs).
+PAIRED_SOURCES = ("pairs", "rationales")
 # The held-out fraction is drawn with this seed, not the run's: runs of a sweep that
 # differ only in their seed evaluate on the same examples.
 HELDOUT_SEED = 0
@@ -222,10 +224,11 @@ def _read_dataset(
 ) -> Dataset:
   """One dataset, read; ``version`` only keys the cache."""
   del version
-  if source == "pairs":  # [chosen, rejected] of each pair, adjacent (jaxpost.data.pairs)
-    from jaxpost.data.pairs import read_pairs
+  if source in PAIRED_SOURCES:  # two examples per record, adjacent (jaxpost.data.pairs)
+    from jaxpost.data.pairs import read_pairs, read_rationales
 
-    examples, where, skipped = read_pairs(path, skip_malformed=skip_malformed)
+    read = read_pairs if source == "pairs" else read_rationales
+    examples, where, skipped = read(path, skip_malformed=skip_malformed)
     return Dataset(examples, where, skipped)
   if source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
@@ -451,7 +454,7 @@ def build_source(
   dataset = load_dataset(config, counts)
   if config.data.overlong == "error":
     check_overlong(dataset, tok, config.data.seq_len)
-  if config.data.source == "pairs":
+  if config.data.source in PAIRED_SOURCES:
     from jaxpost.data.pairs import pair_source
 
     return pair_source(dataset.examples, tok, config.seed, dataset.where), len(dataset)

@@ -86,3 +86,28 @@ def test_cli(tmp_path, capsys):
   main([f"--chosen={a}", f"--rejected={b}", f"--out={out}", "--require=differ"])
   assert json.loads(capsys.readouterr().out)["pairs"] == 1
   assert _read(out) == [{"prompt": "q", "chosen": "1", "rejected": "2"}]
+
+
+def test_rationales_become_label_and_rationale_tasks(tmp_path):
+  from jaxpost.data.pairs import EXPLAIN_PREFIX, read_rationales
+
+  path = _write(
+    tmp_path / "t.jsonl",
+    [
+      _rec("2*3", "<think>2*3=6</think>6"),
+      _rec("1+1", "2"),  # no rationale: malformed for this source
+      _rec("4*4", "<think>4*4=16</think>"),  # no answer
+    ],
+  )
+  with pytest.raises(DataError, match=r"t.jsonl:2: the response has no rationale"):
+    read_rationales(path)
+  examples, where, skipped = read_rationales(path, skip_malformed=True)
+  assert skipped == 2 and len(examples) == 2
+  label, rationale = examples
+  assert (label.prompt, label.thinking, label.answer) == ("2*3", "", "6")
+  assert (rationale.prompt, rationale.thinking, rationale.answer) == (
+    EXPLAIN_PREFIX + "2*3",
+    "2*3=6",
+    "",
+  )
+  assert where(0).endswith("(label task)") and where(1).endswith("(rationale task)")

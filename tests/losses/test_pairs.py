@@ -140,3 +140,36 @@ def test_pair_data_keeps_each_pair_in_adjacent_rows_in_a_seeded_order(tmp_path):
     seen.append(a)
   assert sorted(seen[:6]) == sorted(seen[6:]) == list(range(10, 16))
   assert seen[:6] != list(range(10, 16)) or seen[6:] != list(range(10, 16))  # shuffled
+
+
+def test_step_by_step_is_the_alpha_mix_of_the_two_tasks_mean_token_ce():
+  """Card checks (iv) and (i): the loss is alpha * L_label + (1 - alpha) * L_rationale
+  with each task's per-sequence mean CE; alpha = 1 is length-normalised SFT on the
+  label rows alone (the rationale rows get no gradient)."""
+  batch = _batch(5)
+  z = _logits(6)
+  lp, n = _row_logp(z, batch)
+  ce = -lp / n
+  for alpha in (0.0, 0.3, 0.5, 1.0):
+    loss, m = LOSSES.bind("step_by_step", {"alpha": alpha})(z, batch, norm=_norm(batch))
+    want = np.mean(alpha * ce[0::2] + (1 - alpha) * ce[1::2])
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(float(m["label_ce"]), ce[0::2].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(m["rationale_ce"]), ce[1::2].mean(), rtol=1e-5)
+  g = jax.grad(
+    lambda x: LOSSES.bind("step_by_step", {"alpha": 1.0})(x, batch, norm=_norm(batch))[0]
+  )(z)
+  assert np.all(np.asarray(g)[1::2] == 0.0) and np.any(np.asarray(g)[0::2] != 0.0)
+
+
+def test_step_by_step_adds_up_over_micro_batches_of_whole_records():
+  batch = _batch(7)
+  z = _logits(8)
+  fn = LOSSES.bind("step_by_step", {"alpha": 0.4})
+  norm = _norm(batch)
+  whole, _ = fn(z, batch, norm=norm)
+  parts = sum(
+    float(fn(z[i : i + 2], jax.tree.map(lambda x, i=i: x[i : i + 2], batch), norm=norm)[0])
+    for i in range(0, B, 2)
+  )
+  np.testing.assert_allclose(parts, float(whole), rtol=1e-5)

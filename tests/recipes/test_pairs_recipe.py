@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from tiny_configs import sft_tiny  # tests/recipes
+from tiny_configs import REPO, sft_tiny  # tests/recipes
 
 from jaxpost import config_lib, metrics
 from jaxpost.data import tasks
@@ -80,3 +80,48 @@ def test_redi_runs_on_pairs_and_pushes_the_rejected_down(tmp_path, start, pairs_
 def test_pairs_need_one_example_per_row(tmp_path, start, pairs_path):
   with pytest.raises(config_lib.ConfigError, match="data.pack=False"):
     sft.run(_pairs(start, pairs_path, **{"data.pack": True, "loss.name": "redi"}), str(tmp_path))
+
+
+def test_step_by_step_rows_are_label_and_rationale_tasks_and_eval_asks_plainly(
+  tmp_path, monkeypatch
+):
+  """configs/step_by_step.py:tiny: row 2i is a record's label task (plain prompt, answer
+  only), row 2i + 1 its rationale task ("explain: " prompt, rationale only); the
+  evaluator never builds the explain input (card check iii)."""
+  from jaxpost.data import pairs, pipeline, streams
+  from jaxpost.eval import accuracy
+  from jaxpost.recipes import common
+
+  c = config_lib.load_config(os.path.join(REPO, "configs/step_by_step.py:tiny"))
+  for k, v in {
+    "train.steps": 3,
+    "train.progress": False,
+    "eval.every": 3,
+    "eval.num_examples": 4,
+    "eval.batch_size": 4,
+    "eval.max_new_tokens": 4,
+    "eval.levels": "mul2x2",
+  }.items():
+    config_lib.set_field(c, k, v)
+  asked = []
+  real = accuracy.Evaluator._prompt_ids
+
+  def prompt_ids(self, prompt):  # every prompt the evaluator builds
+    asked.append(prompt if isinstance(prompt, str) else prompt.prompt)
+    return real(self, prompt)
+
+  monkeypatch.setattr(accuracy.Evaluator, "_prompt_ids", prompt_ids)
+  workdir = str(tmp_path / "sbs")
+  result = sft.run(c, workdir)
+  assert np.isfinite(result["train/label_ce"]) and np.isfinite(result["train/rationale_ce"])
+  assert asked and not any(pairs.EXPLAIN_PREFIX in p for p in asked)
+
+  tok = common.load_tokenizer(c, workdir)
+  source, _ = pipeline.build_source(c, tok)
+  batch, _ = streams.StreamPacker.for_config(source, c.data, list(range(8))).next_batch()
+  for row in range(0, 8, 2):
+    label = tok.decode([int(t) for t in batch["tokens"][row] if t != tok.pad_id])
+    rationale = tok.decode([int(t) for t in batch["tokens"][row + 1] if t != tok.pad_id])
+    question = label.split("\n")[0][len("Q: ") :]
+    assert rationale.startswith("Q: " + pairs.EXPLAIN_PREFIX + question)
+    assert "<think></think>" in label and rationale.rstrip().endswith("</think>")
