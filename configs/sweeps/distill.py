@@ -39,6 +39,11 @@ student and the teacher of the quickstart's seed s, which share its tokenizer):
       --require=chosen_correct,rejected_incorrect,differ --per_prompt=4
   python -m jaxpost.sweep --config=configs/sweeps/distill.py:warm --name=distill_warm --report
 
+Variant ``step_by_step``: distilling step-by-step from scratch, the teacher's rationales as a
+second task against its answers alone (``_step_by_step``):
+  python -m jaxpost.sweep --config=configs/sweeps/distill.py:step_by_step --name=distill_sbs \\
+      --report
+
 Variant ``smollm2``: the same question with a real pretrained teacher (``_smollm2``):
   python -m jaxpost.sweep --config=configs/sweeps/distill.py:smollm2 --name=distill_smollm2 --report
 """
@@ -54,8 +59,12 @@ def get_config(variant: str = "default") -> Sweep:
     return _smollm2()
   if variant == "warm":
     return _warm()
+  if variant == "step_by_step":
+    return _step_by_step()
   if variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; expected default | warm | smollm2")
+    raise ValueError(
+      f"unknown variant {variant!r}; expected default | warm | step_by_step | smollm2"
+    )
   kd = {"loss.name": "kd", "teacher.init_from": TEACHER}
   return Sweep(
     base="configs/quickstart.py",
@@ -139,6 +148,41 @@ def _warm() -> Sweep:
       "train.init_from": "zoo:student-mul2x2-40@{seed}",
       "optim.lr": 5e-4,
       "optim.warmup_steps": 10,
+      "eval.every": 100,
+      "eval.levels": "mul2x2",
+      "eval.final_levels": "",
+    },
+    report={
+      "metrics": ["eval/accuracy"],
+      "baseline": "sft",
+      "curves": ["eval/accuracy"],
+      "scale": 100.0,
+      "unit": "%",
+    },
+  )
+
+
+def _step_by_step() -> Sweep:
+  """Distilling step-by-step from scratch (module doc's default setting): the teacher's
+  rationales as a second task (``sbs``, alpha 0.5) against the same rows with the
+  rationale task weighted 0 (``label_only``: the paper's standard distillation, the
+  teacher's answers alone), SeqKD (rationale and answer as one output) and SFT."""
+  sbs = {"config": "configs/step_by_step.py:quickstart", "data.path": SEQKD_DATA}
+  return Sweep(
+    base="configs/quickstart.py",
+    cells=cells(
+      {"name": "sft"},
+      {"name": "seqkd", "data.source": "jsonl", "data.path": SEQKD_DATA},
+      {"name": "sbs", **sbs},
+      {"name": "label_only", **sbs, "loss.step_by_step.alpha": 1.0},
+    ),
+    seeds=(0, 1, 2),
+    fixed={
+      "train.progress": False,
+      "train.steps": 500,
+      "train.max_minutes": 0.0,
+      "train.checkpoint_every": 500,
+      "tokenizer.path": TEACHER,
       "eval.every": 100,
       "eval.levels": "mul2x2",
       "eval.final_levels": "",
