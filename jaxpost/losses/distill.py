@@ -75,7 +75,8 @@ def kd(
   Args:
     outputs: the student's [B, T, V] logits or a ``FusedHead``.
     teacher: the teacher's logits, ``FusedHead`` or ``TopK`` (no gradient).
-    batch: uses targets, loss_mask, segment_ids.
+    batch: uses targets, loss_mask, segment_ids, and weights when given (each token's
+      loss is multiplied by its weight; counts stay those of the mask).
     norm: global normalisers.
     divergence: fkl | rkl | jsd.
     beta: JSD teacher weight in [0, 1].
@@ -95,9 +96,10 @@ def kd(
   """
   chex.assert_rank([batch.targets, batch.loss_mask], 2)
   mask = batch.loss_mask
+  weights = batch.token_weights  # the loss mask unless the batch weights its tokens
 
   def reduce_fn(x):
-    return reduce.reduce(x, mask, batch.segment_ids, norm, reduction)
+    return reduce.reduce(x * weights, mask, batch.segment_ids, norm, reduction)
 
   if top_k and not isinstance(teacher, TopK):
     teacher = top_k_teacher(teacher, top_k, temperature)

@@ -19,10 +19,12 @@ defaults are lambda 0.5, beta 0.5 (``loss.kd.divergence=jsd``), temperature 0.9.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
 import numpy as np
+from flax import nnx
 from ml_collections import config_dict
 from tqdm import tqdm
 
@@ -30,7 +32,7 @@ from jaxpost import config_lib, fields, scoring, sharding, train
 from jaxpost.data import pipeline, streams, tasks, template
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
-from jaxpost.rollout import batching, sampler
+from jaxpost.rollout import batching, motab, sampler
 from jaxpost.types import Batch
 
 LOSS_FAMILIES = ("distill",)
@@ -44,12 +46,30 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.gkd.prompts_per_step = 16  # task prompts sampled on an on-policy step (one sample each)
   c.gkd.max_new_tokens = 64  # sampling budget per completion
   c.gkd.temperature = 0.9  # sampling temperature of on-policy steps (TRL's default)
+  # MOTAB (jaxpost/rollout/motab.py): on-policy rollouts monitored against the teacher;
+  # past the boundary they backtrack to the last safe prefix and the teacher continues.
+  c.gkd.rollout = "student"  # student (plain on-policy) | motab
+  c.gkd.motab_monitor = "teacher_nll"  # teacher_nll (-log p_T(y_t)) | log_ratio (log p_S/p_T)
+  c.gkd.motab_k = 3.0  # adaptive boundary: mean + k * std of recent monitored values
+  c.gkd.motab_decay = 0.9  # weight of past steps in that moving mean / std
+  c.gkd.motab_threshold = 0.0  # > 0: a fixed boundary instead of the adaptive one
+  c.gkd.motab_granularity = "step"  # backtrack to the crossing token | its reasoning step
+  c.gkd.motab_teacher_temperature = 0.0  # the teacher's continuation: 0 = greedy
+  c.gkd.motab_teacher_weight = 1.0  # loss weight of teacher-written tokens (student's: 1)
   fields.declare(
     "gkd",
     lmbda=fields.num(ge=0, le=1),
     prompts_per_step=fields.integer(ge=1),
     max_new_tokens=fields.integer(ge=1),
     temperature=fields.num(gt=0),
+    rollout=fields.one_of(("student", "motab")),
+    motab_monitor=fields.one_of(motab.MONITORS),
+    motab_k=fields.num(),
+    motab_decay=fields.num(ge=0, lt=1),
+    motab_threshold=fields.num(ge=0),
+    motab_granularity=fields.one_of(motab.GRANULARITIES),
+    motab_teacher_temperature=fields.num(ge=0),
+    motab_teacher_weight=fields.num(ge=0),
   )
 
 
@@ -61,6 +81,8 @@ def validate(c: config_dict.ConfigDict) -> None:
   common.check_teacher(c, model=True)  # it scores the student's own samples: a live model
   if c.teacher.offline or c.teacher.privileged:
     raise config_lib.ConfigError("gkd reads a teacher model on the student's rows only")
+  if c.gkd.rollout == "motab" and c.gkd.lmbda == 0:
+    raise config_lib.ConfigError("gkd.rollout=motab shapes on-policy steps: gkd.lmbda=0 has none")
   if c.gkd.lmbda > 0 and c.data.levels == "":
     raise config_lib.ConfigError("on-policy steps sample task prompts: set data.levels")
   if c.gkd.max_new_tokens >= c.model.max_seq_len:
@@ -134,8 +156,14 @@ def run(config, workdir: str) -> dict:
     think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
     room = config.model.max_seq_len - g.max_new_tokens  # prompt columns at most
 
-    def sample(step: int, first: int) -> Batch:
-      """The student's completions of prompts [first, first + P) as a train batch."""
+    splicer = None
+    if g.rollout == "motab":
+      splicer = MotabRollout(config, tok, readers["teacher"], run_)
+      splicer.boundary.restore(run_.data_state.get("motab", {}))
+
+    def sample(step: int, first: int) -> tuple[Batch, dict]:
+      """The student's completions of prompts [first, first + P) as a train batch (with
+      MOTAB: spliced with the teacher's where they strayed) and rollout metrics."""
       problems = [prompts(first + i) for i in range(g.prompts_per_step)]
       ids = [template.encode_prompt(tok, p.prompt) for p in problems]
       # Prompts padded to a bucket of 32 columns: a few compilations, not one per length.
@@ -146,10 +174,11 @@ def run(config, workdir: str) -> dict:
       tokens, mask, out = sampler.generate_groups(
         generate_fn, run_.model_state(), ids, 1, key, pad_id=tok.pad_id, width=width
       )
-      laid = batching.rollout_batch(
-        tokens, mask, jax.device_get(out), pad_id=tok.pad_id, think_tags=think_tags
-      )
-      return laid.batch
+      out = jax.device_get(out)
+      laid = batching.rollout_batch(tokens, mask, out, pad_id=tok.pad_id, think_tags=think_tags)
+      if splicer is None:
+        return laid.batch, {}
+      return splicer(ids, tokens, mask, out, laid, jax.random.fold_in(key, 1))
 
   def data() -> dict:
     return {
@@ -157,15 +186,16 @@ def run(config, workdir: str) -> dict:
       "next_prompt": next_prompt,
       "on_policy_steps": on_policy,
       "dataset_size": dataset_size,
+      **({"motab": splicer.boundary.state()} if splicer is not None else {}),
     }
 
   first_step, total = run_.first_step, common.end_step(config)
   bar = tqdm(total=total, initial=first_step, disable=not config.train.progress, desc="gkd")
-  pending, last = [], {}
+  pending, last, rollout_ms = [], {}, {}
   step = first_step
   for step in range(first_step + 1, total + 1):
     if sample is not None and _coin(config.seed, step) < g.lmbda:
-      batch = sample(step, next_prompt)
+      batch, rollout_ms = sample(step, next_prompt)
       next_prompt += g.prompts_per_step
       on_policy += 1
     else:
@@ -177,6 +207,7 @@ def run(config, workdir: str) -> dict:
     if step % config.train.log_every == 0 or step == total or stop:
       last = common.train_metrics(run_, jax.device_get(pending), step)
       last["gkd/on_policy_steps"] = float(on_policy)
+      last.update(rollout_ms)  # the latest on-policy step's (MOTAB)
       run_.writer.write(step, last)
       bar.set_postfix(loss=f"{last['train/loss']:.4f}")
       pending = []
@@ -187,3 +218,104 @@ def run(config, workdir: str) -> dict:
       break
   bar.close()
   return common.finish(run_, step, data(), last)
+
+
+class MotabRollout:
+  """MOTAB's splice of one on-policy batch (``jaxpost/rollout/motab.py``): the teacher
+  scores the student's tokens, rows past the boundary keep their safe prefix and the
+  teacher writes the rest."""
+
+  def __init__(self, config, tok, teacher_scorer, run_):
+    g = config.gkd
+    self.config, self.tok, self.run = config, tok, run_
+    self.boundary = motab.Boundary(k=g.motab_k, decay=g.motab_decay, fixed=g.motab_threshold)
+    self.teacher_logp = scoring.jit_logp(dataclasses.replace(teacher_scorer, temperature=1.0))
+    self.teacher_generate = sampler.make_generate_fn(
+      teacher_scorer.graphdef,
+      max_new_tokens=g.max_new_tokens,
+      eos_id=tok.eos_id,
+      pad_id=tok.pad_id,
+      temperature=g.motab_teacher_temperature,
+    )
+    # Step separators: every token whose text ends a reasoning step ("," or "<think>").
+    self.separators = {
+      i for i in range(tok.vocab_size) if tok.decode([i]).endswith((",", template.THINK_OPEN))
+    }
+    self.think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
+
+  def __call__(self, ids, tokens, mask, out, laid, key) -> tuple[Batch, dict]:
+    g, tok = self.config.gkd, self.tok
+    t_state = common.teacher_state(self.run)
+    t_logp = np.asarray(
+      jax.device_get(self.teacher_logp(t_state, self.run.place_batch(laid.batch))[0])
+    )
+    n = out.tokens.shape[1]
+    cols = np.clip((laid.prompt_lengths - 1)[:, None] + np.arange(n)[None, :], 0, None)
+    cols = np.minimum(cols, t_logp.shape[1] - 1)
+    teacher_gen = np.take_along_axis(t_logp, cols, axis=1)  # per generated token
+    values = motab.monitor(g.motab_monitor, out.logp, teacher_gen)
+    real = np.arange(n)[None, :] < out.lengths[:, None]
+    threshold = self.boundary.update(values[real])
+    crossing = motab.first_crossing(values, out.lengths, threshold)
+    keep = motab.safe_length(crossing, out.tokens, g.motab_granularity, self.separators)
+    crossed = keep >= 0
+    t_out = None
+    if crossed.any():  # the teacher continues every crossed row from its safe prefix
+      prefixes = [
+        list(ids[b]) + [int(t) for t in out.tokens[b, : max(int(keep[b]), 0)]]
+        for b in range(len(ids))
+      ]
+      width = -(-max(map(len, prefixes)) // 32) * 32
+      if width + g.max_new_tokens > self.config.model.max_seq_len:
+        raise ValueError(
+          f"MOTAB: a prompt + kept prefix of {width} columns leaves no room for the "
+          f"teacher's {g.max_new_tokens} tokens in model.max_seq_len="
+          f"{self.config.model.max_seq_len}"
+        )
+      _, _, t_out = sampler.generate_groups(
+        self.teacher_generate,
+        nnx.merge_state(*t_state),
+        prefixes,
+        1,
+        key,
+        pad_id=tok.pad_id,
+        width=width,
+      )
+      t_out = jax.device_get(t_out)
+    spliced = motab.splice(
+      np.asarray(out.tokens),
+      np.asarray(out.lengths),
+      np.asarray(out.stopped),
+      keep,
+      np.asarray(t_out.tokens) if t_out is not None else np.zeros_like(out.tokens),
+      np.asarray(t_out.lengths) if t_out is not None else np.zeros_like(out.lengths),
+      np.asarray(t_out.stopped) if t_out is not None else np.zeros_like(out.stopped),
+      pad_id=tok.pad_id,
+    )
+    zeros = np.zeros(spliced.tokens.shape, np.float32)
+    mixed = sampler.GenerateOutput(
+      tokens=spliced.tokens,
+      lengths=spliced.lengths,
+      logp=zeros,
+      filtered_logp=zeros,
+      stopped=spliced.stopped,
+    )
+    batch = batching.rollout_batch(
+      tokens, mask, mixed, pad_id=tok.pad_id, think_tags=self.think_tags
+    ).batch
+    # Teacher-written tokens at their target columns (generated token j: column L_p-1+j).
+    lp = laid.prompt_lengths
+    width = batch.tokens.shape[1]
+    by_teacher = np.zeros(batch.tokens.shape, bool)
+    rows, js = np.nonzero(spliced.from_teacher)
+    by_teacher[rows, np.minimum(lp[rows] - 1 + js, width - 1)] = True
+    weights = np.where(by_teacher, g.motab_teacher_weight, 1.0) * batch.loss_mask
+    batch = batch.replace(weights=weights.astype(np.float32))
+    counted = max(float(batch.loss_mask.sum()), 1.0)
+    metrics = {
+      "motab/crossed_frac": float(crossed.mean()),
+      "motab/teacher_token_frac": float((by_teacher & (batch.loss_mask > 0)).sum() / counted),
+      "motab/threshold": float(threshold),
+      "motab/kept_mean": float(np.where(crossed, keep, 0).sum() / max(crossed.sum(), 1)),
+    }
+    return batch, metrics

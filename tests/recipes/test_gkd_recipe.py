@@ -99,3 +99,25 @@ def test_bad_gkd_configs_fail_before_any_work(tmp_path, teacher_dir, overrides, 
   with pytest.raises(config_lib.ConfigError, match=match):
     gkd.run(_gkd(teacher_dir, **overrides), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_motab_without_a_crossing_is_plain_on_policy_gkd(tmp_path, teacher_dir):
+  """A boundary never crossed leaves the student's rollouts as they are: the run is
+  on-policy GKD's, loss for loss; a low boundary splices teacher tokens in."""
+  plain = str(tmp_path / "plain")
+  gkd.run(_gkd(teacher_dir, **{"gkd.lmbda": 1.0, "train.steps": 3}), plain)
+  never = str(tmp_path / "never")
+  over = {"gkd.lmbda": 1.0, "train.steps": 3, "gkd.rollout": "motab"}
+  gkd.run(_gkd(teacher_dir, **over, **{"gkd.motab_threshold": 1e9}), never)
+  a = {r["step"]: r for r in _train_records(plain)}
+  b = {r["step"]: r for r in _train_records(never)}
+  assert sorted(a) == sorted(b) and len(a) >= 2
+  for s in a:
+    assert a[s]["train/loss"] == pytest.approx(b[s]["train/loss"], rel=1e-6), s
+    assert b[s]["motab/crossed_frac"] == 0.0 and b[s]["motab/teacher_token_frac"] == 0.0
+  low = str(tmp_path / "low")
+  gkd.run(_gkd(teacher_dir, **over, **{"gkd.motab_threshold": 1e-6}), low)
+  c = _train_records(low)
+  assert all(r["motab/crossed_frac"] > 0 and r["motab/teacher_token_frac"] > 0 for r in c)
+  with pytest.raises(config_lib.ConfigError, match="gkd.lmbda=0"):
+    config_lib.validate(_gkd(teacher_dir, **{"gkd.rollout": "motab", "gkd.lmbda": 0.0}))
