@@ -122,6 +122,7 @@ def _warm() -> Sweep:
       {"name": "gkd_onpolicy", **gkd_cell, "gkd.lmbda": 1.0},
       {"name": "onpolicy_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
       {"name": "sampled_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.name": "sampled_rkl"},
+      {"name": "motab", **gkd_cell, "config": "configs/motab.py:quickstart"},
       {
         "name": "self_answer",
         "config": quick,
