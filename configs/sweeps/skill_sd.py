@@ -8,7 +8,6 @@ baseline here), evaluating 200 held-out mul2x2 problems every 20 steps:
                 synced every 10 RL steps, that reads a worked demonstration of another
                 problem of the level in its prompt (teacher.privileged=skill): the paper's
                 best lambda;
-  sd_1e-2       lambda 0.01 (unstable in the paper);
   sd_1e-1       lambda 0.1, to see the term's direction at this scale.
 
   python -m jaxpost.sweep --config=configs/sweeps/skill_sd.py --report
@@ -34,7 +33,6 @@ def get_config(variant: str = "default") -> Sweep:
     cells=cells(
       {"name": "grpo"},
       _sd("sd_1e-3", 0.001),
-      _sd("sd_1e-2", 0.01),
       _sd("sd_1e-1", 0.1),
     ),
     seeds=(0, 1, 2),
