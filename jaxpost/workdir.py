@@ -158,10 +158,33 @@ def flat_config(config) -> dict:
   return out
 
 
+def in_use(flat: dict) -> dict:
+  """A flat config without the hyperparameter blocks it does not use.
+
+  Every registered loss has a ``loss.<name>`` block and every reward a ``reward.<name>``
+  block in every config; only the selected loss's and the listed rewards' change what a
+  run computes. Dropping the others keeps a config's identity (its hash, a resume's
+  check) unchanged when a new loss or reward is registered.
+  """
+  rewards = {t[0] for key in ("reward.terms", "reward.token_terms") for t in flat.get(key, ())}
+
+  def used(key: str) -> bool:
+    parts = key.split(".")
+    if len(parts) < 3:
+      return True
+    if parts[0] == "loss":
+      return parts[1] == flat.get("loss.name")
+    if parts[0] == "reward":
+      return parts[1] in rewards
+    return True
+
+  return {k: v for k, v in flat.items() if used(k)}
+
+
 def config_hash(config) -> str:
-  """12 hex digits of SHA-256 over every field of ``config``: names a config in a sweep
-  manifest or the model zoo."""
-  text = json.dumps(flat_config(config), sort_keys=True)
+  """12 hex digits of SHA-256 over the fields of ``config`` it uses (``in_use``): names a
+  config in a sweep manifest or the model zoo."""
+  text = json.dumps(in_use(flat_config(config)), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -229,7 +252,7 @@ def _tasks_fingerprint(levels: str, seed: int) -> str:
 
 
 def _compared(flat: dict) -> dict:
-  return {k: v for k, v in flat.items() if not any(k.startswith(p) for p in RUN_CONTROL)}
+  return {k: v for k, v in in_use(flat).items() if not any(k.startswith(p) for p in RUN_CONTROL)}
 
 
 def check_identity(config, workdir: str, *, write: bool = True) -> None:

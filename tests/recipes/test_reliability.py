@@ -200,3 +200,29 @@ def test_tasks_fingerprint_follows_the_levels_and_seed():
   assert a == workdir.data_fingerprint(sft_tiny())
   assert a != workdir.data_fingerprint(sft_tiny(**{"seed": 1}))
   assert a != workdir.data_fingerprint(sft_tiny(**{"data.levels": "add3"}))
+
+
+def test_blocks_a_run_does_not_use_leave_its_identity_alone(tmp_path):
+  """A newly registered loss or reward adds its block to every config; that must not
+  change a config's hash (sweep cells, zoo entries) or refuse a resume. The selected
+  loss's block and the listed rewards' do count."""
+  c = sft_tiny()
+  flat = workdir.flat_config(c)
+  added = {**flat, "loss.brand_new.alpha": 0.5, "reward.brand_new.scale": 2.0}
+  assert workdir.in_use(added) == workdir.in_use(flat)
+  d = str(tmp_path / "run")
+  workdir.claim(c, d)
+  workdir.release(d)
+  path = os.path.join(d, workdir.IDENTITY_FILE)
+  recorded = json.load(open(path))
+  recorded["config"] = {
+    k: v for k, v in recorded["config"].items() if not k.startswith("loss.token_priority.")
+  }  # as written before that loss existed
+  json.dump(recorded, open(path, "w"))
+  workdir.claim(sft_tiny(), d)  # accepted: the run uses cross_entropy
+  workdir.release(d)
+  other = sft_tiny(**{"loss.cross_entropy.label_smoothing": 0.1})
+  assert workdir.config_hash(other) != workdir.config_hash(c)
+  with pytest.raises(workdir.WorkdirError, match="label_smoothing"):
+    workdir.claim(other, d)
+  assert workdir.config_hash(sft_tiny(**{"loss.kd.temperature": 3.0})) == workdir.config_hash(c)
