@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -241,9 +242,35 @@ def key(name: str, seed: int = 0) -> str:
 
 
 def built(name: str, seed: int = 0) -> str | None:
-  """The entry's directory if it is built, else None."""
+  """The entry's directory if it is built, else None.
+
+  A build under another key (the hash scheme or blocks the run does not use changed
+  since) serves when its recorded config and data are the entry's now, field for field
+  as a resume checks them (``workdir.describe_changes``), with the same jaxpost version.
+  """
+  from jaxpost import workdir
+
   d = os.path.join(cache_dir(), key(name, seed))
-  return d if os.path.exists(os.path.join(d, MARKER)) else None
+  if os.path.exists(os.path.join(d, MARKER)):
+    return d
+  c = config_of(name, seed)
+  now = {"config": workdir.flat_config(c), "data": workdir.data_fingerprint(c)}
+  for other in sorted(glob.glob(os.path.join(cache_dir(), f"{name}@{seed}-*"))):
+    marker = os.path.join(other, MARKER)
+    if not os.path.exists(marker):
+      continue
+    with open(marker, encoding="utf-8") as f:
+      if json.load(f).get("jaxpost") != jaxpost.__version__:
+        continue
+    identity = os.path.join(other, workdir.IDENTITY_FILE)
+    if not os.path.exists(identity):
+      continue
+    with open(identity, encoding="utf-8") as f:
+      recorded = json.load(f)
+    if not workdir.describe_changes(recorded, now):
+      logging.info("zoo: %s@%d is the build in %s (same config and data)", name, seed, other)
+      return other
+  return None
 
 
 def path(name: str, seed: int = 0, *, build: bool = True) -> str:

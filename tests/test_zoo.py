@@ -74,6 +74,22 @@ def test_build_resumes_a_killed_build_then_reuses_it(monkeypatch, caplog):
   monkeypatch.setattr(zoo, "_build", lambda *a: pytest.fail("rebuilt a built entry"))
   assert zoo.path(name, seed) == final
   assert zoo.resolve(f"zoo:{name}@{seed}") == final
+  # Under an older key (another hash scheme): found by its recorded config and data...
+  older = final.rsplit("-", 1)[0] + "-0000000000"
+  os.replace(final, older)
+  original = open(os.path.join(older, "run.json")).read()
+  try:
+    assert zoo.built(name, seed) == older
+    # ... but not once the entry's config differs from what that build recorded.
+    identity = os.path.join(older, "run.json")
+    recorded = json.load(open(identity))
+    recorded["config"]["optim.lr"] = 0.123
+    json.dump(recorded, open(identity, "w"))
+    assert zoo.built(name, seed) is None
+  finally:
+    with open(os.path.join(older, "run.json"), "w") as f:
+      f.write(original)
+    os.replace(older, final)
 
 
 def test_rl_starts_from_a_zoo_entry(tmp_path):
