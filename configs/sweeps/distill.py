@@ -119,9 +119,7 @@ def _warm() -> Sweep:
       {"name": "seqkd", "data.source": "jsonl", "data.path": SEQKD_DATA},
       {"name": "kd_fkl", **kd},
       {"name": "gkd", **gkd_cell},  # lambda 0.5, JSD(0.5): GKD's defaults
-      {"name": "gkd_onpolicy", **gkd_cell, "gkd.lmbda": 1.0},
       {"name": "onpolicy_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
-      {"name": "sampled_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.name": "sampled_rkl"},
       {"name": "motab", **gkd_cell, "config": "configs/motab.py:quickstart"},
       {
         "name": "self_answer",
