@@ -265,7 +265,7 @@ def check_identity(config, workdir: str, *, write: bool = True) -> None:
     return
   with open(path, encoding="utf-8") as f:
     recorded = json.load(f)
-  changes = describe_changes(recorded, now)
+  changes = describe_changes(recorded, now, base_defaults(config.recipe))
   if not changes:
     return
   listing = "; ".join(changes[:12]) + ("; ..." if len(changes) > 12 else "")
@@ -282,11 +282,19 @@ def check_identity(config, workdir: str, *, write: bool = True) -> None:
     _write_json(path, {**now, "history": history})
 
 
-def describe_changes(recorded: dict, now: dict) -> list[str]:
-  """``field: old -> new`` for each compared config field and data entry that differs."""
+def describe_changes(recorded: dict, now: dict, defaults: dict | None = None) -> list[str]:
+  """``field: old -> new`` for each compared config field and data entry that differs.
+
+  A field the recording lacks that holds its default now (``defaults``: the recipe's
+  flat base config) is not a change: it was added to jaxpost after the run was recorded,
+  and a field is only ever added with the behaviour the runs before it had.
+  """
   changes = []
   old_c, new_c = _compared(recorded.get("config", {})), _compared(now["config"])
   for key in sorted(old_c.keys() | new_c.keys()):
+    if key not in old_c and defaults is not None and key in defaults:
+      if new_c.get(key) == defaults[key]:
+        continue
     if old_c.get(key, "<absent>") != new_c.get(key, "<absent>"):
       changes.append(f"{key}: {old_c.get(key, '<absent>')!r} -> {new_c.get(key, '<absent>')!r}")
   old_d, new_d = recorded.get("data", {}), now["data"]
@@ -294,6 +302,13 @@ def describe_changes(recorded: dict, now: dict) -> list[str]:
     if old_d.get(key) != new_d.get(key):
       changes.append(f"data {key}: {_short(old_d.get(key))} -> {_short(new_d.get(key))}")
   return changes
+
+
+def base_defaults(recipe: str) -> dict:
+  """The flat base config of ``recipe`` (``configs/base.py``): every field's default."""
+  from jaxpost import config_lib
+
+  return flat_config(config_lib.from_flat(recipe, {})[0])
 
 
 def _short(value) -> str:

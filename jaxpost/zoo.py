@@ -267,7 +267,7 @@ def built(name: str, seed: int = 0) -> str | None:
       continue
     with open(identity, encoding="utf-8") as f:
       recorded = json.load(f)
-    if not workdir.describe_changes(recorded, now):
+    if not workdir.describe_changes(recorded, now, workdir.base_defaults(c.recipe)):
       logging.info("zoo: %s@%d is the build in %s (same config and data)", name, seed, other)
       return other
   return None

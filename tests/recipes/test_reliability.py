@@ -226,3 +226,17 @@ def test_blocks_a_run_does_not_use_leave_its_identity_alone(tmp_path):
   with pytest.raises(workdir.WorkdirError, match="label_smoothing"):
     workdir.claim(other, d)
   assert workdir.config_hash(sft_tiny(**{"loss.kd.temperature": 3.0})) == workdir.config_hash(c)
+
+
+def test_a_field_added_since_the_recording_at_its_default_is_not_a_change(tmp_path):
+  d = str(tmp_path / "run")
+  workdir.claim(sft_tiny(), d)
+  workdir.release(d)
+  path = os.path.join(d, workdir.IDENTITY_FILE)
+  recorded = json.load(open(path))
+  del recorded["config"]["teacher.follow"]  # as written before the field existed
+  json.dump(recorded, open(path, "w"))
+  workdir.claim(sft_tiny(), d)  # the default: the behaviour that run had
+  workdir.release(d)
+  with pytest.raises(workdir.WorkdirError, match="teacher.follow: '<absent>' -> 'ema'"):
+    workdir.claim(sft_tiny(**{"teacher.follow": "ema", "loss.name": "kd"}), d)
