@@ -80,12 +80,15 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
-  # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection); "" = off
+  # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection), or "online"
+  # (detect the bottleneck from the eval accuracy, then drop anchors); "" = off
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
+  c.data.t3s_margin = 0.02  # online: accuracy fall, then recovery, that marks the bottleneck
   declare(
     "data",
     source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
     token_selection=TEXT,
+    t3s_margin=num(ge=0, le=1),
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,

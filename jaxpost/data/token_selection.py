@@ -17,11 +17,23 @@ token mean averages over kept tokens (a sequence mean over sequences with any ke
 
   python -m jaxpost.data.token_selection --config=configs/sft.py:tiny --out=runs/t3s \\
       --start=RUN_OR_ZOO --bottleneck=RUN_DIR[@STEP]
+
+Online (``data.token_selection=online``, the card's variant: "track train accuracy,
+switch to masked mode when the bottleneck is detected"): ``Online`` watches the
+evaluation accuracy (held-out problems: our verifier's signal; the card says train
+accuracy); once it has fallen ``data.t3s_margin`` below its first value and then
+recovered ``data.t3s_margin`` above its lowest, the lowest point is the bottleneck, and
+from the next step on every batch's anchors (``anchor_keep`` of the run's start and the
+parameters kept at that lowest evaluation) leave the loss. The run continues from where
+it is (the offline variant restarts from theta_0). The detection rule and its margin are
+not in the card. A run that never dips never switches: it is plain SFT.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -31,6 +43,7 @@ import numpy as np
 from jaxpost.data import step_shards
 
 FIELD = "data.token_selection"
+ONLINE = "online"  # the value of FIELD that selects the online variant
 
 
 def anchor_keep(logp_start: jax.Array, logp_bottleneck: jax.Array, mask: jax.Array) -> jax.Array:
@@ -105,6 +118,98 @@ class Reader(step_shards.Reader):
 
   def keep(self, step: int, tokens: np.ndarray) -> np.ndarray:
     return self.step(step, tokens)["keep"]
+
+
+@dataclasses.dataclass
+class Bottleneck:
+  """Finds the imitation bottleneck in an accuracy trajectory, one evaluation at a time.
+
+  Attributes:
+    margin: accuracy a dip must fall below the first evaluation, and the recovery rise
+      above the lowest, for the lowest to count as the bottleneck.
+    first, low, low_step: the first accuracy, the lowest so far and its step.
+    found_step: the bottleneck's step once found (-1 before).
+  """
+
+  margin: float = 0.02
+  first: float | None = None
+  low: float | None = None
+  low_step: int = -1
+  found_step: int = -1
+
+  def observe(self, step: int, accuracy: float) -> str:
+    """ "low" (a new lowest: keep this step's parameters), "found" (``found_step`` is
+    the bottleneck) or "" (nothing to do)."""
+    if self.found_step >= 0:
+      return ""
+    if self.first is None or accuracy < self.low:
+      self.first = accuracy if self.first is None else self.first
+      self.low, self.low_step = accuracy, step
+      return "low"
+    if self.low <= self.first - self.margin and accuracy >= self.low + self.margin:
+      self.found_step = self.low_step
+      return "found"
+    return ""
+
+
+class Online:
+  """T3S online in a running SFT loop (module doc): ``on_eval`` after each evaluation,
+  ``keep`` on each batch, ``state`` into each checkpoint's data.
+
+  The parameters at the lowest evaluation so far are saved under ``WORKDIR/t3s`` (an
+  Orbax checkpoint), so a resumed run finds its bottleneck again.
+  """
+
+  def __init__(self, run, scorer, start_state, margin: float):
+    from jaxpost import checkpoint, scoring
+
+    self.run = run
+    self.start = start_state
+    self.detector = Bottleneck(margin=margin, **run.data_state.get("t3s", {}))
+    self.logp = scoring.jit_logp(scorer)
+    self.dir = os.path.join(run.workdir, "t3s")
+    self.snapshots = checkpoint.Checkpointer(
+      os.path.join(self.dir, "checkpoints"), keep=1, async_save=False
+    )
+    self.bottleneck = None
+    if self.detector.found_step >= 0:  # resumed after the switch
+      self.bottleneck = self._load(self.detector.found_step)
+
+  def _load(self, step: int):
+    from jaxpost import checkpoint
+
+    params, _ = checkpoint.load_params(self.dir, self.run.state.params, what="t3s", step=step)
+    return self.run.place(params), self.run.frozen["rest"]
+
+  def on_eval(self, step: int, metrics: dict) -> None:
+    event = self.detector.observe(step, float(metrics["eval/accuracy"]))
+    if event == "low" and step not in self.snapshots.all_steps():
+      self.snapshots.save(step, {"params": self.run.state.params}, {"step": step}, force=True)
+    elif event == "found":
+      self.bottleneck = self._load(self.detector.found_step)
+      logging.warning(
+        "T3S online: imitation bottleneck at step %d (accuracy %s, first %s); anchor "
+        "tokens leave the loss from step %d",
+        self.detector.found_step,
+        self.detector.low,
+        self.detector.first,
+        step + 1,
+      )
+
+  def keep(self, batch) -> np.ndarray | None:
+    """The batch's keep mask once the bottleneck is known; None before (keep all)."""
+    if self.bottleneck is None:
+      return None
+    placed = self.run.place_batch(batch)
+    start = self.logp(self.start, placed)[0]
+    low = self.logp(self.bottleneck, placed)[0]
+    return np.asarray(anchor_keep(start, low, placed.loss_mask), np.float32)
+
+  def state(self) -> dict:
+    """The detector's state, without its margin (that comes from the config)."""
+    kept = dataclasses.asdict(self.detector)
+    kept.pop("margin")
+    return {"t3s": kept}
 
 
 def main(argv=None) -> None:

@@ -567,12 +567,13 @@ def should_stop(run: Run, step: int) -> str:
   return ""
 
 
-def periodic(run: Run, step: int, data, stop: str = "") -> str:
+def periodic(run: Run, step: int, data, stop: str = "", on_eval=None) -> str:
   """The loop's evaluation and checkpoint every ``eval.every`` / ``train.checkpoint_every``.
 
   Neither runs at the last step or when the loop stops after this one (``stop``):
   ``finish`` evaluates and saves then. ``data`` returns the host-side state to
-  checkpoint (called only when saving).
+  checkpoint (called only when saving); ``on_eval(step, metrics)``, if given, sees each
+  evaluation's metrics before the checkpoint is written.
 
   Returns:
     ``stop``, or "train.stop_when" when this step's evaluation meets that condition
@@ -583,6 +584,8 @@ def periodic(run: Run, step: int, data, stop: str = "") -> str:
     return stop
   if c.eval.every and step % c.eval.every == 0:
     m = run.evaluate(step)
+    if on_eval is not None:
+      on_eval(step, m)
     if c.train.stop_when:
       metric, compare, threshold = config_lib.parse_condition(c.train.stop_when)
       if metric not in m:

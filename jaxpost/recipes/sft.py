@@ -35,6 +35,11 @@ def validate(c) -> None:
   """A distill loss needs a teacher (config_lib.validate calls this once)."""
   if c.data.token_selection and jax.process_count() > 1:
     raise config_lib.ConfigError("data.token_selection masks are read by one process only")
+  if c.data.token_selection == token_selection.ONLINE and not (c.eval.every and c.eval.levels):
+    raise config_lib.ConfigError(
+      "data.token_selection=online finds the bottleneck in the evaluation accuracy: set "
+      "eval.every and eval.levels"
+    )
   if LOSSES.family(c.loss.name) == "distill":
     common.check_teacher(c)
     if c.teacher.privileged and (c.data.pack or c.data.overlong != "error"):
@@ -85,8 +90,13 @@ def run(config, workdir: str) -> dict:
     shards.check(config, tok.vocab_size)
   elif distill and (t.init_from or t.hf_dir or t.gguf or t.follow):  # a model, or a copy
     readers = common.attach_teacher(run_, config, tok, scorer)
-  selection = None
-  if config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
+  selection = online = None
+  if config.data.token_selection == token_selection.ONLINE:  # T3S, bottleneck found live
+    _, start = common.frozen_model(
+      config, tok.vocab_size, init_from=config.train.init_from or None
+    )  # theta_0: the run's own start, rebuilt
+    online = token_selection.Online(run_, scorer, run_.place(start), config.data.t3s_margin)
+  elif config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
     selection = token_selection.Reader(config.data.token_selection)
     selection.check(config, tok.vocab_size)
   if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
@@ -108,7 +118,11 @@ def run(config, workdir: str) -> dict:
   )
 
   def data() -> dict:
-    return {**packer.state(), "dataset_size": dataset_size}
+    return {
+      **packer.state(),
+      "dataset_size": dataset_size,
+      **(online.state() if online is not None else {}),
+    }
 
   # The loop. Metrics stay on device until a log step, so steps dispatch back to back.
   first_step, total = run_.first_step, common.end_step(config)
@@ -121,6 +135,8 @@ def run(config, workdir: str) -> dict:
     arrays, stats = packer.next_batch()
     if selection is not None:
       arrays["loss_mask"] = arrays["loss_mask"] * selection.keep(step, arrays["tokens"])
+    if online is not None and (keep := online.keep(Batch(**arrays))) is not None:
+      arrays["loss_mask"] = arrays["loss_mask"] * keep
     batch = Batch(**arrays)
     if shards is not None:
       batch = DistillBatch(batch, *shards.step(step, arrays["tokens"]))
@@ -142,7 +158,8 @@ def run(config, workdir: str) -> dict:
       bar.set_postfix(loss=f"{last['train/loss']:.4f}", tok_s=f"{rate:,.0f}")
       window_tokens, window_start, pending = 0.0, time.time(), []
     bar.update(1)
-    stop = common.periodic(run_, step, data, stop)
+    on_eval = online.on_eval if online is not None else None
+    stop = common.periodic(run_, step, data, stop, on_eval=on_eval)
     if stop:
       logging.warning("stopping at step %d (%s)", step, stop)
       break

@@ -69,3 +69,68 @@ def test_masks_of_every_batch_come_from_the_two_checkpoints_and_restrict_the_los
   result = sft.run(sft_tiny(**restart, **{"data.token_selection": out}), str(tmp_path / "t3s"))
   full = sft.run(sft_tiny(**restart), str(tmp_path / "sft"))
   assert result["train/tokens"] < full["train/tokens"]  # fewer counted tokens per batch
+
+
+def test_online_bottleneck_is_the_lowest_point_of_a_dip_that_recovers():
+  b = token_selection.Bottleneck(margin=0.02)
+  trajectory = zip((10, 20, 30, 40, 50), (0.5, 0.4, 0.3, 0.31, 0.33), strict=True)
+  events = [b.observe(s, a) for s, a in trajectory]
+  assert events == ["low", "low", "low", "", "found"] and b.found_step == 30
+  assert b.observe(60, 0.1) == "" and b.found_step == 30  # found once
+  rising = token_selection.Bottleneck(margin=0.02)
+  assert [rising.observe(s, a) for s, a in enumerate((0.1, 0.2, 0.3, 0.5))] == ["low", "", "", ""]
+  shallow = token_selection.Bottleneck(margin=0.1)  # fell 0.05 < margin: no bottleneck
+  assert "found" not in [shallow.observe(s, a) for s, a in enumerate((0.5, 0.45, 0.7))]
+
+
+def _online(steps, **over):
+  return sft_tiny(
+    **{
+      "data.token_selection": token_selection.ONLINE,
+      "eval.every": 1,
+      "eval.levels": "mul2x2",
+      "train.steps": steps,
+      "train.checkpoint_every": 2,
+      **over,
+    }
+  )
+
+
+def _scripted(monkeypatch, found_after: int):
+  """The detector sees a dip at step 2 and the recovery at ``found_after``."""
+
+  def observe(self, step, accuracy):
+    if step == 2:
+      self.low_step = 2
+      return "low"
+    if step == found_after and self.found_step < 0:
+      self.found_step = 2
+      return "found"
+    return ""
+
+  monkeypatch.setattr(token_selection.Bottleneck, "observe", observe)
+
+
+def _tokens(workdir):
+  records = metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return {r["step"]: r["train/tokens"] for r in records if "train/tokens" in r}
+
+
+def test_online_switches_to_masked_training_after_the_bottleneck_and_resumes(tmp_path, monkeypatch):
+  plain = str(tmp_path / "plain")
+  sft.run(sft_tiny(**{"train.steps": 6, "eval.every": 1, "eval.levels": "mul2x2"}), plain)
+  _scripted(monkeypatch, found_after=3)
+  full = str(tmp_path / "full")
+  sft.run(_online(6), full)
+  a, b = _tokens(plain), _tokens(full)
+  assert all(a[s] == b[s] for s in (1, 2, 3))  # before the switch: every token
+  assert all(b[s] < a[s] for s in (4, 5, 6))  # after: the anchors are out
+  assert os.path.isdir(os.path.join(full, "t3s", "checkpoints", "2"))  # theta_b kept
+  # Interrupted at step 4 (after the switch) and resumed: the same masks and losses.
+  part = str(tmp_path / "part")
+  sft.run(_online(6, **{"train.stop_after": 4}), part)
+  sft.run(_online(6), part)
+  c = _tokens(part)
+  assert all(c[s] == b[s] for s in (5, 6))
+  with pytest.raises(Exception, match="eval.every"):
+    sft.run(_online(2, **{"eval.every": 0}), str(tmp_path / "bad"))
