@@ -41,6 +41,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
   c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
+  c.model.remat = False  # recompute each block in the backward pass: less memory, +1 forward
   declare(
     "model",
     size=one_of(NAMED_SIZES),
@@ -49,6 +50,7 @@ def shared_sections() -> config_dict.ConfigDict:
     dtype=one_of(DTYPES),
     param_dtype=one_of(DTYPES),
     max_seq_len=integer(ge=2),
+    remat=FLAG,
   )
 
   c.tokenizer = config_dict.ConfigDict()

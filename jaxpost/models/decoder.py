@@ -613,7 +613,14 @@ class Decoder(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(c.jnp_dtype)  # [B, T, D]
     streams = {}
     for i, block in enumerate(self.layers):
-      x, cache = block(x, positions, mask, cache=cache, layer=i)
+      if c.remat and cache is None:  # keep the block's input only; recompute the rest
+
+        def run(block, x, positions, mask):
+          return block(x, positions, mask)[0]
+
+        x = nnx.remat(run)(block, x, positions, mask)
+      else:
+        x, cache = block(x, positions, mask, cache=cache, layer=i)
       streams[i] = x
     h = self.final_norm(x)
     logits = None

@@ -107,6 +107,7 @@ def build_model(
       raise config_lib.ConfigError(
         f"the tokenizer has {vocab_size} ids but {source} embeds only {model.config.vocab_size}"
       )
+    model.config = dataclasses.replace(model.config, remat=config.model.remat)
   else:
     model_config = models.named_config(
       size or config.model.size,
@@ -114,6 +115,7 @@ def build_model(
       dtype=config.model.dtype,
       param_dtype=config.model.param_dtype,
       max_seq_len=config.model.max_seq_len,
+      remat=config.model.remat,
     )
     model = models.create_model(model_config, config.seed)
   init_from = zoo.resolve(config.train.init_from if init_from is None else init_from)
