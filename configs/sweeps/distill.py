@@ -52,6 +52,23 @@ from jaxpost.sweep import Sweep, cells
 
 TEACHER = "zoo:teacher-mul2x2"
 SEQKD_DATA = "runs/distill/teacher_quickstart.jsonl"
+FROM_SCRATCH = {  # the students from scratch: 500 quickstart steps on the teacher's ids
+  "train.progress": False,
+  "train.steps": 500,
+  "train.max_minutes": 0.0,  # a step budget, never the wall clock
+  "train.checkpoint_every": 500,
+  "tokenizer.path": TEACHER,  # every student on the teacher's token ids
+  "eval.every": 100,
+  "eval.levels": "mul2x2",
+  "eval.final_levels": "",
+}
+REPORT = {
+  "metrics": ["eval/accuracy"],
+  "baseline": "sft",
+  "curves": ["eval/accuracy"],
+  "scale": 100.0,
+  "unit": "%",
+}
 
 
 def get_config(variant: str = "default") -> Sweep:
@@ -80,23 +97,8 @@ def get_config(variant: str = "default") -> Sweep:
       {"name": "teacher", "train.steps": 0, "train.init_from": TEACHER},
     ),
     seeds=(0, 1, 2),
-    fixed={
-      "train.progress": False,
-      "train.steps": 500,
-      "train.max_minutes": 0.0,  # a step budget, never the wall clock
-      "train.checkpoint_every": 500,
-      "tokenizer.path": TEACHER,  # every student on the teacher's token ids
-      "eval.every": 100,
-      "eval.levels": "mul2x2",
-      "eval.final_levels": "",
-    },
-    report={
-      "metrics": ["eval/accuracy"],
-      "baseline": "sft",
-      "curves": ["eval/accuracy"],
-      "scale": 100.0,
-      "unit": "%",
-    },
+    fixed=FROM_SCRATCH,
+    report=REPORT,
   )
 
 
@@ -151,13 +153,7 @@ def _warm() -> Sweep:
       "eval.levels": "mul2x2",
       "eval.final_levels": "",
     },
-    report={
-      "metrics": ["eval/accuracy"],
-      "baseline": "sft",
-      "curves": ["eval/accuracy"],
-      "scale": 100.0,
-      "unit": "%",
-    },
+    report=REPORT,
   )
 
 
@@ -176,23 +172,8 @@ def _step_by_step() -> Sweep:
       {"name": "label_only", **sbs, "loss.step_by_step.alpha": 1.0},
     ),
     seeds=(0, 1, 2),
-    fixed={
-      "train.progress": False,
-      "train.steps": 500,
-      "train.max_minutes": 0.0,
-      "train.checkpoint_every": 500,
-      "tokenizer.path": TEACHER,
-      "eval.every": 100,
-      "eval.levels": "mul2x2",
-      "eval.final_levels": "",
-    },
-    report={
-      "metrics": ["eval/accuracy"],
-      "baseline": "sft",
-      "curves": ["eval/accuracy"],
-      "scale": 100.0,
-      "unit": "%",
-    },
+    fixed=FROM_SCRATCH,
+    report=REPORT,
   )
 
 

@@ -37,12 +37,20 @@ from jaxpost.data.jsonl import DataError, record_to_example
 from jaxpost.data.packing import PlacedSource
 
 
-def read_pairs(path: str, *, skip_malformed: bool = False) -> tuple[list, Callable, int]:
-  """(examples [chosen_0, rejected_0, chosen_1, ...], index -> place, skipped records).
+def _read_records(
+  path: str,
+  keys: tuple[str, ...],
+  to_pair: Callable[[dict], list[template.Example]],
+  names: tuple[str, str],
+  what: str,
+  skip_malformed: bool,
+) -> tuple[list, Callable, int]:
+  """Two examples per JSONL record (``to_pair``), adjacent: (examples, index -> place,
+  skipped records).
 
   Raises:
-    DataError: a malformed record (unless skipped; then counted) naming ``path:line``, or
-      no pairs at all.
+    DataError: a malformed record (missing ``keys``, or ``to_pair`` refuses it; unless
+      skipped, then counted) naming ``path:line``, or no record at all.
   """
   examples, lines, skipped = [], [], 0
   with open(path, encoding="utf-8") as f:
@@ -51,12 +59,9 @@ def read_pairs(path: str, *, skip_malformed: bool = False) -> tuple[list, Callab
         continue
       try:
         record = json.loads(line)
-        if not isinstance(record, dict) or set(record) < {"prompt", "chosen", "rejected"}:
-          raise ValueError("expected keys 'prompt', 'chosen' and 'rejected'")
-        pair = [
-          record_to_example({"prompt": record["prompt"], "response": record[key]})
-          for key in ("chosen", "rejected")
-        ]
+        if not isinstance(record, dict) or not set(keys) <= set(record):
+          raise ValueError("expected keys " + ", ".join(repr(k) for k in keys))
+        pair = to_pair(record)
       except ValueError as e:
         if not skip_malformed:
           raise DataError(f"{path}:{number}: {e}") from None
@@ -65,12 +70,31 @@ def read_pairs(path: str, *, skip_malformed: bool = False) -> tuple[list, Callab
       examples += pair
       lines += [number, number]
   if not examples:
-    raise DataError(f"{path} holds no preference pairs")
+    raise DataError(f"{path} holds no {what}")
 
   def where(i: int) -> str:
-    return f"{path}:{lines[i]} ({'chosen' if i % 2 == 0 else 'rejected'})"
+    return f"{path}:{lines[i]} ({names[i % 2]})"
 
   return examples, where, skipped
+
+
+def read_pairs(path: str, *, skip_malformed: bool = False) -> tuple[list, Callable, int]:
+  """(examples [chosen_0, rejected_0, chosen_1, ...], index -> place, skipped records).
+
+  Raises:
+    DataError: a malformed record (unless skipped; then counted) naming ``path:line``, or
+      no pairs at all.
+  """
+
+  def to_pair(record: dict) -> list[template.Example]:
+    return [
+      record_to_example({"prompt": record["prompt"], "response": record[key]})
+      for key in ("chosen", "rejected")
+    ]
+
+  keys = ("prompt", "chosen", "rejected")
+  names = ("chosen", "rejected")
+  return _read_records(path, keys, to_pair, names, "preference pairs", skip_malformed)
 
 
 EXPLAIN_PREFIX = "explain: "  # distilling step-by-step's rationale task (its label task: none)
@@ -104,30 +128,14 @@ def read_rationales(path: str, *, skip_malformed: bool = False) -> tuple[list, C
     DataError: a malformed record (unless skipped; then counted) naming ``path:line``, or
       no record at all.
   """
-  examples, lines, skipped = [], [], 0
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
-          raise ValueError("expected keys 'prompt' and 'response'")
-        pair = rationale_examples(record["prompt"], record["response"])
-      except ValueError as e:
-        if not skip_malformed:
-          raise DataError(f"{path}:{number}: {e}") from None
-        skipped += 1
-        continue
-      examples += pair
-      lines += [number, number]
-  if not examples:
-    raise DataError(f"{path} holds no teacher rationales")
 
-  def where(i: int) -> str:
-    return f"{path}:{lines[i]} ({'label' if i % 2 == 0 else 'rationale'} task)"
+  def to_pair(record: dict) -> list[template.Example]:
+    return rationale_examples(record["prompt"], record["response"])
 
-  return examples, where, skipped
+  names = ("label task", "rationale task")
+  return _read_records(
+    path, ("prompt", "response"), to_pair, names, "teacher rationales", skip_malformed
+  )
 
 
 def pair_source(examples, tok, seed: int, where: Callable[[int], str] | None = None):

@@ -111,3 +111,10 @@ def test_rationales_become_label_and_rationale_tasks(tmp_path):
     "",
   )
   assert where(0).endswith("(label task)") and where(1).endswith("(rationale task)")
+
+
+def test_a_pairs_record_missing_a_side_is_a_data_error_naming_its_line(tmp_path):
+  path = tmp_path / "p.jsonl"
+  path.write_text('{"prompt": "q", "chosen": "a", "note": "no rejected side"}\n')
+  with pytest.raises(DataError, match=r"p.jsonl:1: expected keys 'prompt', 'chosen', 'rejected'"):
+    read_pairs(str(path))
