@@ -27,6 +27,17 @@ TOP_P = {"rl.top_p": 0.9}  # mu = the 0.9 nucleus, so pi_old / mu is not 1
 MINPRO = {"loss.grpo.prefix": "min_exclusive"}
 TIS = {"loss.grpo.is_level": "token"}
 
+# Every cell: 80 RL steps from rl-start@SEED, evaluated every 20 (configs/sweeps/skill_sd.py too).
+FIXED = {
+  "train.init_from": "zoo:rl-start@{seed}",
+  "train.steps": 80,  # constant lr after warmup: this only sets the end
+  "train.max_minutes": 0.0,
+  "train.log_every": 1,
+  "train.progress": False,
+  "eval.every": 20,
+  "eval.levels": "mul2x2",
+}
+
 VARIANTS = cells(
   {"name": "grpo"},
   {"name": "dr_grpo", "loss.name": "dr_grpo", "rl.advantage": "dr_grpo"},
@@ -55,15 +66,7 @@ def get_config(variant: str = "default") -> Sweep:
     base="configs/grpo.py:quickstart",
     cells=VARIANTS,
     seeds=(0, 1, 2),
-    fixed={
-      "train.init_from": "zoo:rl-start@{seed}",
-      "train.steps": 80,  # constant lr after warmup: this only sets the end
-      "train.max_minutes": 0.0,
-      "train.log_every": 1,
-      "train.progress": False,
-      "eval.every": 20,
-      "eval.levels": "mul2x2",
-    },
+    fixed=FIXED,
     report={
       "metrics": [
         "eval/accuracy",

@@ -14,6 +14,7 @@ baseline here), evaluating 200 held-out mul2x2 problems every 20 steps:
   python -m jaxpost.sweep.report runs/sweeps/skill_sd --out experiments/skill_sd
 """
 
+from jaxpost.config_lib import load_sibling
 from jaxpost.sweep import Sweep, cells
 
 
@@ -36,15 +37,7 @@ def get_config(variant: str = "default") -> Sweep:
       _sd("sd_1e-1", 0.1),
     ),
     seeds=(0, 1, 2),
-    fixed={
-      "train.init_from": "zoo:rl-start@{seed}",
-      "train.steps": 80,
-      "train.max_minutes": 0.0,
-      "train.log_every": 1,
-      "train.progress": False,
-      "eval.every": 20,
-      "eval.levels": "mul2x2",
-    },
+    fixed=load_sibling(__file__, "rl_algorithms").FIXED,  # the same runs as its grpo cell
     report={
       "metrics": [
         "eval/accuracy",
