@@ -179,6 +179,17 @@ def _by_prompt(path: str) -> dict[str, list[dict]]:
   return grouped
 
 
+def _well_formed(record: dict) -> bool:
+  """The response parses as ``<think>...</think>answer`` (or has no think block): a
+  response that does not (an unclosed or repeated tag, e.g. cut off at the token budget)
+  cannot be laid out by the template, so it never enters a pair."""
+  try:
+    template.split_response(record["response"])
+  except ValueError:
+    return False
+  return True
+
+
 def build_pairs(
   chosen: str, rejected: str, out: str, *, require: tuple[str, ...] = (), per_prompt: int = 1
 ) -> dict:
@@ -198,7 +209,8 @@ def build_pairs(
     per_prompt: most pairs per prompt.
 
   Returns:
-    counts: pairs written, prompts joined, prompts with no admissible pair.
+    counts: pairs written, prompts joined, prompts with no admissible pair, malformed
+    responses left out (``_well_formed``).
 
   Raises:
     DataError: an unknown requirement, a record lacking ``correct`` when a
@@ -217,14 +229,21 @@ def build_pairs(
 
   good, bad = _by_prompt(chosen), _by_prompt(rejected)
   written = joined = empty = 0
+  malformed = sum(not _well_formed(r) for side in (good, bad) for rs in side.values() for r in rs)
   with open(out, "w", encoding="utf-8") as f:
     for prompt, candidates in good.items():
       if prompt not in bad:
         continue
       joined += 1
-      ups = [r for r in candidates if "chosen_correct" not in require or correct(r, chosen)]
+      ups = [
+        r
+        for r in candidates
+        if _well_formed(r) and ("chosen_correct" not in require or correct(r, chosen))
+      ]
       downs = [
-        r for r in bad[prompt] if "rejected_incorrect" not in require or not correct(r, rejected)
+        r
+        for r in bad[prompt]
+        if _well_formed(r) and ("rejected_incorrect" not in require or not correct(r, rejected))
       ]
       made = 0
       for up in ups:
@@ -244,7 +263,7 @@ def build_pairs(
       empty += made == 0
   if written == 0:
     raise DataError(f"no pairs: {chosen} and {rejected} share {joined} prompts, none admissible")
-  return dict(pairs=written, prompts=joined, without_pair=empty)
+  return dict(pairs=written, prompts=joined, without_pair=empty, malformed=malformed)
 
 
 def main(argv=None) -> None:

@@ -39,7 +39,7 @@ def test_soda_join_by_prompt_skips_equal_and_unmatched(tmp_path):
   assert _read(out) == [
     {"prompt": "2*3", "chosen": "<think>2*3</think>6", "rejected": "<think>2*3</think>5"}
   ]
-  assert counts == {"pairs": 1, "prompts": 2, "without_pair": 1}
+  assert counts == {"pairs": 1, "prompts": 2, "without_pair": 1, "malformed": 0}
   examples, _, skipped = read_pairs(out)  # what data.source=pairs reads
   assert len(examples) == 2 and skipped == 0
   assert examples[0].answer == "6" and examples[1].answer == "5"
@@ -60,7 +60,7 @@ def test_redi_correct_vs_incorrect_each_rejected_used_once(tmp_path):
     path, path, out, require=("chosen_correct", "rejected_incorrect"), per_prompt=3
   )
   assert [(p["chosen"], p["rejected"]) for p in _read(out)] == [("a1", "b1"), ("a2", "b2")]
-  assert counts == {"pairs": 2, "prompts": 2, "without_pair": 1}
+  assert counts == {"pairs": 2, "prompts": 2, "without_pair": 1, "malformed": 0}
   build_pairs(path, path, out, require=("chosen_correct", "rejected_incorrect"))
   assert len(_read(out)) == 1  # per_prompt defaults to one
 
@@ -118,3 +118,24 @@ def test_a_pairs_record_missing_a_side_is_a_data_error_naming_its_line(tmp_path)
   path.write_text('{"prompt": "q", "chosen": "a", "note": "no rejected side"}\n')
   with pytest.raises(DataError, match=r"p.jsonl:1: expected keys 'prompt', 'chosen', 'rejected'"):
     read_pairs(str(path))
+
+
+def test_malformed_responses_never_enter_a_pair(tmp_path):
+  teacher = _write(
+    tmp_path / "t.jsonl", [_rec("q", "<think>1</think>2"), _rec("r", "<think>x</think>y")]
+  )
+  student = _write(
+    tmp_path / "s.jsonl",
+    [
+      _rec("q", "<think>1,1,1"),
+      _rec("q", "<think>1</think>3"),
+      _rec("r", "<think>a</think>b</think>"),
+    ],
+  )  # cut off at the budget; a good one; a repeated closing tag
+  out = str(tmp_path / "p.jsonl")
+  counts = build_pairs(teacher, student, out)
+  assert _read(out) == [
+    {"prompt": "q", "chosen": "<think>1</think>2", "rejected": "<think>1</think>3"}
+  ]
+  assert counts["malformed"] == 2 and counts["without_pair"] == 1
+  read_pairs(out)  # what data.source=pairs reads: every record lays out
