@@ -23,7 +23,12 @@ Variant ``warm``: distillation of a partly trained student, as GKD, SODA and RED
 it (``_warm``): every cell fine-tunes the zoo's ``student-mul2x2-40@SEED`` (an SFT run
 stopped at >= 40% held-out mul2x2) for 300 steps at lr 5e-4 against ``teacher-mul2x2@SEED``,
 on-policy GKD, privileged self-distillation and the pair methods included (seed s: the
-student and the teacher of the quickstart's seed s, which share its tokenizer):
+student and the teacher of the quickstart's seed s, which share its tokenizer). Cells:
+start (the student, evaluated), sft, seqkd, kd_fkl, gkd (lambda 0.5, JSD), onpolicy_rkl
+(lambda 1, full-vocabulary reverse KL), motab (configs/motab.py), self_answer / self_trace
+(the student itself as teacher, seeing the answer / worked solution), self_answer_ema (its
+EMA copy as that teacher), soda (DPO: teacher response over the start's own, reference =
+the start), redi (correct over incorrect teacher samples), teacher:
   for s in 0 1 2; do
     python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
         --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
@@ -113,6 +118,7 @@ def _warm() -> Sweep:
   gkd_cell = {"config": gkd, "teacher.init_from": teacher}
   rows = {"data.pack": False, "data.seq_len": 80}  # one example per row, room for responses
   pairs = {"config": quick, "data.source": "pairs", "data.streams": 1, **rows}
+  self_kd = {"config": quick, "loss.name": "kd", **rows}  # the student, privileged, teaches
   return Sweep(
     base=quick,
     cells=cells(
@@ -123,12 +129,13 @@ def _warm() -> Sweep:
       {"name": "gkd", **gkd_cell},  # lambda 0.5, JSD(0.5): GKD's defaults
       {"name": "onpolicy_rkl", **gkd_cell, "gkd.lmbda": 1.0, "loss.kd.divergence": "rkl"},
       {"name": "motab", **gkd_cell, "config": "configs/motab.py:quickstart"},
+      {"name": "self_answer", **self_kd, "teacher.privileged": "answer"},
+      {"name": "self_trace", **self_kd, "teacher.privileged": "trace"},
       {
-        "name": "self_answer",
-        "config": quick,
-        "loss.name": "kd",
+        "name": "self_answer_ema",
+        **self_kd,
         "teacher.privileged": "answer",
-        **rows,
+        "teacher.follow": "ema",
       },
       {
         "name": "soda",

@@ -8,9 +8,11 @@ per row (``data.pack=False``) from one index stream, so row b of either batch is
 same example, and ``align`` maps each student position to the teacher column holding
 the same response token (checked token by token).
 
-Privileged text for the embedded tasks (``teacher.privileged``):
-  answer  the prompt gains "\\nThe answer is {answer}."
-  trace   the prompt gains "\\nWorked solution: {thinking} so the answer is {answer}."
+Privileged text for the embedded tasks (``teacher.privileged``), written in the template's
+own format so that the tasks' small tokenizers spell it (English words would be unknown
+pieces to a 64-piece arithmetic tokenizer, and a prompt of unknown pieces is noise):
+  answer  the prompt gains "\\nA: {answer}" (this problem's answer);
+  trace   the prompt gains "\\nA: <think>{thinking}</think>{answer}" (its worked solution);
   skill   the prompt gains a worked example of *another* problem of the same level, in
           the response format ("\\n12*34: <think>12*4=48,...</think>408"): the level's
           workflow without this problem's answer. Our stand-in for Skill-SD's retrieved
@@ -43,9 +45,9 @@ def privileged_example(ex: template.Example, kind: str, level: str = "") -> temp
   """``ex`` (a problem of task ``level``) with the privileged text of ``kind`` appended to
   its prompt."""
   if kind == "answer":
-    extra = f"\nThe answer is {ex.answer}."
+    extra = f"\nA: {ex.answer}"
   elif kind == "trace":
-    extra = f"\nWorked solution: {ex.thinking} so the answer is {ex.answer}."
+    extra = "\nA: " + template.render_response(ex)
   elif kind == "skill":
     if level not in tasks.LEVELS:
       raise ValueError(f"a skill demonstration needs the problem's task level, got {level!r}")

@@ -195,11 +195,10 @@ def test_privileged_views_align_token_by_token_and_the_student_never_sees_the_te
     np.take_along_axis(t_arrays["targets"], cols, 1)[on], s_arrays["targets"][on]
   )
   # The teacher's prompts are longer by the privileged text; the student's are the plain ones.
-  hint = tok.encode("The answer is")
-  for row in range(8):
-    s_ids, t_ids = s_arrays["tokens"][row].tolist(), t_arrays["tokens"][row].tolist()
-    has = lambda ids: any(ids[i : i + len(hint)] == hint for i in range(len(ids)))  # noqa: E731
-    assert has(t_ids) and not has(s_ids)
+  for row in range(8):  # "Q: {q}\nA: {answer}\nA: {response}" vs "Q: {q}\nA: {response}"
+    s_text = tok.decode([int(t) for t in s_arrays["tokens"][row] if t != tok.pad_id])
+    t_text = tok.decode([int(t) for t in t_arrays["tokens"][row] if t != tok.pad_id])
+    assert t_text.count("A:") == 2 and s_text.count("A:") == 1
   assert template.encode_prompt(tok, "12*34")  # the template is the SFT one
   # A shuffled teacher view is refused, not silently misaligned.
   with pytest.raises(ValueError, match="differs"):
