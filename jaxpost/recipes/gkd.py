@@ -143,7 +143,7 @@ def run(config, workdir: str) -> dict:
       schedule=run_.schedule,
     )
   )
-  sample = None
+  sample = splicer = None
   if g.lmbda > 0:  # lambda = 0: no sampler is ever built or called
     prompts = tasks.mixture(config_lib.parse_levels(config.data.levels), "train", config.seed)
     generate_fn = sampler.make_generate_fn(
@@ -156,7 +156,6 @@ def run(config, workdir: str) -> dict:
     think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
     room = config.model.max_seq_len - g.max_new_tokens  # prompt columns at most
 
-    splicer = None
     if g.rollout == "motab":
       splicer = MotabRollout(config, tok, readers["teacher"], run_)
       splicer.boundary.restore(run_.data_state.get("motab", {}))
