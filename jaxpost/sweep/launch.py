@@ -174,9 +174,10 @@ def prepare(sweep: spec_lib.Sweep, root: str) -> dict:
   """Writes (or merges into) ``root/manifest.json``; returns it.
 
   A cell already in the manifest keeps its status and history when its config hash is
-  unchanged; a changed cell goes back to pending (its workdir's identity check then
-  decides whether it may resume there). Cells no longer in the sweep are dropped from
-  the manifest (their directories stay).
+  unchanged, or when its workdir recorded the same config and data (the hash also moves
+  when jaxpost gains a field, at its default); a changed cell goes back to pending (its
+  workdir's identity check then decides whether it may resume there). Cells no longer in
+  the sweep are dropped from the manifest (their directories stay).
   """
   entries = plan(sweep)
   os.makedirs(os.path.join(root, "logs"), exist_ok=True)
@@ -189,7 +190,8 @@ def prepare(sweep: spec_lib.Sweep, root: str) -> dict:
       if prev is not None:
         keep = ("status", "returncode", "wall_s", "attempts", "commit", "started", "finished")
         e.update({k: prev[k] for k in (*keep, "error") if k in prev})
-        if prev.get("config_hash") != e["config_hash"] and e["status"] == "done":
+        changed = prev.get("config_hash") != e["config_hash"]
+        if changed and e["status"] == "done" and not _ran_this(root, e):
           e["status"], e["error"] = "pending", "the cell's config changed since it ran"
     manifest = {
       "name": sweep.name,
@@ -201,6 +203,23 @@ def prepare(sweep: spec_lib.Sweep, root: str) -> dict:
     }
     _write_manifest(root, manifest)
   return manifest
+
+
+def _ran_this(root: str, entry: dict) -> bool:
+  """The cell's workdir recorded this very config and data (a new hash can come from
+  fields added to jaxpost since, at their defaults: ``workdir.describe_changes``)."""
+  from jaxpost import config_lib, workdir
+
+  path = os.path.join(root, entry["workdir"], workdir.IDENTITY_FILE)
+  if not os.path.exists(path):
+    return False
+  c = config_lib.load_config(_repo_path(entry["config"]))
+  for field, value in entry["overrides"].items():
+    config_lib.set_field(c, field, value)
+  now = {"config": workdir.flat_config(c), "data": workdir.data_fingerprint(c)}
+  with open(path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  return not workdir.describe_changes(recorded, now, workdir.base_defaults(c.recipe))
 
 
 def update_cell(root: str, cell_id: str, **changes) -> dict:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from jaxpost import config_lib
 from jaxpost.sweep import Cell, Sweep, cells, grid, launch, load, product, report, zipped
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -260,6 +261,31 @@ def test_prepare_keeps_history_and_reruns_changed_cells(tmp_path):
   assert only["id"] == "lr=0.001/seed0" and only["status"] == "done"
   with pytest.raises(KeyError, match="no cell"):
     launch.update_cell(root, "nope/seed0", status="done")
+
+
+def test_prepare_keeps_a_done_cell_whose_workdir_recorded_the_same_run(tmp_path, monkeypatch):
+  """A new hash alone (jaxpost gained a field, at its default) does not rerun a cell
+  whose run.json holds the same config and data; a real change does."""
+  from jaxpost import workdir
+
+  root = str(tmp_path)
+  sweep = Sweep("configs/sft.py:tiny", cells=grid({"optim.lr": [1e-3]}), seeds=(0,))
+  (entry,) = launch.prepare(sweep, root)["cells"]
+  c = config_lib.load_config(os.path.join(REPO, "configs/sft.py:tiny"))
+  for field, value in entry["overrides"].items():
+    config_lib.set_field(c, field, value)
+  workdir.claim(c, os.path.join(root, entry["workdir"]))  # writes run.json
+  workdir.release(os.path.join(root, entry["workdir"]))
+  path = os.path.join(root, entry["workdir"], workdir.IDENTITY_FILE)
+  recorded = json.load(open(path))
+  del recorded["config"]["model.remat"]  # recorded before the field existed
+  json.dump(recorded, open(path, "w"))
+  launch.update_cell(root, entry["id"], status="done", config_hash="older-scheme")
+  launch.prepare(sweep, root)
+  assert launch.read_manifest(root)["cells"][0]["status"] == "done"
+  sweep.fixed = {"train.steps": 9}  # a real change of the same cell
+  launch.prepare(sweep, root)
+  assert launch.read_manifest(root)["cells"][0]["status"] == "pending"
 
 
 # --- a real sweep, end to end -------------------------------------------------------------
