@@ -27,8 +27,9 @@ student and the teacher of the quickstart's seed s, which share its tokenizer). 
 start (the student, evaluated), sft, seqkd, kd_fkl, gkd (lambda 0.5, JSD), onpolicy_rkl
 (lambda 1, full-vocabulary reverse KL), motab (configs/motab.py), self_answer / self_trace
 (the student itself as teacher, seeing the answer / worked solution), self_answer_ema (its
-EMA copy as that teacher), soda (DPO: teacher response over the start's own, reference =
-the start), redi (correct over incorrect teacher samples), teacher:
+EMA copy as that teacher), self_answer_ce (half cross-entropy on the reference), soda
+(DPO: teacher response over the start's own, reference = the start), redi (correct over
+incorrect teacher samples), teacher:
   for s in 0 1 2; do
     python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
         --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
@@ -136,6 +137,12 @@ def _warm() -> Sweep:
         **self_kd,
         "teacher.privileged": "answer",
         "teacher.follow": "ema",
+      },
+      {
+        "name": "self_answer_ce",  # anchored by the reference tokens' cross-entropy
+        **self_kd,
+        "teacher.privileged": "answer",
+        "loss.kd.hard_label_weight": 0.5,
       },
       {
         "name": "soda",
