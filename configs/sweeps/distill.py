@@ -29,7 +29,7 @@ start (the student, evaluated), sft, seqkd, kd_fkl, gkd (lambda 0.5, JSD), onpol
 (the student itself as teacher, seeing the answer / worked solution), self_answer_ema (its
 EMA copy as that teacher), self_answer_ce (half cross-entropy on the reference), soda
 (DPO: teacher response over the start's own, reference = the start), redi (correct over
-incorrect teacher samples), teacher:
+incorrect teacher samples), soda_lr/10 and redi_lr/10 (both at lr 5e-5), teacher:
   for s in 0 1 2; do
     python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
         --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
@@ -120,6 +120,13 @@ def _warm() -> Sweep:
   rows = {"data.pack": False, "data.seq_len": 80}  # one example per row, room for responses
   pairs = {"config": quick, "data.source": "pairs", "data.streams": 1, **rows}
   self_kd = {"config": quick, "loss.name": "kd", **rows}  # the student, privileged, teaches
+  soda = {
+    **pairs,
+    "data.path": "runs/distill/soda_{seed}.jsonl",
+    "loss.name": "dpo",
+    "teacher.init_from": "zoo:student-mul2x2-40@{seed}",  # the reference: the start
+  }
+  redi = {**pairs, "data.path": "runs/distill/redi.jsonl", "loss.name": "redi"}
   return Sweep(
     base=quick,
     cells=cells(
@@ -144,14 +151,10 @@ def _warm() -> Sweep:
         "teacher.privileged": "answer",
         "loss.kd.hard_label_weight": 0.5,
       },
-      {
-        "name": "soda",
-        **pairs,
-        "data.path": "runs/distill/soda_{seed}.jsonl",
-        "loss.name": "dpo",
-        "teacher.init_from": "zoo:student-mul2x2-40@{seed}",  # the reference: the start
-      },
-      {"name": "redi", **pairs, "data.path": "runs/distill/redi.jsonl", "loss.name": "redi"},
+      {"name": "soda", **soda},
+      {"name": "redi", **redi},
+      {"name": "soda_lr/10", **soda, "optim.lr": 5e-5},  # preference losses at a tenth of the lr
+      {"name": "redi_lr/10", **redi, "optim.lr": 5e-5},
       {"name": "teacher", "train.steps": 0, "train.init_from": teacher},
     ),
     seeds=(0, 1, 2),
