@@ -37,6 +37,23 @@ from jaxpost.data.jsonl import DataError, record_to_example
 from jaxpost.data.packing import PlacedSource
 
 
+def _records(path: str, keys: tuple[str, ...]):
+  """Yields (line number, the JSON object or None, why not) for each non-empty line: None
+  when the line is not a JSON object holding every one of ``keys``."""
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or not set(keys) <= set(record):
+          raise ValueError("expected keys " + ", ".join(repr(k) for k in keys))
+      except ValueError as e:
+        yield number, None, str(e)
+        continue
+      yield number, record, ""
+
+
 def _read_records(
   path: str,
   keys: tuple[str, ...],
@@ -53,22 +70,18 @@ def _read_records(
       skipped, then counted) naming ``path:line``, or no record at all.
   """
   examples, lines, skipped = [], [], 0
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not set(keys) <= set(record):
-          raise ValueError("expected keys " + ", ".join(repr(k) for k in keys))
-        pair = to_pair(record)
-      except ValueError as e:
-        if not skip_malformed:
-          raise DataError(f"{path}:{number}: {e}") from None
-        skipped += 1
-        continue
-      examples += pair
-      lines += [number, number]
+  for number, record, problem in _records(path, keys):
+    try:
+      if record is None:
+        raise ValueError(problem)
+      pair = to_pair(record)
+    except ValueError as e:
+      if not skip_malformed:
+        raise DataError(f"{path}:{number}: {e}") from None
+      skipped += 1
+      continue
+    examples += pair
+    lines += [number, number]
   if not examples:
     raise DataError(f"{path} holds no {what}")
 
@@ -165,17 +178,10 @@ REQUIRE = ("chosen_correct", "rejected_incorrect", "differ")
 def _by_prompt(path: str) -> dict[str, list[dict]]:
   """{prompt: [records in file order]} of a generated JSONL file."""
   grouped: dict[str, list[dict]] = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or not {"prompt", "response"} <= set(record):
-          raise ValueError("expected keys 'prompt' and 'response'")
-      except ValueError as e:
-        raise DataError(f"{path}:{number}: {e}") from None
-      grouped.setdefault(record["prompt"], []).append(record)
+  for number, record, problem in _records(path, ("prompt", "response")):
+    if record is None:
+      raise DataError(f"{path}:{number}: {problem}")
+    grouped.setdefault(record["prompt"], []).append(record)
   return grouped
 
 
