@@ -162,7 +162,6 @@ def rollout_view(
   t_roles = np.where(in_completion, gather(roles, ROLE_PAD), ROLE_PROMPT)
   t_real = col < total[:, None]
   t_roles = np.where(t_real, t_roles, ROLE_PAD)
-  t_roles = np.where(col == (total - 1)[:, None], ROLE_PAD, t_roles)  # last token: no target
   view = Batch(
     tokens=np.where(t_real, t_tokens, pad_id).astype(np.int32),
     targets=np.where(t_real & (t_roles != ROLE_PAD), t_targets, pad_id).astype(np.int32),

@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny_configs import train_records  # tests/recipes
 
-from jaxpost import config_lib, metrics, models, scoring, sharding, train
+from jaxpost import config_lib, models, scoring, sharding, train
 from jaxpost.data import pipeline, tasks, template
 from jaxpost.losses import advantages
 from jaxpost.recipes import rl
@@ -552,14 +553,6 @@ def _run_config(**overrides):
   )
 
 
-def _train_records(workdir):
-  return {
-    r["step"]: r
-    for r in metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    if "train/loss" in r
-  }
-
-
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   full = str(tmp_path / "full")
   res_full = rl.run(_run_config(), full)  # checkpoints at RL steps 2 and 4
@@ -572,7 +565,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   with open(os.path.join(parts, "metrics.jsonl"), "w") as f:
     f.writelines(kept)
   res_parts = rl.run(_run_config(), parts)
-  a, b = _train_records(full), _train_records(parts)
+  a, b = train_records(full), train_records(parts)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   assert any(a[s]["train/grad_norm"] > 0 for s in (3, 4))  # the resumed steps did update
   for s in (3, 4):
@@ -653,7 +646,7 @@ def test_sampler_old_logp_gives_the_recomputed_update(tmp_path):
       **{"train.steps": 1, "rl.old_logp": mode, "eval.every": 0, "loss.grpo.entropy_coef": 0.01}
     )
     rl.run(c, str(tmp_path / mode))
-    runs[mode] = _train_records(str(tmp_path / mode))[1]
+    runs[mode] = train_records(str(tmp_path / mode))[1]
   a, b = runs["recompute"], runs["sampler"]
   assert a["train/grad_norm"] > 0
   for k in ("train/loss", "train/grad_norm", "rl/reward_mean"):
@@ -684,7 +677,7 @@ def test_cli_smoke_with_dynamic_sampling_and_options(tmp_path, run_cli):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "held-out exact-match accuracy" in proc.stdout
-  records = _train_records(str(workdir))
+  records = train_records(str(workdir))
   assert sorted(records) == [1, 2]
   for r in records.values():
     assert 1 <= r["rl/sample_rounds"] <= 2

@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_configs import train_records  # tests/recipes
 
-from jaxpost import config_lib, metrics
+from jaxpost import config_lib
 from jaxpost.data import generated, privileged, tasks, template
 from jaxpost.recipes import rl
 from jaxpost.rollout import batching, sampler
@@ -39,14 +40,6 @@ def _config(name="skill_sd.py:tiny", **overrides):
   for field, value in {**base, **overrides}.items():
     config_lib.set_field(c, field, value)
   return c
-
-
-def _records(workdir):
-  return {
-    r["step"]: r
-    for r in metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    if "train/loss" in r
-  }
 
 
 def _params(workdir):
@@ -77,7 +70,7 @@ def test_lambda_zero_and_a_teacher_equal_to_the_student_are_exactly_grpo(tmp_pat
     ),
     same,
   )
-  a, b, c = _records(grpo), _records(zero), _records(same)
+  a, b, c = train_records(grpo), train_records(zero), train_records(same)
   assert sorted(a) == sorted(b) == sorted(c) == [1, 2, 3, 4]
   assert any(a[s]["train/grad_norm"] > 0 for s in a)
   for s in a:
@@ -107,7 +100,7 @@ def test_the_privileged_teacher_moves_the_policy_and_only_it_sees_the_text(tmp_p
   monkeypatch.setattr(rl.groups_lib, "collect_groups", collect)
   workdir = str(tmp_path / "sd")
   rl.run(_config(**{"reward.token_terms": (("teacher_log_ratio", 1.0),)}), workdir)
-  records = _records(workdir)
+  records = train_records(workdir)
   assert all(r["reward/teacher_log_ratio"] != 0.0 for r in records.values())
   tok = _tokenizer(workdir)
   assert len(seen["student"]) == len(seen["teacher"]) == 4
@@ -141,7 +134,7 @@ def test_resume_restores_the_synced_copy(tmp_path):
   with open(os.path.join(parts, "metrics.jsonl"), "w") as f:
     f.writelines(kept)
   rl.run(_config(**over), parts)
-  a, b = _records(full), _records(parts)
+  a, b = train_records(full), train_records(parts)
   for s in (3, 4):
     for k in ("train/loss", "reward/teacher_log_ratio", "train/grad_norm"):
       assert a[s][k] == pytest.approx(b[s][k], rel=1e-5, abs=1e-7), (s, k)

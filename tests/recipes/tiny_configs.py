@@ -2,7 +2,7 @@
 
 import os
 
-from jaxpost import config_lib
+from jaxpost import config_lib, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,3 +24,12 @@ def sft_tiny(**overrides):
   for field, value in overrides.items():
     config_lib.set_field(c, field, value)
   return c
+
+
+def train_records(workdir):
+  """{step: record} of a run's metrics.jsonl records that hold a train loss."""
+  return {
+    r["step"]: r
+    for r in metrics.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+    if "train/loss" in r
+  }
