@@ -199,6 +199,35 @@ def with_followed_teacher(frozen: dict, opt_state) -> dict:
   return {**frozen, "teacher": (copy, frozen["rest"])}
 
 
+def apply_if(apply: jax.Array, optimizer: optax.GradientTransformation, grads, state: TrainState):
+  """``state`` after one ``optimizer`` update with ``grads`` if ``apply`` (bool[]), else
+  ``state`` itself, bit for bit.
+
+  A ``lax.while_loop`` of zero or one trip rather than ``jnp.where(apply, new, old)``
+  over the state: a loop's carry is updated in place, while a select keeps the old
+  optimizer state alive beside the new one (XLA computes the new moments twice, once for
+  the select and once inside the parameter update, and so copies every moment of a
+  donated state first: two extra parameter-sized buffers of temporary memory under Adam).
+  """
+
+  def update(carry):
+    trips, one, params, opt_state = carry
+    updates, opt_state = optimizer.update(
+      jax.tree.map(lambda g: g * one.astype(g.dtype), grads), opt_state, params
+    )
+    return trips + 1, 1.0 + 0.0 * trips, optax.apply_updates(params, updates), opt_state
+
+  # ``one`` is 1.0 on every trip, but XLA cannot prove it (0 * x is not 0 for every
+  # float x), so terms of the gradient ((1 - b1) g, g^2, ...) are not loop invariants:
+  # XLA would hoist them out of the loop, each a parameter-sized buffer.
+  trips, _, params, opt_state = jax.lax.while_loop(
+    lambda carry: carry[0] < apply.astype(jnp.int32),
+    update,
+    (jnp.zeros((), jnp.int32), jnp.ones((), jnp.float32), state.params, state.opt_state),
+  )
+  return state.replace(step=state.step + trips, params=params, opt_state=opt_state)
+
+
 def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
   """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``."""
 
@@ -208,21 +237,18 @@ def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
       objective, state.params, frozen, batch, microbatches
     )
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     out = {f"train/{k}": v for k, v in metrics.items()}
     out["train/loss"] = loss
     out["train/grad_norm"] = grad_norm
     out["train/tokens"] = norm.tokens
     if schedule is not None:
       out["train/lr"] = schedule(state.step)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     # One non-finite update would poison every later step (and Adam's moments), so a
     # step whose loss or gradient is not finite leaves the whole state as it was, step
     # counter and optimizer state included; the recipe counts these and stops a run
     # that keeps producing them (``recipes.common.count_skipped``).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    new = apply_if(finite, optimizer, grads, state)
     out["train/skipped_nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return new, out
 

@@ -614,11 +614,15 @@ class Decoder(nnx.Module):
     streams = {}
     for i, block in enumerate(self.layers):
       if c.remat and cache is None:  # keep the block's input only; recompute the rest
+        # A pure function of the block's state, not nnx.remat: that writes the state back
+        # into the block, which fails for a model merged outside the trace that calls it
+        # (a teacher read inside the student's loss).
+        graph, state = nnx.split(block)
 
-        def run(block, x, positions, mask):
-          return block(x, positions, mask)[0]
+        def run(state, x, positions, mask, graph=graph):
+          return nnx.merge(graph, state)(x, positions, mask)[0]
 
-        x = nnx.remat(run)(block, x, positions, mask)
+        x = jax.checkpoint(run)(state, x, positions, mask)
       else:
         x, cache = block(x, positions, mask, cache=cache, layer=i)
       streams[i] = x

@@ -46,3 +46,24 @@ def test_remat_gives_the_same_loss_and_gradient_with_less_temporary_memory():
 def test_remat_is_not_an_architecture_property():
   base = models.named_config("tiny", vocab_size=64)
   assert dataclasses.replace(base, remat=True).remat and not base.remat
+
+
+def test_a_remat_model_merged_outside_the_gradient_can_be_read_inside_it():
+  # A teacher: merged in the jitted step, called inside the student's jax.grad (its
+  # variables belong to the outer trace; remat must not write them back).
+  config = models.named_config("tiny", vocab_size=64, n_layers=2, remat=True)
+  graphdef, params, rest = nnx.split(models.create_model(config, 0), nnx.Param, ...)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+
+  @jax.jit
+  def grad(p, teacher_params):
+    teacher = nnx.merge(graphdef, teacher_params, rest)
+    return jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(tokens) * teacher(tokens)))(p)
+
+  plain = dataclasses.replace(config, remat=False)
+  g_plain, _, _ = nnx.split(models.create_model(plain, 0), nnx.Param, ...)
+  teacher_logits = nnx.merge(g_plain, params, rest)(tokens)
+  student = lambda p: nnx.merge(g_plain, p, rest)(tokens)  # noqa: E731
+  expected = jax.grad(lambda p: jnp.sum(student(p) * teacher_logits))(params)
+  for a, b in zip(jax.tree.leaves(grad(params, params)), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
