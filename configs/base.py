@@ -42,6 +42,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
   c.model.max_seq_len = 256  # longest sequence the model (and KV cache) supports
   c.model.remat = False  # recompute each block in the backward pass: less memory, +1 forward
+  # Depth pruning: a shallower model (e.g. a student) from a deeper one's weights.
+  c.model.keep_layers = ""  # blocks kept of the built model: "" = all, "0,5,10", "0:30:3"
   declare(
     "model",
     size=one_of(NAMED_SIZES),
@@ -51,6 +53,7 @@ def shared_sections() -> config_dict.ConfigDict:
     param_dtype=one_of(DTYPES),
     max_seq_len=integer(ge=2),
     remat=FLAG,
+    keep_layers=TEXT,
   )
 
   c.tokenizer = config_dict.ConfigDict()

@@ -195,14 +195,17 @@ def _step_by_step() -> Sweep:
 
 
 def _smollm2() -> Sweep:
-  """A real pretrained teacher: configs/distill.py:smollm2 (a 6.4M-parameter student from
-  scratch on SmolLM2's tokenizer, 200 steps of 8 x 160 tokens of add3) against the same
-  student trained by SFT, and the teacher itself (SmolLM2-135M-Instruct fine-tuned to
-  100% add3, the zoo's smollm2-add3-sft)."""
+  """A real pretrained teacher: configs/distill.py:smollm2. The student is
+  SmolLM2-135M-Instruct cut to every third block (10 of 30, ``model.keep_layers``), the
+  teacher the full model fine-tuned to 100% held-out add3 (the zoo's smollm2-add3-sft,
+  one teacher for every seed); 200 steps of 8 x 160 tokens of add3 traces at lr 3e-4.
+  Cells: start (the cut model, untrained), sft (cross-entropy on the traces), kd_fkl
+  (forward KL to the teacher at every trace position), teacher."""
   distill = "configs/distill.py:smollm2"
   return Sweep(
     base=distill,
     cells=cells(
+      {"name": "start", "loss.name": "cross_entropy", "train.steps": 0},
       {"name": "sft", "loss.name": "cross_entropy"},
       {"name": "kd_fkl"},
       {
@@ -216,8 +219,6 @@ def _smollm2() -> Sweep:
     fixed={
       "train.progress": False,
       "train.max_minutes": 0.0,
-      "train.steps": 200,  # the 135M teacher's forward is ~2 s of each step on 2 cores
-      "train.checkpoint_every": 200,
       "eval.levels": "add3",
       "eval.num_examples": 64,
       "eval.final_levels": "",

@@ -12,9 +12,10 @@ every position; AdamW lr 1e-4; median of ``--steps`` steps after ``--warmup``.
             its own ``training_step`` + optimizer step on the same batch
 Each system runs in its own subprocess (peak RSS is its own); systems alternate over
 ``--rounds``. Memory (``--memory``): the compiled temporary bytes of the whole jaxpost
-distillation step (student + teacher forward, kd loss, backward, AdamW), of its
-gradient alone, and of the two LM heads + divergence alone, at a 151936-token
-vocabulary and 4096 tokens, fused vs materialised logits (compile only).
+distillation step (student + teacher forward, kd loss, backward, AdamW; ``remat``: the
+same with ``model.remat`` on the student), of its gradient alone, and of the two LM
+heads + divergence alone, at a 151936-token vocabulary and 4096 tokens, fused vs
+materialised logits (compile only).
 
   pip install -e '.[bench]'
   python experiments/benchmarks/distill_step.py [--rounds 2] [--steps 10] [--memory]
@@ -195,8 +196,8 @@ def memory(args) -> dict:
   student_cfg = dataclasses.replace(models.named_config("w-tiny"), vocab_size=151936)
   teacher_cfg = dataclasses.replace(student_cfg, n_layers=8)
   out = {}
-  for head in ("logits", "fused"):
-    student = models.create_model(student_cfg, 0)
+  for head, remat in (("logits", False), ("fused", False), ("logits", True), ("fused", True)):
+    student = models.create_model(dataclasses.replace(student_cfg, remat=remat), 0)
     teacher = models.create_model(teacher_cfg, 1)
     optimizer = optax.adamw(1e-4)
     graphdef, params, rest = train.split_model(student)
@@ -208,6 +209,9 @@ def memory(args) -> dict:
     batch = Batch.from_tokens(jnp.zeros((args.memory_batch, args.memory_seq), jnp.int32))
     frozen = {"rest": rest, "teacher": (t_params, t_rest)}
     compiled = step.lower(state, batch, frozen).compile()
+    if remat:  # model.remat: the student's blocks recomputed in the backward pass
+      out[f"remat_{head}"] = compiled.memory_analysis().temp_size_in_bytes
+      continue
     out[f"step_{head}"] = compiled.memory_analysis().temp_size_in_bytes
     # The gradient alone (student + teacher forward, kd loss, backward): what the fused
     # divergence changes; the AdamW update's temporaries are the same on both paths.
@@ -286,7 +290,7 @@ def main() -> None:
         summary[f"speedup_vs_{s}"] = round(med[s] / med["jaxpost"], 3)
   if args.memory:
     mem = memory(args)
-    for part in ("step", "grad", "head"):
+    for part in ("step", "remat", "grad", "head"):
       summary[f"mem_{part}_logits_mib"] = round(mem[f"{part}_logits"] / 2**20, 1)
       summary[f"mem_{part}_fused_mib"] = round(mem[f"{part}_fused"] / 2**20, 1)
       summary[f"mem_{part}_fused_over_logits"] = round(

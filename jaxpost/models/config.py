@@ -165,7 +165,7 @@ class ModelConfig:
     param_dtype: storage dtype of the parameters, 'float32' or 'bfloat16'.
     dtype: compute dtype of the forward pass, 'float32' or 'bfloat16'. Softmax, norms
       and logits are float32 regardless.
-    remat: rematerialise each block in the backward pass (``nnx.remat`` per block):
+    remat: rematerialise each block in the backward pass (``jax.checkpoint`` per block):
       only the blocks' inputs are kept for the gradient, their insides are recomputed,
       at the cost of one more forward. Not an architecture property: checkpoints and
       exports are the same either way.

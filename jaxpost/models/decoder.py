@@ -12,6 +12,7 @@ Logical axis names: 'vocab', 'embed' (D), 'q_heads' (H), 'kv_heads' (K), 'head_d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -643,6 +644,53 @@ class Decoder(nnx.Module):
 @functools.cache
 def _jitted_constructor(config: ModelConfig):
   return nnx.jit(lambda key: Decoder(config, rngs=nnx.Rngs(params=key)))
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+  """Block indices of a layer selection: "" = all, "0,5,10" or a slice "start:stop:step".
+
+  Indices are in [0, n_layers), strictly increasing (the blocks keep their order), and
+  at least one.
+  """
+  spec = spec.strip()
+  if not spec:
+    return list(range(n_layers))
+  try:
+    if ":" in spec:
+      parts = [int(p) if p.strip() else None for p in spec.split(":")]
+      if len(parts) > 3:
+        raise ValueError
+      indices = list(range(n_layers))[slice(*parts)]
+    else:
+      indices = [int(p) for p in spec.split(",")]
+  except ValueError:
+    raise ValueError(
+      f"layer selection {spec!r}: expected indices '0,5,10' or a slice 'start:stop:step'"
+    ) from None
+  if not indices:
+    raise ValueError(f"layer selection {spec!r} keeps no layer of {n_layers}")
+  bad = [i for i in indices if not 0 <= i < n_layers]
+  if bad:
+    raise ValueError(f"layer selection {spec!r}: {bad} out of range for {n_layers} layers")
+  if any(b <= a for a, b in zip(indices, indices[1:], strict=False)):
+    raise ValueError(f"layer selection {spec!r}: indices must increase")
+  return indices
+
+
+def keep_layers(model: Decoder, indices: Sequence[int]) -> Decoder:
+  """``model`` with only the blocks at ``indices``, in order (depth pruning).
+
+  A shallower model that starts from a deeper one's weights: its embeddings, final norm
+  and LM head are the same arrays, and block k is the deeper model's block
+  ``indices[k]``. The student of layer-dropping distillation (DistilBERT's every
+  other layer; Minitron's and Sheared-LLaMA's depth pruning before distillation).
+  """
+  n = model.config.n_layers
+  if sorted(set(indices)) != list(indices) or not indices or not 0 <= indices[-1] < n:
+    raise ValueError(f"keep_layers: {indices} is not an increasing selection of {n} layers")
+  model.layers = nnx.List([model.layers[i] for i in indices])
+  model.config = dataclasses.replace(model.config, n_layers=len(indices))
+  return model
 
 
 def create_model(config: ModelConfig, seed: int = 0) -> Decoder:

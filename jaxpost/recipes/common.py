@@ -82,8 +82,9 @@ def build_model(
   hf_dir: str | None = None,
   gguf_path: str | None = None,
 ) -> models.Decoder:
-  """The named size, ``model.hf_dir``'s checkpoint or ``model.gguf``'s file, with
-  ``init_from``'s parameters loaded.
+  """The named size, ``model.hf_dir``'s checkpoint or ``model.gguf``'s file, cut to
+  ``model.keep_layers`` (the run's own model only), with ``init_from``'s parameters
+  loaded.
 
   Args:
     config: the run config (``model`` section, seed).
@@ -94,7 +95,8 @@ def build_model(
     size, hf_dir, gguf_path: another model than ``config.model``'s (a teacher); None =
       the config's.
   """
-  if hf_dir is None and gguf_path is None and size is None:
+  own = hf_dir is None and gguf_path is None and size is None
+  if own:
     hf_dir, gguf_path = config.model.hf_dir, config.model.gguf
   dtypes = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype}
   if hf_dir or gguf_path:
@@ -118,6 +120,12 @@ def build_model(
       remat=config.model.remat,
     )
     model = models.create_model(model_config, config.seed)
+  if own and config.model.keep_layers:  # the run's own model, not a teacher's
+    try:
+      indices = models.parse_layers(config.model.keep_layers, model.config.n_layers)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"model.keep_layers: {e}") from None
+    model = models.keep_layers(model, indices)
   init_from = zoo.resolve(config.train.init_from if init_from is None else init_from)
   if init_from:
     params = nnx.state(model, nnx.Param)

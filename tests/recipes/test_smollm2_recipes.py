@@ -9,8 +9,10 @@ collectives of 8 device threads on 2 cores can miss XLA's 40 s rendezvous limit.
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxpost.models import gguf
 
@@ -79,3 +81,27 @@ def test_grpo_smollm2(run_cli, tmp_path):
   )
   (record,) = [r for r in _records(workdir) if "train/loss" in r]
   assert np.isfinite(record["train/loss"])
+
+
+def test_distill_smollm2_into_its_own_pruned_blocks(run_cli, tmp_path):
+  """configs/distill.py:smollm2 with the packaged model itself as the teacher (the
+  zoo's fine-tuned teacher takes minutes to build): the student is SmolLM2 cut to 10
+  of its 30 blocks, and it starts close to the teacher (it shares their weights)."""
+  workdir = str(tmp_path / "kd")
+  proc = run_cli(
+    "--config=configs/distill.py:smollm2",
+    f"--workdir={workdir}",
+    *SHORT,
+    "--config.teacher.init_from=",
+    "--config.train.steps=2",
+    "--config.eval.every=0",
+    "--config.data.batch_size=2",
+    "--config.data.seq_len=96",
+  )
+  _check(proc)
+  full = gguf.load_model(gguf.find_packaged("smollm2"))
+  per_block = sum(x.size for x in jax.tree.leaves(nnx.state(full.layers[0], nnx.Param)))
+  total = sum(x.size for x in jax.tree.leaves(nnx.state(full, nnx.Param)))
+  assert f"model: {total - 20 * per_block} parameters" in proc.stderr
+  losses = [r["train/loss"] for r in _records(workdir) if "train/loss" in r]
+  assert len(losses) == 2 and np.all(np.isfinite(losses)) and min(losses) > 0
