@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxpost.data import tasks, template
 from jaxpost.data.packing import PlacedSource
-from jaxpost.types import ROLE_PAD, ROLE_PROMPT, Batch
+from jaxpost.types import ROLE_PAD, ROLE_PROMPT, Batch, PrivilegedBatch
 
 PRIVILEGED = ("", "answer", "trace", "skill")
 SKILL_SEED = 0x5C111  # the demonstrations' problems: a seed no run's mixture is asked for
@@ -76,14 +76,16 @@ def teacher_task_source(levels: dict[str, float], tok, seed: int, kind: str):
   )
 
 
-def align(student: dict, teacher: dict) -> np.ndarray:
-  """i32[B, T] teacher column of each student position (one example per row).
+def align(student: dict | Batch, teacher: dict | Batch) -> np.ndarray:
+  """i32[B, T] teacher column of each student position (one example per row); each view
+  is a ``Batch`` or a packer's dict of its arrays.
 
   A row's response targets start after its L_p - 1 prompt targets; the teacher's
   prompt is longer by d_b tokens, so student column t maps to t + d_b (clipped into
   the teacher's row). Raises unless every counted student target equals the teacher's
   target at its column: the two views hold the same response.
   """
+  student, teacher = _arrays(student), _arrays(teacher)
   shift = np.sum(teacher["roles"] == ROLE_PROMPT, axis=1) - np.sum(
     student["roles"] == ROLE_PROMPT, axis=1
   )
@@ -99,6 +101,12 @@ def align(student: dict, teacher: dict) -> np.ndarray:
       "teacher's view (both must be packed one example per row from one index stream)"
     )
   return cols
+
+
+def _arrays(view: dict | Batch) -> dict:
+  if isinstance(view, dict):
+    return view
+  return {k: np.asarray(getattr(view, k)) for k in ("roles", "tokens", "targets", "loss_mask")}
 
 
 def problem_prompt(problem: tasks.Problem, kind: str) -> str:
@@ -172,9 +180,20 @@ def rollout_view(
     positions=np.where(t_real, col, 0).astype(np.int32),
     roles=t_roles.astype(np.int32),
   )
-  student = {k: np.asarray(getattr(batch, k)) for k in ("roles", "tokens", "targets", "loss_mask")}
-  teacher = {k: np.asarray(getattr(view, k)) for k in ("roles", "tokens", "targets")}
-  return view, align(student, teacher)
+  return view, align(batch, view)
+
+
+class TeacherView:
+  """A batch view (``view(step, batch)``): the same examples as the privileged teacher
+  reads them, packed by ``packer`` in step with the student's packer (one example per
+  row: the rows match), aligned into a ``PrivilegedBatch``."""
+
+  def __init__(self, packer):
+    self.packer = packer
+
+  def __call__(self, step: int, batch: Batch) -> PrivilegedBatch:
+    t_arrays, _ = self.packer.next_batch()
+    return PrivilegedBatch(batch, Batch(**t_arrays), align(batch, t_arrays))
 
 
 def source(config, tok):

@@ -34,6 +34,7 @@ import numpy as np
 from jaxpost import scoring
 from jaxpost.data import step_shards
 from jaxpost.losses.head import top_k_teacher
+from jaxpost.types import DistillBatch
 
 make_packer = step_shards.make_packer
 FIELD = "teacher.offline"
@@ -79,7 +80,8 @@ def write(config, out: str, *, k: int, steps_per_shard: int = 100) -> dict:
 
 
 class Reader(step_shards.Reader):
-  """The teacher shards of one directory, read step by step."""
+  """The teacher shards of one directory, read step by step; a batch view
+  (``reader(step, batch)``: the batch with the step's teacher top k, a ``DistillBatch``)."""
 
   def __init__(self, directory: str):
     super().__init__(directory, FIELD)
@@ -95,6 +97,9 @@ class Reader(step_shards.Reader):
     """(ids i32[B, T, k], logp f32[B, T, k]) of training step ``step`` (1-based)."""
     arrays = super().step(step, tokens)
     return arrays["ids"], arrays["logp"]
+
+  def __call__(self, step: int, batch) -> DistillBatch:
+    return DistillBatch(batch, *self.step(step, np.asarray(batch.tokens)))
 
 
 def main(argv=None) -> None:

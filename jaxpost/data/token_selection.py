@@ -113,11 +113,16 @@ def write(config, out: str, *, start: str, bottleneck: str, steps_per_shard: int
 
 
 class Reader(step_shards.Reader):
+  """Offline T3S as a batch view: ``reader(step, batch)`` drops the step's anchors."""
+
   def __init__(self, directory: str):
     super().__init__(directory, FIELD)
 
   def keep(self, step: int, tokens: np.ndarray) -> np.ndarray:
     return self.step(step, tokens)["keep"]
+
+  def __call__(self, step: int, batch):
+    return batch.replace(loss_mask=batch.loss_mask * self.keep(step, batch.tokens))
 
 
 @dataclasses.dataclass
@@ -154,7 +159,8 @@ class Bottleneck:
 
 class Online:
   """T3S online in a running SFT loop (module doc): ``on_eval`` after each evaluation,
-  ``keep`` on each batch, ``state`` into each checkpoint's data.
+  a batch view (``online(step, batch)``: the anchors leave the loss once the bottleneck
+  is known), ``state`` into each checkpoint's data.
 
   The parameters at the lowest evaluation so far are saved under ``WORKDIR/t3s`` (an
   Orbax checkpoint), so a resumed run finds its bottleneck again.
@@ -204,6 +210,10 @@ class Online:
     start = self.logp(self.start, placed)[0]
     low = self.logp(self.bottleneck, placed)[0]
     return np.asarray(anchor_keep(start, low, placed.loss_mask), np.float32)
+
+  def __call__(self, step: int, batch):
+    keep = self.keep(batch)
+    return batch if keep is None else batch.replace(loss_mask=batch.loss_mask * keep)
 
   def state(self) -> dict:
     """The detector's state, without its margin (that comes from the config)."""

@@ -25,7 +25,7 @@ from jaxpost import config_lib, scoring, sharding, train
 from jaxpost.data import pipeline, privileged, streams, teacher_shards, token_selection
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
-from jaxpost.types import Batch, DistillBatch, PrivilegedBatch
+from jaxpost.types import Batch
 
 LOSS_FAMILIES = ("token", "distill")
 DEFAULT_LOSS = "cross_entropy"
@@ -83,28 +83,34 @@ def run(config, workdir: str) -> dict:
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
+  # Batch views, applied in this order to each packed batch (``view(step, batch)``): the
+  # T3S selections take anchor tokens out of its loss mask, then an offline teacher's top
+  # k or a privileged teacher's own rows come with it.
   t = config.teacher
-  readers, shards, t_packer = {}, None, None
-  if distill and t.offline:  # its top k come from disk with each batch
-    shards = teacher_shards.Reader(t.offline)
-    shards.check(config, tok.vocab_size)
-  elif distill and (t.init_from or t.hf_dir or t.gguf or t.follow):  # a model, or a copy
-    readers = common.attach_teacher(run_, config, tok, scorer)
-  selection = online = None
+  readers, views, online = {}, [], None
   if config.data.token_selection == token_selection.ONLINE:  # T3S, bottleneck found live
     _, start = common.frozen_model(
       config, tok.vocab_size, init_from=config.train.init_from or None
     )  # theta_0: the run's own start, rebuilt
     online = token_selection.Online(run_, scorer, run_.place(start), config.data.t3s_margin)
-  elif config.data.token_selection:  # T3S: each batch's anchor tokens leave the loss mask
+    views.append(online)
+  elif config.data.token_selection:  # T3S offline: each step's anchors, computed once
     selection = token_selection.Reader(config.data.token_selection)
     selection.check(config, tok.vocab_size)
+    views.append(selection)
+  if distill and t.offline:  # its top k come from disk with each batch
+    shards = teacher_shards.Reader(t.offline)
+    shards.check(config, tok.vocab_size)
+    views.append(shards)
+  elif distill and (t.init_from or t.hf_dir or t.gguf or t.follow):  # a model, or a copy
+    readers = common.attach_teacher(run_, config, tok, scorer)
   if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
     t_source = privileged.source(config, tok)
     t_len = config.data.seq_len + t.privileged_tokens
     t_packer = streams.StreamPacker.for_config(t_source, config.data, rows, seq_len=t_len)
     if run_.data_state:
       t_packer.restore(run_.data_state)
+    views.append(privileged.TeacherView(t_packer))
   objective = train.make_objective(
     LOSSES.family(name),
     scorer,
@@ -133,16 +139,9 @@ def run(config, workdir: str) -> dict:
   step = first_step
   for step in range(first_step + 1, total + 1):
     arrays, stats = packer.next_batch()
-    if selection is not None:
-      arrays["loss_mask"] = arrays["loss_mask"] * selection.keep(step, arrays["tokens"])
-    if online is not None and (keep := online.keep(Batch(**arrays))) is not None:
-      arrays["loss_mask"] = arrays["loss_mask"] * keep
     batch = Batch(**arrays)
-    if shards is not None:
-      batch = DistillBatch(batch, *shards.step(step, arrays["tokens"]))
-    if t_packer is not None:
-      t_arrays, _ = t_packer.next_batch()
-      batch = PrivilegedBatch(batch, Batch(**t_arrays), privileged.align(arrays, t_arrays))
+    for view in views:
+      batch = view(step, batch)
     batch = run_.place_batch(batch, global_batch_size=config.data.batch_size)
     run_.state, step_metrics = train_step(run_.state, batch, run_.frozen)
     pending.append((step_metrics, stats.as_metrics(packer.capacity)))
