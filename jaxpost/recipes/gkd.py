@@ -19,12 +19,10 @@ defaults are lambda 0.5, beta 0.5 (``loss.kd.divergence=jsd``), temperature 0.9.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import jax
 import numpy as np
-from flax import nnx
 from ml_collections import config_dict
 from tqdm import tqdm
 
@@ -156,8 +154,15 @@ def run(config, workdir: str) -> dict:
     think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
     room = config.model.max_seq_len - g.max_new_tokens  # prompt columns at most
 
-    if g.rollout == "motab":
-      splicer = MotabRollout(config, tok, readers["teacher"], run_)
+    if g.rollout == "motab":  # the teacher takes over where the student strays
+      splicer = motab.Splicer(
+        motab.Settings.from_section(g),
+        tok,
+        readers["teacher"],
+        teacher_state=lambda: common.teacher_state(run_),
+        place_batch=run_.place_batch,
+        max_seq_len=config.model.max_seq_len,
+      )
       splicer.boundary.restore(run_.data_state.get("motab", {}))
 
     def sample(step: int, first: int) -> tuple[Batch, dict]:
@@ -217,104 +222,3 @@ def run(config, workdir: str) -> dict:
       break
   bar.close()
   return common.finish(run_, step, data(), last)
-
-
-class MotabRollout:
-  """MOTAB's splice of one on-policy batch (``jaxpost/rollout/motab.py``): the teacher
-  scores the student's tokens, rows past the boundary keep their safe prefix and the
-  teacher writes the rest."""
-
-  def __init__(self, config, tok, teacher_scorer, run_):
-    g = config.gkd
-    self.config, self.tok, self.run = config, tok, run_
-    self.boundary = motab.Boundary(k=g.motab_k, decay=g.motab_decay, fixed=g.motab_threshold)
-    self.teacher_logp = scoring.jit_logp(dataclasses.replace(teacher_scorer, temperature=1.0))
-    self.teacher_generate = sampler.make_generate_fn(
-      teacher_scorer.graphdef,
-      max_new_tokens=g.max_new_tokens,
-      eos_id=tok.eos_id,
-      pad_id=tok.pad_id,
-      temperature=g.motab_teacher_temperature,
-    )
-    # Step separators: every token whose text ends a reasoning step ("," or "<think>").
-    self.separators = {
-      i for i in range(tok.vocab_size) if tok.decode([i]).endswith((",", template.THINK_OPEN))
-    }
-    self.think_tags = (tok.encode(template.THINK_OPEN), tok.encode(template.THINK_CLOSE))
-
-  def __call__(self, ids, tokens, mask, out, laid, key) -> tuple[Batch, dict]:
-    g, tok = self.config.gkd, self.tok
-    t_state = common.teacher_state(self.run)
-    t_logp = np.asarray(
-      jax.device_get(self.teacher_logp(t_state, self.run.place_batch(laid.batch))[0])
-    )
-    n = out.tokens.shape[1]
-    cols = np.clip((laid.prompt_lengths - 1)[:, None] + np.arange(n)[None, :], 0, None)
-    cols = np.minimum(cols, t_logp.shape[1] - 1)
-    teacher_gen = np.take_along_axis(t_logp, cols, axis=1)  # per generated token
-    values = motab.monitor(g.motab_monitor, out.logp, teacher_gen)
-    real = np.arange(n)[None, :] < out.lengths[:, None]
-    threshold = self.boundary.update(values[real])
-    crossing = motab.first_crossing(values, out.lengths, threshold)
-    keep = motab.safe_length(crossing, out.tokens, g.motab_granularity, self.separators)
-    crossed = keep >= 0
-    t_out = None
-    if crossed.any():  # the teacher continues every crossed row from its safe prefix
-      prefixes = [
-        list(ids[b]) + [int(t) for t in out.tokens[b, : max(int(keep[b]), 0)]]
-        for b in range(len(ids))
-      ]
-      width = -(-max(map(len, prefixes)) // 32) * 32
-      if width + g.max_new_tokens > self.config.model.max_seq_len:
-        raise ValueError(
-          f"MOTAB: a prompt + kept prefix of {width} columns leaves no room for the "
-          f"teacher's {g.max_new_tokens} tokens in model.max_seq_len="
-          f"{self.config.model.max_seq_len}"
-        )
-      _, _, t_out = sampler.generate_groups(
-        self.teacher_generate,
-        nnx.merge_state(*t_state),
-        prefixes,
-        1,
-        key,
-        pad_id=tok.pad_id,
-        width=width,
-      )
-      t_out = jax.device_get(t_out)
-    spliced = motab.splice(
-      np.asarray(out.tokens),
-      np.asarray(out.lengths),
-      np.asarray(out.stopped),
-      keep,
-      np.asarray(t_out.tokens) if t_out is not None else np.zeros_like(out.tokens),
-      np.asarray(t_out.lengths) if t_out is not None else np.zeros_like(out.lengths),
-      np.asarray(t_out.stopped) if t_out is not None else np.zeros_like(out.stopped),
-      pad_id=tok.pad_id,
-    )
-    zeros = np.zeros(spliced.tokens.shape, np.float32)
-    mixed = sampler.GenerateOutput(
-      tokens=spliced.tokens,
-      lengths=spliced.lengths,
-      logp=zeros,
-      filtered_logp=zeros,
-      stopped=spliced.stopped,
-    )
-    batch = batching.rollout_batch(
-      tokens, mask, mixed, pad_id=tok.pad_id, think_tags=self.think_tags
-    ).batch
-    # Teacher-written tokens at their target columns (generated token j: column L_p-1+j).
-    lp = laid.prompt_lengths
-    width = batch.tokens.shape[1]
-    by_teacher = np.zeros(batch.tokens.shape, bool)
-    rows, js = np.nonzero(spliced.from_teacher)
-    by_teacher[rows, np.minimum(lp[rows] - 1 + js, width - 1)] = True
-    weights = np.where(by_teacher, g.motab_teacher_weight, 1.0) * batch.loss_mask
-    batch = batch.replace(weights=weights.astype(np.float32))
-    counted = max(float(batch.loss_mask.sum()), 1.0)
-    metrics = {
-      "motab/crossed_frac": float(crossed.mean()),
-      "motab/teacher_token_frac": float((by_teacher & (batch.loss_mask > 0)).sum() / counted),
-      "motab/threshold": float(threshold),
-      "motab/kept_mean": float(np.where(crossed, keep, 0).sum() / max(crossed.sum(), 1)),
-    }
-    return batch, metrics
