@@ -55,6 +55,8 @@ setup(
       "ipykernel>=6.29",
       # tests/data/test_tables.py writes real save_to_disk directories to read back.
       "datasets>=3.0",
+      # tests/detection/ checks the detection metrics against scikit-learn's.
+      "scikit-learn>=1.4",
     ],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],

@@ -29,7 +29,8 @@ start (the student, evaluated), sft, seqkd, kd_fkl, gkd (lambda 0.5, JSD), onpol
 (the student itself as teacher, seeing the answer / worked solution), self_answer_ema (its
 EMA copy as that teacher), self_answer_ce (half cross-entropy on the reference), soda
 (DPO: teacher response over the start's own, reference = the start), redi (correct over
-incorrect teacher samples), soda_lr/10 and redi_lr/10 (both at lr 5e-5), teacher:
+incorrect teacher samples), soda_lr/10 and redi_lr/10 (both at lr 5e-5), t3s_online (SFT
+whose anchor tokens leave the loss once an imitation bottleneck shows), teacher:
   for s in 0 1 2; do
     python -m jaxpost.data.generated --model=zoo:student-mul2x2-40@$s \\
         --levels=add3:0.2,mul2x2:1.0 --n=8000 --max_new_tokens=64 --batch_size=256 \\
@@ -155,6 +156,9 @@ def _warm() -> Sweep:
       {"name": "redi", **redi},
       {"name": "soda_lr/10", **soda, "optim.lr": 5e-5},  # preference losses at a tenth of the lr
       {"name": "redi_lr/10", **redi, "optim.lr": 5e-5},
+      # T3S online: anchors leave the loss once held-out accuracy dips and recovers by
+      # data.t3s_margin (checked every 20 steps here); a run that never dips is SFT.
+      {"name": "t3s_online", "data.token_selection": "online", "eval.every": 20},
       {"name": "teacher", "train.steps": 0, "train.init_from": teacher},
     ),
     seeds=(0, 1, 2),
