@@ -1,5 +1,5 @@
-"""Hallucination detection on frozen models (issue 16): metrics first."""
+"""Hallucination detection on frozen models (issue 16): the FLaG head and the metrics."""
 
-from jaxpost.detection import metrics
+from jaxpost.detection import flag, metrics
 
-__all__ = ["metrics"]
+__all__ = ["flag", "metrics"]
