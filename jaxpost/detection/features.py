@@ -8,6 +8,8 @@ statistics the paper uses are NOT FOUND, so both are arguments):
   last.L{i}     [D]  residual stream after block i at the answer's last token
   mean.L{i}     [D]  ... averaged over the answer's tokens
   drift.L{i}    [D]  mean over the answer minus mean over the question at block i
+  instability   [I]  the dynamic-instability signal of ``rl.md`` section 15
+                     (``INSTABILITY_STATS``; ``instability`` below)
   tokens        [S]  statistics of the answer's token signals (``TOKEN_STATS``, in order):
                      for log p(y_t), the entropy H_t of p(. | y_<t) and the top-1 / top-2
                      probability margin m_t: mean, min, max, std; for log p(y_t) also the
@@ -50,6 +52,16 @@ TOKEN_STATS = (
   "logp_slope",
   "logp_sum",
   "length",
+)
+INSTABILITY_WINDOWS = (4, 8, 16)
+INSTABILITY_STATS = (
+  "peak",  # S = max_t I_t
+  "peak_rel",  # t* / (T - 1): an early peak is "corrective", a late one "destructive"
+  "mean",
+  *(f"peak_first_{w}" for w in INSTABILITY_WINDOWS),  # S_{<=W}: the first W tokens
+  "jsd_mean",
+  "jsd_max",
+  "entropy_mean",
 )
 SCHEMA_VERSION = 1
 
@@ -104,11 +116,78 @@ def _masked_stats(x: jax.Array, mask: jax.Array) -> list[jax.Array]:
   return [mean, lo, hi, jnp.sqrt(var)]
 
 
-def answer_features(model, batch: Mapping[str, jax.Array], layers: Sequence[int]) -> dict:
+def topk_distribution(logp: jax.Array, k: int) -> jax.Array:
+  """p~: the top-k of each distribution (log-probs over the last axis), renormalised,
+  dense (0 off the support)."""
+  k = min(k, logp.shape[-1])
+  kth = jax.lax.top_k(logp, k)[0][..., -1:]
+  kept = jnp.where(logp >= kth, logp, -jnp.inf)
+  return jax.nn.softmax(kept, axis=-1)
+
+
+def _xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.where(x > 0, x * jnp.log(jnp.where(x > 0, y, 1.0)), 0.0)
+
+
+def jsd(p: jax.Array, q: jax.Array) -> jax.Array:
+  """Jensen-Shannon divergence (nats, in [0, ln 2]) of distributions on the last axis;
+  a point where one has no mass contributes only through the other."""
+  m = 0.5 * (p + q)
+  kl_pm = jnp.sum(_xlogy(p, p) - _xlogy(p, m), axis=-1)
+  kl_qm = jnp.sum(_xlogy(q, q) - _xlogy(q, m), axis=-1)
+  return jnp.maximum(0.5 * (kl_pm + kl_qm), 0.0)
+
+
+def instability(
+  p_tilde: jax.Array,
+  mask: jax.Array,
+  *,
+  lam: float = 1.0,
+  windows: Sequence[int] = INSTABILITY_WINDOWS,
+) -> jax.Array:
+  """The trace summaries of ``INSTABILITY_STATS``: f32[B, I] for p~ f32[B, T, V] over
+  the tokens in ``mask`` f32[B, T] (contiguous, >= 1 per row).
+
+  Per step: H_t = entropy(p~_t), D_t = JSD(p~_t, p~_{t-1}) (0 at the first step), and
+  I_t = D_t + lam * H_t. Which term carries lambda and its value are NOT FOUND in the
+  paper (its math is stripped); lambda is an argument.
+  """
+  h = -jnp.sum(_xlogy(p_tilde, p_tilde), axis=-1)  # [B, T]
+  prev = jnp.concatenate([p_tilde[:, :1], p_tilde[:, :-1]], axis=1)
+  first = mask * (1.0 - jnp.concatenate([jnp.zeros_like(mask[:, :1]), mask[:, :-1]], axis=1))
+  d = jnp.where(first > 0, 0.0, jsd(p_tilde, prev)) * mask
+  i_t = d + lam * h
+  on = mask > 0
+  n = jnp.sum(mask, axis=1)
+  start = jnp.argmax(on, axis=1)
+  step = jnp.arange(mask.shape[1])[None, :] - start[:, None]  # 0 at the first token
+  masked = jnp.where(on, i_t, -jnp.inf)
+  peak = jnp.max(masked, axis=1)
+  peak_rel = jnp.argmax(masked, axis=1) - start
+  out = [peak, peak_rel / jnp.maximum(n - 1, 1), jnp.sum(i_t * mask, axis=1) / n]
+  for w in windows:
+    out.append(jnp.max(jnp.where(on & (step < w), i_t, -jnp.inf), axis=1))
+  out += [
+    jnp.sum(d, axis=1) / jnp.maximum(n - 1, 1),
+    jnp.max(jnp.where(on, d, 0.0), axis=1),
+    jnp.sum(h * mask, axis=1) / n,
+  ]
+  return jnp.stack(out, axis=1).astype(jnp.float32)
+
+
+def answer_features(
+  model,
+  batch: Mapping[str, jax.Array],
+  layers: Sequence[int],
+  *,
+  top_k: int = 10,
+  lam: float = 1.0,
+) -> dict:
   """The feature families (module doc) of one padded batch: {name: f32[B, ...]}.
 
-  Pure and jittable (``layers`` static): token t of the answer is scored by the logits
-  at t - 1, so the first answer token is read after the last prompt token.
+  Pure and jittable (``layers``, ``top_k``, ``lam`` static): token t of the answer is
+  scored by the logits at t - 1, so the first answer token is read after the last
+  prompt token. ``top_k`` and ``lam`` are the instability signal's k and lambda.
   """
   tokens, seg = batch["tokens"], batch["segment_ids"]
   start, end = batch["start"], batch["end"]
@@ -140,7 +219,10 @@ def answer_features(model, batch: Mapping[str, jax.Array], layers: Sequence[int]
   var = jnp.sum(((rel - rel_mean[:, None]) ** 2) * m, axis=1)
   slope = jnp.where(var > 0, cov / jnp.where(var > 0, var, 1.0), 0.0)
   stats += [first, last, slope, jnp.sum(token_logp * m, axis=1), n]
-  features = {"tokens": jnp.stack(stats, axis=1)}
+  features = {
+    "tokens": jnp.stack(stats, axis=1),
+    "instability": instability(topk_distribution(prev, top_k), m, lam=lam),
+  }
   for layer, hidden in zip(layers, out.hidden_states, strict=True):
     h = hidden.astype(jnp.float32)
     last_h = jnp.take_along_axis(h, (end - 1)[:, None, None], axis=1)[:, 0]

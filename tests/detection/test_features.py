@@ -59,7 +59,7 @@ def _reference(model, tok, record, layers):
   rel = np.arange(e - s) / max(e - s - 1, 1)
   slope = np.polyfit(rel, lp, 1)[0] if e - s > 1 else 0.0
   stats += [lp[0], lp[-1], slope, lp.sum(), e - s]
-  ref = {"tokens": np.asarray(stats)}
+  ref = {"tokens": np.asarray(stats), "instability": _instability_reference(rows)}
   for layer, h in zip(layers, out.hidden_states, strict=True):
     h = np.asarray(h[0], np.float64)
     ref[f"last.L{layer}"] = h[e - 1]
@@ -68,9 +68,38 @@ def _reference(model, tok, record, layers):
   return ref
 
 
+def _instability_reference(rows, k=10, lam=1.0):
+  """The card's signal by loops: top-k renormalised, H_t, JSD to the previous step."""
+  p = []
+  for r in np.exp(rows):
+    keep = np.argsort(r)[-k:]
+    q = np.zeros_like(r)
+    q[keep] = r[keep] / r[keep].sum()
+    p.append(q)
+
+  def ent(x):
+    return -sum(v * np.log(v) for v in x if v > 0)
+
+  def kl(a, b):
+    return sum(x * np.log(x / y) for x, y in zip(a, b, strict=True) if x > 0)
+
+  h = np.array([ent(x) for x in p])
+
+  def js(a, b):
+    return 0.5 * kl(a, (a + b) / 2) + 0.5 * kl(b, (a + b) / 2)
+
+  d = np.array([0.0] + [js(p[t], p[t - 1]) for t in range(1, len(p))])
+  i = d + lam * h
+  n = len(p)
+  out = [i.max(), np.argmax(i) / max(n - 1, 1), i.mean()]
+  out += [i[:w].max() for w in features.INSTABILITY_WINDOWS]
+  out += [d[1:].sum() / max(n - 1, 1), d.max(), h.mean()]
+  return np.asarray(out)
+
+
 def test_batched_padded_features_equal_the_per_example_reference(model, tok):
   got = features.extract(model, tok, RECORDS, layers=(0, -1), batch_size=3)
-  assert set(got) == {"tokens", "label", "index"} | {
+  assert set(got) == {"tokens", "instability", "label", "index"} | {
     f"{kind}.L{i}" for kind in ("last", "mean", "drift") for i in (0, 2)
   }
   assert got["tokens"].shape == (4, len(features.TOKEN_STATS))
