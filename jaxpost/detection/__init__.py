@@ -1,5 +1,13 @@
-"""Hallucination detection on frozen models (issue 16): the FLaG head and the metrics."""
+"""Hallucination detection on frozen models (issue 16).
 
-from jaxpost.detection import flag, metrics
+features    one forward pass per answer batch: hidden-state, drift, token-signal and
+            instability families, stored as safetensors shards
+flag        the FLaG head (latent evidence groups, log-marginal aggregation), its
+            losses and training
+baselines   the uncertainty scores and probes it is compared with
+metrics     AUROC, AUPRC, PRR, ECE, Brier, best-threshold accuracy, bootstrap intervals
+"""
 
-__all__ = ["flag", "metrics"]
+from jaxpost.detection import baselines, features, flag, metrics
+
+__all__ = ["baselines", "features", "flag", "metrics"]
