@@ -175,7 +175,9 @@ def bootstrap(
   seed: int = 0,
 ) -> Interval:
   """``metric(*arrays)`` and its percentile interval over ``n`` resamples of the answers
-  (the same indices drawn from every array), reproducible by ``seed``."""
+  (the same indices drawn from every array), reproducible by ``seed``. For a statistic
+  biased on small samples (ECE grows on resamples, which repeat answers) the interval
+  need not contain the full-set value."""
   columns = [np.asarray(a).reshape(-1) for a in arrays]
   size = columns[0].size
   if any(c.size != size for c in columns):
