@@ -235,6 +235,14 @@ def answer_features(
   return features
 
 
+def resolve_layers(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:
+  """Block indices in [0, n_layers), negatives from the end, repeats dropped."""
+  bad = [i for i in layers if not -n_layers <= i < n_layers]
+  if bad:
+    raise ValueError(f"layers {bad} out of range for {n_layers} blocks")
+  return tuple(dict.fromkeys(i % n_layers for i in layers))
+
+
 def extract(
   model,
   tok,
@@ -252,7 +260,7 @@ def extract(
 
   graphdef, state = nnx.split(model)
   n_layers = model.config.n_layers
-  layers = tuple(i % n_layers for i in layers)
+  layers = resolve_layers(layers, n_layers)
 
   @jax.jit
   def run(state, batch):

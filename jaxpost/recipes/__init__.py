@@ -5,8 +5,9 @@ declares what its config needs
 beyond the shared sections of ``configs/base.py``:
 
   LOSS_FAMILIES       the loss families it trains (``losses.registry``); the config gets
-                      one ``loss.<name>`` section per registered loss of these families;
-  DEFAULT_LOSS        ``loss.name`` of a fresh config;
+                      one ``loss.<name>`` section per registered loss of these families
+                      (empty for a recipe that trains no language model: ``detect``);
+  DEFAULT_LOSS        ``loss.name`` of a fresh config (None with no families);
   config_sections(c)  optional: adds the recipe's own sections (e.g. ``rl``, ``reward``);
   validate(c)         optional: checks them (``config_lib.validate`` calls it, once).
 """
@@ -20,7 +21,7 @@ from jaxpost.registry import Registry
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
 RECIPES = Registry(
   "recipe",
-  builtins=tuple(f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd")),
+  builtins=tuple(f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd", "detect")),
 )
 register = RECIPES.register
 
@@ -37,7 +38,8 @@ def add_config_sections(c, recipe: str) -> None:
   module = get(recipe)
   if hasattr(module, "config_sections"):
     module.config_sections(c)
-  c.loss.name = module.DEFAULT_LOSS
+  if module.DEFAULT_LOSS is not None:
+    c.loss.name = module.DEFAULT_LOSS
   for family in module.LOSS_FAMILIES:
     for name in LOSSES.names(family):
       c.loss[name] = LOSSES.hparams_config(name)

@@ -1,0 +1,309 @@
+"""Hallucination detection on a frozen model, top to bottom (``recipe=detect``).
+
+    answers   the model's responses to task questions (``jaxpost.data.generated``:
+              greedy or sampled, labelled by the task checkers), or a user's JSONL of
+              (question, answer, label) records (``detect.records``)
+    features  one forward pass of the frozen model per answer batch
+              (``jaxpost.detection.features``), written under WORKDIR/features; or read
+              from ``detect.features`` (another run's), with no model at all
+    split     test answers: a seeded fraction of the questions, or every answer to the
+              ``detect.test_levels`` questions (transfer across levels); training labels
+              thinned to ``detect.label_fraction``
+    detectors FLaG, the linear and MLP probes, Mahalanobis and the unsupervised scores
+              fitted on the training answers (``jaxpost.detection.compare``)
+    report    every metric with bootstrap intervals on the test answers: results.md,
+              results.json and ROC / reliability plots in the workdir
+
+Nothing here trains the language model; the frozen model is ``train.init_from`` (a run
+or zoo model, with its tokenizer) or ``model.gguf`` / ``model.hf_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+from ml_collections import config_dict
+
+from jaxpost import config_lib, fields
+from jaxpost import workdir as jaxpost_workdir
+from jaxpost.detection import compare, features, flag
+from jaxpost.recipes import common, register
+
+LOSS_FAMILIES = ()  # the language model is frozen: no LM loss
+DEFAULT_LOSS = None
+FAMILY_KINDS = ("last", "mean", "drift", "tokens", "instability")
+
+
+def config_sections(c: config_dict.ConfigDict) -> None:
+  c.detect = config_dict.ConfigDict()
+  c.detect.records = ""  # a JSONL of (question, answer, label) to score instead of generating
+  c.detect.features = ""  # a features dir (another detect run's): train heads only
+  c.detect.questions = 1000  # task questions answered (data.levels' training mixture)
+  c.detect.samples = 1  # answers per question
+  c.detect.temperature = 0.0  # 0 = greedy answers; > 0 samples them
+  c.detect.max_new_tokens = 64  # decode budget per answer
+  c.detect.batch_size = 64  # questions per sampler call / answers per feature batch
+  c.detect.test_levels = ""  # "" = a random split; else test on answers to these levels
+  c.detect.test_fraction = 0.3  # random split: fraction of questions held out
+  c.detect.label_fraction = 1.0  # training answers whose labels the detectors see
+  c.detect.layers = "-1"  # blocks whose hidden states are read (comma list; -1 = last)
+  c.detect.families = "last,mean,drift,tokens,instability"  # FLaG's feature families
+  c.detect.probe = "last"  # the probes' and Mahalanobis' family (at the first layer)
+  c.detect.groups = 64  # FLaG's K
+  c.detect.proj_dim = 32  # per-family projection width (0 = none)
+  c.detect.energy = "dot"  # router energy: dot | distance
+  c.detect.router_temperature = 1.0  # tau of the router's softmax
+  c.detect.loss = "bce"  # bce | ranking
+  c.detect.steps = 500  # head training steps (AdamW)
+  c.detect.lr = 3e-3  # head learning rate
+  c.detect.bootstrap = 1000  # resamples of every interval
+  fields.declare(
+    "detect",
+    records=fields.TEXT,
+    features=fields.TEXT,
+    questions=fields.integer(ge=2),
+    samples=fields.integer(ge=1),
+    temperature=fields.num(ge=0),
+    max_new_tokens=fields.integer(ge=1),
+    batch_size=fields.integer(ge=1),
+    test_levels=fields.TEXT,
+    test_fraction=fields.num(gt=0, lt=1),
+    label_fraction=fields.num(gt=0, le=1),
+    layers=fields.TEXT,
+    families=fields.TEXT,
+    probe=fields.one_of(("last", "mean", "drift")),
+    groups=fields.integer(ge=1),
+    proj_dim=fields.integer(ge=0),
+    energy=fields.one_of(flag.ENERGIES),
+    router_temperature=fields.num(gt=0),
+    loss=fields.one_of(flag.LOSSES),
+    steps=fields.integer(ge=1),
+    lr=fields.num(gt=0),
+    bootstrap=fields.integer(ge=10),
+  )
+
+
+def validate(c: config_dict.ConfigDict) -> None:
+  if "detect" not in c:
+    raise config_lib.ConfigError("recipe=detect needs its sections: start from configs/flag.py")
+  d = c.detect
+  kinds = [k.strip() for k in d.families.split(",") if k.strip()]
+  bad = [k for k in kinds if k not in FAMILY_KINDS]
+  if not kinds or bad:
+    raise config_lib.ConfigError(f"detect.families={d.families!r}: kinds from {FAMILY_KINDS}")
+  _layers(d.layers)
+  if d.records and d.features:
+    raise config_lib.ConfigError("set one of detect.records and detect.features")
+  if d.test_levels and (d.records or d.features):
+    raise config_lib.ConfigError("detect.test_levels generates test answers: no records/features")
+  if not (d.records or d.features or c.train.init_from or c.model.gguf or c.model.hf_dir):
+    raise config_lib.ConfigError(
+      "which model's answers? set train.init_from (a run or zoo:NAME), model.gguf or "
+      "model.hf_dir (or detect.features / detect.records)"
+    )
+
+
+def _layers(spec: str) -> tuple[int, ...]:
+  try:
+    layers = tuple(int(x) for x in spec.split(",") if x.strip())
+  except ValueError:
+    raise config_lib.ConfigError(f"detect.layers={spec!r}: comma-separated ints") from None
+  if not layers:
+    raise config_lib.ConfigError("detect.layers is empty")
+  return layers
+
+
+@register("detect")
+def run(config, workdir: str) -> dict:
+  """Scores a frozen model's answers per ``config`` in ``workdir``; returns the table."""
+  common.validate_and_start(config, workdir, "detect")
+  d = config.detect
+
+  # Answers and their features (or another run's features).
+  if d.features:
+    train_f, _ = features.read(d.features)
+    test_f = None
+  else:
+    model, tok = _frozen_model(config, workdir)
+    try:
+      layers = features.resolve_layers(_layers(d.layers), model.config.n_layers)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"detect.layers: {e}") from None
+    records = features.read_records(d.records) if d.records else _answers(
+      config, model, tok, config.data.levels, os.path.join(workdir, "answers.jsonl")
+    )  # fmt: skip
+    train_f = _extract(model, tok, records, layers, d, os.path.join(workdir, "features"))
+    test_f = None
+    if d.test_levels:
+      test_records = _answers(
+        config, model, tok, d.test_levels, os.path.join(workdir, "test_answers.jsonl")
+      )
+      test_f = _extract(model, tok, test_records, layers, d, os.path.join(workdir, "test_features"))
+
+  # The split, the detectors, the table.
+  train_f, test_f = _split(train_f, test_f, d, config.seed)
+  names = _family_names(d, train_f)
+  probe = _first_layer_family(d.probe, train_f)
+  settings = compare.HeadSettings(
+    groups=d.groups, proj_dim=d.proj_dim, energy=d.energy, temperature=d.router_temperature,
+    loss=d.loss, steps=d.steps, lr=d.lr,
+  )  # fmt: skip
+  y_train, y_test = train_f["label"], test_f["label"]
+  for name, y in (("training", y_train), ("test", y_test)):
+    if y.min() == y.max():
+      raise config_lib.ConfigError(
+        f"every {name} answer is {'correct' if y[0] else 'incorrect'}: no detector can be "
+        "trained or scored (a model that is sometimes right, or more questions)"
+      )
+  scorers = compare.fit_detectors(
+    train_f, y_train, families=names, probe_family=probe, settings=settings, seed=config.seed
+  )
+  table = compare.compare(
+    scorers, train_f, y_train, test_f, y_test, n_boot=d.bootstrap, seed=config.seed
+  )
+  result = _report(workdir, table, scorers, train_f, y_train, test_f, y_test)
+  jaxpost_workdir.release(workdir)
+  return result
+
+
+def _frozen_model(config, workdir):
+  if config.train.init_from:
+    from jaxpost.data import generated
+
+    model, tok, _ = generated.load_run(config.train.init_from)
+    return model, tok
+  tok = common.load_tokenizer(config, workdir)
+  return common.build_model(config, tok.vocab_size), tok
+
+
+def _answers(config, model, tok, levels: str, out: str) -> list[dict]:
+  from jaxpost.data import generated
+
+  d = config.detect
+  counts = generated.generate_dataset(
+    model,
+    tok,
+    config_lib.parse_levels(levels),
+    d.questions,
+    out,
+    seed=config.seed,
+    samples=d.samples,
+    temperature=d.temperature,
+    max_new_tokens=d.max_new_tokens,
+    batch_size=d.batch_size,
+  )
+  logging.info("answers: %s", counts)
+  return features.read_records(out)
+
+
+def _extract(model, tok, records, layers, d, out: str) -> dict:
+  got = features.extract(model, tok, records, layers=layers, batch_size=d.batch_size)
+  got["question"] = np.asarray([_question_id(r) for r in records], np.int64)
+  features.write(got, out, meta={"layers": list(layers), "records": len(records)})
+  return got
+
+
+def _question_id(record) -> int:
+  """Answers to one question share it (a split never puts a question on both sides)."""
+  if "index" in record:
+    return int(record["index"])
+  text = record.get("question", record.get("prompt", ""))
+  return int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little") ^ len(text)
+
+
+def _split(train_f, test_f, d, seed: int):
+  if test_f is None:
+    q = train_f.get("question", train_f["index"])
+    unique = np.unique(q)
+    rng = np.random.default_rng([seed, 0x5E7])
+    held = set(rng.choice(unique, size=max(1, int(round(d.test_fraction * len(unique)))),
+                          replace=False).tolist())  # fmt: skip
+    is_test = np.isin(q, list(held))
+    test_f = {k: v[is_test] for k, v in train_f.items()}
+    train_f = {k: v[~is_test] for k, v in train_f.items()}
+  labelled = train_f["label"] >= 0
+  train_f = {k: v[labelled] for k, v in train_f.items()}
+  test_f = {k: v[test_f["label"] >= 0] for k, v in test_f.items()}
+  if d.label_fraction < 1.0:
+    n = len(train_f["label"])
+    keep = np.random.default_rng([seed, 0x1AB]).permutation(n)[: max(2, int(d.label_fraction * n))]
+    train_f = {k: v[np.sort(keep)] for k, v in train_f.items()}
+  return train_f, test_f
+
+
+def _family_names(d, f: dict) -> list[str]:
+  names = []
+  for kind in (k.strip() for k in d.families.split(",") if k.strip()):
+    if kind in ("tokens", "instability"):
+      names.append(kind)
+    else:
+      names += sorted(n for n in f if n.startswith(kind + ".L"))
+  missing = [n for n in names if n not in f]
+  if missing or not names:
+    raise config_lib.ConfigError(f"the features lack {missing or d.families}")
+  return names
+
+
+def _first_layer_family(kind: str, f: dict) -> str:
+  found = sorted(n for n in f if n.startswith(kind + ".L"))
+  if not found:
+    raise config_lib.ConfigError(f"detect.probe={kind!r}: the features have no {kind}.L* family")
+  return found[0]
+
+
+def _report(workdir, table, scorers, train_f, y_train, test_f, y_test) -> dict:
+  md = compare.to_markdown(table)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(f"Test answers: {len(y_test)} ({int(np.sum(y_test))} correct); training "
+            f"answers: {len(y_train)} ({int(np.sum(y_train))} correct).\n\n{md}")  # fmt: skip
+  as_json = {
+    name: {m: vars(v) for m, v in row.items()} for name, row in table.items()
+  }  # fmt: skip
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(as_json, f, indent=2)
+  plot = _plots(workdir, scorers, train_f, y_train, test_f, y_test)
+  logging.info("detection results:\n%s", md)
+  result = {"step": 0, "plot": plot, "metrics_path": os.path.join(workdir, "results.json")}
+  for name, row in table.items():
+    result[f"detect/{name}/auroc"] = row["auroc"].value
+  return result
+
+
+def _plots(workdir, scorers, train_f, y_train, test_f, y_test) -> str:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (roc, rel) = plt.subplots(1, 2, figsize=(11, 4.5))
+  for name, scorer in scorers.items():
+    s = np.asarray(scorer(test_f), np.float64)
+    order = np.argsort(-s)
+    tp = np.cumsum(y_test[order] == 1) / max(1, np.sum(y_test == 1))
+    fp = np.cumsum(y_test[order] == 0) / max(1, np.sum(y_test == 0))
+    roc.plot(np.r_[0, fp], np.r_[0, tp], label=name, lw=2 if name == "flag" else 1)
+    if name in ("flag", "linear_probe", "max_sequence_probability"):
+      p = compare.calibrator(np.asarray(scorer(train_f)), y_train)(s)
+      bins = np.minimum((p * 10).astype(int), 9)
+      xs = [p[bins == b].mean() for b in range(10) if np.any(bins == b)]
+      ys = [y_test[bins == b].mean() for b in range(10) if np.any(bins == b)]
+      rel.plot(xs, ys, "o-", label=name)
+  roc.plot([0, 1], [0, 1], "k:", lw=0.8)
+  roc.set(
+    xlabel="false positive rate (hallucinations trusted)",
+    ylabel="true positive rate (correct answers trusted)",
+    title="ROC, test answers",
+  )
+  roc.legend(fontsize=7)
+  rel.plot([0, 1], [0, 1], "k:", lw=0.8)
+  rel.set(xlabel="predicted p(correct) (Platt-calibrated)", ylabel="observed accuracy",
+          title="reliability, test answers")  # fmt: skip
+  rel.legend(fontsize=7)
+  path = os.path.join(workdir, "detection.png")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,0 +1,90 @@
+"""recipe=detect end to end on small inputs: user records, stored features, the split."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxpost import config_lib
+from jaxpost.data import tasks
+from jaxpost.detection import features
+from jaxpost.recipes import detect
+
+FLAG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "flag.py")
+
+
+def _config(**overrides):
+  c = config_lib.load_config(FLAG + ":tiny")
+  c.train.init_from = "zoo:tiny-sft"
+  c.detect.groups = 4
+  c.detect.proj_dim = 8
+  c.detect.steps = 30
+  c.detect.bootstrap = 20
+  c.detect.batch_size = 32
+  for field, value in overrides.items():
+    config_lib.set_field(c, field, value)
+  return c
+
+
+def _records(path, n=120):
+  """Questions with a right or a wrong answer (alternating), as a user would bring."""
+  mix = tasks.mixture({"add3": 1.0}, "train", 0)
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(n):
+      p = mix.problem_at(i)
+      answer = p.answer if i % 2 == 0 else str(int(p.answer) + 1 + i % 7)
+      f.write(json.dumps({"question": p.prompt, "answer": answer, "label": int(i % 2 == 0)}))
+      f.write("\n")
+  return str(path)
+
+
+def test_user_records_then_heads_from_the_stored_features(tmp_path):
+  records = _records(tmp_path / "r.jsonl")
+  out = detect.run(_config(**{"detect.records": records}), str(tmp_path / "a"))
+  names = {k.split("/")[1] for k in out if k.startswith("detect/")}
+  assert {"flag", "linear_probe", "mlp_probe", "mahalanobis", "perplexity"} <= names
+  assert all(0.0 <= out[f"detect/{n}/auroc"] <= 1.0 for n in names)
+  stored, info = features.read(str(tmp_path / "a" / "features"))
+  assert len(stored["label"]) == 120 and info["layers"] == [1]  # "1,-1" of 2 blocks
+  table = json.loads((tmp_path / "a" / "results.json").read_text())
+  assert set(table["flag"]) == {"auroc", "auprc", "prr", "ece", "brier", "accuracy"}
+  assert (tmp_path / "a" / "detection.png").exists()
+  # Heads only, from the stored features (no model): the same split gives the same
+  # unsupervised scores.
+  again = detect.run(
+    _config(**{"detect.features": str(tmp_path / "a" / "features"), "train.init_from": ""}),
+    str(tmp_path / "b"),
+  )
+  for name in ("perplexity", "max_sequence_probability", "instability"):
+    assert again[f"detect/{name}/auroc"] == pytest.approx(out[f"detect/{name}/auroc"])
+
+
+def test_split_keeps_each_question_on_one_side_and_thins_labels():
+  q = np.repeat(np.arange(50), 4)  # 4 answers per question
+  f = {"label": np.tile([0, 1], 100), "index": np.arange(200), "question": q}
+  d = _config(**{"detect.label_fraction": 0.1}).detect
+  train, test = detect._split(f, None, d, seed=0)
+  assert not set(train["question"]) & set(test["question"])
+  assert len(test["label"]) == 4 * 15  # 30% of 50 questions
+  assert len(train["label"]) == int(0.1 * 140)
+
+
+def test_a_model_that_is_never_right_is_a_clear_error(tmp_path):
+  c = _config(**{"detect.questions": 32, "detect.max_new_tokens": 8})  # tiny-sft: ~0%
+  with pytest.raises(config_lib.ConfigError, match="every training answer is incorrect"):
+    detect.run(c, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize(
+  "overrides,match",
+  [
+    ({"detect.families": "last,words"}, "kinds from"),
+    ({"detect.layers": "a"}, "comma-separated"),
+    ({"detect.records": "x.jsonl", "detect.features": "d"}, "one of"),
+    ({"train.init_from": ""}, "which model"),
+  ],
+)
+def test_bad_configs_are_refused(overrides, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(_config(**overrides))
