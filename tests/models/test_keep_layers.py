@@ -1,5 +1,7 @@
 """model.keep_layers: a shallower model that starts from a deeper one's blocks."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,7 +9,15 @@ import pytest
 from jaxpost import config_lib, models
 from jaxpost.models import hf
 from jaxpost.recipes import common
-from tests.recipes.tiny_configs import sft_tiny
+
+SFT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sft.py")
+
+
+def sft_tiny(**overrides):
+  c = config_lib.load_config(SFT + ":tiny")
+  for field, value in overrides.items():
+    config_lib.set_field(c, field, value)
+  return c
 
 
 def _model(n_layers=4, seed=0):
