@@ -267,8 +267,12 @@ def _report(workdir, table, scorers, train_f, y_train, test_f, y_test) -> dict:
   plot = _plots(workdir, scorers, train_f, y_train, test_f, y_test)
   logging.info("detection results:\n%s", md)
   result = {"step": 0, "plot": plot, "metrics_path": os.path.join(workdir, "results.json")}
+  record = {"step": 0}  # metrics.jsonl: what the sweep harness reports from a run
   for name, row in table.items():
     result[f"detect/{name}/auroc"] = row["auroc"].value
+    record.update({f"detect/{name}/{m}": v.value for m, v in row.items()})
+  with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
   return result
 
 

@@ -50,6 +50,8 @@ def test_user_records_then_heads_from_the_stored_features(tmp_path):
   table = json.loads((tmp_path / "a" / "results.json").read_text())
   assert set(table["flag"]) == {"auroc", "auprc", "prr", "ece", "brier", "accuracy"}
   assert (tmp_path / "a" / "detection.png").exists()
+  (record,) = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  assert record["detect/flag/auroc"] == out["detect/flag/auroc"] and "detect/flag/ece" in record
   # Heads only, from the stored features (no model): the same split gives the same
   # unsupervised scores.
   again = detect.run(
