@@ -62,12 +62,19 @@ def instability(features) -> np.ndarray:
   return -stats[:, feats.INSTABILITY_STATS.index("peak")].astype(np.float32)
 
 
+def stored_semantic_entropy(features) -> np.ndarray:
+  """-semantic entropy of the answer's question, stored as the ``semantic`` family
+  (f32[N, 1], from ``semantic_entropy`` of sampled answers)."""
+  return np.asarray(features["semantic"])[:, 0].astype(np.float32)
+
+
 UNSUPERVISED = {
   "max_sequence_probability": max_sequence_probability,
   "perplexity": perplexity,
   "mean_entropy": mean_entropy,
   "max_entropy": max_entropy,
   "instability": instability,
+  "semantic_entropy": stored_semantic_entropy,  # when the features hold it
 }
 
 

@@ -2,7 +2,9 @@
 
     answers   the model's responses to task questions (``jaxpost.data.generated``:
               greedy or sampled, labelled by the task checkers), or a user's JSONL of
-              (question, answer, label) records (``detect.records``)
+              (question, answer, label) records (``detect.records``); with
+              ``detect.se_samples``, N more sampled answers per question give its
+              semantic entropy (answers clustered by their final answer)
     features  one forward pass of the frozen model per answer batch
               (``jaxpost.detection.features``), written under WORKDIR/features; or read
               from ``detect.features`` (another run's), with no model at all
@@ -29,7 +31,8 @@ from ml_collections import config_dict
 
 from jaxpost import config_lib, fields
 from jaxpost import workdir as jaxpost_workdir
-from jaxpost.detection import compare, features, flag
+from jaxpost.data import template
+from jaxpost.detection import baselines, compare, features, flag
 from jaxpost.recipes import common, register
 
 LOSS_FAMILIES = ()  # the language model is frozen: no LM loss
@@ -46,6 +49,8 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect.temperature = 0.0  # 0 = greedy answers; > 0 samples them
   c.detect.max_new_tokens = 64  # decode budget per answer
   c.detect.batch_size = 64  # questions per sampler call / answers per feature batch
+  c.detect.se_samples = 0  # > 0: sampled answers per question for semantic entropy
+  c.detect.se_temperature = 1.0  # their sampling temperature
   c.detect.test_levels = ""  # "" = a random split; else test on answers to these levels
   c.detect.test_fraction = 0.3  # random split: fraction of questions held out
   c.detect.label_fraction = 1.0  # training answers whose labels the detectors see
@@ -69,6 +74,8 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     temperature=fields.num(ge=0),
     max_new_tokens=fields.integer(ge=1),
     batch_size=fields.integer(ge=1),
+    se_samples=fields.integer(ge=0),
+    se_temperature=fields.num(gt=0),
     test_levels=fields.TEXT,
     test_fraction=fields.num(gt=0, lt=1),
     label_fraction=fields.num(gt=0, le=1),
@@ -135,13 +142,16 @@ def run(config, workdir: str) -> dict:
     records = features.read_records(d.records) if d.records else _answers(
       config, model, tok, config.data.levels, os.path.join(workdir, "answers.jsonl")
     )  # fmt: skip
-    train_f = _extract(model, tok, records, layers, d, os.path.join(workdir, "features"))
+    se = _semantic(config, model, tok, config.data.levels, workdir, "") if not d.records else None
+    train_f = _extract(model, tok, records, layers, d, os.path.join(workdir, "features"), se)
     test_f = None
     if d.test_levels:
       test_records = _answers(
         config, model, tok, d.test_levels, os.path.join(workdir, "test_answers.jsonl")
       )
-      test_f = _extract(model, tok, test_records, layers, d, os.path.join(workdir, "test_features"))
+      se = _semantic(config, model, tok, d.test_levels, workdir, "test_")
+      out = os.path.join(workdir, "test_features")
+      test_f = _extract(model, tok, test_records, layers, d, out, se)
 
   # The split, the detectors, the table.
   train_f, test_f = _split(train_f, test_f, d, config.seed)
@@ -179,7 +189,7 @@ def _frozen_model(config, workdir):
   return common.build_model(config, tok.vocab_size), tok
 
 
-def _answers(config, model, tok, levels: str, out: str) -> list[dict]:
+def _answers(config, model, tok, levels: str, out: str, samples=None, temperature=None):
   from jaxpost.data import generated
 
   d = config.detect
@@ -190,18 +200,36 @@ def _answers(config, model, tok, levels: str, out: str) -> list[dict]:
     d.questions,
     out,
     seed=config.seed,
-    samples=d.samples,
-    temperature=d.temperature,
+    samples=d.samples if samples is None else samples,
+    temperature=d.temperature if temperature is None else temperature,
     max_new_tokens=d.max_new_tokens,
     batch_size=d.batch_size,
   )
-  logging.info("answers: %s", counts)
+  logging.info("answers %s: %s", os.path.basename(out), counts)
   return features.read_records(out)
 
 
-def _extract(model, tok, records, layers, d, out: str) -> dict:
+def _semantic(config, model, tok, levels: str, workdir: str, prefix: str) -> dict | None:
+  """{question index: -semantic entropy} from ``detect.se_samples`` sampled answers per
+  question (clustered by their final answer), or None when off."""
+  d = config.detect
+  if not d.se_samples:
+    return None
+  out = os.path.join(workdir, f"{prefix}sampled_answers.jsonl")
+  sampled = _answers(config, model, tok, levels, out, d.se_samples, d.se_temperature)
+  finals: dict[int, list[str]] = {}
+  for r in sampled:
+    answer = template.parse_response(r["response"]).answer.strip()
+    finals.setdefault(int(r["index"]), []).append(answer)
+  keys = sorted(finals)
+  return dict(zip(keys, baselines.semantic_entropy([finals[k] for k in keys]), strict=True))
+
+
+def _extract(model, tok, records, layers, d, out: str, semantic: dict | None = None) -> dict:
   got = features.extract(model, tok, records, layers=layers, batch_size=d.batch_size)
   got["question"] = np.asarray([_question_id(r) for r in records], np.int64)
+  if semantic is not None:  # a question with no sampled answer left (all empty): 0
+    got["semantic"] = np.asarray([[semantic.get(int(q), 0.0)] for q in got["question"]], np.float32)
   features.write(got, out, meta={"layers": list(layers), "records": len(records)})
   return got
 

@@ -90,3 +90,20 @@ def test_a_model_that_is_never_right_is_a_clear_error(tmp_path):
 def test_bad_configs_are_refused(overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(_config(**overrides))
+
+
+def test_semantic_entropy_from_sampled_answers_joins_each_answer_by_question(tmp_path):
+  from jaxpost.data import generated
+
+  c = _config(**{"detect.questions": 6, "detect.se_samples": 4, "detect.max_new_tokens": 8})
+  model, tok, _ = generated.load_run("zoo:tiny-sft")
+  se = detect._semantic(c, model, tok, "add3:1.0", str(tmp_path), "")
+  sampled = features.read_records(str(tmp_path / "sampled_answers.jsonl"))
+  assert set(se) <= set(range(6)) and all(-np.log(4) - 1e-6 <= v <= 0 for v in se.values())
+  by_q = {}
+  for r in sampled:
+    by_q.setdefault(r["index"], []).append(r["response"])
+  assert len(sampled) <= 24 and all(len(v) <= 4 for v in by_q.values())
+  records = [{"question": "1+1", "answer": "2", "label": 1, "index": q} for q in (0, 3)]
+  got = detect._extract(model, tok, records, (1,), c.detect, str(tmp_path / "f"), se)
+  np.testing.assert_allclose(got["semantic"][:, 0], [se.get(0, 0.0), se.get(3, 0.0)])
