@@ -2,8 +2,8 @@
 
 ``fit_detectors`` fits each detector on the training answers and returns, per detector,
 a function from features to reliability scores (higher = more likely correct);
-``calibrator`` turns any score into a probability by Platt scaling fitted on the
-training answers (so the unsupervised scores get an ECE and a Brier score too);
+``calibrator`` turns any score into a probability by Platt scaling fitted on held-apart
+calibration answers (so the unsupervised scores get an ECE and a Brier score too);
 ``compare`` evaluates them all on the test answers with bootstrap intervals. The
 settings of the detection experiment (in distribution, across levels, across models,
 10% of the labels) are choices of which answers train and which test.
@@ -136,8 +136,8 @@ def calibrator(train_scores: np.ndarray, labels: np.ndarray, steps: int = 200):
 
 def compare(
   scorers: Mapping[str, Scorer],
-  train: Mapping[str, np.ndarray],
-  train_labels: np.ndarray,
+  calibration: Mapping[str, np.ndarray],
+  calibration_labels: np.ndarray,
   test: Mapping[str, np.ndarray],
   test_labels: np.ndarray,
   *,
@@ -145,12 +145,13 @@ def compare(
   seed: int = 0,
 ) -> dict[str, dict[str, metrics.Interval]]:
   """{detector: {metric: Interval}} on the test answers (``METRICS``; ECE and Brier of
-  the Platt-calibrated probabilities, accuracy at the best threshold)."""
+  probabilities Platt-calibrated on the ``calibration`` answers, which should be apart
+  from those the heads were fitted on; accuracy at the best threshold)."""
   y = np.asarray(test_labels)
   out = {}
   for name, scorer in scorers.items():
     scores = np.asarray(scorer(test), np.float64)
-    probs = calibrator(np.asarray(scorer(train)), train_labels)(scores)
+    probs = calibrator(np.asarray(scorer(calibration)), calibration_labels)(scores)
     out[name] = {
       "auroc": metrics.bootstrap(metrics.auroc, scores, y, n=n_boot, seed=seed),
       "auprc": metrics.bootstrap(metrics.auprc, scores, y, n=n_boot, seed=seed),

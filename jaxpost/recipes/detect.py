@@ -10,7 +10,8 @@
               from ``detect.features`` (another run's), with no model at all
     split     test answers: a seeded fraction of the questions, or every answer to the
               ``detect.test_levels`` questions (transfer across levels); training labels
-              thinned to ``detect.label_fraction``
+              thinned to ``detect.label_fraction``; a fraction of the training questions
+              kept apart to calibrate probabilities (``detect.calibration_fraction``)
     detectors FLaG, the linear and MLP probes, Mahalanobis and the unsupervised scores
               fitted on the training answers (``jaxpost.detection.compare``)
     report    every metric with bootstrap intervals on the test answers: results.md,
@@ -22,6 +23,7 @@ or zoo model, with its tokenizer) or ``model.gguf`` / ``model.hf_dir``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +56,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect.test_levels = ""  # "" = a random split; else test on answers to these levels
   c.detect.test_fraction = 0.3  # random split: fraction of questions held out
   c.detect.label_fraction = 1.0  # training answers whose labels the detectors see
+  c.detect.calibration_fraction = 0.2  # of those, questions kept apart for Platt scaling
   c.detect.layers = "-1"  # blocks whose hidden states are read (comma list; -1 = last)
   c.detect.families = "last,mean,drift,tokens,instability"  # FLaG's feature families
   c.detect.probe = "last"  # the probes' and Mahalanobis' family (at the first layer)
@@ -79,6 +82,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     test_levels=fields.TEXT,
     test_fraction=fields.num(gt=0, lt=1),
     label_fraction=fields.num(gt=0, le=1),
+    calibration_fraction=fields.num(gt=0, lt=1),
     layers=fields.TEXT,
     families=fields.TEXT,
     probe=fields.one_of(("last", "mean", "drift")),
@@ -154,15 +158,15 @@ def run(config, workdir: str) -> dict:
       test_f = _extract(model, tok, test_records, layers, d, out, se)
 
   # The split, the detectors, the table.
-  train_f, test_f = _split(train_f, test_f, d, config.seed)
+  train_f, calib_f, test_f = _split(train_f, test_f, d, config.seed)
   names = _family_names(d, train_f)
   probe = _first_layer_family(d.probe, train_f)
   settings = compare.HeadSettings(
     groups=d.groups, proj_dim=d.proj_dim, energy=d.energy, temperature=d.router_temperature,
     loss=d.loss, steps=d.steps, lr=d.lr,
   )  # fmt: skip
-  y_train, y_test = train_f["label"], test_f["label"]
-  for name, y in (("training", y_train), ("test", y_test)):
+  y_train, y_calib, y_test = train_f["label"], calib_f["label"], test_f["label"]
+  for name, y in (("training", y_train), ("calibration", y_calib), ("test", y_test)):
     if y.min() == y.max():
       raise config_lib.ConfigError(
         f"every {name} answer is {'correct' if y[0] else 'incorrect'}: no detector can be "
@@ -172,9 +176,9 @@ def run(config, workdir: str) -> dict:
     train_f, y_train, families=names, probe_family=probe, settings=settings, seed=config.seed
   )
   table = compare.compare(
-    scorers, train_f, y_train, test_f, y_test, n_boot=d.bootstrap, seed=config.seed
+    scorers, calib_f, y_calib, test_f, y_test, n_boot=d.bootstrap, seed=config.seed
   )
-  result = _report(workdir, table, scorers, train_f, y_train, test_f, y_test)
+  result = _report(workdir, table, scorers, (train_f, calib_f, test_f))
   jaxpost_workdir.release(workdir)
   return result
 
@@ -239,27 +243,41 @@ def _question_id(record) -> int:
   if "index" in record:
     return int(record["index"])
   text = record.get("question", record.get("prompt", ""))
-  return int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little") ^ len(text)
+  return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
+
+
+def _held_out(f: dict, fraction: float, rng) -> np.ndarray:
+  """bool[N]: the answers to a ``fraction`` of the questions (a question's answers stay
+  together)."""
+  q = f.get("question", f["index"])
+  unique = np.unique(q)
+  n = min(len(unique) - 1, max(1, int(round(fraction * len(unique)))))
+  if n < 1:
+    raise config_lib.ConfigError(f"{len(unique)} question(s): too few to hold any out")
+  return np.isin(q, rng.choice(unique, size=n, replace=False))
+
+
+def _rows(f: dict, keep: np.ndarray) -> dict:
+  return {k: v[keep] for k, v in f.items()}
 
 
 def _split(train_f, test_f, d, seed: int):
+  """(fit, calibration, test) answers: test = held-out questions (or ``test_f``), the
+  labelled rest thinned to ``label_fraction``, then ``calibration_fraction`` of its
+  questions kept apart to calibrate every detector's probabilities (Platt) on answers
+  no head was fitted on."""
+  rng = np.random.default_rng([seed, 0x5E7])
   if test_f is None:
-    q = train_f.get("question", train_f["index"])
-    unique = np.unique(q)
-    rng = np.random.default_rng([seed, 0x5E7])
-    held = set(rng.choice(unique, size=max(1, int(round(d.test_fraction * len(unique)))),
-                          replace=False).tolist())  # fmt: skip
-    is_test = np.isin(q, list(held))
-    test_f = {k: v[is_test] for k, v in train_f.items()}
-    train_f = {k: v[~is_test] for k, v in train_f.items()}
-  labelled = train_f["label"] >= 0
-  train_f = {k: v[labelled] for k, v in train_f.items()}
-  test_f = {k: v[test_f["label"] >= 0] for k, v in test_f.items()}
+    is_test = _held_out(train_f, d.test_fraction, rng)
+    train_f, test_f = _rows(train_f, ~is_test), _rows(train_f, is_test)
+  train_f = _rows(train_f, train_f["label"] >= 0)
+  test_f = _rows(test_f, test_f["label"] >= 0)
   if d.label_fraction < 1.0:
     n = len(train_f["label"])
-    keep = np.random.default_rng([seed, 0x1AB]).permutation(n)[: max(2, int(d.label_fraction * n))]
-    train_f = {k: v[np.sort(keep)] for k, v in train_f.items()}
-  return train_f, test_f
+    keep = rng.permutation(n)[: max(4, int(d.label_fraction * n))]
+    train_f = _rows(train_f, np.isin(np.arange(n), keep))
+  is_calib = _held_out(train_f, d.calibration_fraction, rng)
+  return _rows(train_f, ~is_calib), _rows(train_f, is_calib), test_f
 
 
 def _family_names(d, f: dict) -> list[str]:
@@ -282,17 +300,20 @@ def _first_layer_family(kind: str, f: dict) -> str:
   return found[0]
 
 
-def _report(workdir, table, scorers, train_f, y_train, test_f, y_test) -> dict:
+def _report(workdir, table, scorers, splits) -> dict:
   md = compare.to_markdown(table)
+  counts = "; ".join(
+    f"{name} answers: {len(f['label'])} ({int(np.sum(f['label']))} correct)"
+    for name, f in zip(("training", "calibration", "test"), splits, strict=True)
+  )
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(f"Test answers: {len(y_test)} ({int(np.sum(y_test))} correct); training "
-            f"answers: {len(y_train)} ({int(np.sum(y_train))} correct).\n\n{md}")  # fmt: skip
+    f.write(f"{counts}.\n\n{md}")
   as_json = {
     name: {m: vars(v) for m, v in row.items()} for name, row in table.items()
   }  # fmt: skip
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(as_json, f, indent=2)
-  plot = _plots(workdir, scorers, train_f, y_train, test_f, y_test)
+  plot = _plots(workdir, scorers, splits[1], splits[2])
   logging.info("detection results:\n%s", md)
   result = {"step": 0, "plot": plot, "metrics_path": os.path.join(workdir, "results.json")}
   record = {"step": 0}  # metrics.jsonl: what the sweep harness reports from a run
@@ -304,12 +325,13 @@ def _report(workdir, table, scorers, train_f, y_train, test_f, y_test) -> dict:
   return result
 
 
-def _plots(workdir, scorers, train_f, y_train, test_f, y_test) -> str:
+def _plots(workdir, scorers, calib_f, test_f) -> str:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  y_test = test_f["label"]
   fig, (roc, rel) = plt.subplots(1, 2, figsize=(11, 4.5))
   for name, scorer in scorers.items():
     s = np.asarray(scorer(test_f), np.float64)
@@ -318,7 +340,7 @@ def _plots(workdir, scorers, train_f, y_train, test_f, y_test) -> str:
     fp = np.cumsum(y_test[order] == 0) / max(1, np.sum(y_test == 0))
     roc.plot(np.r_[0, fp], np.r_[0, tp], label=name, lw=2 if name == "flag" else 1)
     if name in ("flag", "linear_probe", "max_sequence_probability"):
-      p = compare.calibrator(np.asarray(scorer(train_f)), y_train)(s)
+      p = compare.calibrator(np.asarray(scorer(calib_f)), calib_f["label"])(s)
       bins = np.minimum((p * 10).astype(int), 9)
       xs = [p[bins == b].mean() for b in range(10) if np.any(bins == b)]
       ys = [y_test[bins == b].mean() for b in range(10) if np.any(bins == b)]

@@ -16,6 +16,7 @@ def _synthetic(n, seed):
 
 def test_every_detector_is_fitted_and_scored_with_intervals():
   train, y_train = _synthetic(600, 0)
+  calib, y_calib = _synthetic(200, 2)
   test, y_test = _synthetic(300, 1)
   settings = compare.HeadSettings(groups=4, proj_dim=8, steps=150, lr=0.02, mlp_hidden=16)
   scorers = compare.fit_detectors(
@@ -25,7 +26,7 @@ def test_every_detector_is_fitted_and_scored_with_intervals():
     "flag", "linear_probe", "mlp_probe", "mahalanobis", "max_sequence_probability",
     "perplexity", "mean_entropy", "max_entropy", "instability",
   }  # fmt: skip
-  table = compare.compare(scorers, train, y_train, test, y_test, n_boot=50)
+  table = compare.compare(scorers, calib, y_calib, test, y_test, n_boot=50)
   for name in ("flag", "linear_probe", "mlp_probe"):  # the label lives in the hidden state
     assert table[name]["auroc"].value > 0.85, (name, table[name]["auroc"])
   for name in ("perplexity", "mean_entropy"):  # noise features: near chance

@@ -65,11 +65,13 @@ def test_user_records_then_heads_from_the_stored_features(tmp_path):
 def test_split_keeps_each_question_on_one_side_and_thins_labels():
   q = np.repeat(np.arange(50), 4)  # 4 answers per question
   f = {"label": np.tile([0, 1], 100), "index": np.arange(200), "question": q}
-  d = _config(**{"detect.label_fraction": 0.1}).detect
-  train, test = detect._split(f, None, d, seed=0)
-  assert not set(train["question"]) & set(test["question"])
+  train, calib, test = detect._split(f, None, _config().detect, seed=0)
+  sides = [set(x["question"]) for x in (train, calib, test)]
+  assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
   assert len(test["label"]) == 4 * 15  # 30% of 50 questions
-  assert len(train["label"]) == int(0.1 * 140)
+  assert len(calib["label"]) == 4 * 7  # 20% of the other 35
+  thin = detect._split(f, None, _config(**{"detect.label_fraction": 0.1}).detect, seed=0)
+  assert len(thin[0]["label"]) + len(thin[1]["label"]) == int(0.1 * 140)
 
 
 def test_a_model_that_is_never_right_is_a_clear_error(tmp_path):
