@@ -30,8 +30,11 @@ def test_token_baselines_by_hand():
   np.testing.assert_allclose(baselines.max_entropy(f), [-2.0, -0.4])
   np.testing.assert_allclose(baselines.instability(f), [-3.0, -1.0])
   assert set(baselines.UNSUPERVISED) == {
-    "max_sequence_probability", "perplexity", "mean_entropy", "max_entropy", "instability"
+    "max_sequence_probability", "perplexity", "mean_entropy", "max_entropy", "instability",
+    "semantic_entropy",
   }  # fmt: skip
+  stored = {"semantic": np.array([[-0.5], [0.0]], np.float32)}  # the recipe's family
+  np.testing.assert_allclose(baselines.stored_semantic_entropy(stored), [-0.5, 0.0])
 
 
 def test_semantic_entropy_by_hand():
