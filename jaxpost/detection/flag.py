@@ -219,5 +219,5 @@ def train_head(
     rows = rng.choice(n, size=min(batch_size, n), replace=False)
     batch = {k: jnp.asarray(np.asarray(v)[rows]) for k, v in features.items()}
     params, opt_state, value = step(params, opt_state, batch, jnp.asarray(labels[rows]))
-    history.append(float(value))
-  return nnx.merge(graphdef, params, rest), history
+    history.append(value)  # fetched once at the end: no host round trip per step
+  return nnx.merge(graphdef, params, rest), [float(v) for v in jax.device_get(history)]
