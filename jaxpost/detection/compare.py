@@ -60,8 +60,12 @@ def fit_detectors(
   probe_family: str,
   settings: HeadSettings = HeadSettings(),
   seed: int = 0,
+  validation: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Scorer]:
-  """{detector name: scorer} fitted on ``train`` (features) and ``labels`` (1 correct).
+  """{detector name: scorer} fitted on ``train`` (features) and ``labels`` (1 correct):
+  the unsupervised scores the features hold, ``flag``, ``flag_k1`` (FLaG with one group,
+  i.e. a logistic probe on the same families: what the latent groups add), the linear
+  and MLP probes and Mahalanobis on one hidden-state family.
 
   Args:
     families: the feature families FLaG reads (e.g. last / mean / drift of one layer,
@@ -69,6 +73,9 @@ def fit_detectors(
     probe_family: the one hidden-state family the linear / MLP probes and Mahalanobis
       read (SAPLMA-style: one layer's last-token state).
     settings: the trained heads' sizes and training.
+    validation: (features, labels) of answers apart from ``train``: each trained head
+      stops where its loss there is lowest (``flag.train_head``); None trains every
+      head for ``settings.steps``.
   """
   labels = np.asarray(labels)
   if not np.all((labels == 0) | (labels == 1)):
@@ -81,20 +88,28 @@ def fit_detectors(
   x = standardize(train)
   train_kwargs = dict(loss=s.loss, steps=s.steps, lr=s.lr, weight_decay=s.weight_decay,
                       batch_size=s.batch_size, seed=seed)  # fmt: skip
+
+  def held(standardizer):
+    return None if validation is None else (standardizer(validation[0]), validation[1])
+
   dims = {k: int(train[k].shape[1]) for k in families}
   head = flag.FlagHead(dims, groups=s.groups, proj_dim=s.proj_dim, energy=s.energy,
                        temperature=s.temperature, rngs=nnx.Rngs(seed))  # fmt: skip
-  head, _ = flag.train_head(head, x, labels, **train_kwargs)
+  head, _ = flag.train_head(head, x, labels, validation=held(standardize), **train_kwargs)
   scorers["flag"] = _head_scorer(head, standardize)
+  if s.groups > 1:  # the ablation of the groups: the same families and training, K = 1
+    one = flag.FlagHead(dims, groups=1, proj_dim=s.proj_dim, rngs=nnx.Rngs(seed))
+    one, _ = flag.train_head(one, x, labels, validation=held(standardize), **train_kwargs)
+    scorers["flag_k1"] = _head_scorer(one, standardize)
 
   probe_std = flag.Standardizer.fit(_subset(train, [probe_family]))
   px = probe_std(train)
   d = int(train[probe_family].shape[1])
   linear = flag.FlagHead({probe_family: d}, groups=1, proj_dim=0, rngs=nnx.Rngs(seed))
-  linear, _ = flag.train_head(linear, px, labels, **train_kwargs)
+  linear, _ = flag.train_head(linear, px, labels, validation=held(probe_std), **train_kwargs)
   scorers["linear_probe"] = _head_scorer(linear, probe_std)
   mlp = baselines.MLPProbe(probe_family, d, hidden=s.mlp_hidden, rngs=nnx.Rngs(seed))
-  mlp, _ = flag.train_head(mlp, px, labels, **train_kwargs)
+  mlp, _ = flag.train_head(mlp, px, labels, validation=held(probe_std), **train_kwargs)
   scorers["mlp_probe"] = _head_scorer(mlp, probe_std)
   maha = baselines.Mahalanobis(s.mahalanobis_shrinkage).fit(px[probe_family], labels, "correct")
   scorers["mahalanobis"] = lambda f: maha(probe_std(f)[probe_family])

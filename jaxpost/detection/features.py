@@ -26,9 +26,10 @@ Mahalanobis), so one extraction serves every detector.
 
 On disk (``write`` / ``read``): safetensors shards ``features-00000.safetensors``, ...
 each with the arrays above named as listed (f32, one row per answer) plus ``label``
-(i32: 1 correct, 0 incorrect, -1 unknown) and ``index`` (i32: the record's position in
-its input file); a ``features.json`` with the layers, ``TOKEN_STATS``, the model it came
-from and the record count.
+(i32: 1 correct, 0 incorrect, -1 unknown), ``index`` (i32: the record's position in
+its input file) and ``level`` (i32: the position of the record's ``level`` in
+features.json's ``levels``, -1 for a record without one); a ``features.json`` with the
+layers, ``TOKEN_STATS``, ``levels``, the model it came from and the record count.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ INSTABILITY_STATS = (
   "jsd_max",
   "entropy_mean",
 )
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def encode_answer(tok, question: str, answer: str) -> tuple[list[int], list[int]]:
@@ -252,10 +253,11 @@ def extract(
   batch_size: int = 16,
   bucket: int = 32,
 ) -> dict[str, np.ndarray]:
-  """Features of every (question, answer) record: {name: f32[N, ...]}, plus ``label``
-  and ``index`` (module doc). Records hold ``question``/``answer`` or ``prompt``/
-  ``response``, and optionally ``label`` or ``correct``. Rows are padded to a multiple
-  of ``bucket`` columns so a few shapes compile."""
+  """Features of every (question, answer) record: {name: f32[N, ...]}, plus ``label``,
+  ``index`` and ``level`` (into ``level_names(records)``; module doc). Records hold
+  ``question``/``answer`` or ``prompt``/``response``, and optionally ``label`` or
+  ``correct`` and ``level``. Rows are padded to a multiple of ``bucket`` columns so a
+  few shapes compile."""
   from flax import nnx
 
   graphdef, state = nnx.split(model)
@@ -283,7 +285,20 @@ def extract(
   out = {name: np.concatenate(parts) for name, parts in chunks.items()}
   out["label"] = np.asarray(labels, np.int32)
   out["index"] = np.arange(len(pairs), dtype=np.int32)
+  names = {name: i for i, name in enumerate(level_names(records))}
+  out["level"] = np.asarray([names.get(r.get("level"), -1) for r in records], np.int32)
   return out
+
+
+def level_names(records: Iterable[Mapping]) -> list[str]:
+  """The distinct ``level`` strings of the records, sorted: what ``level`` ids index."""
+  return sorted({r["level"] for r in records if isinstance(r.get("level"), str)})
+
+
+def answer_levels(features: Mapping[str, np.ndarray], info: Mapping) -> np.ndarray:
+  """str[N]: each answer's level name ("" for none), from ``level`` and ``info["levels"]``."""
+  names = np.asarray([*info.get("levels", []), ""], dtype=object)
+  return names[features["level"]].astype(str)  # -1 picks the trailing ""
 
 
 def _fields(record: Mapping, i: int) -> tuple[str, str, int]:
@@ -329,6 +344,8 @@ def write(features: Mapping[str, np.ndarray], out: str, *, meta: Mapping | None 
   shard paths."""
   from safetensors.numpy import save_file
 
+  if "level" in features and "levels" not in (meta or {}):
+    raise ValueError("features with level ids need meta['levels'] (their names, in order)")
   os.makedirs(out, exist_ok=True)
   n = len(features["label"])
   paths = []

@@ -192,11 +192,20 @@ def train_head(
   weight_decay: float = 1e-4,
   batch_size: int = 256,
   seed: int = 0,
+  validation: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+  eval_every: int = 25,
 ) -> tuple[nnx.Module, list[float]]:
   """Trains ``head`` (any module mapping features to ``Scores``) with AdamW on minibatches
-  drawn by ``seed``; returns it and the loss of every step."""
+  drawn by ``seed``; returns it and the loss of every step.
+
+  With ``validation`` (features, labels of answers it does not train on) the loss there
+  is measured every ``eval_every`` steps and the head returned is the one where it was
+  lowest (early stopping: a head on a few hundred answers overfits long before
+  ``steps``); without, the head after the last step."""
   if loss not in LOSS_FNS:
     raise ValueError(f"loss={loss!r}; expected one of {tuple(LOSS_FNS)}")
+  if eval_every < 1:
+    raise ValueError(f"eval_every must be >= 1, got {eval_every}")
   loss_fn = LOSS_FNS[loss]
   labels = np.asarray(labels)
   n = labels.shape[0]
@@ -204,20 +213,32 @@ def train_head(
   optimizer = optax.adamw(lr, weight_decay=weight_decay)
   opt_state = optimizer.init(params)
 
+  def objective(p, batch, y):
+    return loss_fn(nnx.merge(graphdef, p, rest)(batch), y)
+
   @jax.jit
   def step(params, opt_state, batch, y):
-    def objective(p):
-      return loss_fn(nnx.merge(graphdef, p, rest)(batch), y)
-
-    value, grads = jax.value_and_grad(objective)(params)
+    value, grads = jax.value_and_grad(objective)(params, batch, y)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
 
+  held = None
+  if validation is not None:
+    v_features, v_labels = validation
+    held = ({k: jnp.asarray(np.asarray(v_features[k])) for k in features}, jnp.asarray(v_labels))
+    held_loss = jax.jit(objective)
+  best, best_loss = params, float(held_loss(params, *held)) if held else None
+
   rng = np.random.default_rng(seed)
   history = []
-  for _ in range(steps):
+  for i in range(1, steps + 1):
     rows = rng.choice(n, size=min(batch_size, n), replace=False)
     batch = {k: jnp.asarray(np.asarray(v)[rows]) for k, v in features.items()}
     params, opt_state, value = step(params, opt_state, batch, jnp.asarray(labels[rows]))
     history.append(value)  # fetched once at the end: no host round trip per step
-  return nnx.merge(graphdef, params, rest), [float(v) for v in jax.device_get(history)]
+    if held and (i % eval_every == 0 or i == steps):
+      now = float(held_loss(params, *held))
+      if now < best_loss:
+        best, best_loss = params, now
+  final = best if held else params
+  return nnx.merge(graphdef, final, rest), [float(v) for v in jax.device_get(history)]

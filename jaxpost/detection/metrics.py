@@ -152,11 +152,11 @@ def best_accuracy(scores, labels) -> tuple[float, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-  """A metric's value on all answers and its bootstrap percentile interval.
+  """A metric's value on all answers and its bootstrap interval.
 
   Attributes:
     value: the metric on the full set.
-    low, high: the (alpha/2, 1 - alpha/2) percentiles over resamples.
+    low, high: the interval's ends: percentiles of the resampled values (``bootstrap``).
     resamples: resamples the interval is over; a resample where the metric is
       undefined (e.g. one class only for AUROC) is drawn again, at most ``n`` times.
   """
@@ -173,11 +173,21 @@ def bootstrap(
   n: int = 1000,
   alpha: float = 0.05,
   seed: int = 0,
+  method: str = "shifted",
 ) -> Interval:
-  """``metric(*arrays)`` and its percentile interval over ``n`` resamples of the answers
-  (the same indices drawn from every array), reproducible by ``seed``. For a statistic
-  biased on small samples (ECE grows on resamples, which repeat answers) the interval
-  need not contain the full-set value."""
+  """``metric(*arrays)`` and its interval over ``n`` resamples of the answers (the same
+  indices drawn from every array), reproducible by ``seed``.
+
+  ``method="percentile"``: the (alpha/2, 1 - alpha/2) percentiles of the resampled
+  values. ``"shifted"`` (the default): those percentiles moved by the bootstrap's
+  estimate of the statistic's bias, mean(resampled) - value. For an unbiased statistic
+  (AUROC, accuracy) the two agree; for a biased one the plain interval need not even
+  contain the measured value: ECE grows on resamples (they repeat answers), so its
+  percentile interval can lie wholly above the ECE measured. A statistic that is never
+  negative keeps a non-negative lower end. (Efron's BC percentiles correct the same
+  bias but collapse below the value when nearly every resample lies above it.)"""
+  if method not in ("shifted", "percentile"):
+    raise ValueError(f"method={method!r}; expected 'shifted' or 'percentile'")
   columns = [np.asarray(a).reshape(-1) for a in arrays]
   size = columns[0].size
   if any(c.size != size for c in columns):
@@ -194,5 +204,11 @@ def bootstrap(
       continue
   if not values:
     raise ValueError("bootstrap: the metric is undefined on every resample")
+  values = np.asarray(values)
   low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+  if method == "shifted":
+    bias = float(values.mean()) - value
+    low, high = low - bias, high - bias
+    if value >= 0 and values.min() >= 0:
+      low = max(low, 0.0)
   return Interval(value=value, low=float(low), high=float(high), resamples=len(values))

@@ -8,10 +8,13 @@
     features  one forward pass of the frozen model per answer batch
               (``jaxpost.detection.features``), written under WORKDIR/features; or read
               from ``detect.features`` (another run's), with no model at all
-    split     test answers: a seeded fraction of the questions, or every answer to the
-              ``detect.test_levels`` questions (transfer across levels); training labels
-              thinned to ``detect.label_fraction``; a fraction of the training questions
-              kept apart to calibrate probabilities (``detect.calibration_fraction``)
+    split     test answers: those to a seeded fraction of the questions, or every answer
+              at ``detect.test_levels`` (transfer across levels / task families: the
+              heads train on the other levels); with ``detect.test_features`` (another
+              model's features, same widths) they come from that model (transfer across
+              models); training labels thinned to ``detect.label_fraction``; a fraction
+              of the training questions kept apart (``detect.calibration_fraction``) to
+              pick each head's stopping step and calibrate probabilities
     detectors FLaG, the linear and MLP probes, Mahalanobis and the unsupervised scores
               fitted on the training answers (``jaxpost.detection.compare``)
     report    every metric with bootstrap intervals on the test answers: results.md,
@@ -46,6 +49,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect = config_dict.ConfigDict()
   c.detect.records = ""  # a JSONL of (question, answer, label) to score instead of generating
   c.detect.features = ""  # a features dir (another detect run's): train heads only
+  c.detect.test_features = ""  # a features dir whose answers are the test set (another model)
   c.detect.questions = 1000  # task questions answered (data.levels' training mixture)
   c.detect.samples = 1  # answers per question
   c.detect.temperature = 0.0  # 0 = greedy answers; > 0 samples them
@@ -53,7 +57,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect.batch_size = 64  # questions per sampler call / answers per feature batch
   c.detect.se_samples = 0  # > 0: sampled answers per question for semantic entropy
   c.detect.se_temperature = 1.0  # their sampling temperature
-  c.detect.test_levels = ""  # "" = a random split; else test on answers to these levels
+  c.detect.test_levels = ""  # "" = a random split; else test on the answers at these levels
   c.detect.test_fraction = 0.3  # random split: fraction of questions held out
   c.detect.label_fraction = 1.0  # training answers whose labels the detectors see
   c.detect.calibration_fraction = 0.2  # of those, questions kept apart for Platt scaling
@@ -67,11 +71,14 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect.loss = "bce"  # bce | ranking
   c.detect.steps = 500  # head training steps (AdamW)
   c.detect.lr = 3e-3  # head learning rate
+  c.detect.weight_decay = 1e-4  # AdamW's decoupled decay of the heads
+  c.detect.early_stopping = True  # each head stops at its best loss on the calibration answers
   c.detect.bootstrap = 1000  # resamples of every interval
   fields.declare(
     "detect",
     records=fields.TEXT,
     features=fields.TEXT,
+    test_features=fields.TEXT,
     questions=fields.integer(ge=2),
     samples=fields.integer(ge=1),
     temperature=fields.num(ge=0),
@@ -93,6 +100,8 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     loss=fields.one_of(flag.LOSSES),
     steps=fields.integer(ge=1),
     lr=fields.num(gt=0),
+    weight_decay=fields.num(ge=0),
+    early_stopping=fields.FLAG,
     bootstrap=fields.integer(ge=10),
   )
 
@@ -108,8 +117,6 @@ def validate(c: config_dict.ConfigDict) -> None:
   _layers(d.layers)
   if d.records and d.features:
     raise config_lib.ConfigError("set one of detect.records and detect.features")
-  if d.test_levels and (d.records or d.features):
-    raise config_lib.ConfigError("detect.test_levels generates test answers: no records/features")
   if not (d.records or d.features or c.train.init_from or c.model.gguf or c.model.hf_dir):
     raise config_lib.ConfigError(
       "which model's answers? set train.init_from (a run or zoo:NAME), model.gguf or "
@@ -135,8 +142,7 @@ def run(config, workdir: str) -> dict:
 
   # Answers and their features (or another run's features).
   if d.features:
-    train_f, _ = features.read(d.features)
-    test_f = None
+    train_f = _stored(d.features)
   else:
     model, tok = _frozen_model(config, workdir)
     try:
@@ -146,16 +152,11 @@ def run(config, workdir: str) -> dict:
     records = features.read_records(d.records) if d.records else _answers(
       config, model, tok, config.data.levels, os.path.join(workdir, "answers.jsonl")
     )  # fmt: skip
-    se = _semantic(config, model, tok, config.data.levels, workdir, "") if not d.records else None
-    train_f = _extract(model, tok, records, layers, d, os.path.join(workdir, "features"), se)
-    test_f = None
-    if d.test_levels:
-      test_records = _answers(
-        config, model, tok, d.test_levels, os.path.join(workdir, "test_answers.jsonl")
-      )
-      se = _semantic(config, model, tok, d.test_levels, workdir, "test_")
-      out = os.path.join(workdir, "test_features")
-      test_f = _extract(model, tok, test_records, layers, d, out, se)
+    se = _semantic(config, model, tok, config.data.levels, workdir) if not d.records else None
+    out = os.path.join(workdir, "features")
+    _extract(model, tok, records, layers, d, out, se)
+    train_f = _stored(out)
+  test_f = _stored(d.test_features) if d.test_features else None
 
   # The split, the detectors, the table.
   train_f, calib_f, test_f = _split(train_f, test_f, d, config.seed)
@@ -163,7 +164,7 @@ def run(config, workdir: str) -> dict:
   probe = _first_layer_family(d.probe, train_f)
   settings = compare.HeadSettings(
     groups=d.groups, proj_dim=d.proj_dim, energy=d.energy, temperature=d.router_temperature,
-    loss=d.loss, steps=d.steps, lr=d.lr,
+    loss=d.loss, steps=d.steps, lr=d.lr, weight_decay=d.weight_decay,
   )  # fmt: skip
   y_train, y_calib, y_test = train_f["label"], calib_f["label"], test_f["label"]
   for name, y in (("training", y_train), ("calibration", y_calib), ("test", y_test)):
@@ -173,8 +174,9 @@ def run(config, workdir: str) -> dict:
         "trained or scored (a model that is sometimes right, or more questions)"
       )
   scorers = compare.fit_detectors(
-    train_f, y_train, families=names, probe_family=probe, settings=settings, seed=config.seed
-  )
+    train_f, y_train, families=names, probe_family=probe, settings=settings, seed=config.seed,
+    validation=(calib_f, y_calib) if d.early_stopping else None,
+  )  # fmt: skip
   table = compare.compare(
     scorers, calib_f, y_calib, test_f, y_test, n_boot=d.bootstrap, seed=config.seed
   )
@@ -213,13 +215,13 @@ def _answers(config, model, tok, levels: str, out: str, samples=None, temperatur
   return features.read_records(out)
 
 
-def _semantic(config, model, tok, levels: str, workdir: str, prefix: str) -> dict | None:
+def _semantic(config, model, tok, levels: str, workdir: str) -> dict | None:
   """{question index: -semantic entropy} from ``detect.se_samples`` sampled answers per
   question (clustered by their final answer), or None when off."""
   d = config.detect
   if not d.se_samples:
     return None
-  out = os.path.join(workdir, f"{prefix}sampled_answers.jsonl")
+  out = os.path.join(workdir, "sampled_answers.jsonl")
   sampled = _answers(config, model, tok, levels, out, d.se_samples, d.se_temperature)
   finals: dict[int, list[str]] = {}
   for r in sampled:
@@ -229,13 +231,23 @@ def _semantic(config, model, tok, levels: str, workdir: str, prefix: str) -> dic
   return dict(zip(keys, baselines.semantic_entropy([finals[k] for k in keys]), strict=True))
 
 
-def _extract(model, tok, records, layers, d, out: str, semantic: dict | None = None) -> dict:
+def _extract(model, tok, records, layers, d, out: str, semantic: dict | None = None) -> None:
   got = features.extract(model, tok, records, layers=layers, batch_size=d.batch_size)
   got["question"] = np.asarray([_question_id(r) for r in records], np.int64)
   if semantic is not None:  # a question with no sampled answer left (all empty): 0
     got["semantic"] = np.asarray([[semantic.get(int(q), 0.0)] for q in got["question"]], np.float32)
-  features.write(got, out, meta={"layers": list(layers), "records": len(records)})
-  return got
+  meta = {"layers": list(layers), "records": len(records), "levels": features.level_names(records)}
+  features.write(got, out, meta=meta)
+
+
+def _stored(directory: str) -> dict:
+  """A features dir with each answer's level by name (ids differ between dirs)."""
+  try:
+    f, info = features.read(directory)
+  except (FileNotFoundError, ValueError) as e:
+    raise config_lib.ConfigError(str(e)) from None
+  f["level"] = features.answer_levels(f, info)
+  return f
 
 
 def _question_id(record) -> int:
@@ -246,15 +258,17 @@ def _question_id(record) -> int:
   return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
 
 
-def _held_out(f: dict, fraction: float, rng) -> np.ndarray:
-  """bool[N]: the answers to a ``fraction`` of the questions (a question's answers stay
-  together)."""
-  q = f.get("question", f["index"])
-  unique = np.unique(q)
+def _questions(f: dict) -> np.ndarray:
+  return f.get("question", f["index"])
+
+
+def _held_out(questions: np.ndarray, fraction: float, rng) -> np.ndarray:
+  """A ``fraction`` of the distinct question ids (a question's answers stay together)."""
+  unique = np.unique(questions)
   n = min(len(unique) - 1, max(1, int(round(fraction * len(unique)))))
   if n < 1:
     raise config_lib.ConfigError(f"{len(unique)} question(s): too few to hold any out")
-  return np.isin(q, rng.choice(unique, size=n, replace=False))
+  return rng.choice(unique, size=n, replace=False)
 
 
 def _rows(f: dict, keep: np.ndarray) -> dict:
@@ -262,21 +276,33 @@ def _rows(f: dict, keep: np.ndarray) -> dict:
 
 
 def _split(train_f, test_f, d, seed: int):
-  """(fit, calibration, test) answers: test = held-out questions (or ``test_f``), the
-  labelled rest thinned to ``label_fraction``, then ``calibration_fraction`` of its
-  questions kept apart to calibrate every detector's probabilities (Platt) on answers
-  no head was fitted on."""
+  """(fit, calibration, test) answers (module doc). The test answers come from
+  ``test_f`` when given (another model's), else from ``train_f``; either way no test
+  question (or, with ``test_levels``, no test level) is among the training answers."""
   rng = np.random.default_rng([seed, 0x5E7])
-  if test_f is None:
-    is_test = _held_out(train_f, d.test_fraction, rng)
-    train_f, test_f = _rows(train_f, ~is_test), _rows(train_f, is_test)
-  train_f = _rows(train_f, train_f["label"] >= 0)
+  source = train_f if test_f is None else test_f
+  if d.test_levels:
+    levels = [x.split(":")[0].strip() for x in d.test_levels.split(",") if x.strip()]
+    is_test, is_train = np.isin(source["level"], levels), ~np.isin(train_f["level"], levels)
+    if not is_test.any() or not is_train.any():
+      side = "test" if not is_test.any() else "training"
+      found = sorted({str(x) for x in (*source["level"], *train_f["level"])})
+      raise config_lib.ConfigError(
+        f"detect.test_levels={d.test_levels!r} leaves no {side} answer; the answers' levels: "
+        f"{found}"
+      )
+  else:
+    all_questions = np.concatenate([_questions(train_f), _questions(source)])
+    held = _held_out(all_questions, d.test_fraction, rng)
+    is_test, is_train = np.isin(_questions(source), held), ~np.isin(_questions(train_f), held)
+  train_f, test_f = _rows(train_f, is_train & (train_f["label"] >= 0)), _rows(source, is_test)
   test_f = _rows(test_f, test_f["label"] >= 0)
   if d.label_fraction < 1.0:
     n = len(train_f["label"])
     keep = rng.permutation(n)[: max(4, int(d.label_fraction * n))]
     train_f = _rows(train_f, np.isin(np.arange(n), keep))
-  is_calib = _held_out(train_f, d.calibration_fraction, rng)
+  calib = _held_out(_questions(train_f), d.calibration_fraction, rng)
+  is_calib = np.isin(_questions(train_f), calib)
   return _rows(train_f, ~is_calib), _rows(train_f, is_calib), test_f
 
 

@@ -109,7 +109,7 @@ def _jsonable(v):
 
 
 def command(entry: dict, root: str, python: str = sys.executable) -> list[str]:
-  """The cell's ``python -m jaxpost.main`` argv."""
+  """The cell's ``python -m jaxpost.main`` argv (``{root}`` in a string override: ``root``)."""
   argv = [
     python,
     "-m",
@@ -118,6 +118,8 @@ def command(entry: dict, root: str, python: str = sys.executable) -> list[str]:
     f"--workdir={os.path.join(root, entry['workdir'])}",
   ]
   for field, value in entry["overrides"].items():
+    if isinstance(value, str):
+      value = value.replace(spec_lib.ROOT_TOKEN, os.path.abspath(root))
     argv.append(f"--config.{field}={_flag_value(value)}")
   return argv
 

@@ -16,8 +16,11 @@ A sweep file under ``configs/sweeps/`` defines ``get_config(variant=None) -> Swe
 
 A cell's ``group`` names it without its seed: a row of the report, whose seeds give
 its interval. Overrides are dotted config fields; in a string value ``{seed}`` becomes
-the run's seed (``"zoo:rl-start@{seed}"``: each seed starts from its own model). A cell
-may carry its own ``config`` (another base), so one sweep can compare recipes.
+the run's seed (``"zoo:rl-start@{seed}"``: each seed starts from its own model), and
+``{root}`` the sweep's root folder when the run starts, so a cell can read what an
+earlier cell wrote (``"{root}/runs/extract/seed{seed}/features"``; cells run in order,
+so such a sweep runs with one worker). A cell may carry its own ``config`` (another
+base), so one sweep can compare recipes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 SEED_TOKEN = "{seed}"
+ROOT_TOKEN = "{root}"  # replaced at launch (launch.command): the root is not known here
 
 
 @dataclasses.dataclass(frozen=True)

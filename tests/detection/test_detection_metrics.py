@@ -109,6 +109,25 @@ def test_bootstrap_interval_is_reproducible_and_covers_the_value():
   assert (c.low, c.high) != (a.low, a.high)
 
 
+def test_bias_shifted_interval_keeps_a_biased_statistic_inside():
+  # A calibrated predictor: resampling repeats answers, so ECE grows on resamples and
+  # its plain percentile interval misses the measured value; the shifted one holds it.
+  rng = np.random.default_rng(0)
+  p = rng.uniform(size=400)
+  y = (rng.uniform(size=400) < p).astype(int)
+  plain = metrics.bootstrap(metrics.ece, p, y, n=400, seed=1, method="percentile")
+  shifted = metrics.bootstrap(metrics.ece, p, y, n=400, seed=1)
+  assert plain.value < plain.low  # the failure the shift corrects
+  assert shifted.low <= shifted.value <= shifted.high and shifted.value == plain.value
+  assert shifted.high - shifted.low == pytest.approx(plain.high - plain.low, abs=1e-6)
+  # An unbiased statistic (the mean) gets (nearly) the plain percentiles.
+  a = metrics.bootstrap(lambda x: float(np.mean(x)), p, n=400, seed=1)
+  b = metrics.bootstrap(lambda x: float(np.mean(x)), p, n=400, seed=1, method="percentile")
+  assert a.low == pytest.approx(b.low, abs=0.01) and a.high == pytest.approx(b.high, abs=0.01)
+  with pytest.raises(ValueError, match="method"):
+    metrics.bootstrap(metrics.ece, p, y, method="bca")
+
+
 def test_bootstrap_redraws_resamples_where_the_metric_is_undefined():
   # 1 hallucination in 10: ~35% of resamples miss it and AUROC is undefined there.
   s, y = np.arange(10.0), np.r_[0, np.ones(9, int)]

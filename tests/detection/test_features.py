@@ -13,10 +13,11 @@ from jaxpost.data.tokenizer import SentencePieceTokenizer
 from jaxpost.detection import features
 
 RECORDS = [
-  {"question": "357+468", "answer": "<think>7+8+0=15,5+6+1=12,3+4+1=08</think>825", "label": 1},
-  {"question": "12*34", "answer": "408", "label": 0},
+  {"question": "357+468", "answer": "<think>7+8+0=15,5+6+1=12,3+4+1=08</think>825", "label": 1,
+   "level": "add3"},
+  {"question": "12*34", "answer": "408", "label": 0, "level": "mul2x2"},
   {"prompt": "841+573", "response": "<think>1+3+0=04</think>1414", "correct": True,
-   "answer": "1414"},
+   "answer": "1414", "level": "add3"},
   {"question": "2+2", "answer": "<think>oops", "label": -1},  # malformed: plain text
 ]  # fmt: skip
 
@@ -99,7 +100,7 @@ def _instability_reference(rows, k=10, lam=1.0):
 
 def test_batched_padded_features_equal_the_per_example_reference(model, tok):
   got = features.extract(model, tok, RECORDS, layers=(0, -1), batch_size=3)
-  assert set(got) == {"tokens", "instability", "label", "index"} | {
+  assert set(got) == {"tokens", "instability", "label", "index", "level"} | {
     f"{kind}.L{i}" for kind in ("last", "mean", "drift") for i in (0, 2)
   }
   assert got["tokens"].shape == (4, len(features.TOKEN_STATS))
@@ -127,12 +128,19 @@ def test_answers_are_encoded_like_the_templates_responses(tok):
 
 def test_shards_round_trip_exactly(model, tok, tmp_path):
   got = features.extract(model, tok, RECORDS, layers=(-1,))
-  paths = features.write(got, str(tmp_path / "f"), meta={"model": "random"}, rows_per_shard=3)
+  levels = features.level_names(RECORDS)
+  assert levels == ["add3", "mul2x2"]
+  meta = {"model": "random", "levels": levels}
+  paths = features.write(got, str(tmp_path / "f"), meta=meta, rows_per_shard=3)
   assert len(paths) == 2
   back, info = features.read(str(tmp_path / "f"))
   assert info["model"] == "random" and info["token_stats"] == list(features.TOKEN_STATS)
   for name, value in got.items():
     np.testing.assert_array_equal(back[name], value)
+  # Level ids name the records' levels ("" for the record without one).
+  assert features.answer_levels(back, info).tolist() == ["add3", "mul2x2", "add3", ""]
+  with pytest.raises(ValueError, match="levels"):  # ids without their names: refused
+    features.write(got, str(tmp_path / "g"), meta={"model": "random"})
   with pytest.raises(FileNotFoundError, match="features.json"):
     features.read(str(tmp_path))
 

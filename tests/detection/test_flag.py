@@ -47,6 +47,36 @@ def test_k1_is_a_logistic_probe_after_the_same_training():
   np.testing.assert_allclose(scores.log_incorrect, jax.nn.log_sigmoid(-z), rtol=1e-5, atol=1e-6)
 
 
+def test_early_stopping_returns_the_head_at_its_best_held_out_loss():
+  # Few noisy answers and many features: the held-out loss falls, then rises as the
+  # head overfits; the head returned is the one at the held-out minimum.
+  rng = np.random.default_rng(0)
+
+  def data(n):
+    x = rng.normal(size=(n, 40)).astype(np.float32)
+    y = (x[:, 0] + 1.5 * rng.normal(size=n) > 0).astype(int)
+    return {"x": x}, y
+
+  (train, y), (held, y_held) = data(60), data(400)
+  kwargs = dict(steps=200, lr=0.05, batch_size=60, seed=0, weight_decay=0.0)
+
+  def fresh():
+    return flag.FlagHead({"x": 40}, groups=1, proj_dim=0, rngs=nnx.Rngs(1))
+
+  def held_loss(head):
+    return float(flag.bce_loss(head(held), jnp.asarray(y_held)))
+
+  last, _ = flag.train_head(fresh(), train, y, **kwargs)
+  stopped, history = flag.train_head(fresh(), train, y, validation=(held, y_held),
+                                     eval_every=25, **kwargs)  # fmt: skip
+  assert len(history) == 200  # training itself is unchanged: same minibatches, same steps
+  assert held_loss(stopped) < held_loss(last) - 0.05
+  # ... and no checkpoint it saw was better: retrain to each evaluated step.
+  best = min(held_loss(flag.train_head(fresh(), train, y, **{**kwargs, "steps": k})[0])
+             for k in range(25, 201, 25))  # fmt: skip
+  assert held_loss(stopped) == pytest.approx(min(best, held_loss(fresh())), rel=1e-5)
+
+
 @pytest.mark.parametrize("energy", flag.ENERGIES)
 def test_permuting_the_groups_leaves_the_scores_unchanged(energy):
   feats = _features()

@@ -74,6 +74,47 @@ def test_split_keeps_each_question_on_one_side_and_thins_labels():
   assert len(thin[0]["label"]) + len(thin[1]["label"]) == int(0.1 * 140)
 
 
+def _by_level(levels, seed=0):
+  """Stored-feature rows: 2 answers to each of 20 questions per level, labels mixed."""
+  n = 40 * len(levels)
+  return {
+    "label": np.tile([0, 1, 1, 0], n // 4),
+    "index": np.arange(n),
+    "question": np.repeat(np.arange(n // 2) + 1000 * seed, 2),
+    "level": np.repeat(np.asarray(levels), 40),
+  }
+
+
+def test_test_levels_split_stored_answers_by_level():
+  f = _by_level(["add3", "mul2x2", "expr2"])
+  c = _config(**{"detect.test_levels": "mul2x2,expr2"})
+  train, calib, test = detect._split(f, None, c.detect, seed=0)
+  assert set(test["level"]) == {"mul2x2", "expr2"} and len(test["label"]) == 80
+  assert set(train["level"]) == set(calib["level"]) == {"add3"}
+  assert len(train["label"]) + len(calib["label"]) == 40
+  with pytest.raises(config_lib.ConfigError, match=r"no test answer.*'add3', 'expr2', 'mul2x2'"):
+    detect._split(f, None, _config(**{"detect.test_levels": "add5"}).detect, seed=0)
+  with pytest.raises(config_lib.ConfigError, match="no training answer"):
+    detect._split(f, None, _config(**{"detect.test_levels": "add3,mul2x2,expr2"}).detect, 0)
+
+
+def test_test_features_of_another_model_test_on_questions_no_head_trained_on():
+  # Two models' answers to the same questions (same ids): the heads train on model A's
+  # answers to some questions and are tested on model B's answers to the others.
+  a, b = _by_level(["add3", "mul2x2"]), _by_level(["add3", "mul2x2"])
+  b["label"] = 1 - b["label"]
+  b["index"] = b["index"] + 10_000  # B's rows, told apart
+  train, calib, test = detect._split(a, b, _config().detect, seed=0)
+  assert np.all(test["index"] >= 10_000) and np.all(train["index"] < 10_000)
+  assert not set(test["question"]) & (set(train["question"]) | set(calib["question"]))
+  assert len(test["label"]) == 2 * 12  # 30% of the 40 questions, B's answers to them
+  # With test_levels: every B answer at the level, A's answers elsewhere.
+  c = _config(**{"detect.test_levels": "mul2x2"})
+  train, calib, test = detect._split(a, b, c.detect, seed=0)
+  assert set(test["level"]) == {"mul2x2"} and len(test["label"]) == 40
+  assert np.all(test["index"] >= 10_000) and set(train["level"]) == {"add3"}
+
+
 def test_a_model_that_is_never_right_is_a_clear_error(tmp_path):
   c = _config(**{"detect.questions": 32, "detect.max_new_tokens": 8})  # tiny-sft: ~0%
   with pytest.raises(config_lib.ConfigError, match="every training answer is incorrect"):
@@ -99,7 +140,7 @@ def test_semantic_entropy_from_sampled_answers_joins_each_answer_by_question(tmp
 
   c = _config(**{"detect.questions": 6, "detect.se_samples": 4, "detect.max_new_tokens": 8})
   model, tok, _ = generated.load_run("zoo:tiny-sft")
-  se = detect._semantic(c, model, tok, "add3:1.0", str(tmp_path), "")
+  se = detect._semantic(c, model, tok, "add3:1.0", str(tmp_path))
   sampled = features.read_records(str(tmp_path / "sampled_answers.jsonl"))
   assert set(se) <= set(range(6)) and all(-np.log(4) - 1e-6 <= v <= 0 for v in se.values())
   by_q = {}
@@ -107,5 +148,6 @@ def test_semantic_entropy_from_sampled_answers_joins_each_answer_by_question(tmp
     by_q.setdefault(r["index"], []).append(r["response"])
   assert len(sampled) <= 24 and all(len(v) <= 4 for v in by_q.values())
   records = [{"question": "1+1", "answer": "2", "label": 1, "index": q} for q in (0, 3)]
-  got = detect._extract(model, tok, records, (1,), c.detect, str(tmp_path / "f"), se)
+  detect._extract(model, tok, records, (1,), c.detect, str(tmp_path / "f"), se)
+  got = detect._stored(str(tmp_path / "f"))
   np.testing.assert_allclose(got["semantic"][:, 0], [se.get(0, 0.0), se.get(3, 0.0)])

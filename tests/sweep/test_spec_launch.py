@@ -102,6 +102,7 @@ def test_load_sweep_files(tmp_path):
     "rl_algorithms.py",
     "sft_lr.py:tiny",
     "smollm2.py",
+    "detect.py",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
@@ -166,6 +167,18 @@ def test_dry_run_local_prints_each_cells_main_command(tmp_path):
   manifest = launch.read_manifest(root)
   assert [e["status"] for e in manifest["cells"]] == ["pending"] * 4
   assert len({e["config_hash"] for e in manifest["cells"]}) == 4
+
+
+def test_root_token_becomes_the_sweep_root_in_each_command():
+  sweep = Sweep(
+    "configs/flag.py:tiny",
+    cells=cells({"name": "heads", "detect.features": "{root}/runs/x/seed{seed}/features"}),
+    seeds=(2,),
+  )
+  (entry,) = launch.plan(sweep)
+  assert entry["overrides"]["detect.features"] == "{root}/runs/x/seed2/features"  # as written
+  argv = launch.command(entry, "/tmp/sweeps/d")
+  assert "--config.detect.features=/tmp/sweeps/d/runs/x/seed2/features" in argv
 
 
 def test_dry_run_tpu_and_slurm(tmp_path):
