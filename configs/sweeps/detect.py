@@ -25,6 +25,9 @@ Cells:
   {model}_mul2x2_to_add3   answers only, tested on mul2x2 (medium), and back
   {a}_to_{b}               across models: heads on model a's answers, tested on model
                            b's answers to questions a's heads never saw
+  rlstart_{variant}        FLaG's choices on rlstart's features: K = 4 / 16 (64 is the
+                           paper's), the pairwise ranking loss, distance energy, and the
+                           token-signal families only (no hidden states)
 On the tiny models only add3 and mul2x2 have both right and wrong answers (add5,
 mul3x2 and expr2: 0%), so level transfer is family transfer too; SmolLM2's start is
 right on add3 only, and its width differs, so its heads are retrained with the same
@@ -76,6 +79,15 @@ def get_config(variant: str = "default") -> Sweep:
   for a, b in (("student40", "teacher"), ("teacher", "student40"), ("student40", "rlstart")):
     heads.append({"name": f"{a}_to_{b}", "detect.features": _stored(a),
                   "detect.test_features": _stored(b)})  # fmt: skip
+  variants = {
+    "k4": {"detect.groups": 4},
+    "k16": {"detect.groups": 16},
+    "ranking": {"detect.loss": "ranking"},
+    "distance": {"detect.energy": "distance"},
+    "no_hidden": {"detect.families": "tokens,instability"},
+  }
+  for name, overrides in variants.items():
+    heads.append({"name": f"rlstart_{name}", "detect.features": _stored("rlstart"), **overrides})
   for h in heads:  # heads only: no model is loaded
     h["train.init_from"] = ""
     if h["name"].startswith("smollm2"):

@@ -252,17 +252,25 @@ def extract(
   layers: Sequence[int] = (-1,),
   batch_size: int = 16,
   bucket: int = 32,
+  mesh=None,
 ) -> dict[str, np.ndarray]:
   """Features of every (question, answer) record: {name: f32[N, ...]}, plus ``label``,
   ``index`` and ``level`` (into ``level_names(records)``; module doc). Records hold
   ``question``/``answer`` or ``prompt``/``response``, and optionally ``label`` or
-  ``correct`` and ``level``. Rows are padded to a multiple of ``bucket`` columns so a
-  few shapes compile."""
+  ``correct`` and ``level``. Every batch has ``batch_size`` rows (the last one filled
+  with copies, dropped) and a multiple of ``bucket`` columns, so a few shapes compile.
+  With a ``mesh`` of several devices the model's parameters are placed by their
+  logical axes and each batch's rows split over (data, fsdp), as in training."""
   from flax import nnx
+
+  from jaxpost import sharding
 
   graphdef, state = nnx.split(model)
   n_layers = model.config.n_layers
   layers = resolve_layers(layers, n_layers)
+  sharded = mesh is not None and (mesh.devices.size > 1 or jax.process_count() > 1)
+  if sharded:
+    state = sharding.shard_tree(state, mesh, sharding.DEFAULT_RULES)
 
   @jax.jit
   def run(state, batch):
@@ -278,10 +286,14 @@ def extract(
   for first in range(0, len(pairs), batch_size):
     part = pairs[first : first + batch_size]
     width = -(-max(len(p) + len(a) for p, a in part) // bucket) * bucket
-    arrays = pad_batch(part, width, tok.pad_id)
-    feats = jax.device_get(run(state, {k: jnp.asarray(v) for k, v in arrays.items()}))
+    arrays = pad_batch(part + [part[-1]] * (batch_size - len(part)), width, tok.pad_id)
+    if sharded:
+      batch = sharding.shard_batch(arrays, mesh, sharding.DEFAULT_RULES)
+    else:
+      batch = {k: jnp.asarray(v) for k, v in arrays.items()}
+    feats = jax.device_get(run(state, batch))
     for name, value in feats.items():
-      chunks.setdefault(name, []).append(np.asarray(value, np.float32))
+      chunks.setdefault(name, []).append(np.asarray(value, np.float32)[: len(part)])
   out = {name: np.concatenate(parts) for name, parts in chunks.items()}
   out["label"] = np.asarray(labels, np.int32)
   out["index"] = np.arange(len(pairs), dtype=np.int32)

@@ -137,7 +137,7 @@ def _layers(spec: str) -> tuple[int, ...]:
 @register("detect")
 def run(config, workdir: str) -> dict:
   """Scores a frozen model's answers per ``config`` in ``workdir``; returns the table."""
-  common.validate_and_start(config, workdir, "detect")
+  mesh = common.validate_and_start(config, workdir, "detect")
   d = config.detect
 
   # Answers and their features (or another run's features).
@@ -154,7 +154,7 @@ def run(config, workdir: str) -> dict:
     )  # fmt: skip
     se = _semantic(config, model, tok, config.data.levels, workdir) if not d.records else None
     out = os.path.join(workdir, "features")
-    _extract(model, tok, records, layers, d, out, se)
+    _extract(model, tok, records, layers, d, out, se, mesh)
     train_f = _stored(out)
   test_f = _stored(d.test_features) if d.test_features else None
 
@@ -231,8 +231,8 @@ def _semantic(config, model, tok, levels: str, workdir: str) -> dict | None:
   return dict(zip(keys, baselines.semantic_entropy([finals[k] for k in keys]), strict=True))
 
 
-def _extract(model, tok, records, layers, d, out: str, semantic: dict | None = None) -> None:
-  got = features.extract(model, tok, records, layers=layers, batch_size=d.batch_size)
+def _extract(model, tok, records, layers, d, out: str, semantic=None, mesh=None) -> None:
+  got = features.extract(model, tok, records, layers=layers, batch_size=d.batch_size, mesh=mesh)
   got["question"] = np.asarray([_question_id(r) for r in records], np.int64)
   if semantic is not None:  # a question with no sampled answer left (all empty): 0
     got["semantic"] = np.asarray([[semantic.get(int(q), 0.0)] for q in got["question"]], np.float32)

@@ -6,6 +6,12 @@ over its steps), then per group a mean over seeds with an interval and, against 
 group, a paired difference by seed. Nothing is dropped quietly: cells that did not finish,
 and done cells that lack a metric, are listed with the reason.
 
+A run that logs one metric per item (``detect/{detector}/auroc``: every detector of a
+detection run) is reported as a matrix: the report block's ``"matrices"`` names such
+patterns with ``{row}`` where the item goes; each gets a table of rows (items found in
+the runs) x groups, and with ``"matrix_baseline"`` (a row) a table of each row's paired
+difference from it, seed by seed within a group.
+
   python -m jaxpost.sweep.report ROOT [--metric eval/accuracy:max ...] [--baseline G]
       [--bootstrap] [--confidence 0.95] [--curve eval/accuracy ...] [--out DIR]
 
@@ -21,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from functools import reduce
 
@@ -139,6 +146,18 @@ class Report:
   not_done: list[dict]  # id, group, seed, status, error (its last line), log
   missing: list[dict]  # id, group, seed, metric, reason
   curves: dict[str, dict[str, dict]]  # metric -> group -> seeds, steps, mean, low, high
+  matrices: dict[str, Matrix] = dataclasses.field(default_factory=dict)  # pattern -> matrix
+
+
+@dataclasses.dataclass
+class Matrix:
+  """A ``{row}`` pattern's metrics: per row, per group (in ``Report.groups`` order)."""
+
+  pattern: str
+  rows: list[str]  # the items found, in order of first appearance
+  stats: dict[str, list[GroupStats]]  # row -> one entry per group
+  baseline: str | None = None  # a row; diffs: row - baseline, paired by seed in a group
+  diffs: dict[str, list[dict | None]] = dataclasses.field(default_factory=dict)
 
 
 def load_manifest(root: str) -> dict:
@@ -276,6 +295,11 @@ def build(
     results[spec.label] = _group_stats(spec.label, groups, values, baseline, confidence, method)
   listed = {(m["id"], m["metric"]) for m in missing}
   curve_data, curve_missing = _curves(curves, groups, done, loaded, confidence, listed)
+  matrices = {
+    pattern: _matrix(pattern, defaults.get("matrix_baseline"), groups, done, loaded, confidence,
+                     method)
+    for pattern in defaults.get("matrices") or []
+  }  # fmt: skip
   return Report(
     name=manifest.get("name", os.path.basename(os.path.abspath(root))),
     root=os.fspath(root),
@@ -290,7 +314,56 @@ def build(
     not_done=not_done,
     missing=missing + curve_missing,
     curves=curve_data,
+    matrices=matrices,
   )
+
+
+ROW_TOKEN = "{row}"
+
+
+def _matrix(pattern, baseline, groups, done, loaded, confidence, method) -> Matrix:
+  """The rows ``pattern`` matches in the done cells' metrics, each reduced per cell as
+  a metric spec (``detect/{row}/auroc:max`` works). A row a cell lacks is absent from
+  that cell, not an error: runs may score different items."""
+  spec = parse_spec(pattern)
+  if spec.name.count(ROW_TOKEN) != 1:
+    raise ValueError(f"matrix pattern {pattern!r} needs {ROW_TOKEN} exactly once")
+  head, tail = spec.name.split(ROW_TOKEN)
+  found = re.compile(re.escape(head) + "(.+?)" + re.escape(tail) + "$")
+  rows: dict[str, None] = {}
+  for c in done:
+    records = loaded[c["id"]]
+    for record in records if isinstance(records, list) else []:
+      for key in record:
+        if m := found.match(key):
+          rows.setdefault(m.group(1))
+  values = {row: {g: {} for g in groups} for row in rows}
+  for row in rows:
+    row_spec = dataclasses.replace(spec, name=head + row + tail)
+    for c in done:
+      records = loaded[c["id"]]
+      try:
+        values[row][c["group"]][c["seed"]] = reduce_metric(records, row_spec, c["id"])
+      except (MissingMetric, TypeError):  # TypeError: an unloadable cell (a reason string)
+        continue
+  stats_by_row = {
+    row: _group_stats(head + row + tail, groups, values[row], None, confidence, method)
+    for row in rows
+  }
+  if baseline is not None and baseline not in rows:
+    raise ValueError(f"matrix_baseline {baseline!r} is not a row of {pattern!r}: {list(rows)}")
+  diffs = {}
+  if baseline is not None:
+    for row in rows:
+      if row == baseline:
+        continue
+      diffs[row] = [
+        stats.paired_difference(values[row][g], values[baseline][g], confidence, method)
+        if set(values[row][g]) & set(values[baseline][g])
+        else None
+        for g in groups
+      ]
+  return Matrix(pattern, list(rows), stats_by_row, baseline, diffs)
 
 
 def _fmt(x: float | None, scale: float = 1.0, sign: str = "") -> str:
@@ -336,6 +409,8 @@ def to_markdown(report: Report) -> str:
       if report.baseline:
         row.append(_diff_text(r, report))
       lines.append(_md_row(row))
+  for matrix in report.matrices.values():
+    lines += _matrix_markdown(matrix, report, pct)
   if report.not_done or report.missing:
     lines += ["", "## Not in the tables", "", *_md_table(["cell", "status", "metric", "detail"])]
     for c in report.not_done:
@@ -346,12 +421,43 @@ def to_markdown(report: Report) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _matrix_markdown(matrix: Matrix, report: Report, pct: str) -> list[str]:
+  """Groups down, rows across: mean [interval]; then each row minus the baseline row."""
+  s = report.scale
+  lines = ["", f"## {matrix.pattern}: mean [{pct} interval] over seeds", ""]
+  lines += _md_table(["group", *matrix.rows])
+  for i, g in enumerate(report.groups):
+    cells = []
+    for row in matrix.rows:
+      r = matrix.stats[row][i]
+      cells.append("—" if r.n == 0 else f"{_fmt(r.mean, s)} [{_fmt(r.low, s)}, {_fmt(r.high, s)}]")
+    lines.append(_md_row([g, *cells]))
+  if matrix.baseline is None:
+    return lines
+  others = [row for row in matrix.rows if row != matrix.baseline]
+  lines += ["", f"### {matrix.pattern}: row − {matrix.baseline}, paired by seed [{pct} interval]",
+            ""]  # fmt: skip
+  lines += _md_table(["group", *others])
+  for i, g in enumerate(report.groups):
+    cells = []
+    for row in others:
+      d = matrix.diffs[row][i]
+      text = "—"
+      if d is not None:
+        text = f"{_fmt(d['mean'], s, '+')} [{_fmt(d['low'], s)}, {_fmt(d['high'], s)}]"
+      cells.append(text)
+    lines.append(_md_row([g, *cells]))
+  return lines
+
+
 def to_csv(report: Report) -> str:
   """results.csv: one row per group x metric, unscaled; diff_* empty without a difference."""
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(CSV_COLUMNS)
-  for rows in report.results.values():
+  matrix_rows = [[r for r in rows if r.n] for m in report.matrices.values()
+                 for rows in m.stats.values()]  # fmt: skip
+  for rows in [*report.results.values(), *matrix_rows]:
     for r in rows:
       d = [r.diff[k] for k in ("mean", "low", "high")] if r.diff else ["", "", ""]
       seeds = ";".join(f"{k}:{v!r}" for k, v in r.values.items())

@@ -119,6 +119,20 @@ def test_padding_and_batch_composition_do_not_change_features(model, tok):
       np.testing.assert_allclose(together[name][i], single[name][0], rtol=1e-4, atol=1e-5)
 
 
+def test_features_on_a_2x2x2_mesh_equal_one_device(model, tok):
+  # Parameters placed by their logical axes (tensor-parallel heads and MLP, FSDP),
+  # rows over data x fsdp: the same features as unsharded.
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)  # fmt: skip
+  plain = features.extract(model, tok, RECORDS, layers=(0, -1), batch_size=4)
+  sharded = features.extract(model, tok, RECORDS, layers=(0, -1), batch_size=4, mesh=mesh)
+  assert set(sharded) == set(plain)
+  for name, value in plain.items():
+    np.testing.assert_allclose(sharded[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_answers_are_encoded_like_the_templates_responses(tok):
   ex = template.Example("357+468", "7+8+0=15", "825")
   enc = template.encode_example(tok, ex, add_eos=False)

@@ -105,3 +105,35 @@ def test_distill_smollm2_into_its_own_pruned_blocks(run_cli, tmp_path):
   assert f"model: {total - 20 * per_block} parameters" in proc.stderr
   losses = [r["train/loss"] for r in _records(workdir) if "train/loss" in r]
   assert len(losses) == 2 and np.all(np.isfinite(losses)) and min(losses) > 0
+
+
+def test_flag_smollm2_scores_user_records_with_the_real_model(run_cli, tmp_path):
+  """configs/flag.py:smollm2 on a user's records (the packaged model, no zoo build):
+  features of blocks 15 and 30 through the chat template, every detector scored."""
+  from jaxpost.data import tasks
+
+  mix = tasks.mixture({"add3": 1.0}, "train", 0)
+  path = tmp_path / "records.jsonl"
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(60):
+      p = mix.problem_at(i)
+      answer = p.answer if i % 2 == 0 else str(int(p.answer) + 10 + i)
+      f.write(json.dumps({"question": p.prompt, "answer": answer, "label": int(i % 2 == 0),
+                          "level": "add3"}) + "\n")  # fmt: skip
+  workdir = tmp_path / "flag"
+  proc = run_cli(
+    "--config=configs/flag.py:smollm2",
+    f"--workdir={workdir}",
+    "--config.train.init_from=",
+    "--config.model.gguf=smollm2",
+    f"--config.detect.records={path}",
+    "--config.detect.steps=20",
+    "--config.detect.bootstrap=20",
+    "--config.detect.groups=4",
+  )
+  _check(proc)
+  info = json.loads((workdir / "features" / "features.json").read_text())
+  assert info["layers"] == [15, 29] and info["records"] == 60 and info["levels"] == ["add3"]
+  (record,) = _records(str(workdir))
+  for name in ("flag", "flag_k1", "linear_probe", "perplexity", "instability"):
+    assert 0.0 <= record[f"detect/{name}/auroc"] <= 1.0

@@ -410,3 +410,68 @@ def test_many_groups_get_one_panel_each(tree, tmp_path, monkeypatch):
   panels = matplotlib.image.imread(rp.plot_curve(r, "eval/accuracy", str(tmp_path / "b.png")))
   assert single.shape[:2] == (4 * 120, 6 * 120)  # figsize x dpi
   assert panels.shape[:2] == (int((2.4 + 0.6) * 120), int(4 * 3.2 * 120))  # 3 groups: 1 row
+
+
+# ---- matrices: one metric per item (a detection run's detectors) ----------------------------
+
+AUROC = {  # (group, seed) -> {detector: auroc}; the ppl row is missing from one cell
+  ("in_dist", 0): {"flag": 0.74, "ppl": 0.71, "probe": 0.60},
+  ("in_dist", 1): {"flag": 0.72, "ppl": 0.72, "probe": 0.58},
+  ("in_dist", 2): {"flag": 0.75, "ppl": 0.70, "probe": 0.61},
+  ("transfer", 0): {"flag": 0.60, "ppl": 0.66},
+  ("transfer", 1): {"flag": 0.62, "ppl": 0.65},
+  ("transfer", 2): {"flag": 0.58},
+}
+
+
+def _detect_tree(root, block):
+  cells = []
+  for (group, seed), row in AUROC.items():
+    workdir = root / "runs" / group / f"seed{seed}"
+    workdir.mkdir(parents=True)
+    record = {"step": 0, **{f"detect/{k}/auroc": v for k, v in row.items()}, "other": 1.0}
+    (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    cells.append({"id": f"{group}/seed{seed}", "group": group, "seed": seed, "status": "done",
+                  "workdir": f"runs/{group}/seed{seed}"})  # fmt: skip
+  (root / "manifest.json").write_text(json.dumps({"name": "det", "report": block, "cells": cells}))
+  return root
+
+
+def test_matrix_rows_groups_and_paired_differences_from_a_baseline_row(tmp_path):
+  block = {"metrics": ["detect/flag/auroc"], "matrices": ["detect/{row}/auroc"],
+           "matrix_baseline": "flag"}  # fmt: skip
+  r = rp.build(_detect_tree(tmp_path, block))
+  m = r.matrices["detect/{row}/auroc"]
+  assert m.rows == ["flag", "ppl", "probe"] and m.baseline == "flag"
+  flag_in, flag_tr = m.stats["flag"]
+  mean, std, low, high = _hand([0.74, 0.72, 0.75])
+  assert (flag_in.mean, flag_in.low, flag_in.high) == pytest.approx((mean, low, high))
+  ppl_tr = m.stats["ppl"][1]
+  assert ppl_tr.n == 2 and ppl_tr.values == {0: 0.66, 1: 0.65}  # seed 2 lacks it: absent
+  assert m.stats["probe"][1].n == 0  # no transfer cell has a probe
+  # ppl - flag, paired by seed: in_dist -0.03, 0.00, -0.05; transfer (seeds 0, 1) +0.06, +0.03
+  d_in, d_tr = m.diffs["ppl"]
+  mean, std, low, high = _hand([-0.03, 0.0, -0.05])
+  assert (d_in["mean"], d_in["low"], d_in["high"]) == pytest.approx((mean, low, high))
+  assert d_tr["seeds"] == [0, 1] and d_tr["mean"] == pytest.approx(0.045)
+  assert m.diffs["probe"][1] is None  # nothing to pair
+  md = rp.to_markdown(r)
+  assert "## detect/{row}/auroc: mean [95% interval] over seeds" in md
+  assert "| group | flag | ppl | probe |" in md and "| transfer | 0.6 [" in md
+  assert "row − flag, paired by seed" in md and "| group | ppl | probe |" in md
+  rows = list(csv.DictReader(rp.to_csv(r).splitlines()))
+  assert {"detect/ppl/auroc", "detect/probe/auroc"} <= {x["metric"] for x in rows}
+  assert not [x for x in rows if x["metric"] == "detect/probe/auroc" and x["group"] == "transfer"]
+  assert json.loads(rp.to_json(r))["matrices"]["detect/{row}/auroc"]["rows"] == m.rows
+
+
+def test_matrix_errors(tmp_path):
+  root = _detect_tree(tmp_path, {"metrics": ["detect/flag/auroc"]})
+  with pytest.raises(ValueError, match="exactly once"):
+    rp._matrix("detect/auroc", None, [], [], {}, 0.95, "t")
+  manifest = json.loads((root / "manifest.json").read_text())
+  manifest["report"] = {"matrices": ["detect/{row}/auroc"], "matrix_baseline": "nope",
+                        "metrics": ["detect/flag/auroc"]}  # fmt: skip
+  (root / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="'nope' is not a row"):
+    rp.build(root)
