@@ -62,7 +62,8 @@ setup(
     "gpu": ["jax[cuda12]>=0.10.2"],
     # Parity tests against transformers (tests/models/test_hf.py, test_gguf.py,
     # test_smollm2.py); transformers reads GGUF files only with accelerate installed.
-    "interop": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0"],
+    # tests/peft/test_peft_export.py loads our PEFT-format adapters with peft.
+    "interop": ["torch==2.13.0", "transformers>=4.50", "accelerate>=1.0", "peft>=0.13"],
     # Peers for experiments/benchmarks/generate.py and grpo_step.py only.
     "bench": ["torch==2.13.0", "transformers>=4.50", "trl>=1.16"],
   },

@@ -7,6 +7,8 @@ that loss's keyword defaults (documented in its docstring). The result is locked
 method file or a command line that sets an unknown key fails.
 """
 
+import re
+
 from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
@@ -16,6 +18,7 @@ from jaxpost.fields import FLAG, PATTERN, TEXT, Text, declare, integer, num, one
 from jaxpost.losses import LOSSES
 from jaxpost.losses.head import LM_HEADS
 from jaxpost.models import NAMED_SIZES
+from jaxpost.models.decoder import LORA_INITS
 from jaxpost.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -214,7 +217,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.train.stop_at = 0  # 0 = train.steps
   c.train.stop_when = ""  # end at an evaluation meeting this, e.g. "eval/accuracy>=0.6"; "" = never
   c.train.progress = True  # tqdm progress bar
-  c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers format)
+  c.train.export_hf = False  # also write the final model to <workdir>/hf (transformers; LoRA:
+  # merged, and the adapter alone in the PEFT format to <workdir>/hf_adapter)
   # A run's workdir or zoo:NAME[@SEED] to start from (its tokenizer + latest params).
   c.train.init_from = ""  # "" = a fresh initialisation
   # "fork" also takes init_from's optimizer moments, step, schedule, RNG and data position.
@@ -241,6 +245,26 @@ def shared_sections() -> config_dict.ConfigDict:
     trainable=PATTERN,
   )
 
+  # LoRA adapters on the trained model (jaxpost/peft/lora.py): only they train, the base
+  # stays bit-identical and checkpoints hold the adapters (the base is rebuilt from
+  # model.* / train.init_from). Works in every recipe and on imported HF / GGUF models.
+  c.lora = config_dict.ConfigDict()
+  c.lora.rank = 0  # r; 0 = no adapters (full or train.trainable fine-tuning)
+  c.lora.alpha = 16.0  # scale = alpha / r (alpha / sqrt(r) with rslora)
+  c.lora.rslora = False  # rank-stabilised scaling
+  c.lora.targets = r"attn\.(q|k|v|o)_proj$"  # regex over linear paths: layers.3.mlp.up_proj
+  c.lora.init = "kaiming"  # A's init: kaiming (PEFT's default) | gaussian; B = 0
+  c.lora.name = "default"  # the adapter's name (a model may carry several)
+  declare(
+    "lora",
+    rank=integer(ge=0),
+    alpha=num(gt=0),
+    rslora=FLAG,
+    targets=PATTERN,
+    init=one_of(LORA_INITS),
+    name=Text("letters, digits and _", check=_adapter_name),
+  )
+
   c.eval = config_dict.ConfigDict()
   c.eval.every = 250  # steps between held-out evaluations (and one at the end); 0 = end only
   c.eval.levels = ""  # levels to report; "" = the training levels
@@ -261,6 +285,11 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   return c
+
+
+def _adapter_name(name: str) -> None:
+  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+    raise ValueError(f"adapter name {name!r}: letters, digits and _ only")
 
 
 def _check_size(size: str) -> None:

@@ -60,7 +60,7 @@ def load_run(run: str):
     logging.warning("load_run: fields of %s this version does not have: %s", run, unknown)
   config_lib.set_field(config, "train.init_from", workdir)
   tok = common.load_tokenizer(config, workdir)
-  model = common.build_model(config, tok.vocab_size)
+  model = common.build_model(config, tok.vocab_size, adapters=True)
   return model, tok, config
 
 

@@ -282,11 +282,13 @@ def _param(init, key, shape, dtype, names: tuple[str, ...]) -> nnx.Param:
 
 
 class Linear(nnx.Module):
-  """Affine map contracting the trailing ``len(in_shape)`` axes of the input.
+  """Affine map contracting the trailing ``len(in_shape)`` axes of the input, plus the
+  low-rank updates of its ``lora`` adapters (``add_lora``; none by default).
 
   Attributes:
     kernel: [*in_shape, *out_shape].
     bias: [*out_shape] when ``use_bias``.
+    lora: None, or {adapter name: ``LoRA``}; every enabled adapter adds its update.
   """
 
   def __init__(
@@ -303,6 +305,7 @@ class Linear(nnx.Module):
   ):
     self.n_in = len(in_shape)
     self.dtype = dtype
+    self.names = (tuple(in_names), tuple(out_names))
     init = jax.nn.initializers.normal(_INIT_STD)
     self.kernel = _param(
       init,
@@ -317,6 +320,7 @@ class Linear(nnx.Module):
       )
     else:
       self.bias = None
+    self.lora = nnx.data(None)  # data, not static: adapters may be added later
 
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.kernel[...].astype(self.dtype)
@@ -325,10 +329,94 @@ class Linear(nnx.Module):
     # One plain 2-D matmul: XLA:CPU runs the backward of a multi-axis tensordot
     # (contracting over [B, T] for the kernel gradient) several times slower.
     x2 = x.astype(self.dtype).reshape(-1, math.prod(k_in))
-    y = _matmul(x2, kernel.reshape(math.prod(k_in), -1)).reshape(*lead, *out_shape)
+    y = _matmul(x2, kernel.reshape(math.prod(k_in), -1))
+    if self.adapters():
+      y = y + self.lora_update(x2)
+    y = y.reshape(*lead, *out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+  def adapters(self) -> list[LoRA]:
+    """The enabled adapters, in name order."""
+    return [a for _, a in sorted((self.lora or {}).items()) if a.enabled]
+
+  def lora_update(self, x2: jax.Array) -> jax.Array:
+    """sum_adapters scale (x A) B for flattened inputs x2 [N, prod(in_shape)] (zeros
+    without adapters): computed from the input, so no kernel-sized update is formed."""
+    out = math.prod(self.kernel.shape[self.n_in :])
+    return sum((a.update(x2) for a in self.adapters()), jnp.zeros((x2.shape[0], out), x2.dtype))
+
+  def effective_kernel(self) -> jax.Array:
+    """kernel + sum_adapters scale A B, in the parameter dtype: what merging writes."""
+    kernel = self.kernel[...]
+    for a in self.adapters():
+      kernel = kernel + a.kernel_delta().astype(kernel.dtype)
+    return kernel
+
+
+class LoRA(nnx.Module):
+  """A low-rank update scale * A B of a ``Linear``'s kernel (LoRA, Hu et al. 2021).
+
+  A: [*in_shape, r] and B: [r, *out_shape] carry the kernel's logical axis names plus
+  "lora_rank" (replicated), so adapters shard with the mesh rules like their kernel.
+  B starts at zero: a new adapter leaves the model's function unchanged.
+  scale = alpha / r, or alpha / sqrt(r) with ``rslora`` (rank-stabilised LoRA).
+
+  Args:
+    init: A's initialisation: "kaiming" (uniform with bound 1 / sqrt(fan_in), what
+      PEFT's default gives) or "gaussian" (normal with std 1 / r, PEFT's "gaussian").
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    names: tuple[tuple[str, ...], tuple[str, ...]],
+    *,
+    rank: int,
+    alpha: float,
+    rslora: bool = False,
+    init: str = "kaiming",
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    if rank < 1:
+      raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    if init not in LORA_INITS:
+      raise ValueError(f"LoRA init {init!r}; expected one of {LORA_INITS}")
+    self.rank = rank
+    self.scale = float(alpha) / (math.sqrt(rank) if rslora else rank)
+    self.enabled = True
+    fan_in = math.prod(in_shape)
+    if init == "kaiming":
+      bound = 1.0 / math.sqrt(fan_in)
+      a_init = jax.nn.initializers.uniform(2 * bound)  # U[0, 2b) shifted below
+      a = a_init(rngs.params(), (*in_shape, rank), param_dtype) - bound
+    else:
+      a = jax.random.normal(rngs.params(), (*in_shape, rank), param_dtype) / rank
+    in_names, out_names = names
+    self.a = nnx.Param(a, out_sharding=(*in_names, "lora_rank"), eager_sharding=False)
+    self.b = _param(
+      jax.nn.initializers.zeros, rngs.params(), (rank, *out_shape), param_dtype,
+      ("lora_rank", *out_names),
+    )  # fmt: skip
+
+  def update(self, x2: jax.Array) -> jax.Array:
+    """scale (x A) B: [N, prod(in_shape)] -> [N, prod(out_shape)] in x's dtype."""
+    a = self.a[...].astype(x2.dtype).reshape(-1, self.rank)
+    b = self.b[...].astype(x2.dtype).reshape(self.rank, -1)
+    return _matmul(_matmul(x2, a), b * self.scale)
+
+  def kernel_delta(self) -> jax.Array:
+    """scale A B: [*in_shape, *out_shape] in f32."""
+    a, b = self.a[...].astype(jnp.float32), self.b[...].astype(jnp.float32)
+    in_shape, out_shape = a.shape[:-1], b.shape[1:]
+    delta = a.reshape(-1, self.rank) @ b.reshape(self.rank, -1) * self.scale
+    return delta.reshape(*in_shape, *out_shape)
+
+
+LORA_INITS = ("kaiming", "gaussian")
 
 
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -364,7 +452,10 @@ def fused_linear(x: jax.Array, projections: Sequence[Linear]) -> list[jax.Array]
     bias = p.bias[...].astype(dtype).reshape(-1) if p.bias is not None else None
     biases.append(bias)
   lead = x.shape[:-1]
-  y = _matmul(x.astype(dtype).reshape(-1, x.shape[-1]), jnp.concatenate(kernels, axis=1))
+  x2 = x.astype(dtype).reshape(-1, x.shape[-1])
+  y = _matmul(x2, jnp.concatenate(kernels, axis=1))
+  if any(p.adapters() for p in projections):  # each projection's own low-rank update
+    y = y + jnp.concatenate([p.lora_update(x2) for p in projections], axis=1)
   if any(b is not None for b in biases):
     y = y + jnp.concatenate(
       [
@@ -540,10 +631,12 @@ class Decoder(nnx.Module):
       )
 
   def lm_head_weight(self) -> jax.Array:
-    """[D, V] lm head matrix in the parameter dtype (``embed.T`` when tied)."""
+    """[D, V] lm head matrix in the parameter dtype (``embed.T`` when tied), with the
+    head's LoRA updates added: every head path (materialised logits and the fused
+    kernels) reads this one matrix, and [D, V] is small beside [tokens, V] logits."""
     if self.lm_head is None:
       return self.embed[...].T
-    return self.lm_head.kernel[...]
+    return self.lm_head.effective_kernel()
 
   def logits(self, final_hidden: jax.Array) -> jax.Array:
     """f32[..., V] logits of [..., D] final hidden states (``ModelOutput.final_hidden``)."""

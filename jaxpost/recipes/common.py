@@ -66,11 +66,23 @@ def load_tokenizer(config, workdir: str, *, teacher: bool = False):
   if not init and teacher:
     init = zoo.resolve(config.teacher.init_from)
   if init and not (config.tokenizer.path or config.model.hf_dir or config.model.gguf):
-    path = os.path.join(init, pipeline.TOKENIZER_PREFIX + ".model")
-    if not os.path.exists(path):
-      raise config_lib.ConfigError(f"train.init_from={init!r} has no {os.path.basename(path)}")
-    return SentencePieceTokenizer.load(path)
+    return SentencePieceTokenizer.load(_run_tokenizer(init))
   return sharding.primary_first(lambda: pipeline.prepare_tokenizer(config, workdir))
+
+
+def _run_tokenizer(run: str) -> str:
+  """The tokenizer file a run used: its own, or (a run started from another, which
+  writes none) that of the run it started from, and so on."""
+  name = pipeline.TOKENIZER_PREFIX + ".model"
+  seen, here = set(), run
+  while here and here not in seen:
+    if os.path.exists(os.path.join(here, name)):
+      return os.path.join(here, name)
+    seen.add(here)
+    here = zoo.resolve(jaxpost_workdir.recorded_config(here).get("train.init_from", ""))
+  raise config_lib.ConfigError(
+    f"train.init_from={run!r} has no {name} (nor the run it started from)"
+  )
 
 
 def build_model(
@@ -81,10 +93,13 @@ def build_model(
   size: str | None = None,
   hf_dir: str | None = None,
   gguf_path: str | None = None,
+  adapters: bool = False,
 ) -> models.Decoder:
   """The named size, ``model.hf_dir``'s checkpoint or ``model.gguf``'s file, cut to
-  ``model.keep_layers`` (the run's own model only), with ``init_from``'s parameters
-  loaded.
+  ``model.keep_layers`` (the run's own model only), with ``config.lora``'s adapters
+  when ``adapters`` (the trained model, not a reference or teacher) and
+  ``init_from``'s parameters loaded (a run that trained a subset, e.g. adapters, over
+  its own start: that start's parameters first, then the run's).
 
   Args:
     config: the run config (``model`` section, seed).
@@ -126,11 +141,18 @@ def build_model(
     except ValueError as e:
       raise config_lib.ConfigError(f"model.keep_layers: {e}") from None
     model = models.keep_layers(model, indices)
+  if adapters and config.lora.rank:
+    from jaxpost import peft
+
+    try:
+      peft.add_lora(model, lora_settings(config), seed=config.seed)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"lora: {e}") from None
   init_from = zoo.resolve(config.train.init_from if init_from is None else init_from)
   if init_from:
     params = nnx.state(model, nnx.Param)
     try:
-      loaded, kept = checkpoint.load_params(init_from, params)
+      loaded, kept = _load_chain(init_from, params)
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from None
     if kept:
@@ -142,6 +164,39 @@ def build_model(
       )
     nnx.update(model, loaded)
   return model
+
+
+def trainable_filter(config):
+  """What trains: the adapters with ``lora.rank`` (and ``train.trainable``'s parameters
+  besides, if set), else ``train.trainable``'s parameters (all when empty)."""
+  if not config.lora.rank:
+    return train.trainable_filter(config.train.trainable)
+  from jaxpost import peft
+
+  if not config.train.trainable:
+    return peft.adapter_filter()
+  return nnx.Any(peft.adapter_filter(), train.trainable_filter(config.train.trainable))
+
+
+def _load_chain(run: str, params, depth: int = 0):
+  """``checkpoint.load_params`` of ``run``; the leaves it lacks (it trained a subset:
+  adapters, ``train.trainable``) come from the run it started from, recursively."""
+  loaded, kept = checkpoint.load_params(run, params)
+  start = zoo.resolve(jaxpost_workdir.recorded_config(run).get("train.init_from", ""))
+  if kept and start and depth < 8 and os.path.isdir(start):
+    below, kept_below = _load_chain(start, params, depth + 1)
+    loaded, _ = checkpoint.load_params(run, below)
+    kept = [k for k in kept if k in set(kept_below)]
+  return loaded, kept
+
+
+def lora_settings(config):
+  """``config.lora`` as ``peft.LoRASettings``."""
+  from jaxpost import peft
+
+  c = config.lora
+  return peft.LoRASettings(targets=c.targets, rank=c.rank, alpha=c.alpha, rslora=c.rslora,
+                           init=c.init, name=c.name)  # fmt: skip
 
 
 def frozen_model(config, vocab_size: int, **source):
@@ -452,13 +507,13 @@ def setup(
   Returns:
     a ``Run``; ``run.first_step`` is the restored step (0 on a fresh run).
   """
-  model = build_model(config, tok.vocab_size)
+  model = build_model(config, tok.vocab_size, adapters=True)
   t = config.teacher
   follow = None
   if t.follow:  # a copy of the student in the optimizer state (checkpointed with it)
     follow = optim.follow_params(t.follow, every=t.sync_every * updates_per_step, decay=t.ema_decay)
   optimizer, schedule = optim.make_optimizer(config.optim, total_updates, follow=follow)
-  graphdef, params, rest = train.split_model(model, train.trainable_filter(config.train.trainable))
+  graphdef, params, rest = train.split_model(model, trainable_filter(config))
   if not jax.tree.leaves(params):
     raise config_lib.ConfigError(f"train.trainable={config.train.trainable!r} matches no parameter")
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -617,14 +672,24 @@ def mean_metrics(fetched: list[dict]) -> dict[str, float]:
 
 
 def export_hf(run: Run, out_dir: str) -> str:
-  """Writes the trained model (and an HF tokenizer, if that is what we have) for transformers."""
+  """Writes the trained model (and an HF tokenizer, if that is what we have) for
+  transformers. With LoRA adapters: the adapters merged into the weights there, and
+  the adapter alone in the PEFT format beside it (``<out_dir>_adapter``)."""
   params = run.state.params
   if jax.process_count() > 1:
     # Every host must join the gather; only process 0 writes.
     params = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
     hf_tok = run.tok if isinstance(run.tok, HFTokenizer) else None
-    hf.save_model(nnx.merge(run.graphdef, params, run.frozen["rest"]), out_dir, tokenizer=hf_tok)
+    model = nnx.merge(run.graphdef, params, run.frozen["rest"])
+    if run.config.lora.rank:
+      from jaxpost import peft
+      from jaxpost.peft import export as peft_export
+
+      adapter_dir, base = out_dir.rstrip("/") + "_adapter", run.config.model.hf_dir
+      peft_export.save_adapter(model, adapter_dir, name=run.config.lora.name, base_model=base)
+      model = peft.merge_lora(nnx.clone(model))
+    hf.save_model(model, out_dir, tokenizer=hf_tok)
   return out_dir
 
 

@@ -1,0 +1,165 @@
+"""LoRA adapters: a new adapter changes nothing, merged == unmerged, every head path,
+sharding, several named adapters, and a LoRA run that trains adapters only (the base
+bit-identical, the checkpoint adapters only, the model rebuilt from it)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxpost import models, peft, scoring, sharding, train
+from jaxpost.peft import lora as lora_lib
+from jaxpost.types import ROLE_ANSWER, Batch
+
+EVERYTHING = r"(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj|lm_head)$"  # the head too
+
+
+def _model(seed=0, tie=False):
+  cfg = models.named_config(
+    "tiny", vocab_size=37, n_layers=2, d_model=32, mlp_dim=48, n_heads=4, n_kv_heads=2,
+    head_dim=8, tie_embeddings=tie,
+  )  # fmt: skip
+  return models.Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def _tokens():
+  return jnp.asarray(np.random.default_rng(0).integers(1, 37, (3, 9)), jnp.int32)
+
+
+def _randomize_b(model, seed=1):
+  """Nonzero B (a trained adapter), so the update is visible."""
+  rng = np.random.default_rng(seed)
+  for adapters in lora_lib.adapters_of(model).values():
+    for a in adapters.values():
+      a.b[...] = jnp.asarray(rng.normal(0, 0.3, a.b[...].shape), a.b[...].dtype)
+
+
+def test_a_new_adapter_leaves_every_output_bit_identical():
+  model, t = _model(), _tokens()
+  before = model.forward(t, hidden_layers=(0, 1))
+  hits = peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4))
+  assert len(hits) == 2 * 7 + 1 and "lm_head" in hits and "layers.1.mlp.down_proj" in hits
+  after = model.forward(t, hidden_layers=(0, 1))
+  np.testing.assert_array_equal(after.logits, before.logits)
+  for x, y in zip(after.hidden_states, before.hidden_states, strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_merged_equals_unmerged_and_the_update_is_scale_times_ab(rslora):
+  model, t = _model(), _tokens()
+  peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4, alpha=8.0, rslora=rslora))
+  _randomize_b(model)
+  q = model.layers[0].attn.q_proj
+  (adapter,) = q.lora.values()
+  assert adapter.scale == pytest.approx(8.0 / (2.0 if rslora else 4.0))
+  delta = np.einsum("dr,rhe->dhe", np.asarray(adapter.a[...]), np.asarray(adapter.b[...]))
+  np.testing.assert_allclose(q.effective_kernel() - q.kernel[...], adapter.scale * delta,
+                             rtol=1e-5, atol=1e-6)  # fmt: skip
+  unmerged = model(t)
+  assert float(jnp.max(jnp.abs(unmerged - _model()(t)))) > 1e-2  # the adapters act
+  merged = peft.merge_lora(model)
+  assert all(m.lora is None for _, m in lora_lib._linears(merged))
+  np.testing.assert_allclose(merged(t), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_head_loss_and_gradients_equal_the_materialised_logits():
+  model = _model()
+  peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4))
+  _randomize_b(model)
+  t = _tokens()
+  batch = Batch(tokens=t, targets=jnp.roll(t, -1, 1), loss_mask=jnp.ones(t.shape),
+                segment_ids=jnp.ones(t.shape, jnp.int32),
+                positions=jnp.broadcast_to(jnp.arange(9), t.shape),
+                roles=jnp.full(t.shape, ROLE_ANSWER))  # fmt: skip
+  graphdef, adapters, rest = nnx.split(model, peft.adapter_filter(), ...)
+
+  def loss(p, lm_head):
+    out = scoring.model_outputs(nnx.merge(graphdef, p, rest), batch, lm_head=lm_head)
+    from jaxpost.losses.head import target_stats
+
+    return -jnp.mean(target_stats(out, batch.targets, batch.loss_mask).logp)
+
+  for fused in ("fused_xla", "fused_pallas"):  # (Pallas in interpret mode on CPU)
+    a, ga = jax.value_and_grad(loss)(adapters, "logits")
+    b, gb = jax.value_and_grad(loss)(adapters, fused)
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(gb), jax.tree.leaves(ga), strict=True):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  head = [k for k in train.param_paths(ga) if k.startswith("lm_head")]
+  assert head and all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(ga))
+
+
+def test_adapters_shard_with_their_kernels_and_a_mesh_changes_nothing():
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  model, t = _model(), _tokens()
+  peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4))
+  _randomize_b(model)
+  expected = model(t)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)  # fmt: skip
+  graphdef, state = nnx.split(model)
+  placed = sharding.shard_tree(state, mesh)
+  q = placed["layers"][0]["attn"]["q_proj"]["lora"]["default"]
+  assert q["b"][...].sharding.spec == jax.sharding.PartitionSpec(None, "tensor", None)
+  assert q["a"][...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  got = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(placed, t)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_named_adapters_add_up_and_can_be_switched():
+  model, t = _model(), _tokens()
+  base = model(t)
+  peft.add_lora(model, peft.LoRASettings(rank=2, name="math"))
+  peft.add_lora(model, peft.LoRASettings(rank=4, name="chat", init="gaussian"), seed=3)
+  _randomize_b(model)
+  both = model(t)
+  peft.set_enabled(model, ["math"])
+  only_math = model(t)
+  peft.set_enabled(model, [])
+  np.testing.assert_array_equal(model(t), base)  # all off: the base exactly
+  peft.set_enabled(model, None)
+  np.testing.assert_allclose(model(t), both)
+  assert float(jnp.abs(only_math - both).max()) > 1e-3
+  math_only = nnx.state(model, peft.adapter_filter("math"))
+  assert {p.split(".lora.")[1] for p in train.param_paths(math_only)} == {"math.a", "math.b"}
+  with pytest.raises(ValueError, match="already has an adapter named 'math'"):
+    peft.add_lora(model, peft.LoRASettings(rank=2, name="math"))
+
+
+def test_bad_settings_and_targets_are_refused():
+  with pytest.raises(ValueError, match="match no linear.*ties its LM head"):
+    peft.add_lora(_model(tie=True), peft.LoRASettings(targets=r"lm_head$"))
+  with pytest.raises(ValueError, match="paths read like"):
+    peft.add_lora(_model(), peft.LoRASettings(targets=r"attention\.query"))
+  for kwargs, match in (({"rank": 0}, "rank"), ({"init": "pissa"}, "init"),
+                        ({"targets": "("}, "regular"), ({"name": "a.b"}, "letters")):  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+      peft.LoRASettings(**kwargs)
+
+
+def test_adapter_training_moves_only_the_adapters():
+  model = _model()
+  peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4))
+  graphdef, params, rest = train.split_model(model, peft.adapter_filter())
+  assert all(".lora.default." in p for p in train.param_paths(params))
+  optimizer = optax.adamw(1e-2, weight_decay=0.1)
+  state = train.init_train_state(params, optimizer, 0)
+  step = train.make_train_step(train.objective_for("cross_entropy", graphdef), optimizer,
+                               donate=False)  # fmt: skip
+  t = _tokens()
+  batch = Batch(tokens=t, targets=jnp.roll(t, -1, 1), loss_mask=jnp.ones(t.shape),
+                segment_ids=jnp.ones(t.shape, jnp.int32),
+                positions=jnp.broadcast_to(jnp.arange(9), t.shape),
+                roles=jnp.full(t.shape, ROLE_ANSWER))  # fmt: skip
+  losses = []
+  for _ in range(5):
+    state, m = step(state, batch, {"rest": rest})
+    losses.append(float(m["train/loss"]))
+  assert losses[-1] < losses[0]
+  moved = [not np.array_equal(a, b) for a, b in
+           zip(jax.tree.leaves(state.params), jax.tree.leaves(params), strict=True)]  # fmt: skip
+  assert all(moved)

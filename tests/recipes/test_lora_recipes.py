@@ -1,0 +1,98 @@
+"""LoRA through the recipes (``lora.rank``): SFT, RL and distillation train adapters
+only, over a base that stays the start's bit for bit; checkpoints hold the adapters;
+``load_run`` rebuilds the trained model; ``train.export_hf`` writes the merged model
+and the PEFT adapter."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+from tiny_configs import REPO, sft_tiny  # tests/recipes
+
+from jaxpost import config_lib, peft, train
+from jaxpost.data import generated
+from jaxpost.models import hf
+from jaxpost.recipes import rl, sft
+
+pytestmark = pytest.mark.usefixtures("subprocess_env")
+
+LORA = {"lora.rank": 4, "lora.targets": r"(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"}
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+  """A tiny SFT run: the base the adapters train on (and the distillation teacher)."""
+  workdir = str(tmp_path_factory.mktemp("start"))
+  sft.run(sft_tiny(**{"train.steps": 4, "optim.lr": 5e-3}), workdir)
+  return workdir
+
+
+def _saved(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  saved = manager.restore(
+    manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+  )
+  manager.close()
+  flat, _ = jax.tree_util.tree_flatten_with_path(saved.state["params"])
+  return {train.path_name(path): np.asarray(x) for path, x in flat}
+
+
+def _leaves(state):
+  return dict(zip(train.param_paths(state), jax.tree.leaves(state), strict=True))
+
+
+def test_lora_sft_keeps_the_base_and_is_rebuilt_and_exported(tmp_path, start):
+  out = str(tmp_path / "lora")
+  c = sft_tiny(**{"train.init_from": start, "train.steps": 3, "optim.lr": 1e-2,
+                  "train.export_hf": True, **LORA})  # fmt: skip
+  sft.run(c, out)
+  saved, base = _saved(out), _saved(start)
+  assert saved and all(".lora.default." in p for p in saved)  # adapters only
+  assert len(saved) == 2 * 7 * 2  # 2 layers x 7 linears x (A, B)
+  assert all(np.abs(v).max() > 0 for p, v in saved.items() if p.endswith(".b"))  # B left 0
+  # load_run: the start's base (from the run's own start) + the run's adapters.
+  model, _, _ = generated.load_run(out)
+  _, adapters, rest = nnx.split(model, peft.adapter_filter(), ...)
+  for path, x in _leaves(nnx.state(rest, nnx.Param)).items():
+    assert np.asarray(x).tobytes() == base[path].tobytes(), path
+  for path, x in _leaves(adapters).items():
+    np.testing.assert_array_equal(np.asarray(x), saved[path])
+  # The export: the merged model for transformers, the adapter in the PEFT format.
+  tokens = np.asarray([[3, 5, 7, 9, 11, 13]], np.int32)
+  expected = nnx.clone(model)(tokens)
+  merged = hf.load_model(os.path.join(out, "hf"))
+  np.testing.assert_allclose(merged(tokens), expected, rtol=1e-5, atol=1e-5)
+  with open(os.path.join(out, "hf_adapter", "adapter_config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  assert config["peft_type"] == "LORA" and config["r"] == 4 and len(config["target_modules"]) == 14
+
+
+def test_lora_rl_and_distillation_train_adapters_only(tmp_path, start):
+  grpo = config_lib.load_config(os.path.join(REPO, "configs/grpo.py:tiny"))
+  for field, value in {
+    "train.init_from": start, "train.steps": 1, "train.progress": False, "eval.every": 0,
+    "eval.num_examples": 4, "eval.batch_size": 4, "eval.max_new_tokens": 4,
+    "rl.prompts_per_step": 2, "rl.samples_per_prompt": 4, "rl.max_new_tokens": 8,
+    "rl.temperature": 2.0, "reward.terms": (("length", 1.0),), **LORA,
+  }.items():  # fmt: skip
+    config_lib.set_field(grpo, field, value)
+  result = rl.run(grpo, str(tmp_path / "rl"))
+  assert np.isfinite(result["train/loss"])
+  assert all(".lora.default." in p for p in _saved(str(tmp_path / "rl")))
+
+  kd = sft_tiny(**{"loss.name": "kd", "teacher.init_from": start, "train.steps": 2,
+                   "model.size": "tiny", **LORA})  # fmt: skip
+  result = sft.run(kd, str(tmp_path / "kd"))  # a fresh student's adapters against the start
+  assert result["train/divergence"] > 0
+  assert all(".lora.default." in p for p in _saved(str(tmp_path / "kd")))
+
+
+def test_lora_config_errors_fail_before_work(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="lora.targets"):
+    config_lib.validate(sft_tiny(**{"lora.rank": 2, "lora.targets": "("}))
+  with pytest.raises(config_lib.ConfigError, match="lora: .*match no linear"):
+    sft.run(sft_tiny(**{"lora.rank": 2, "lora.targets": "nothing_here"}), str(tmp_path / "w"))
