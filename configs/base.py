@@ -168,6 +168,9 @@ def shared_sections() -> config_dict.ConfigDict:
   c.optim.b2 = 0.95  # adam beta2
   c.optim.eps = 1e-8  # adam epsilon
   c.optim.grad_clip = 1.0  # clip by global norm; 0 = off
+  # (l2 / 2) ||theta - theta_0||^2 on what trains, theta_0 = its start: RegLoRA's
+  # L2-to-initialisation for LoRA adapters, L2-SP for full fine-tuning; 0 = off.
+  c.optim.l2_to_start = 0.0
   declare(
     "optim",
     name=one_of(OPTIMIZERS),
@@ -180,6 +183,7 @@ def shared_sections() -> config_dict.ConfigDict:
     b2=num(ge=0, lt=1),
     eps=num(ge=0),
     grad_clip=num(ge=0),
+    l2_to_start=num(ge=0),
   )
 
   c.mesh = config_dict.ConfigDict()

@@ -77,6 +77,32 @@ def mask_updates(trainable: Callable) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+class StartState(NamedTuple):
+  start: optax.Params  # the parameters at the first update
+
+
+def pull_to_start(strength: float) -> optax.GradientTransformation:
+  """Adds ``strength`` * (params - start) to the gradient: the gradient of the penalty
+  (strength / 2) ||theta - theta_0||^2, theta_0 the parameters the run started from
+  (kept in the state, so a resume pulls toward the same point). For adapters it is
+  RegLoRA's L2-to-initialisation; for full fine-tuning, L2-SP. Put it first in a chain,
+  where the loss's gradient enters."""
+  if strength < 0:
+    raise ValueError(f"pull_to_start strength must be >= 0, got {strength}")
+
+  def init(params):
+    return StartState(jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("pull_to_start needs params")
+    pulled = jax.tree.map(lambda u, p, s: u + strength * (p - s).astype(u.dtype),
+                          updates, params, state.start)  # fmt: skip
+    return pulled, state
+
+  return optax.GradientTransformation(init, update)
+
+
 class FollowState(NamedTuple):
   """The following copy: ``count`` updates seen, ``params`` the copy (params' structure)."""
 
@@ -142,7 +168,8 @@ def make_optimizer(
   trainable: Callable | None = None,
   follow: optax.GradientTransformation | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Builds the optax chain (clip -> optimiser) and its schedule from ``config.optim``.
+  """Builds the optax chain (pull to start -> clip -> optimiser) and its schedule from
+  ``config.optim``.
 
   Args:
     optim_config: the ``optim`` section.
@@ -166,6 +193,8 @@ def make_optimizer(
   else:
     raise ValueError(f"optim.name={c.name!r}; expected one of {OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(c.grad_clip)] if c.grad_clip > 0 else []
+  if c.get("l2_to_start", 0.0) > 0:
+    parts = [pull_to_start(c.l2_to_start), *parts]
   if trainable is not None:
     parts = [mask_updates(trainable), *parts, opt, mask_updates(trainable)]
   else:

@@ -163,3 +163,31 @@ def test_adapter_training_moves_only_the_adapters():
   moved = [not np.array_equal(a, b) for a, b in
            zip(jax.tree.leaves(state.params), jax.tree.leaves(params), strict=True)]  # fmt: skip
   assert all(moved)
+
+
+def test_pull_to_start_is_the_gradient_of_an_l2_penalty_to_the_start():
+  """optim.l2_to_start: SGD with the pull == SGD on loss + (l/2)||theta - theta_0||^2,
+  theta_0 the first parameters, step after step (RegLoRA-style for adapters)."""
+  from jaxpost import optim
+
+  target = {"w": jnp.asarray([1.0, -2.0, 0.5])}
+  start = {"w": jnp.asarray([0.3, 0.1, -0.4])}
+
+  def loss(p):
+    return jnp.sum((p["w"] - target["w"]) ** 2)
+
+  strength, lr = 0.7, 0.05
+  pulled = optax.chain(optim.pull_to_start(strength), optax.sgd(lr))
+  p, state = start, pulled.init(start)
+  q = start
+  for _ in range(4):
+    updates, state = pulled.update(jax.grad(loss)(p), state, p)
+    p = optax.apply_updates(p, updates)
+    penalised = jax.grad(lambda x: loss(x) + strength / 2 * jnp.sum((x["w"] - start["w"]) ** 2))
+    q = jax.tree.map(lambda x, g: x - lr * g, q, penalised(q))
+    np.testing.assert_allclose(p["w"], q["w"], rtol=1e-6)
+  # The pull holds the parameters nearer the start than the plain loss would.
+  plain = start
+  for _ in range(4):
+    plain = jax.tree.map(lambda x, g: x - lr * g, plain, jax.grad(loss)(plain))
+  assert jnp.linalg.norm(p["w"] - start["w"]) < jnp.linalg.norm(plain["w"] - start["w"])

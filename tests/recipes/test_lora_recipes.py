@@ -77,7 +77,8 @@ def test_lora_rl_and_distillation_train_adapters_only(tmp_path, start):
     "train.init_from": start, "train.steps": 1, "train.progress": False, "eval.every": 0,
     "eval.num_examples": 4, "eval.batch_size": 4, "eval.max_new_tokens": 4,
     "rl.prompts_per_step": 2, "rl.samples_per_prompt": 4, "rl.max_new_tokens": 8,
-    "rl.temperature": 2.0, "reward.terms": (("length", 1.0),), **LORA,
+    "rl.temperature": 2.0, "reward.terms": (("length", 1.0),), "optim.l2_to_start": 0.1,
+    **LORA,
   }.items():  # fmt: skip
     config_lib.set_field(grpo, field, value)
   result = rl.run(grpo, str(tmp_path / "rl"))

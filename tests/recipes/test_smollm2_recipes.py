@@ -137,3 +137,27 @@ def test_flag_smollm2_scores_user_records_with_the_real_model(run_cli, tmp_path)
   (record,) = _records(str(workdir))
   for name in ("flag", "flag_k1", "linear_probe", "perplexity", "instability"):
     assert 0.0 <= record[f"detect/{name}/auroc"] <= 1.0
+
+
+def test_lora_sft_smollm2(run_cli, tmp_path):
+  """LoRA on the imported GGUF model, every linear of every block: only the adapters
+  train (their count by hand from the model's shapes) and the loss stays finite."""
+  workdir = str(tmp_path / "lora")
+  proc = run_cli(
+    "--config=configs/sft.py:smollm2",
+    f"--workdir={workdir}",
+    *SHORT,
+    "--config.train.steps=2",
+    "--config.eval.every=0",
+    "--config.data.batch_size=2",
+    "--config.data.seq_len=96",
+    "--config.lora.rank=8",
+    "--config.lora.targets=(attn|mlp)\\.[a-z]+_proj$",
+  )
+  _check(proc)
+  c = gguf.load_model(gguf.find_packaged("smollm2")).config
+  d, q, kv, f = c.d_model, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.mlp_dim
+  per_block = (d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d)
+  assert f"{8 * per_block * c.n_layers} trainable" in proc.stderr
+  losses = [r["train/loss"] for r in _records(workdir) if "train/loss" in r]
+  assert len(losses) == 2 and np.all(np.isfinite(losses))
