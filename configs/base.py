@@ -169,8 +169,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.optim.eps = 1e-8  # adam epsilon
   c.optim.grad_clip = 1.0  # clip by global norm; 0 = off
   # (l2 / 2) ||theta - theta_0||^2 on what trains, theta_0 = its start: RegLoRA's
-  # L2-to-initialisation for LoRA adapters, L2-SP for full fine-tuning; 0 = off.
-  c.optim.l2_to_start = 0.0
+  # L2-to-initialisation for LoRA adapters, L2-SP for full fine-tuning.
+  c.optim.l2_to_start = 0.0  # l2; 0 = off
   declare(
     "optim",
     name=one_of(OPTIMIZERS),
