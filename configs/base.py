@@ -228,6 +228,10 @@ def shared_sections() -> config_dict.ConfigDict:
   # "fork" also takes init_from's optimizer moments, step, schedule, RNG and data position.
   c.train.init_mode = "params"  # "params": init_from's latest parameters; "fork": continue it
   c.train.trainable = ""  # regex over parameter paths that train (e.g. "attn"); "" = all
+  # Head-sparse tuning (jaxpost/peft/heads.py): only these attention heads' q/k/v/o slices
+  # train, e.g. "0:1,3;2:0" (layer:heads), "*:0", or a JSON file of P2D's head scores.
+  c.train.heads = ""  # "" = off
+  c.train.heads_kv = "any"  # GQA: a kv head trains when any | all of its query heads do; none
   declare(
     "train",
     steps=integer(ge=0),
@@ -247,6 +251,8 @@ def shared_sections() -> config_dict.ConfigDict:
     init_from=TEXT,
     init_mode=one_of(("params", "fork")),
     trainable=PATTERN,
+    heads=TEXT,
+    heads_kv=one_of(("any", "all", "none")),
   )
 
   # LoRA adapters on the trained model (jaxpost/peft/lora.py): only they train, the base

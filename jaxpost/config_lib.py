@@ -278,6 +278,8 @@ def validate(c: config_dict.ConfigDict) -> None:
   run_dir(c.train.init_from, "train.init_from")
   if c.train.init_mode == "fork" and not c.train.init_from:
     raise ConfigError("train.init_mode='fork' continues another run: set train.init_from")
+  if c.train.heads and (c.train.trainable or c.get("lora", {}).get("rank", 0)):
+    raise ConfigError("train.heads chooses what trains: not with train.trainable or lora.rank")
   if c.train.stop_at > c.train.steps:
     raise ConfigError(f"train.stop_at={c.train.stop_at} > train.steps={c.train.steps}")
   if c.train.stop_when:

@@ -166,9 +166,36 @@ def build_model(
   return model
 
 
-def trainable_filter(config):
+def _head_selection(config, model_config):
+  from jaxpost.peft import heads
+
+  try:
+    return heads.parse_heads(config.train.heads, model_config.n_layers, model_config.n_heads)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(f"train.heads: {e}") from None
+
+
+def head_masks(config, model_config):
+  """``train.heads``' per-entry optimiser masks (``peft.heads``), or None."""
+  if not config.train.heads:
+    return None
+  from jaxpost.peft import heads
+
+  selection = _head_selection(config, model_config)
+  m = model_config
+  return heads.head_masks(selection, m.n_heads, m.n_kv_heads, config.train.heads_kv)
+
+
+def trainable_filter(config, model_config=None):
   """What trains: the adapters with ``lora.rank`` (and ``train.trainable``'s parameters
-  besides, if set), else ``train.trainable``'s parameters (all when empty)."""
+  besides, if set); the projections holding ``train.heads``' heads (their other
+  entries masked in the optimiser); else ``train.trainable``'s parameters (all when
+  empty)."""
+  if config.train.heads:
+    from jaxpost.peft import heads
+
+    selection = _head_selection(config, model_config)
+    return train.trainable_filter(heads.head_filter(selection, config.train.heads_kv))
   if not config.lora.rank:
     return train.trainable_filter(config.train.trainable)
   from jaxpost import peft
@@ -512,8 +539,11 @@ def setup(
   follow = None
   if t.follow:  # a copy of the student in the optimizer state (checkpointed with it)
     follow = optim.follow_params(t.follow, every=t.sync_every * updates_per_step, decay=t.ema_decay)
-  optimizer, schedule = optim.make_optimizer(config.optim, total_updates, follow=follow)
-  graphdef, params, rest = train.split_model(model, trainable_filter(config))
+  masks = head_masks(config, model.config)
+  optimizer, schedule = optim.make_optimizer(
+    config.optim, total_updates, follow=follow, trainable=masks
+  )
+  graphdef, params, rest = train.split_model(model, trainable_filter(config, model.config))
   if not jax.tree.leaves(params):
     raise config_lib.ConfigError(f"train.trainable={config.train.trainable!r} matches no parameter")
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

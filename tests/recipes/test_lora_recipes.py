@@ -97,3 +97,38 @@ def test_lora_config_errors_fail_before_work(tmp_path):
     config_lib.validate(sft_tiny(**{"lora.rank": 2, "lora.targets": "("}))
   with pytest.raises(config_lib.ConfigError, match="lora: .*match no linear"):
     sft.run(sft_tiny(**{"lora.rank": 2, "lora.targets": "nothing_here"}), str(tmp_path / "w"))
+
+
+def test_head_sparse_sft_moves_only_the_chosen_heads_slices(tmp_path, start):
+  """train.heads from a start: after AdamW steps with weight decay, the chosen query
+  heads' q / o slices and their kv heads' k / v slices all moved; every other entry of
+  the model is the start's bit for bit (the checkpoint holds only the touched
+  projections)."""
+  out = str(tmp_path / "heads")
+  c = sft_tiny(**{"train.init_from": start, "train.steps": 3, "optim.lr": 1e-2,
+                  "optim.weight_decay": 0.1, "train.heads": "1:2"})  # fmt: skip
+  sft.run(c, out)
+  model, _, _ = generated.load_run(out)
+  n_heads, n_kv = model.config.n_heads, model.config.n_kv_heads
+  kv = 2 // (n_heads // n_kv)
+  base = _saved(start)
+  moved = {}
+  for path, x in _leaves(nnx.state(model, nnx.Param)).items():
+    x, x0 = np.asarray(x), base[path]
+    if path == "layers.1.attn.q_proj.kernel":
+      moved["q"] = np.all(x[:, 2] != x0[:, 2])
+      np.testing.assert_array_equal(np.delete(x, 2, axis=1), np.delete(x0, 2, axis=1))
+    elif path == "layers.1.attn.o_proj.kernel":
+      moved["o"] = np.all(x[2] != x0[2])
+      np.testing.assert_array_equal(np.delete(x, 2, axis=0), np.delete(x0, 2, axis=0))
+    elif path in ("layers.1.attn.k_proj.kernel", "layers.1.attn.v_proj.kernel"):
+      moved[path[14]] = np.all(x[:, kv] != x0[:, kv])
+      np.testing.assert_array_equal(np.delete(x, kv, axis=1), np.delete(x0, kv, axis=1))
+    else:
+      assert x.tobytes() == x0.tobytes(), path
+  assert moved == {"q": True, "o": True, "k": True, "v": True}
+  assert set(_saved(out)) == {f"layers.1.attn.{p}_proj.kernel" for p in "qkvo"}
+  with pytest.raises(config_lib.ConfigError, match="train.heads chooses"):
+    config_lib.validate(sft_tiny(**{"train.heads": "0:0", "lora.rank": 2}))
+  with pytest.raises(config_lib.ConfigError, match="train.heads: head 9"):
+    sft.run(sft_tiny(**{"train.heads": "0:9"}), str(tmp_path / "bad"))
