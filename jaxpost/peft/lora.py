@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxpost.models.decoder import LORA_INITS, Decoder, Linear, LoRA
@@ -158,3 +159,25 @@ def adapters_of(model: nnx.Module) -> dict[str, dict[str, LoRA]]:
     for name, adapter in (linear.lora or {}).items():
       out.setdefault(name, {})[path] = adapter
   return out
+
+
+def task_vector(model: nnx.Module, name: str = "default") -> dict:
+  """{kernel path: scale A B} of adapter ``name``: its update as a task vector over the
+  kernels, for the merging methods (``jaxpost.merging``: TIES / DARE of several
+  adapters, then ``add_task_vector``). Averaging A and B separately is not this."""
+  found = adapters_of(model)
+  if name not in found:
+    raise ValueError(f"the model has no adapter {name!r} (it has {sorted(found)})")
+  return {f"{path}.kernel": a.kernel_delta() for path, a in found[name].items()}
+
+
+def add_task_vector(model: nnx.Module, vector: dict) -> nnx.Module:
+  """Adds a {kernel path: delta} task vector to the kernels, in place; returns the model."""
+  linears = dict(_linears(model))
+  for key, delta in vector.items():
+    path = key.removesuffix(".kernel")
+    if path not in linears:
+      raise ValueError(f"{key}: no such linear in the model")
+    kernel = linears[path].kernel
+    kernel[...] = (kernel[...].astype(jnp.float32) + delta).astype(kernel[...].dtype)
+  return model

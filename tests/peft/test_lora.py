@@ -191,3 +191,27 @@ def test_pull_to_start_is_the_gradient_of_an_l2_penalty_to_the_start():
   for _ in range(4):
     plain = jax.tree.map(lambda x, g: x - lr * g, plain, jax.grad(loss)(plain))
   assert jnp.linalg.norm(p["w"] - start["w"]) < jnp.linalg.norm(plain["w"] - start["w"])
+
+
+def test_adapters_merge_as_task_vectors_of_their_product():
+  """Two adapters as task vectors (scale B A, not A and B averaged): their sum added
+  to the base == the model with both enabled; TIES of identical vectors == the vector."""
+  from jaxpost import merging
+
+  model, t = _model(), _tokens()
+  peft.add_lora(model, peft.LoRASettings(rank=2, name="x"))
+  peft.add_lora(model, peft.LoRASettings(rank=3, name="y"), seed=4)
+  _randomize_b(model)
+  both = model(t)
+  vx, vy = lora_lib.task_vector(model, "x"), lora_lib.task_vector(model, "y")
+  zeros = jax.tree.map(jnp.zeros_like, vx)
+  summed = merging.task_arithmetic(zeros, [vx, vy])
+  plain = nnx.clone(model)
+  peft.set_enabled(plain, [])
+  lora_lib.add_task_vector(plain, summed)
+  np.testing.assert_allclose(plain(t), both, rtol=1e-5, atol=1e-5)
+  trimmed = merging.ties(zeros, [vx, vx], density=1.0)
+  for k in vx:
+    np.testing.assert_allclose(trimmed[k], vx[k], rtol=1e-6)
+  with pytest.raises(ValueError, match="no adapter 'z'"):
+    lora_lib.task_vector(model, "z")
