@@ -143,3 +143,32 @@ def test_bf16_leaves_merge_in_f32_and_keep_dtype_and_shape():
 def test_bad_arguments_are_refused(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_merge_alignment_of_tied_heads_and_padded_vocabularies():
+  from flax import nnx
+
+  from jaxpost import models
+  from jaxpost.merging import cli
+
+  def model(vocab, tie, seed):
+    cfg = models.named_config("tiny", vocab_size=vocab, n_layers=1, d_model=16, mlp_dim=32,
+                              n_heads=2, n_kv_heads=1, head_dim=8, tie_embeddings=tie)  # fmt: skip
+    return models.Decoder(cfg, rngs=nnx.Rngs(seed))
+
+  tokens = jnp.asarray([[1, 2, 3]], jnp.int32)
+  tied = model(40, True, 0)
+  before = tied(tokens)
+  with pytest.raises(ValueError, match="merge.untie=True"):
+    cli._align([tied, model(40, False, 1)], "error", False)
+  a, b = cli._align([tied, model(40, False, 1)], "error", True)
+  assert a.lm_head is not None and not a.config.tie_embeddings
+  np.testing.assert_allclose(a(tokens), before, rtol=1e-6)  # untying keeps the function
+  with pytest.raises(ValueError, match="merge.vocab='shortest'"):
+    cli._align([model(40, False, 0), model(48, False, 1)], "error", False)
+  padded = model(48, False, 1)
+  short = padded.embed[...][:40]
+  a, b = cli._align([model(40, False, 0), padded], "shortest", False)
+  assert b.config.vocab_size == 40 and b.embed[...].shape == (40, 16)
+  np.testing.assert_array_equal(b.embed[...], short)
+  assert b.lm_head.kernel[...].shape == (16, 40)

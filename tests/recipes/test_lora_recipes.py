@@ -132,3 +132,41 @@ def test_head_sparse_sft_moves_only_the_chosen_heads_slices(tmp_path, start):
     config_lib.validate(sft_tiny(**{"train.heads": "0:0", "lora.rank": 2}))
   with pytest.raises(config_lib.ConfigError, match="train.heads: head 9"):
     sft.run(sft_tiny(**{"train.heads": "0:9"}), str(tmp_path / "bad"))
+
+
+def test_merge_cli_runs_and_hf_dirs(tmp_path, start):
+  """The merge CLI: two fine-tunes of the start (one through LoRA, merged in first)
+  merged by TIES against it into a run that load_run and train.init_from read, equal
+  to the methods on the parameters; into HF, and from HF with a tied / untied pair."""
+  from ml_collections import config_dict
+
+  from jaxpost import merging
+  from jaxpost.merging import cli
+
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  sft.run(sft_tiny(**{"train.init_from": start, "train.steps": 2, "optim.lr": 1e-2}), a)
+  sft.run(sft_tiny(**{"train.init_from": start, "train.steps": 2, "optim.lr": 1e-2,
+                      "seed": 7, **LORA}), b)  # fmt: skip
+  c = config_lib.load_config(os.path.join(REPO, "configs/merge.py:default")).merge
+  c.update(models=f"{a},{b}", base=start, method="ties", density=0.5)
+  out = cli.run(c, str(tmp_path / "merged"))
+  got = nnx.state(generated.load_run(out)[0], nnx.Param)
+  trees = [nnx.state(cli.load_source(r)[0], nnx.Param) for r in (a, b, start)]
+  want = merging.ties(trees[2], trees[:2], density=0.5)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  sft.run(sft_tiny(**{"train.init_from": out, "train.steps": 1}), str(tmp_path / "next"))
+
+  c.update(format="hf", method="linear", base="")
+  hf_out = cli.run(c, str(tmp_path / "hf"))
+  tokens = np.asarray([[2, 4, 6, 8]], np.int32)
+  lin = merging.average(trees[:2])
+  model = cli.load_source(a)[0]
+  nnx.update(model, lin)
+  np.testing.assert_allclose(hf.load_model(hf_out)(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="not empty"):
+    cli.run(c, hf_out)
+  bad = config_dict.ConfigDict(c.to_dict())
+  bad.update(method="ties")
+  with pytest.raises(ValueError, match="needs merge.base"):
+    cli.run(bad, str(tmp_path / "x"))
