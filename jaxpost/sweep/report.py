@@ -543,6 +543,42 @@ def _draw(ax, group: str, c: dict, scale: float, color=None) -> None:
     ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
 
 
+def plot_matrix(report: Report, pattern: str, path: str) -> str:
+  """A heatmap of a matrix's means (groups down, rows across), each cell annotated."""
+  from matplotlib.figure import Figure
+
+  matrix = report.matrices[pattern]
+  values = (
+    np.array(
+      [[matrix.stats[row][i].mean for row in matrix.rows] for i in range(len(report.groups))],
+      dtype=np.float64,
+    )
+    * report.scale
+  )
+  fig = Figure(figsize=(1.0 + 0.85 * len(matrix.rows), 1.2 + 0.42 * len(report.groups)))
+  ax = fig.add_subplot()
+  image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+  finite = values[np.isfinite(values)]
+  middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+  for (i, j), v in np.ndenumerate(values):
+    if np.isfinite(v):
+      ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+              color="black" if v > middle else "white")  # fmt: skip
+  ax.set_xticks(range(len(matrix.rows)), matrix.rows, rotation=45, ha="right", fontsize=8)
+  ax.set_yticks(range(len(report.groups)), report.groups, fontsize=8)
+  n = {len(r.values) for rows in matrix.stats.values() for r in rows if r.n}
+  ax.set_title(f"{report.name}: {pattern}, mean over seeds (n={'/'.join(map(str, sorted(n)))})",
+               fontsize=9)  # fmt: skip
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def _slug(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
 def write(report: Report, out_dir: str) -> list[str]:
   """Writes results.md/.csv/.json and curve_<metric>.png into ``out_dir``; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
@@ -558,6 +594,9 @@ def write(report: Report, out_dir: str) -> list[str]:
   for name in report.curves:
     png = os.path.join(out_dir, f"curve_{name.replace('/', '_')}.png")
     paths.append(plot_curve(report, name, png))
+  for pattern in report.matrices:
+    png = os.path.join(out_dir, f"matrix_{_slug(pattern)}.png")
+    paths.append(plot_matrix(report, pattern, png))
   return paths
 
 

@@ -475,3 +475,11 @@ def test_matrix_errors(tmp_path):
   (root / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(ValueError, match="'nope' is not a row"):
     rp.build(root)
+
+
+def test_matrix_heatmap_is_written(tmp_path):
+  block = {"metrics": ["detect/flag/auroc"], "matrices": ["detect/{row}/auroc"]}
+  r = rp.build(_detect_tree(tmp_path / "s", block))
+  paths = rp.write(r, str(tmp_path / "out"))
+  png = [p for p in paths if p.endswith("matrix_detect_row_auroc.png")]
+  assert png and matplotlib.image.imread(png[0]).shape[0] > 100
