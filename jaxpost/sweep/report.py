@@ -366,8 +366,8 @@ def _matrix(pattern, baseline, groups, done, loaded, confidence, method) -> Matr
   return Matrix(pattern, list(rows), stats_by_row, baseline, diffs)
 
 
-def _fmt(x: float | None, scale: float = 1.0, sign: str = "") -> str:
-  return "—" if x is None or math.isnan(x) else f"{x * scale:{sign}.4g}"
+def _fmt(x: float | None, scale: float = 1.0, sign: str = "", digits: int = 4) -> str:
+  return "—" if x is None or math.isnan(x) else f"{x * scale:{sign}.{digits}g}"
 
 
 def _diff_text(r: GroupStats, report: Report) -> str:
@@ -430,7 +430,8 @@ def _matrix_markdown(matrix: Matrix, report: Report, pct: str) -> list[str]:
     cells = []
     for row in matrix.rows:
       r = matrix.stats[row][i]
-      cells.append("—" if r.n == 0 else f"{_fmt(r.mean, s)} [{_fmt(r.low, s)}, {_fmt(r.high, s)}]")
+      lo, hi = _fmt(r.low, s, digits=3), _fmt(r.high, s, digits=3)
+      cells.append("—" if r.n == 0 else f"{_fmt(r.mean, s, digits=3)} [{lo}, {hi}]")
     lines.append(_md_row([g, *cells]))
   if matrix.baseline is None:
     return lines
@@ -444,7 +445,8 @@ def _matrix_markdown(matrix: Matrix, report: Report, pct: str) -> list[str]:
       d = matrix.diffs[row][i]
       text = "—"
       if d is not None:
-        text = f"{_fmt(d['mean'], s, '+')} [{_fmt(d['low'], s)}, {_fmt(d['high'], s)}]"
+        lo, hi = _fmt(d["low"], s, digits=3), _fmt(d["high"], s, digits=3)
+        text = f"{_fmt(d['mean'], s, '+', digits=3)} [{lo}, {hi}]"
       cells.append(text)
     lines.append(_md_row([g, *cells]))
   return lines
