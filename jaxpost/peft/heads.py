@@ -1,4 +1,5 @@
-"""Head-sparse tuning: only chosen attention heads' q / k / v / o slices train.
+"""Head-sparse tuning: only chosen attention heads' q / k / v / o slices train; which
+heads, by how much a short proxy run moved them (``alps_scores``, ``select_heads``).
 
 A selection is {layer: query heads}, written ``"0:1,3;2:0"`` (layer 0 heads 1 and 3,
 layer 2 head 0), ``"*:0"`` (head 0 of every layer) or read from a JSON file
@@ -21,6 +22,7 @@ so the kv policy is a choice (``kv``):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -111,3 +113,82 @@ def head_masks(selection: Mapping[int, tuple[int, ...]], n_heads: int, n_kv_head
     return jax.tree_util.tree_map_with_path(mask, params)
 
   return masks
+
+
+# --- choosing heads ---------------------------------------------------------------------
+
+
+def head_vectors(params, layer: int, n_heads: int, n_kv_heads: int) -> list[jax.Array]:
+  """Per query head of ``layer``, the flattened [W_q^h; W_k^kv(h); W_v^kv(h)] (its kv
+  head's slices under GQA), from a parameter state (``nnx.state(model, nnx.Param)``)."""
+  attn = params["layers"][layer]["attn"]
+  q, k, v = (attn[f"{p}_proj"]["kernel"][...] for p in "qkv")  # [D, H|K, E]
+  group = n_heads // n_kv_heads
+  return [
+    jnp.concatenate([q[:, h].reshape(-1), k[:, h // group].reshape(-1),
+                     v[:, h // group].reshape(-1)]).astype(jnp.float32)
+    for h in range(n_heads)
+  ]  # fmt: skip
+
+
+def wasserstein_1d(a: jax.Array, b: jax.Array) -> jax.Array:
+  """W1 between softmax(a) and softmax(b) as distributions on linspace(0, 1, n): the
+  integral of |CDF_a - CDF_b| (ALPS' head score)."""
+  n = a.shape[0]
+  cdf = jnp.cumsum(jax.nn.softmax(a)) - jnp.cumsum(jax.nn.softmax(b))
+  return jnp.sum(jnp.abs(cdf[:-1])) / max(n - 1, 1)
+
+
+def alps_scores(base, tuned, n_layers: int, n_heads: int, n_kv_heads: int) -> jax.Array:
+  """f32[L, H]: ALPS' score of every head, W1(softmax(vec theta_base^h),
+  softmax(vec theta_tuned^h)) (``../shared/methods/sft_distill_detect.md`` section 2:
+  the predecessor's formula; that P2D reuses it with its 100-sample proxy is likely,
+  not confirmed). 0 for identical weights, symmetric in the two models."""
+  rows = []
+  for layer in range(n_layers):
+    pairs = zip(head_vectors(base, layer, n_heads, n_kv_heads),
+                head_vectors(tuned, layer, n_heads, n_kv_heads), strict=True)  # fmt: skip
+    rows.append(jnp.stack([wasserstein_1d(a, b) for a, b in pairs]))
+  return jnp.stack(rows)
+
+
+def gradient_scores(params, grads, n_layers: int, n_heads: int, n_kv_heads: int) -> jax.Array:
+  """f32[L, H]: the first-order (Taylor) importance sum |theta * dL/dtheta| over each
+  head's q / k / v / o slices (its kv head's share of k and v: / group size): the
+  gradient-based alternative to ALPS, from one accumulated gradient of the proxy data."""
+  group = n_heads // n_kv_heads
+  rows = []
+  for layer in range(n_layers):
+    a, g = params["layers"][layer]["attn"], grads["layers"][layer]["attn"]
+
+    def taylor(p, axis, a=a, g=g):
+      x = jnp.abs(a[p]["kernel"][...] * g[p]["kernel"][...]).astype(jnp.float32)
+      return jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).sum(-1)
+
+    q, o = taylor("q_proj", 1), taylor("o_proj", 0)
+    kv = (taylor("k_proj", 1) + taylor("v_proj", 1)) / group
+    rows.append(q + o + jnp.repeat(kv, group))
+  return jnp.stack(rows)
+
+
+def select_heads(scores, fraction: float) -> dict[int, tuple[int, ...]]:
+  """The top ceil(fraction * L * H) heads by score (ties by position): {layer: heads}."""
+  scores = jnp.asarray(scores)
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+  n = math.ceil(round(fraction * scores.size, 9))  # round: 0.1 * 30 is 3.0000000000000004
+  order = jnp.argsort(-scores.reshape(-1), stable=True)[:n]
+  out: dict[int, list[int]] = {}
+  for flat in sorted(int(i) for i in order):
+    out.setdefault(flat // scores.shape[1], []).append(flat % scores.shape[1])
+  return {layer: tuple(h) for layer, h in out.items()}
+
+
+def write_selection(path: str, selection, scores=None, **meta) -> str:
+  """The JSON ``train.heads`` reads: {"heads": {layer: [heads]}, "scores": [[...]], ...}."""
+  data = {"heads": {str(k): list(v) for k, v in selection.items()}, **meta}
+  if scores is not None:
+    data["scores"] = [[float(x) for x in row] for row in jnp.asarray(scores)]
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(data, f, indent=1)
+  return path

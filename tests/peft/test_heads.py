@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -72,3 +73,54 @@ def test_masks_select_each_heads_slices_gqa_aware():
   assert not any(np.asarray(m).any() for p, m in zip(train.param_paths(params),
                  jax.tree.leaves(none), strict=True) if "k_proj" in p)  # fmt: skip
   assert "k_proj" not in heads.head_filter(selection, "none")
+
+
+def _gqa_model(seed=0):
+  cfg = models.named_config(
+    "tiny", vocab_size=31, n_layers=2, d_model=16, mlp_dim=32, n_heads=4, n_kv_heads=2,
+    head_dim=8,
+  )  # fmt: skip
+  return models.Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def test_alps_is_zero_for_identical_weights_symmetric_and_local():
+  base = nnx.state(_gqa_model(), nnx.Param)
+  assert float(jnp.abs(heads.alps_scores(base, base, 2, 4, 2)).max()) == 0.0
+  tuned = jax.tree.map(lambda x: x, base)
+  q = tuned["layers"][1]["attn"]["q_proj"]["kernel"]
+  q[...] = q[...].at[:, 2].add(0.5)  # move query head 2 of layer 1 only
+  s = heads.alps_scores(base, tuned, 2, 4, 2)
+  assert s.shape == (2, 4) and float(s[1, 2]) > 0
+  assert float(jnp.abs(s.at[1, 2].set(0)).max()) == 0.0
+  np.testing.assert_allclose(heads.alps_scores(tuned, base, 2, 4, 2), s, rtol=1e-6)
+
+
+def test_wasserstein_1d_by_hand():
+  # Point masses at the two ends of [0, 1]: W1 = 1; equal logits: 0.
+  a, b = jnp.asarray([50.0, 0.0, 0.0]), jnp.asarray([0.0, 0.0, 50.0])
+  assert float(heads.wasserstein_1d(a, b)) == pytest.approx(1.0, abs=1e-6)
+  assert float(heads.wasserstein_1d(a, a)) == 0.0
+
+
+def test_gradient_scores_and_selection():
+  params = nnx.state(_gqa_model(), nnx.Param)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  assert float(jnp.abs(heads.gradient_scores(params, grads, 2, 4, 2)).max()) == 0.0
+  g = grads["layers"][0]["attn"]["o_proj"]["kernel"]
+  g[...] = g[...].at[3].set(1.0)  # only head 3's output slice has a gradient
+  s = heads.gradient_scores(params, grads, 2, 4, 2)
+  want = float(jnp.abs(params["layers"][0]["attn"]["o_proj"]["kernel"][...][3]).sum())
+  assert float(s[0, 3]) == pytest.approx(want, rel=1e-5) and float(s.at[0, 3].set(0).max()) == 0
+  scores = jnp.asarray([[0.1, 0.9, 0.3, 0.2], [0.8, 0.0, 0.7, 0.05]] * 15)  # 30 x 4 = 120 heads
+  chosen = heads.select_heads(scores, 0.1)
+  assert sum(len(h) for h in chosen.values()) == 12  # ceil(0.1 x 120), not 13
+  assert chosen == {2 * i: (1,) for i in range(12)}  # the 0.9s, ties by position
+  with pytest.raises(ValueError, match="fraction"):
+    heads.select_heads(scores, 0.0)
+
+
+def test_a_written_selection_is_what_train_heads_reads(tmp_path):
+  selection = {0: (1, 3), 1: (0,)}
+  path = heads.write_selection(str(tmp_path / "h.json"), selection, jnp.ones((2, 4)), method="alps")
+  assert heads.parse_heads(path, 2, 4) == selection
+  assert json.loads(open(path).read())["method"] == "alps"
