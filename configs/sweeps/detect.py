@@ -25,16 +25,23 @@ Cells:
   {model}_mul2x2_to_add3   answers only, tested on mul2x2 (medium), and back
   {a}_to_{b}               across models: heads on model a's answers, tested on model
                            b's answers to questions a's heads never saw
-  rlstart_{variant}        FLaG's choices on rlstart's features: K = 4 / 16 (64 is the
-                           paper's), the pairwise ranking loss, distance energy, and the
-                           token-signal families only (no hidden states)
+
 On the tiny models only add3 and mul2x2 have both right and wrong answers (add5,
 mul3x2 and expr2: 0%), so level transfer is family transfer too; SmolLM2's start is
 right on add3 only, and its width differs, so its heads are retrained with the same
 hyperparameters (its in-distribution rows) rather than transferred.
 
+Variant ``ablation`` (sweep ``detect_ablation``, beside this one: it reads this sweep's
+rlstart features, so run it after or alongside): FLaG's choices on rlstart's features,
+K = 1 / 4 / 16 / 64 (64 is the paper's), the pairwise ranking loss, distance energy, and
+the token-signal families only (no hidden states).
+
+
   python -m jaxpost.sweep --config=configs/sweeps/detect.py --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/detect --out experiments/detection
+  python -m jaxpost.sweep --config=configs/sweeps/detect.py:ablation --name=detect_ablation \
+      --workers=1 --report
+  python -m jaxpost.sweep.report runs/sweeps/detect_ablation --out experiments/detection/ablation
 """
 
 from jaxpost.sweep import Sweep, cells
@@ -57,8 +64,10 @@ def _stored(model: str) -> str:
 
 
 def get_config(variant: str = "default") -> Sweep:
+  if variant == "ablation":
+    return _ablation()
   if variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; expected default")
+    raise ValueError(f"unknown variant {variant!r}; expected default | ablation")
   extract = [{"name": name, "train.init_from": ref} for name, ref in TINY.items()]
   extract.append({"name": "rlstart_sampled", "train.init_from": TINY["rlstart"],
                   "detect.temperature": 1.0})  # fmt: skip
@@ -79,18 +88,27 @@ def get_config(variant: str = "default") -> Sweep:
   for a, b in (("student40", "teacher"), ("teacher", "student40"), ("student40", "rlstart")):
     heads.append({"name": f"{a}_to_{b}", "detect.features": _stored(a),
                   "detect.test_features": _stored(b)})  # fmt: skip
-  variants = {
-    "k4": {"detect.groups": 4},
-    "k16": {"detect.groups": 16},
-    "ranking": {"detect.loss": "ranking"},
-    "distance": {"detect.energy": "distance"},
-    "no_hidden": {"detect.families": "tokens,instability"},
-  }
-  for name, overrides in variants.items():
-    heads.append({"name": f"rlstart_{name}", "detect.features": _stored("rlstart"), **overrides})
   for h in heads:  # heads only: no model is loaded
     h["train.init_from"] = ""
     if h["name"].startswith("smollm2"):
       h["config"] = "configs/flag.py:smollm2"
   return Sweep(base="configs/flag.py:tiny", cells=cells(*extract, *heads), seeds=(0, 1, 2),
                report=REPORT)  # fmt: skip
+
+
+def _ablation() -> Sweep:
+  """FLaG's choices on the main sweep's rlstart features (module doc)."""
+  features = "{root}/../detect/runs/rlstart/seed{seed}/features"  # the default sweep's
+  variants = {
+    "flag_k64": {},
+    "k1": {"detect.groups": 1},
+    "k4": {"detect.groups": 4},
+    "k16": {"detect.groups": 16},
+    "ranking": {"detect.loss": "ranking"},
+    "distance": {"detect.energy": "distance"},
+    "no_hidden": {"detect.families": "tokens,instability"},
+  }
+  heads = [{"name": name, "detect.features": features, "train.init_from": "", **overrides}
+           for name, overrides in variants.items()]  # fmt: skip
+  report = {**REPORT, "matrices": [DETECTORS + m for m in ("auroc", "ece")]}
+  return Sweep(base="configs/flag.py:tiny", cells=cells(*heads), seeds=(0, 1, 2), report=report)
