@@ -36,7 +36,6 @@ rlstart features, so run it after or alongside): FLaG's choices on rlstart's fea
 K = 1 / 4 / 16 / 64 (64 is the paper's), the pairwise ranking loss, distance energy, and
 the token-signal families only (no hidden states).
 
-
   python -m jaxpost.sweep --config=configs/sweeps/detect.py --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/detect --out experiments/detection
   python -m jaxpost.sweep --config=configs/sweeps/detect.py:ablation --name=detect_ablation \
