@@ -255,6 +255,19 @@ def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
   return step
 
 
+def step_function(
+  objective: ObjectiveFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  microbatches: int = 1,
+  schedule: optax.Schedule | None = None,
+):
+  """The un-jitted ``step(state, batch, frozen) -> (state, metrics)`` of
+  ``make_train_step``, to compose under other transforms (``vmap`` over federated
+  clients: ``jaxpost.federated.clients``)."""
+  return _step_fn(objective, optimizer, microbatches, schedule)
+
+
 def make_train_step(
   objective: ObjectiveFn,
   optimizer: optax.GradientTransformation,
