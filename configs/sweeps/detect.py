@@ -109,5 +109,7 @@ def _ablation() -> Sweep:
   }
   heads = [{"name": name, "detect.features": features, "train.init_from": "", **overrides}
            for name, overrides in variants.items()]  # fmt: skip
-  report = {**REPORT, "matrices": [DETECTORS + m for m in ("auroc", "ece")]}
+  # Every cell holds the same baselines (same features and splits): FLaG's rows matter.
+  report = {"metrics": [f"detect/flag/{m}" for m in ("auroc", "auprc", "prr", "ece", "brier")],
+            "baseline": "flag_k64"}  # fmt: skip
   return Sweep(base="configs/flag.py:tiny", cells=cells(*heads), seeds=(0, 1, 2), report=report)
