@@ -37,6 +37,7 @@ class HeadSettings:
   lr: float = 3e-3
   weight_decay: float = 1e-4
   batch_size: int = 256
+  eval_every: int = 10  # early stopping: steps between held-out evaluations
   mlp_hidden: int = 128
   mahalanobis_shrinkage: float = 0.1
 
@@ -87,7 +88,7 @@ def fit_detectors(
   standardize = flag.Standardizer.fit(_subset(train, families))
   x = standardize(train)
   train_kwargs = dict(loss=s.loss, steps=s.steps, lr=s.lr, weight_decay=s.weight_decay,
-                      batch_size=s.batch_size, seed=seed)  # fmt: skip
+                      batch_size=s.batch_size, seed=seed, eval_every=s.eval_every)  # fmt: skip
 
   def held(standardizer):
     return None if validation is None else (standardizer(validation[0]), validation[1])

@@ -73,6 +73,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.detect.lr = 3e-3  # head learning rate
   c.detect.weight_decay = 1e-4  # AdamW's decoupled decay of the heads
   c.detect.early_stopping = True  # each head stops at its best loss on the calibration answers
+  c.detect.eval_every = 10  # head steps between those evaluations
   c.detect.bootstrap = 1000  # resamples of every interval
   fields.declare(
     "detect",
@@ -102,6 +103,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     lr=fields.num(gt=0),
     weight_decay=fields.num(ge=0),
     early_stopping=fields.FLAG,
+    eval_every=fields.integer(ge=1),
     bootstrap=fields.integer(ge=10),
   )
 
@@ -141,8 +143,12 @@ def run(config, workdir: str) -> dict:
   d = config.detect
 
   # Answers and their features (or another run's features).
+  out = os.path.join(workdir, "features")
   if d.features:
     train_f = _stored(d.features)
+  elif os.path.exists(os.path.join(out, "features.json")):  # a resumed run: same config
+    logging.info("reusing the features this run extracted: %s", out)
+    train_f = _stored(out)
   else:
     model, tok = _frozen_model(config, workdir)
     try:
@@ -153,7 +159,6 @@ def run(config, workdir: str) -> dict:
       config, model, tok, config.data.levels, os.path.join(workdir, "answers.jsonl")
     )  # fmt: skip
     se = _semantic(config, model, tok, config.data.levels, workdir) if not d.records else None
-    out = os.path.join(workdir, "features")
     _extract(model, tok, records, layers, d, out, se, mesh)
     train_f = _stored(out)
   test_f = _stored(d.test_features) if d.test_features else None
@@ -164,7 +169,7 @@ def run(config, workdir: str) -> dict:
   probe = _first_layer_family(d.probe, train_f)
   settings = compare.HeadSettings(
     groups=d.groups, proj_dim=d.proj_dim, energy=d.energy, temperature=d.router_temperature,
-    loss=d.loss, steps=d.steps, lr=d.lr, weight_decay=d.weight_decay,
+    loss=d.loss, steps=d.steps, lr=d.lr, weight_decay=d.weight_decay, eval_every=d.eval_every,
   )  # fmt: skip
   y_train, y_calib, y_test = train_f["label"], calib_f["label"], test_f["label"]
   for name, y in (("training", y_train), ("calibration", y_calib), ("test", y_test)):

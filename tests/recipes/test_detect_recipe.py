@@ -60,6 +60,11 @@ def test_user_records_then_heads_from_the_stored_features(tmp_path):
   )
   for name in ("perplexity", "max_sequence_probability", "instability"):
     assert again[f"detect/{name}/auroc"] == pytest.approx(out[f"detect/{name}/auroc"])
+  # The same run again in its workdir reuses its features (nothing re-extracted).
+  stamp = os.path.getmtime(tmp_path / "a" / "features" / "features.json")
+  resumed = detect.run(_config(**{"detect.records": records}), str(tmp_path / "a"))
+  assert os.path.getmtime(tmp_path / "a" / "features" / "features.json") == stamp
+  assert resumed["detect/flag/auroc"] == pytest.approx(out["detect/flag/auroc"])
 
 
 def test_split_keeps_each_question_on_one_side_and_thins_labels():
