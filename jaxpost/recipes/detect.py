@@ -267,13 +267,27 @@ def _questions(f: dict) -> np.ndarray:
   return f.get("question", f["index"])
 
 
-def _held_out(questions: np.ndarray, fraction: float, rng) -> np.ndarray:
-  """A ``fraction`` of the distinct question ids (a question's answers stay together)."""
-  unique = np.unique(questions)
-  n = min(len(unique) - 1, max(1, int(round(fraction * len(unique)))))
-  if n < 1:
-    raise config_lib.ConfigError(f"{len(unique)} question(s): too few to hold any out")
-  return rng.choice(unique, size=n, replace=False)
+def _held_out(questions: np.ndarray, fraction: float, rng, labels=None) -> np.ndarray:
+  """A ``fraction`` of the distinct question ids (a question's answers stay together).
+  With ``labels``, that fraction of each class's questions (a question's class: its
+  first answer's label), at least one of each where a class has two or more: held-apart
+  answers that hold both outcomes even when one is rare (a strong model, 10% labels)."""
+  if labels is None:
+    groups = [np.unique(questions)]
+  else:
+    first = {}
+    for q, y in zip(questions.tolist(), np.asarray(labels).tolist(), strict=True):
+      first.setdefault(q, y)
+    groups = [np.asarray(sorted(q for q, y in first.items() if y == c)) for c in (0, 1)]
+  total = sum(len(g) for g in groups)
+  held = []
+  for group in groups:
+    n = min(len(group) - 1, max(1, int(round(fraction * len(group)))))
+    if n >= 1:
+      held.append(rng.choice(group, size=n, replace=False))
+  if not held:
+    raise config_lib.ConfigError(f"{total} question(s): too few to hold any out")
+  return np.concatenate(held)
 
 
 def _rows(f: dict, keep: np.ndarray) -> dict:
@@ -306,7 +320,7 @@ def _split(train_f, test_f, d, seed: int):
     n = len(train_f["label"])
     keep = rng.permutation(n)[: max(4, int(d.label_fraction * n))]
     train_f = _rows(train_f, np.isin(np.arange(n), keep))
-  calib = _held_out(_questions(train_f), d.calibration_fraction, rng)
+  calib = _held_out(_questions(train_f), d.calibration_fraction, rng, train_f["label"])
   is_calib = np.isin(_questions(train_f), calib)
   return _rows(train_f, ~is_calib), _rows(train_f, is_calib), test_f
 

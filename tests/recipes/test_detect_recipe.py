@@ -156,3 +156,15 @@ def test_semantic_entropy_from_sampled_answers_joins_each_answer_by_question(tmp
   detect._extract(model, tok, records, (1,), c.detect, str(tmp_path / "f"), se)
   got = detect._stored(str(tmp_path / "f"))
   np.testing.assert_allclose(got["semantic"][:, 0], [se.get(0, 0.0), se.get(3, 0.0)])
+
+
+def test_calibration_answers_hold_both_outcomes_even_when_one_is_rare():
+  # 200 questions, 3 wrong answers (a strong model): 20% held apart by class, so the
+  # calibration answers always include a wrong one, whatever the seed.
+  labels = np.ones(200, int)
+  labels[[5, 77, 150]] = 0
+  f = {"label": labels, "index": np.arange(200), "question": np.arange(200)}
+  c = _config(**{"detect.test_fraction": 0.01})
+  for seed in range(20):
+    train, calib, _ = detect._split(f, None, c.detect, seed=seed)
+    assert set(calib["label"]) == {0, 1} and set(train["label"]) == {0, 1}, seed
