@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -184,3 +185,28 @@ def key_name(k) -> str:
     if hasattr(k, attr):
       return str(getattr(k, attr))
   return str(k)
+
+
+def latest_params_tree(workdir: str, what: str = "run"):
+  """The raw ``state.params`` pytree of a run's latest checkpoint (no target)."""
+  manager = ocp.CheckpointManager(
+    os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data")
+  )
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise ValueError(f"{what} {workdir!r} has no checkpoint")
+  saved = manager.restore(step, args=ocp.args.Composite(state=raw_restore()))
+  manager.close()
+  return saved.state["params"]
+
+
+def saved_params(workdir: str) -> dict[str, np.ndarray]:
+  """{dotted path: array} of the parameters in a run's latest checkpoint: what the run
+  trained and saved (adapters only for a LoRA run)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(latest_params_tree(workdir))
+  names = [[key_name(k) for k in path] for path, _ in flat]
+  return {
+    ".".join(n[:-1] if n and n[-1] == "value" else n): np.asarray(x)
+    for n, (_, x) in zip(names, flat, strict=True)
+  }

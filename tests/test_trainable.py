@@ -148,15 +148,9 @@ def _sft_config(workdir_init="", trainable="", steps=2):
 
 
 def _saved_params(workdir):
-  import orbax.checkpoint as ocp
+  from jaxpost import checkpoint
 
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
-  saved = manager.restore(
-    manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-  )
-  manager.close()
-  flat, _ = jax.tree_util.tree_flatten_with_path(saved.state["params"])
-  return {train.path_name(path): np.asarray(x) for path, x in flat}
+  return checkpoint.saved_params(workdir)
 
 
 def test_subset_run_from_another_run_keeps_the_rest_bit_identical(tmp_path):

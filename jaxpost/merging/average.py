@@ -87,23 +87,10 @@ def merge_runs(
   Returns:
     ``out``.
   """
-  import orbax.checkpoint as ocp
-
   from jaxpost import checkpoint, workdir, zoo
 
   dirs = [zoo.resolve(r) for r in runs]
-  params = []
-  for d in dirs:
-    manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(d, "checkpoints")), item_names=("state", "data")
-    )
-    step = manager.latest_step()
-    if step is None:
-      manager.close()
-      raise ValueError(f"{d!r} has no checkpoint to merge")
-    saved = manager.restore(step, args=ocp.args.Composite(state=checkpoint.raw_restore()))
-    manager.close()
-    params.append(saved.state["params"])
+  params = [checkpoint.latest_params_tree(d, "merging") for d in dirs]
   # A run that read its tokenizer from elsewhere (tokenizer.path) holds no file to compare.
   tokenizers = {d: _read(os.path.join(d, "tokenizer.model")) for d in dirs}
   if len({t for t in tokenizers.values() if t is not None}) > 1:

@@ -8,12 +8,11 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from tiny_configs import REPO, sft_tiny  # tests/recipes
 
-from jaxpost import config_lib, peft, train
+from jaxpost import checkpoint, config_lib, peft, train
 from jaxpost.data import generated
 from jaxpost.models import hf
 from jaxpost.recipes import rl, sft
@@ -32,13 +31,7 @@ def start(tmp_path_factory):
 
 
 def _saved(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
-  saved = manager.restore(
-    manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-  )
-  manager.close()
-  flat, _ = jax.tree_util.tree_flatten_with_path(saved.state["params"])
-  return {train.path_name(path): np.asarray(x) for path, x in flat}
+  return checkpoint.saved_params(workdir)
 
 
 def _leaves(state):
