@@ -620,6 +620,12 @@ def save_model(
   """
   if max_shard_bytes <= 0:
     raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+  adapted = [".".join(map(str, p)) for p, m in nnx.iter_modules(model) if getattr(m, "lora", None)]
+  if adapted:  # their updates would be silently lost: the export writes the kernels
+    raise ValueError(
+      f"the model carries LoRA adapters ({adapted[0]}, ...): merge them first "
+      "(jaxpost.peft.merge_lora) or export the adapter (jaxpost.peft.export.save_adapter)"
+    )
   c = model.config
   arch = architecture or default_architecture(c)
   _check_architecture(c, arch)

@@ -54,3 +54,11 @@ def test_an_adapter_name_the_model_lacks_is_an_error(tmp_path):
   peft.add_lora(model, peft.LoRASettings(rank=2))
   with pytest.raises(ValueError, match="no adapter 'other'"):
     export.save_adapter(model, str(tmp_path / "a"), name="other")
+
+
+def test_a_model_with_adapters_is_not_exported_as_if_it_had_none(tmp_path):
+  model = _model()
+  peft.add_lora(model, peft.LoRASettings(rank=2))
+  with pytest.raises(ValueError, match="merge them first"):
+    hf.save_model(model, str(tmp_path / "x"))
+  hf.save_model(peft.merge_lora(model), str(tmp_path / "y"))  # merged: fine
