@@ -7,8 +7,6 @@ that loss's keyword defaults (documented in its docstring). The result is locked
 method file or a command line that sets an unknown key fails.
 """
 
-import re
-
 from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
@@ -20,6 +18,7 @@ from jaxpost.losses.head import LM_HEADS
 from jaxpost.models import NAMED_SIZES
 from jaxpost.models.decoder import LORA_INITS
 from jaxpost.optim import OPTIMIZERS, SCHEDULES
+from jaxpost.peft.lora import check_adapter_name
 
 
 def get_config(recipe: str = "sft") -> config_dict.ConfigDict:
@@ -272,7 +271,7 @@ def shared_sections() -> config_dict.ConfigDict:
     rslora=FLAG,
     targets=PATTERN,
     init=one_of(LORA_INITS),
-    name=Text("letters, digits and _", check=_adapter_name),
+    name=Text("letters, digits and _", check=check_adapter_name),
   )
 
   c.eval = config_dict.ConfigDict()
@@ -295,11 +294,6 @@ def shared_sections() -> config_dict.ConfigDict:
   )
 
   return c
-
-
-def _adapter_name(name: str) -> None:
-  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-    raise ValueError(f"adapter name {name!r}: letters, digits and _ only")
 
 
 def _check_size(size: str) -> None:

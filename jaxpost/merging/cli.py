@@ -126,6 +126,8 @@ def run(settings, out: str) -> str:
   refs = [r.strip() for r in s.models.split(",") if r.strip()]
   if not refs:
     raise ValueError("merge.models is empty")
+  if os.path.exists(out) and os.listdir(out):  # before any model is loaded
+    raise ValueError(f"{out!r} is not empty")
   loaded = [load_source(r) for r in refs + ([s.base] if s.base else [])]
   models = _align([m for m, _, _ in loaded], s.vocab, s.untie)
   trees = [nnx.state(m, nnx.Param) for m in models]
@@ -133,8 +135,6 @@ def run(settings, out: str) -> str:
   merged = merge_params(s.method, trees, base, s)
   model = models[0]
   nnx.update(model, merged)
-  if os.path.exists(out) and os.listdir(out):
-    raise ValueError(f"{out!r} is not empty")
   os.makedirs(out, exist_ok=True)
   first_tok, first_config = loaded[0][1], loaded[0][2]
   if s.format == "hf":
@@ -162,7 +162,7 @@ def _write_identity(out: str, source: str, recorded: dict | None) -> None:
   if recorded is None:  # an HF source: a run that builds it from the directory
     recorded = {"recipe": "sft", "model.hf_dir": source}
   elif not (recorded.get("tokenizer.path") or recorded.get("model.gguf")):
-    shutil.copyfile(common._run_tokenizer(source), os.path.join(out, "tokenizer.model"))
+    shutil.copyfile(common.run_tokenizer(source), os.path.join(out, "tokenizer.model"))
   flat = {**recorded, "lora.rank": 0, "train.init_from": "", "train.trainable": "",
           "train.heads": ""}  # fmt: skip
   with open(os.path.join(out, workdir.IDENTITY_FILE), "w", encoding="utf-8") as f:

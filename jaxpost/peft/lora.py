@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 
 import jax.numpy as jnp
 from flax import nnx
@@ -56,12 +57,17 @@ class LoRASettings:
       raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
     if self.init not in LORA_INITS:
       raise ValueError(f"LoRA init {self.init!r}; expected one of {LORA_INITS}")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
-      raise ValueError(f"adapter name {self.name!r}: letters, digits and _ only")
+    check_adapter_name(self.name)
     try:
       re.compile(self.targets)
     except re.error as e:
       raise ValueError(f"LoRA targets {self.targets!r}: not a regular expression ({e})") from None
+
+
+def check_adapter_name(name: str) -> None:
+  """Adapter names become path keys (``layers.0.attn.q_proj.lora.NAME.a``)."""
+  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+    raise ValueError(f"adapter name {name!r}: letters, digits and _ only")
 
 
 def _linears(model: nnx.Module):
@@ -115,8 +121,6 @@ def add_lora(model: nnx.Module, settings: LoRASettings, *, seed: int = 0) -> lis
 
 
 def _path_seed(seed: int, name: str, path: str) -> int:
-  import zlib
-
   return (seed * 1_000_003 + zlib.crc32(f"{name}:{path}".encode())) % (2**31)
 
 

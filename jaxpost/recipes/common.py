@@ -31,12 +31,13 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxpost import checkpoint, config_lib, metrics, models, optim, sharding, train, zoo
+from jaxpost import checkpoint, config_lib, metrics, models, optim, peft, sharding, train, zoo
 from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from jaxpost.eval import accuracy, heldout
 from jaxpost.models import gguf, hf
+from jaxpost.peft import heads
 
 
 def validate_and_start(config, workdir: str, recipe: str):
@@ -66,11 +67,11 @@ def load_tokenizer(config, workdir: str, *, teacher: bool = False):
   if not init and teacher:
     init = zoo.resolve(config.teacher.init_from)
   if init and not (config.tokenizer.path or config.model.hf_dir or config.model.gguf):
-    return SentencePieceTokenizer.load(_run_tokenizer(init))
+    return SentencePieceTokenizer.load(run_tokenizer(init))
   return sharding.primary_first(lambda: pipeline.prepare_tokenizer(config, workdir))
 
 
-def _run_tokenizer(run: str) -> str:
+def run_tokenizer(run: str) -> str:
   """The tokenizer file a run used: its own, or (a run started from another, which
   writes none) that of the run it started from, and so on."""
   name = pipeline.TOKENIZER_PREFIX + ".model"
@@ -142,8 +143,6 @@ def build_model(
       raise config_lib.ConfigError(f"model.keep_layers: {e}") from None
     model = models.keep_layers(model, indices)
   if adapters and config.lora.rank:
-    from jaxpost import peft
-
     try:
       peft.add_lora(model, lora_settings(config), seed=config.seed)
     except ValueError as e:
@@ -167,8 +166,6 @@ def build_model(
 
 
 def _head_selection(config, model_config):
-  from jaxpost.peft import heads
-
   try:
     return heads.parse_heads(config.train.heads, model_config.n_layers, model_config.n_heads)
   except (ValueError, OSError) as e:
@@ -179,8 +176,6 @@ def head_masks(config, model_config):
   """``train.heads``' per-entry optimiser masks (``peft.heads``), or None."""
   if not config.train.heads:
     return None
-  from jaxpost.peft import heads
-
   selection = _head_selection(config, model_config)
   m = model_config
   return heads.head_masks(selection, m.n_heads, m.n_kv_heads, config.train.heads_kv)
@@ -192,14 +187,10 @@ def trainable_filter(config, model_config=None):
   entries masked in the optimiser); else ``train.trainable``'s parameters (all when
   empty)."""
   if config.train.heads:
-    from jaxpost.peft import heads
-
     selection = _head_selection(config, model_config)
     return train.trainable_filter(heads.head_filter(selection, config.train.heads_kv))
   if not config.lora.rank:
     return train.trainable_filter(config.train.trainable)
-  from jaxpost import peft
-
   if not config.train.trainable:
     return peft.adapter_filter()
   return nnx.Any(peft.adapter_filter(), train.trainable_filter(config.train.trainable))
@@ -219,8 +210,6 @@ def _load_chain(run: str, params, depth: int = 0):
 
 def lora_settings(config):
   """``config.lora`` as ``peft.LoRASettings``."""
-  from jaxpost import peft
-
   c = config.lora
   return peft.LoRASettings(targets=c.targets, rank=c.rank, alpha=c.alpha, rslora=c.rslora,
                            init=c.init, name=c.name)  # fmt: skip
@@ -713,7 +702,6 @@ def export_hf(run: Run, out_dir: str) -> str:
     hf_tok = run.tok if isinstance(run.tok, HFTokenizer) else None
     model = nnx.merge(run.graphdef, params, run.frozen["rest"])
     if run.config.lora.rank:
-      from jaxpost import peft
       from jaxpost.peft import export as peft_export
 
       adapter_dir, base = out_dir.rstrip("/") + "_adapter", run.config.model.hf_dir
