@@ -230,15 +230,12 @@ def test_every_registered_hyperparameter_is_documented():
       assert not missing, f"{registry.kind} {name!r}: undocumented {missing}"
 
 
-TOOL_CONFIGS = ("merge.py",)  # configs of other commands (python -m jaxpost.merge): no recipe
-
-
 def _shipped_configs():
   """(file, variant) for every recipe config file next to base.py; sft.py's variants by
   name."""
   out = []
   for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
-    if name.endswith(".py") and name != "base.py" and name not in TOOL_CONFIGS:
+    if name.endswith(".py") and name != "base.py":
       variants = ("tiny", "qwen2.5-0.5b") if name == "sft.py" else (None,)
       out += [(name, v) for v in variants]
   return out

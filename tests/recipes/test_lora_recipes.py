@@ -15,6 +15,7 @@ from tiny_configs import REPO, sft_tiny  # tests/recipes
 from jaxpost import checkpoint, config_lib, peft, train
 from jaxpost.data import generated
 from jaxpost.models import hf
+from jaxpost.recipes import merge as merge_recipe
 from jaxpost.recipes import rl, sft
 
 pytestmark = pytest.mark.usefixtures("subprocess_env")
@@ -149,6 +150,23 @@ def test_merge_cli_runs_and_hf_dirs(tmp_path, start):
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   sft.run(sft_tiny(**{"train.init_from": out, "train.steps": 1}), str(tmp_path / "next"))
+
+  # recipe=merge: the same merge as the run's step-0 checkpoint, evaluated; a rerun reuses it.
+  recipe = str(tmp_path / "recipe")
+  rc = config_lib.load_config(os.path.join(REPO, "configs/merge.py:default"))
+  for field, value in {"merge.models": f"{a},{b}", "merge.base": start, "merge.method": "ties",
+                       "merge.density": 0.5, "eval.num_examples": 4, "eval.batch_size": 4,
+                       "eval.max_new_tokens": 4, "data.levels": "add3:1.0"}.items():  # fmt: skip
+    config_lib.set_field(rc, field, value)
+  summary = merge_recipe.run(rc, recipe)
+  assert "eval/accuracy/add3" in summary and summary["step"] == 0
+  for x, y in zip(jax.tree.leaves(nnx.state(generated.load_run(recipe)[0], nnx.Param)),
+                  jax.tree.leaves(want), strict=True):  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert not [f for f in os.listdir(recipe) if f.startswith("merging.")]  # no temp left
+  with pytest.MonkeyPatch.context() as mp:  # resumed: the checkpoint is the merge
+    mp.setattr(cli, "run", lambda *a: pytest.fail("merged again"))
+    assert merge_recipe.run(rc, recipe)["eval/accuracy/add3"] == summary["eval/accuracy/add3"]
 
   c.update(format="hf", method="linear", base="")
   hf_out = cli.run(c, str(tmp_path / "hf"))
