@@ -71,8 +71,12 @@ def get_config(variant: str = "default") -> Sweep:
       "train.progress": False,
     },
     report={
-      "metrics": ["eval/accuracy", "eval/accuracy/add5", "eval/accuracy/mul2x2",
-                  "eval/accuracy/add3"],  # fmt: skip
+      "metrics": [
+        "eval/accuracy",
+        "eval/accuracy/add5",
+        "eval/accuracy/mul2x2",
+        "eval/accuracy/add3",
+      ],  # fmt: skip
       "baseline": "multitask",
       "scale": 100.0,
       "unit": "%",

@@ -83,11 +83,19 @@ class Server:
 
   def step(self, global_params, stacked_clients, sizes: Sequence[int]):
     """The new global parameters (dtypes kept) from one round's clients."""
-    delta = weighted_delta(global_params, stacked_clients, client_weights(sizes))
-    g32 = jax.tree.map(lambda x: x.astype(jnp.float32), global_params)
-    updates, self.state = self.optimizer.update(jax.tree.map(jnp.negative, delta), self.state, g32)
-    new = optax.apply_updates(g32, updates)
-    return jax.tree.map(lambda n, g: n.astype(g.dtype), new, global_params)
+    new, self.state = server_update(
+      self.optimizer, global_params, self.state, stacked_clients, client_weights(sizes)
+    )
+    return new
+
+
+def server_update(optimizer, global_params, opt_state, stacked_clients, weights):
+  """``Server.step`` as a pure function: (new global parameters, new server state)."""
+  delta = weighted_delta(global_params, stacked_clients, weights)
+  g32 = jax.tree.map(lambda x: x.astype(jnp.float32), global_params)
+  updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, delta), opt_state, g32)
+  new = optax.apply_updates(g32, updates)
+  return jax.tree.map(lambda n, g: n.astype(g.dtype), new, global_params), opt_state
 
 
 def lora_product_mean(a: jax.Array, b: jax.Array, weights: jax.Array) -> jax.Array:
@@ -102,6 +110,36 @@ def refactor(delta: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
   u, s, vt = jnp.linalg.svd(delta, full_matrices=False)
   root = jnp.sqrt(s[:rank])
   return u[:, :rank] * root[None], root[:, None] * vt[:rank]
+
+
+def lora_exact_mean(stacked_clients, weights: jax.Array):
+  """Every adapter of stacked client states ([C, ...] leaves named ``....a`` / ``....b``,
+  A [*in, r] and B [r, *out] per client) replaced by the rank-r factors of the exact
+  weighted mean of its products, sum_k w_k A_k B_k (``lora_product_mean`` +
+  ``refactor``); the result has no client axis. Leaves that are not adapter factors
+  are averaged."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(stacked_clients)
+  names = [_key_path(p) for p, _ in flat]
+  index = {n: i for i, n in enumerate(names)}
+  out = [jnp.tensordot(weights, x.astype(jnp.float32), axes=1).astype(x.dtype) for _, x in flat]
+  for i, name in enumerate(names):
+    if not name.endswith(".a") or name[:-2] + ".b" not in index:
+      continue
+    j = index[name[:-2] + ".b"]
+    a, b = flat[i][1], flat[j][1]
+    rank = a.shape[-1]
+    in_shape, out_shape = a.shape[1:-1], b.shape[2:]
+    delta = lora_product_mean(a.reshape(a.shape[0], -1, rank), b.reshape(b.shape[0], rank, -1),
+                              weights)  # fmt: skip
+    new_a, new_b = refactor(delta, rank)
+    out[i] = new_a.reshape(*in_shape, rank).astype(a.dtype)
+    out[j] = new_b.reshape(rank, *out_shape).astype(b.dtype)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _key_path(path) -> str:
+  parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return ".".join(p for p in parts if p != "value")
 
 
 def payload_bytes(tree) -> int:

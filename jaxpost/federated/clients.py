@@ -28,17 +28,23 @@ def unstack(tree, n: int) -> list:
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
-def local_rounds(step_fn: Callable, states, batches, frozen):
-  """Every client's local steps: ``states`` [C, ...], ``batches`` [C, S, ...] (S steps
-  each), ``frozen`` shared. Returns (states [C, ...], metrics [C, S])."""
+def make_local_rounds(step_fn: Callable):
+  """``local(states, batches, frozen) -> (states [C, ...], metrics [C, S])``, jitted once:
+  every client's local steps, ``states`` [C, ...], ``batches`` [C, S, ...] (S steps
+  each), ``frozen`` shared by all clients."""
 
-  def one_client(state, client_batches):
+  def one_client(state, client_batches, frozen):
     def body(s, batch):
       return step_fn(s, batch, frozen)
 
     return jax.lax.scan(body, state, client_batches)
 
-  return jax.jit(jax.vmap(one_client))(states, batches)
+  return jax.jit(jax.vmap(one_client, in_axes=(0, 0, None)))
+
+
+def local_rounds(step_fn: Callable, states, batches, frozen):
+  """``make_local_rounds(step_fn)(states, batches, frozen)`` (compiles on every call)."""
+  return make_local_rounds(step_fn)(states, batches, frozen)
 
 
 def broadcast(tree, n: int):

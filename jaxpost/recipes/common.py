@@ -507,6 +507,7 @@ def setup(
   total_updates: int,
   updates_per_step: int = 1,
   step_zero: dict | None = None,
+  optimizer=None,
 ):
   """Builds the trained model, its train state and frozen rest, and resumes if it can.
 
@@ -519,6 +520,8 @@ def setup(
     updates_per_step: optimiser updates per recipe step (``teacher.sync_every`` counts
       recipe steps).
     step_zero: extra metrics written once at step 0 of a fresh run.
+    optimizer: the state's optimizer instead of ``config.optim``'s (a federated run's
+      server optimizer: its state is checkpointed with the global parameters).
 
   Returns:
     a ``Run``; ``run.first_step`` is the restored step (0 on a fresh run).
@@ -529,9 +532,8 @@ def setup(
   if t.follow:  # a copy of the student in the optimizer state (checkpointed with it)
     follow = optim.follow_params(t.follow, every=t.sync_every * updates_per_step, decay=t.ema_decay)
   masks = head_masks(config, model.config)
-  optimizer, schedule = optim.make_optimizer(
-    config.optim, total_updates, follow=follow, trainable=masks
-  )
+  own, schedule = optim.make_optimizer(config.optim, total_updates, follow=follow, trainable=masks)
+  optimizer = own if optimizer is None else optimizer
   graphdef, params, rest = train.split_model(model, trainable_filter(config, model.config))
   if not jax.tree.leaves(params):
     raise config_lib.ConfigError(f"train.trainable={config.train.trainable!r} matches no parameter")
