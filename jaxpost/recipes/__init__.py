@@ -21,7 +21,9 @@ from jaxpost.registry import Registry
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
 RECIPES = Registry(
   "recipe",
-  builtins=tuple(f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd", "detect", "merge", "federated")),
+  builtins=tuple(
+    f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd", "detect", "merge", "federated")
+  ),
 )
 register = RECIPES.register
 
