@@ -557,6 +557,21 @@ class Attention(nnx.Module):
     block = _CAUSAL_BLOCK if cache is None else 0
     return self.o_proj(attention(q, k, v, mask, causal_block=block)), cache
 
+  def probabilities(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """f32[B, H, T, T]: every query head's attention distribution over the T tokens
+    (no cache), the softmax ``__call__`` takes; for analysis (attention maps)."""
+    q, k = fused_linear(x, (self.q_proj, self.k_proj))
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    theta, scaling = self.config.rope_theta, self.config.rope_scaling
+    q, k = rope(q, positions, theta, scaling), rope(k, positions, theta, scaling)
+    g = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, g, axis=2)  # query head h reads kv head h // g
+    e = q.shape[-1]
+    scores = jnp.einsum("bthe,bshe->bhts", q.astype(jnp.float32), k.astype(jnp.float32)) * e**-0.5
+    scores = jnp.where(mask[:, None], scores, _MASK_VALUE)
+    return jax.nn.softmax(scores, axis=-1)
+
 
 class MLP(nnx.Module):
   """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
@@ -653,6 +668,28 @@ class Decoder(nnx.Module):
     """f32[B, T, V] logits of i32[B, T] tokens; see ``forward`` for the arguments."""
     return self.forward(tokens, positions=positions, segment_ids=segment_ids).logits
 
+  def attention_maps(
+    self, tokens: jax.Array, layers: Sequence[int], *, segment_ids: jax.Array | None = None
+  ) -> dict[int, jax.Array]:
+    """{layer: f32[B, H, T, T]} attention probabilities of blocks ``layers`` on i32[B, T]
+    tokens (positions restart per segment, as in packed training rows)."""
+    b, t = tokens.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    positions = _segment_positions(segment_ids)
+    mask = make_attention_mask(segment_ids, segment_ids)
+    inputs = [i - 1 for i in layers if i > 0]  # block i reads block i - 1's output stream
+    streams = dict(zip(inputs, self.forward(tokens, positions=positions, segment_ids=segment_ids,
+                                            hidden_layers=tuple(inputs), compute_logits=False
+                                            ).hidden_states, strict=True))  # fmt: skip
+    embedded = jnp.take(self.embed[...], tokens, axis=0).astype(self.config.jnp_dtype)
+    out = {}
+    for i in layers:
+      block = self.layers[i]
+      x = streams[i - 1] if i > 0 else embedded
+      out[i] = block.attn.probabilities(block.input_norm(x), positions, mask)
+    return out
+
   def forward(
     self,
     tokens: jax.Array,
@@ -732,6 +769,17 @@ class Decoder(nnx.Module):
       hidden_states=tuple(streams[i] for i in wanted),
       cache=cache,
     )
+
+
+def _segment_positions(segment_ids: jax.Array) -> jax.Array:
+  """i32[B, T] positions counting from 0 at each segment's first token."""
+  t = segment_ids.shape[1]
+  index = jnp.arange(t, dtype=jnp.int32)[None]
+  starts = jnp.concatenate(
+    [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+  )
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+  return index - first
 
 
 @functools.cache
