@@ -13,11 +13,19 @@ held-out mul2x2, 0% add5) as the common base:
                arithmetic's lambda = 1 adds both vectors whole; linear = their average =
                task arithmetic at lambda 1/2; SLERP halfway; BAI w = v = 1/2 with the
                add expert as "instruct" and the mul expert as "distill")
+Variant ``lora`` (sweep ``merging_lora``): the experts and the multi-task model are
+LoRA fine-tunes (r = 8 on every projection, lr 3e-3), so each task vector is the
+product of an adapter's factors, small and low-rank (the merge folds each adapter into
+its run's weights first).
+
 Every cell is evaluated on 200 held-out add5 and mul2x2 problems (eval.levels; headline
 eval/accuracy = their mean) and on add3 at the end (what the base knew: forgetting).
 
   python -m jaxpost.sweep --config=configs/sweeps/merging.py --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/merging --out experiments/merging
+  python -m jaxpost.sweep --config=configs/sweeps/merging.py:lora --name=merging_lora \
+      --workers=1 --report
+  python -m jaxpost.sweep.report runs/sweeps/merging_lora --out experiments/merging/lora
 
 Cells run in order with one worker: the merge cells read the experts through
 ``{root}``.
@@ -51,15 +59,23 @@ METHODS = {
 }
 
 
+LORA = {
+  "lora.rank": 8,
+  "lora.targets": r"(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
+  "optim.lr": 3e-3,
+}
+
+
 def get_config(variant: str = "default") -> Sweep:
-  if variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; expected default")
+  if variant not in ("default", "lora"):
+    raise ValueError(f"unknown variant {variant!r}; expected default | lora")
+  train = {**TRAIN, **(LORA if variant == "lora" else {})}
   return Sweep(
     base="configs/merge.py:default",
     cells=cells(
-      {"name": "add_expert", **TRAIN, "data.levels": "add5:1.0", "train.steps": 200},
-      {"name": "mul_expert", **TRAIN, "data.levels": "mul2x2:1.0", "train.steps": 200},
-      {"name": "multitask", **TRAIN, "data.levels": "add5:1.0,mul2x2:1.0", "train.steps": 400},
+      {"name": "add_expert", **train, "data.levels": "add5:1.0", "train.steps": 200},
+      {"name": "mul_expert", **train, "data.levels": "mul2x2:1.0", "train.steps": 200},
+      {"name": "multitask", **train, "data.levels": "add5:1.0,mul2x2:1.0", "train.steps": 400},
       {"name": "base", "config": "configs/merge.py:default", "merge.models": BASE},
       *({"name": name, **MERGE, **extra} for name, extra in METHODS.items()),
     ),
