@@ -34,8 +34,12 @@ def get_config(variant: str = "default") -> Sweep:
     cells=cells(
       {"name": "fedavg_iid", "fed.method": "fedavg", "fed.partition": "iid"},
       {"name": "fedavg", "fed.method": "fedavg"},
-      {"name": "fedprox", "fed.method": "fedavg", "fed.aggregator": "fedprox",
-       "optim.l2_to_start": 0.01},  # fmt: skip
+      {
+        "name": "fedprox",
+        "fed.method": "fedavg",
+        "fed.aggregator": "fedprox",
+        "optim.l2_to_start": 0.01,
+      },  # fmt: skip
       {"name": "fedavg_exact", "fed.method": "fedavg", "fed.lora_aggregation": "product"},
       {"name": "fedsd", "fed.method": "fedsd", **SD},
       {"name": "fedsd_answer", "fed.method": "fedsd", "fed.rewrite_context": "answer"},
@@ -44,8 +48,13 @@ def get_config(variant: str = "default") -> Sweep:
     seeds=(0, 1, 2),
     fixed={"train.steps": 20, "eval.every": 10, "train.progress": False},
     report={
-      "metrics": ["eval/accuracy", "eval/accuracy/add3", "eval/accuracy/mul2x2",
-                  "eval_clients/accuracy", "rewrite/correct"],  # fmt: skip
+      "metrics": [
+        "eval/accuracy",
+        "eval/accuracy/add3",
+        "eval/accuracy/mul2x2",
+        "eval_clients/accuracy",
+        "rewrite/correct",
+      ],  # fmt: skip
       "baseline": "fedavg",
       "curves": ["eval/accuracy"],
       "scale": 100.0,

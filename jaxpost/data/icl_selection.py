@@ -43,7 +43,7 @@ def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
   if not 0 < fraction <= 1:
     raise ValueError(f"fraction must be in (0, 1], got {fraction}")
   scores = np.asarray(scores, np.float64)
-  k = math.ceil(fraction * scores.size)
+  k = math.ceil(round(fraction * scores.size, 9))  # round: 0.1 * 30 is 3.0000000000000004
   order = np.lexsort((np.arange(scores.size), -scores))  # by score desc, then index
   return np.sort(order[:k])
 

@@ -19,12 +19,8 @@ import sys
 from jaxpost.registry import Registry
 
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
-RECIPES = Registry(
-  "recipe",
-  builtins=tuple(
-    f"jaxpost.recipes.{m}" for m in ("sft", "rl", "mot", "gkd", "detect", "merge", "federated")
-  ),
-)
+_BUILTINS = ("sft", "rl", "mot", "gkd", "detect", "merge", "federated", "p2d")
+RECIPES = Registry("recipe", builtins=tuple(f"jaxpost.recipes.{m}" for m in _BUILTINS))
 register = RECIPES.register
 
 
