@@ -264,8 +264,10 @@ def shared_sections() -> config_dict.ConfigDict:
   c.lora.targets = r"attn\.(q|k|v|o)_proj$"  # regex over linear paths: layers.3.mlp.up_proj
   c.lora.init = "kaiming"  # A's init: kaiming (PEFT's default) | gaussian; B = 0
   c.lora.name = "default"  # the adapter's name (a model may carry several)
+  c.lora.dropout = 0.0  # dropout on the adapters' inputs in train steps (not the LM head's)
   declare(
     "lora",
+    dropout=num(ge=0, lt=1),
     rank=integer(ge=0),
     alpha=num(gt=0),
     rslora=FLAG,

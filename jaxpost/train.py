@@ -233,6 +233,7 @@ def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
 
   def step(state: TrainState, batch, frozen: dict):
     frozen = with_followed_teacher(frozen, state.opt_state)
+    frozen = with_dropout_keys(frozen, state)
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, frozen, batch, microbatches
     )
@@ -253,6 +254,27 @@ def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
     return new, out
 
   return step
+
+
+def with_dropout_keys(frozen: dict, state: TrainState) -> dict:
+  """``frozen`` with every LoRA dropout key of the trained model's rest replaced by this
+  step's (from ``state.rng`` and ``state.step``: a resumed run draws the same masks;
+  each adapter its own). A model without dropout passes through unchanged."""
+  rest = frozen.get("rest")
+  if rest is None:
+    return frozen
+  flat, treedef = jax.tree_util.tree_flatten_with_path(rest)
+  slots = [i for i, (path, _) in enumerate(flat) if "dropout_key" in path_name(path).split(".")]
+  if not slots:
+    return frozen
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  leaves = [x for _, x in flat]
+  for n, i in enumerate(slots):
+    key = jax.random.fold_in(step_key, n)
+    # Never all zeros (zeros = off): fold again in the ~2^-64 case it is.
+    data = jax.random.key_data(key)
+    leaves[i] = jnp.where(jnp.any(data != 0), data, jnp.asarray([0, 1], data.dtype))
+  return {**frozen, "rest": jax.tree_util.tree_unflatten(treedef, leaves)}
 
 
 def step_function(

@@ -32,9 +32,15 @@ def get_config(variant: str = "default") -> Sweep:
     base="configs/p2d.py",
     cells=cells(
       {"name": "full", "p2d.heads": "all", "p2d.data": "all"},
-      {"name": "lora", "p2d.heads": "all", "p2d.data": "all", "lora.rank": 8,
-       "lora.targets": r"(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
-       "optim.lr": 3e-3, **REF},  # fmt: skip
+      {
+        "name": "lora",
+        "p2d.heads": "all",
+        "p2d.data": "all",
+        "lora.rank": 8,
+        "lora.targets": r"(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
+        "optim.lr": 3e-3,
+        **REF,
+      },  # fmt: skip
       {"name": "p2d", **REF},
       {"name": "p2d_gradient", "p2d.heads": "gradient", **REF},
       {"name": "random_data", "p2d.data": "random", **REF},
@@ -44,8 +50,12 @@ def get_config(variant: str = "default") -> Sweep:
     seeds=(0, 1, 2),
     fixed={"train.progress": False},
     report={
-      "metrics": ["eval/accuracy", "p2d/aer", "p2d/kept_target_fraction",
-                  "p2d/end_to_end_s"],  # fmt: skip
+      "metrics": [
+        "eval/accuracy",
+        "p2d/aer",
+        "p2d/kept_target_fraction",
+        "p2d/end_to_end_s",
+      ],  # fmt: skip
       "baseline": "full",
     },
   )

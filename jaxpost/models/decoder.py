@@ -355,6 +355,12 @@ class Linear(nnx.Module):
     return kernel
 
 
+class DropoutKey(nnx.Variable):
+  """Raw PRNG key data (u32[2]) of a LoRA's dropout; all zeros = dropout off. Lives in
+  the model's frozen rest: the train step writes a fresh key for each step
+  (``train.with_dropout_keys``); evaluation and sampling see the stored zeros."""
+
+
 class LoRA(nnx.Module):
   """A low-rank update scale * A B of a ``Linear``'s kernel (LoRA, Hu et al. 2021).
 
@@ -366,6 +372,8 @@ class LoRA(nnx.Module):
   Args:
     init: A's initialisation: "kaiming" (uniform with bound 1 / sqrt(fan_in), what
       PEFT's default gives) or "gaussian" (normal with std 1 / r, PEFT's "gaussian").
+    dropout: inverted dropout on the adapter's input (PEFT's ``lora_dropout``): in
+      train steps only (``DropoutKey``); the base path never drops.
   """
 
   def __init__(
@@ -378,6 +386,7 @@ class LoRA(nnx.Module):
     alpha: float,
     rslora: bool = False,
     init: str = "kaiming",
+    dropout: float = 0.0,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -386,7 +395,12 @@ class LoRA(nnx.Module):
     if init not in LORA_INITS:
       raise ValueError(f"LoRA init {init!r}; expected one of {LORA_INITS}")
     self.rank = rank
+    if not 0 <= dropout < 1:
+      raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
     self.scale = float(alpha) / (math.sqrt(rank) if rslora else rank)
+    self.dropout = float(dropout)
+    if dropout:
+      self.dropout_key = DropoutKey(jnp.zeros((2,), jnp.uint32))
     self.enabled = True
     fan_in = math.prod(in_shape)
     if init == "kaiming":
@@ -406,7 +420,19 @@ class LoRA(nnx.Module):
     """scale (x A) B: [N, prod(in_shape)] -> [N, prod(out_shape)] in x's dtype."""
     a = self.a[...].astype(x2.dtype).reshape(-1, self.rank)
     b = self.b[...].astype(x2.dtype).reshape(self.rank, -1)
+    if self.dropout:
+      x2 = self._dropped(x2)
     return _matmul(_matmul(x2, a), b * self.scale)
+
+  def _dropped(self, x: jax.Array) -> jax.Array:
+    raw = self.dropout_key[...]
+    keep = 1.0 - self.dropout
+
+    def drop(x):
+      mask = jax.random.bernoulli(jax.random.wrap_key_data(raw), keep, x.shape)
+      return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+    return jax.lax.cond(jnp.any(raw != 0), drop, lambda x: x, x)
 
   def kernel_delta(self) -> jax.Array:
     """scale A B: [*in_shape, *out_shape] in f32."""

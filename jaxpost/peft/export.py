@@ -64,7 +64,7 @@ def save_adapter(model, out_dir: str, *, name: str = "default", base_model: str 
     "lora_alpha": scale * rank,
     "use_rslora": False,  # the scale is folded into lora_alpha above
     "target_modules": modules,  # full names: PEFT matches them exactly
-    "lora_dropout": 0.0,
+    "lora_dropout": max((a.dropout for a in adapters.values()), default=0.0),
     "bias": "none",
     "fan_in_fan_out": False,
     "init_lora_weights": True,

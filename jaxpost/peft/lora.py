@@ -43,6 +43,8 @@ class LoRASettings:
     rslora: rank-stabilised scaling.
     init: A's initialisation (``LORA_INITS``); B is zero.
     name: the adapter's name: a model may carry several (``set_enabled`` picks).
+    dropout: dropout on the adapter's input in train steps (PEFT's ``lora_dropout``);
+      the LM head's adapter, added to the head matrix, takes none.
   """
 
   targets: str = ATTENTION
@@ -51,6 +53,7 @@ class LoRASettings:
   rslora: bool = False
   init: str = "kaiming"
   name: str = "default"
+  dropout: float = 0.0
 
   def __post_init__(self):
     if self.rank < 1:
@@ -102,6 +105,7 @@ def add_lora(model: nnx.Module, settings: LoRASettings, *, seed: int = 0) -> lis
       alpha=settings.alpha,
       rslora=settings.rslora,
       init=settings.init,
+      dropout=0.0 if path == "lm_head" else settings.dropout,
       param_dtype=kernel.dtype,
       rngs=nnx.Rngs(params=_path_seed(seed, settings.name, path)),
     )

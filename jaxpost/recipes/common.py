@@ -212,7 +212,7 @@ def lora_settings(config):
   """``config.lora`` as ``peft.LoRASettings``."""
   c = config.lora
   return peft.LoRASettings(targets=c.targets, rank=c.rank, alpha=c.alpha, rslora=c.rslora,
-                           init=c.init, name=c.name)  # fmt: skip
+                           init=c.init, name=c.name, dropout=c.dropout)  # fmt: skip
 
 
 def frozen_model(config, vocab_size: int, **source):

@@ -215,3 +215,72 @@ def test_adapters_merge_as_task_vectors_of_their_product():
     np.testing.assert_allclose(trimmed[k], vx[k], rtol=1e-6)
   with pytest.raises(ValueError, match="no adapter 'z'"):
     lora_lib.task_vector(model, "z")
+
+
+def _batch(t):
+  return Batch(tokens=t, targets=jnp.roll(t, -1, 1), loss_mask=jnp.ones(t.shape),
+               segment_ids=jnp.ones(t.shape, jnp.int32),
+               positions=jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape),
+               roles=jnp.full(t.shape, ROLE_ANSWER))  # fmt: skip
+
+
+def test_dropout_is_off_outside_train_steps_and_unbiased_inside():
+  """A dropout adapter evaluates exactly like the same adapter without dropout (its
+  stored key is zeros); a step's key drops inputs, differently per step and adapter,
+  the same again for the same step; over many keys the update averages to the plain one."""
+  plain, dropped = _model(), _model()
+  peft.add_lora(plain, peft.LoRASettings(targets=EVERYTHING, rank=4))
+  peft.add_lora(dropped, peft.LoRASettings(targets=EVERYTHING, rank=4, dropout=0.5))
+  _randomize_b(plain)
+  _randomize_b(dropped)
+  t = _tokens()
+  assert np.asarray(plain(t)).tobytes() == np.asarray(dropped(t)).tobytes()
+  assert dropped.lm_head.lora["default"].dropout == 0.0  # added to the head matrix: none
+  graphdef, params, rest = train.split_model(dropped, peft.adapter_filter())
+  state = train.init_train_state(params, optax.sgd(0.0), 3)
+
+  def logits(step):
+    frozen = train.with_dropout_keys({"rest": rest}, state.replace(step=jnp.int32(step)))
+    keys = [x for p, x in zip(train.param_paths(frozen["rest"]), jax.tree.leaves(frozen["rest"]),
+                               strict=True) if "dropout_key" in p]  # fmt: skip
+    assert len(keys) == 2 * 7 and len({np.asarray(k).tobytes() for k in keys}) == 14
+    return nnx.merge(graphdef, params, frozen["rest"])(t)
+
+  a, b = logits(1), logits(2)
+  assert not np.allclose(a, b) and np.asarray(logits(1)).tobytes() == np.asarray(a).tobytes()
+  # Inverted dropout: E[mask x / keep] = x, so the adapter's update is unbiased.
+  layer = dropped.layers[0].mlp.up_proj
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32)), jnp.float32)
+  adapter = layer.lora["default"]
+  want = np.asarray(adapter.update(x))  # key zeros: no dropout
+  draws = []
+  for i in range(400):
+    adapter.dropout_key[...] = jax.random.key_data(jax.random.key(i + 1))
+    draws.append(np.asarray(adapter.update(x)))
+  np.testing.assert_allclose(np.mean(draws, 0), want, atol=0.15 * np.abs(want).max())
+  assert np.abs(draws[0] - want).max() > 0.1 * np.abs(want).max()
+
+
+def test_a_dropout_step_trains_only_the_adapters_and_replays_exactly():
+  model = _model()
+  peft.add_lora(model, peft.LoRASettings(targets=EVERYTHING, rank=4, dropout=0.3))
+  _randomize_b(model)  # B = 0 would hide what dropout does to the input
+  graphdef, params, rest = train.split_model(model, peft.adapter_filter())
+  optimizer = optax.adam(1e-2)
+  step = train.make_train_step(train.objective_for("cross_entropy", graphdef), optimizer,
+                               donate=False)  # fmt: skip
+  batch = _batch(_tokens())
+  s0 = train.init_train_state(params, optimizer, 0)
+  s1, m1 = step(s0, batch, {"rest": rest})
+  again, m_again = step(s0, batch, {"rest": rest})
+  assert float(m1["train/loss"]) == float(m_again["train/loss"])  # same rng and step
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(again.params), strict=True):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  # The same parameters at the next step draw other masks: another loss.
+  _, m2 = step(s0.replace(step=s0.step + 1), batch, {"rest": rest})
+  assert float(m2["train/loss"]) != float(m1["train/loss"])
+  # Only adapters are trainable; the rest (with its stored, all-zero keys) is untouched.
+  assert all(".lora.default." in p for p in train.param_paths(s1.params))
+  keys = [x for p, x in zip(train.param_paths(rest), jax.tree.leaves(rest), strict=True)
+          if "dropout_key" in p]  # fmt: skip
+  assert keys and all(not np.asarray(k).any() for k in keys)
