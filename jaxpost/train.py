@@ -228,8 +228,16 @@ def apply_if(apply: jax.Array, optimizer: optax.GradientTransformation, grads, s
   return state.replace(step=state.step + trips, params=params, opt_state=opt_state)
 
 
-def _step_fn(objective: ObjectiveFn, optimizer, microbatches: int, schedule):
-  """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``."""
+def step_function(
+  objective: ObjectiveFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  microbatches: int = 1,
+  schedule: optax.Schedule | None = None,
+):
+  """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``: what
+  ``make_train_step`` jits, and what composes under other transforms (``vmap`` over
+  federated clients: ``jaxpost.federated.clients``; ``make_update``'s scan)."""
 
   def step(state: TrainState, batch, frozen: dict):
     frozen = with_followed_teacher(frozen, state.opt_state)
@@ -277,19 +285,6 @@ def with_dropout_keys(frozen: dict, state: TrainState) -> dict:
   return {**frozen, "rest": jax.tree_util.tree_unflatten(treedef, leaves)}
 
 
-def step_function(
-  objective: ObjectiveFn,
-  optimizer: optax.GradientTransformation,
-  *,
-  microbatches: int = 1,
-  schedule: optax.Schedule | None = None,
-):
-  """The un-jitted ``step(state, batch, frozen) -> (state, metrics)`` of
-  ``make_train_step``, to compose under other transforms (``vmap`` over federated
-  clients: ``jaxpost.federated.clients``)."""
-  return _step_fn(objective, optimizer, microbatches, schedule)
-
-
 def make_train_step(
   objective: ObjectiveFn,
   optimizer: optax.GradientTransformation,
@@ -304,7 +299,7 @@ def make_train_step(
   Metrics are f32[] scalars named ``train/...``; ``train/skipped_nonfinite`` is 1 when
   the step's loss or gradient norm was not finite and the state was left unchanged.
   """
-  step = _step_fn(objective, optimizer, microbatches, schedule)
+  step = step_function(objective, optimizer, microbatches=microbatches, schedule=schedule)
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
@@ -325,7 +320,7 @@ def make_update(
   is exactly ``make_train_step``'s step on ``batch`` rows ``order[u]`` (normalisers from
   that minibatch). Metrics are stacked: f32[U] per name.
   """
-  step = _step_fn(objective, optimizer, microbatches, schedule)
+  step = step_function(objective, optimizer, microbatches=microbatches, schedule=schedule)
 
   def update(state: TrainState, batch, frozen: dict, order: jax.Array):
     def body(state, rows):

@@ -52,8 +52,8 @@ def validate(c) -> None:
       f"teacher.follow={c.teacher.follow!r} is read by distill losses only; "
       f"loss.name={c.loss.name!r} is not one"
     )
-    if c.teacher.offline and jax.process_count() > 1:
-      raise config_lib.ConfigError("teacher.offline shards are read by one process only")
+  if c.teacher.offline and jax.process_count() > 1:
+    raise config_lib.ConfigError("teacher.offline shards are read by one process only")
 
 
 @register("sft")
