@@ -23,8 +23,14 @@ _CACHE_OPTIONS = {
 @pytest.fixture(scope="session", autouse=True)
 def zoo_dir(tmp_path_factory):
   """One model-zoo cache for the whole session (never the user's ~/.cache): an entry a
-  test builds is reused by the next, in this process and in subprocesses."""
-  path = str(tmp_path_factory.mktemp("zoo"))
+  test builds is reused by the next, in this process and in subprocesses. Under
+  pytest-xdist (``-n 2``) the workers share it: the zoo locks each entry while one
+  process builds it, and the other then reuses it."""
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    path = str(tmp_path_factory.getbasetemp().parent / "zoo")
+    os.makedirs(path, exist_ok=True)
+  else:
+    path = str(tmp_path_factory.mktemp("zoo"))
   saved = os.environ.get("JAXPOST_ZOO_DIR")
   os.environ["JAXPOST_ZOO_DIR"] = path
   yield path
