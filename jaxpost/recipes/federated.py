@@ -198,7 +198,7 @@ def run(config, workdir: str) -> dict:
   sent = float(run_.data_state.get("bytes", 0.0))
 
   def data() -> dict:
-    if smoothing is not None:
+    if smoothing is not None and client_ckpt.latest_step() != step:
       client_ckpt.save(step, smoothing, {}, force=True)
     return {"positions": positions, "bytes": sent}
 
@@ -240,7 +240,9 @@ def run(config, workdir: str) -> dict:
       bar.set_postfix(loss=f"{m['train/loss']:.4f}")
     last = m
     bar.update(1)
-    if common.periodic(run_, step, data):
+    stop = common.periodic(run_, step, data, common.should_stop(run_, step))
+    if stop:
+      logging.warning("stopping at round %d (%s)", step, stop)
       break
   bar.close()
   extra = {}

@@ -216,7 +216,8 @@ def _proxy_gradient(model, tok, proxy, config):
   encoded = [template.encode_example(tok, _example(x)) for x in proxy]
   arrays, _, _ = packing.pack_batch(lambda i: (encoded[i].tokens, encoded[i].roles), 0,
                                     batch_size=len(encoded), seq_len=config.data.seq_len,
-                                    pack=False, overlong="truncate")  # fmt: skip
+                                    pack=False, overlong="truncate",
+                                    stop=len(encoded))  # fmt: skip
   batch = Batch(**arrays)
   norm = reduce.compute_normalizers(batch.loss_mask, batch.segment_ids)
   loss = lambda p: objective(p, {"rest": rest}, batch, norm)[0]  # noqa: E731

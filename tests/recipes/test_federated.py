@@ -119,6 +119,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(recorded, tmp_path)
   wd = str(tmp_path / "resumed")
   assert federated.run(fed_tiny(**{"train.stop_at": 1}), wd)["step"] == 1
   assert federated.run(fed_tiny(), wd)["step"] == 2
+  assert federated.run(fed_tiny(), wd)["step"] == 2  # finished: reports, saves nothing new
   want, got = checkpoint.saved_params(workdir), checkpoint.saved_params(wd)
   assert set(want) == set(got)
   for p in want:

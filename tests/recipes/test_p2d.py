@@ -53,6 +53,26 @@ def test_p2d_keeps_its_fractions_trains_only_the_kept_heads_and_reports_aer(tmp_
   assert again["p2d/aer"] == pytest.approx(want)
 
 
+def test_gradient_head_scores_read_the_proxy_loss_at_the_start(tmp_path):
+  """``p2d.heads=gradient``: |theta dL/dtheta| of the proxy examples at the start, every
+  head scored, the top fraction written like ALPS'."""
+  from jaxpost.data import generated, tasks
+
+  c = p2d_tiny(**{"p2d.heads": "gradient"})
+  start, tok, _ = generated.load_run(c.train.init_from)
+  proxy = [tasks.make_problem("mul2x2", "train", 1, i) for i in range(8)]
+  selection = p2d._select_heads(c, str(tmp_path), start, tok, proxy)
+  chosen = json.load(open(tmp_path / "heads.json"))
+  scores = np.asarray(chosen["scores"])
+  assert chosen["method"] == "gradient" and scores.shape == (2, 4) and np.all(scores > 0)
+  assert sum(map(len, selection.values())) == 2
+  top = np.argsort(-scores.reshape(-1), kind="stable")[:2]
+  assert sorted((int(i) // 4, int(i) % 4) for i in top) == sorted(
+    (layer, h) for layer, hs in selection.items() for h in hs
+  )
+  assert not (tmp_path / "proxy").exists()  # no proxy run needed
+
+
 @pytest.mark.parametrize(
   "overrides, match",
   [
