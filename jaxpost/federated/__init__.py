@@ -1,31 +1,42 @@
-"""Federated fine-tuning simulated in one process: clients' local rounds vmapped over
-stacked states (``jaxpost.federated.clients``), server aggregation
-(``jaxpost.federated.aggregate``). Client partitions and FedSD / FedSDR's rounds are
-issue 17's remaining work."""
+"""Federated fine-tuning simulated in one process: client partitions
+(``jaxpost.federated.partition``), clients' local rounds vmapped over stacked states
+(``jaxpost.federated.clients``), server aggregation and exact LoRA aggregation
+(``jaxpost.federated.aggregate``), FedSD's one-time rewrite
+(``jaxpost.federated.rewrite``). The round loop, FedSD and FedSDR are
+``jaxpost/recipes/federated.py`` (``recipe=federated``)."""
 
 from jaxpost.federated.aggregate import (
   AGGREGATORS,
   Server,
   client_weights,
+  lora_exact_mean,
   lora_product_mean,
   payload_bytes,
   refactor,
   server_optimizer,
+  server_update,
   weighted_delta,
 )
-from jaxpost.federated.clients import broadcast, local_rounds, stack, unstack
+from jaxpost.federated.clients import broadcast, local_rounds, make_local_rounds, stack, unstack
+from jaxpost.federated.partition import SCHEMES, level_counts, partition
 
 __all__ = [
   "AGGREGATORS",
+  "SCHEMES",
   "Server",
   "broadcast",
-  "local_rounds",
-  "stack",
-  "unstack",
   "client_weights",
+  "level_counts",
+  "local_rounds",
+  "lora_exact_mean",
   "lora_product_mean",
+  "make_local_rounds",
+  "partition",
   "payload_bytes",
   "refactor",
   "server_optimizer",
+  "server_update",
+  "stack",
+  "unstack",
   "weighted_delta",
 ]
