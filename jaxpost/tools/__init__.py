@@ -1,0 +1,1 @@
+"""Tools a model calls during a rollout: ``sandbox`` runs model-written Python."""
