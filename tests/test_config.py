@@ -191,14 +191,16 @@ def _leaves(c, prefix=""):
 def _generated(c) -> set[str]:
   """Leaves built from registered functions' signatures (documented in their docstrings)."""
   from jaxpost.losses import LOSSES
+  from jaxpost.rewards.registry import REWARDS
   from jaxpost.rewards.token import TOKEN_REWARDS
 
   out = set()
   for name in LOSSES.names():
     out |= {f"loss.{name}.{k}" for k in LOSSES.hparams(name)} if name in c.loss else set()
   if "reward" in c:
-    for name in TOKEN_REWARDS.names():
-      out |= {f"reward.{name}.{k}" for k in TOKEN_REWARDS.hparams(name)}
+    for registry in (TOKEN_REWARDS, REWARDS):  # sequence rewards without a written block too
+      for name in registry.names():
+        out |= {f"reward.{name}.{k}" for k in registry.hparams(name)}
   return out
 
 
@@ -218,11 +220,12 @@ def test_every_config_field_has_a_trailing_comment(recipe):
 
 
 def test_every_registered_hyperparameter_is_documented():
-  """Each loss / token-reward hyperparameter is named in its function's docstring."""
+  """Each loss / reward hyperparameter is named in its function's docstring."""
   from jaxpost.losses import LOSSES
+  from jaxpost.rewards.registry import REWARDS
   from jaxpost.rewards.token import TOKEN_REWARDS
 
-  for registry in (LOSSES, TOKEN_REWARDS):
+  for registry in (LOSSES, TOKEN_REWARDS, REWARDS):
     for name in registry.names():
       fn = registry.get(name)
       doc = (getattr(fn, "func", fn).__doc__ or "") + (fn.__doc__ or "")

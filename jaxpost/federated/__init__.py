@@ -3,7 +3,8 @@
 (``jaxpost.federated.clients``), server aggregation and exact LoRA aggregation
 (``jaxpost.federated.aggregate``), FedSD's one-time rewrite
 (``jaxpost.federated.rewrite``). The round loop, FedSD and FedSDR are
-``jaxpost/recipes/federated.py`` (``recipe=federated``)."""
+``jaxpost/recipes/federated.py`` (``recipe=federated``). The submodules ``partition`` and
+``rewrite`` are imported as modules (``from jaxpost.federated import partition``)."""
 
 from jaxpost.federated.aggregate import (
   AGGREGATORS,
@@ -18,20 +19,16 @@ from jaxpost.federated.aggregate import (
   weighted_delta,
 )
 from jaxpost.federated.clients import broadcast, local_rounds, make_local_rounds, stack, unstack
-from jaxpost.federated.partition import SCHEMES, level_counts, partition
 
 __all__ = [
   "AGGREGATORS",
-  "SCHEMES",
   "Server",
   "broadcast",
   "client_weights",
-  "level_counts",
   "local_rounds",
   "lora_exact_mean",
   "lora_product_mean",
   "make_local_rounds",
-  "partition",
   "payload_bytes",
   "refactor",
   "server_optimizer",

@@ -48,6 +48,7 @@ from jaxpost import config_lib, fields, rewards, scoring, train
 from jaxpost.data import privileged, tasks, template
 from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
+from jaxpost.rewards import registry as reward_registry
 from jaxpost.rewards import token as token_rewards
 from jaxpost.rollout import groups as groups_lib
 from jaxpost.rollout import sampler
@@ -134,6 +135,9 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.reward.length.free_tokens = 0  # tokens that cost nothing
   for name in token_rewards.TOKEN_REWARDS.names():  # token rewards' blocks: their defaults
     c.reward[name] = token_rewards.TOKEN_REWARDS.hparams_config(name)
+  for name in rewards.names():  # other sequence rewards (a new file's): their defaults
+    if name not in c.reward:
+      c.reward[name] = reward_registry.REWARDS.hparams_config(name)
 
 
 def _terms_check(names):
