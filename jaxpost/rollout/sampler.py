@@ -298,6 +298,10 @@ def _grow_cache(cache: KVCache, slots: int) -> KVCache:
     "top_k",
     "top_p",
     "min_p",
+    "stop_bias",
+    "bias_ids",
+    "force_after",
+    "force_ids",
     "group_size",
     "phases",
   ),
@@ -316,6 +320,10 @@ def _generate(
   top_k: int,
   top_p: float,
   min_p: float,
+  stop_bias: float = 0.0,
+  bias_ids: tuple[int, ...] = (),
+  force_after: int = 0,
+  force_ids: tuple[int, ...] = (),
   group_size: int = 1,
   phases: int = 0,
 ) -> GenerateOutput:
@@ -346,13 +354,29 @@ def _generate(
     compute_logits=False,
   )
 
+  forced = jnp.asarray(force_ids or (0,), jnp.int32)  # [F]
+
   def emit(carry, logits, step):
     """Samples token ``step`` for every row and records it for rows still running."""
-    cache, tokens, logp, flogp, lengths, done, _, next_pos = carry
+    cache, tokens, logp, flogp, lengths, done, _, next_pos, matched = carry
+    if bias_ids:
+      logits = logits.astype(jnp.float32).at[:, jnp.asarray(bias_ids)].add(stop_bias)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
     token, token_logp, token_flogp = sample_logits(
       logits, step_keys, temperature, top_k=top_k, top_p=top_p, min_p=min_p
     )
+    if force_ids:  # past the budget and the sequence not (fully) out yet: its next token
+      n_forced = len(force_ids)
+      force = (step >= force_after) & (matched < n_forced)
+      token = jnp.where(force, forced[jnp.minimum(matched, n_forced - 1)], token)
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32) / (temperature or 1.0), axis=-1)
+      token_logp = jnp.where(force, jnp.take_along_axis(lp, token[:, None], -1)[:, 0],
+                             token_logp)  # fmt: skip
+      token_flogp = jnp.where(force, 0.0, token_flogp)
+      # Progress through the sequence (a mismatch restarts it; done once complete).
+      hit = token == forced[jnp.minimum(matched, n_forced - 1)]
+      restart = (token == forced[0]).astype(jnp.int32)
+      matched = jnp.where(matched >= n_forced, matched, jnp.where(hit, matched + 1, restart))
     # Finished rows keep decoding in lockstep (their cache slots are harmless) but
     # record nothing: pad tokens and zero log-probs after the stop token.
     alive = ~done
@@ -361,7 +385,7 @@ def _generate(
     flogp = flogp.at[:, step].set(jnp.where(alive, token_flogp, 0.0))
     lengths = lengths + alive.astype(jnp.int32)
     done = done | jnp.any(token[:, None] == stops[None, :], axis=-1)
-    return cache, tokens, logp, flogp, lengths, done, token, next_pos
+    return cache, tokens, logp, flogp, lengths, done, token, next_pos, matched
 
   carry = (
     repeat_cache(prefill.cache, group_size),
@@ -372,19 +396,20 @@ def _generate(
     jnp.zeros((b,), bool),
     jnp.zeros((b,), jnp.int32),  # last sampled token
     positions[:, -1] + 1,  # RoPE position of the next token
+    jnp.zeros((b,), jnp.int32),  # tokens of force_ids matched so far
   )
   first_logits = model.logits(prefill.final_hidden[:, -1])  # one row per group
   carry = emit(carry, jnp.repeat(first_logits, group_size, axis=0), 0)
 
   def body(loop):
-    step, (cache, tokens, logp, flogp, lengths, done, last, next_pos) = loop
+    step, (cache, tokens, logp, flogp, lengths, done, last, next_pos, matched) = loop
     out = model.forward(
       last[:, None],
       positions=next_pos[:, None],
       segment_ids=jnp.ones((b, 1), jnp.int32),
       cache=cache,
     )
-    carry = (out.cache, tokens, logp, flogp, lengths, done, last, next_pos + 1)
+    carry = (out.cache, tokens, logp, flogp, lengths, done, last, next_pos + 1, matched)
     return step + 1, emit(carry, out.logits[:, 0], step)
 
   step = jnp.int32(1)
@@ -396,7 +421,7 @@ def _generate(
       return (step < end) & ~jnp.all(carry[5])
 
     step, carry = jax.lax.while_loop(cond, body, (step, carry))
-  _, tokens, logp, flogp, lengths, done, _, _ = carry
+  _, tokens, logp, flogp, lengths, done, _, _, _ = carry
   return GenerateOutput(
     tokens=tokens, lengths=lengths, logp=logp, filtered_logp=flogp, stopped=done
   )
@@ -413,6 +438,10 @@ def make_generate_fn(
   top_k: int = 0,
   top_p: float = 1.0,
   min_p: float = 0.0,
+  stop_bias: float = 0.0,
+  stop_bias_ids: Sequence[int] = (),
+  force_after: int = 0,
+  force_ids: Sequence[int] = (),
 ) -> Callable[..., GenerateOutput]:
   """Jitted ``(state, prompt_tokens, prompt_mask, key, *, group_size=1) -> GenerateOutput``.
 
@@ -437,6 +466,17 @@ def make_generate_fn(
     top_k: keep the k most likely tokens; 0 = off.
     top_p: nucleus mass in (0, 1]; 1 = off.
     min_p: keep tokens with p >= min_p * p_max, in [0, 1]; 0 = off.
+    stop_bias: delta added to the logits of ``stop_bias_ids`` (default: the stop ids)
+      at every step before sampling: TLDR's training-free temperature scaling of the
+      end-of-thinking / EOS token (its exact form is not published; an additive
+      logit shift multiplies the token's odds by e^delta and leaves the ratios among
+      all other tokens unchanged); 0 = off. The recorded log-probs are under the
+      shifted logits: an inference option, not for RL rollouts.
+    stop_bias_ids: the tokens ``stop_bias`` raises ((): the stop ids).
+    force_after: budget forcing (s1): a row that has generated this many tokens
+      without emitting the sequence ``force_ids`` (e.g. the close-think tag's tokens)
+      is made to emit it next, token by token, then decodes freely; 0 = off.
+    force_ids: the forced sequence (required with ``force_after``).
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -450,7 +490,10 @@ def make_generate_fn(
     raise ValueError(f"min_p must be in [0, 1], got {min_p}")
   # Stop ids are a traced argument, padded to a multiple of 4 by repeating one of them,
   # so every small stop set shares one compilation.
+  if force_after < 0 or (force_after and not force_ids):
+    raise ValueError(f"force_after={force_after} needs force_ids (the sequence to force)")
   stops = sorted({int(eos_id), *map(int, stop_ids)})
+  biased = sorted({*map(int, stop_bias_ids)}) or [t for t in stops if t >= 0]
   stops += stops[:1] * (-len(stops) % 4)
   if temperature == 0:
     top_k, top_p, min_p = 0, 1.0, 0.0  # greedy ignores the filters: one compilation
@@ -464,6 +507,10 @@ def make_generate_fn(
     top_k=int(top_k),
     top_p=float(top_p),
     min_p=float(min_p),
+    stop_bias=float(stop_bias),
+    bias_ids=tuple(biased) if stop_bias else (),
+    force_after=int(force_after),
+    force_ids=tuple(int(t) for t in force_ids) if force_after else (),
   )
 
 
