@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_configs import REPO
+from tiny_configs import shipped
 
 from jaxpost import checkpoint, config_lib, train
 from jaxpost.data import generated
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.usefixtures("subprocess_env")
 
 
 def fed_tiny(**overrides):
-  c = config_lib.load_config(os.path.join(REPO, "configs/fedsd.py:tiny"))
-  c.train.progress = False
-  for field, value in overrides.items():
-    config_lib.set_field(c, field, value)
-  return c
+  return shipped("fedsd.py:tiny", **overrides)
 
 
 def _is(adapter):

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from tiny_configs import REPO
+from tiny_configs import shipped
 
 from jaxpost import checkpoint, config_lib
 from jaxpost.recipes import p2d
@@ -16,11 +16,7 @@ pytestmark = pytest.mark.usefixtures("subprocess_env")
 
 
 def p2d_tiny(**overrides):
-  c = config_lib.load_config(os.path.join(REPO, "configs/p2d.py:tiny"))
-  c.train.progress = False
-  for field, value in overrides.items():
-    config_lib.set_field(c, field, value)
-  return c
+  return shipped("p2d.py:tiny", **overrides)
 
 
 def test_p2d_keeps_its_fractions_trains_only_the_kept_heads_and_reports_aer(tmp_path):

@@ -7,6 +7,16 @@ from jaxpost import config_lib, metrics
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def shipped(spec: str, **overrides):
+  """``configs/<spec>`` (e.g. ``"fedsd.py:tiny"``) without progress bars, overrides applied
+  (dotted fields)."""
+  c = config_lib.load_config(os.path.join(REPO, "configs", spec))
+  c.train.progress = False
+  for field, value in overrides.items():
+    config_lib.set_field(c, field, value)
+  return c
+
+
 def sft_tiny(**overrides):
   """configs/sft.py:tiny, 4 steps of 8 x 64 tokens; overrides are dotted fields."""
   c = config_lib.load_config(os.path.join(REPO, "configs", "sft.py:tiny"))
