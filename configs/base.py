@@ -284,8 +284,15 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.batch_size = 200  # prompts decoded at once
   c.eval.max_new_tokens = 96  # generation budget per answer
   c.eval.checker = "exact_match"  # held-out user data: jaxpost.eval.checkers name or mod:fn
+  # Stop control at evaluation (jaxpost/rollout/sampler.py), training-free: TLDR's
+  # temperature scaling adds stop_bias to the EOS (and a one-token close-think tag) logit;
+  # s1's budget forcing writes the close-think tag once force_after tokens are spent.
+  c.eval.stop_bias = 0.0  # logit shift of the stop tokens while decoding; 0 = off
+  c.eval.force_after = 0  # tokens before the close-think tag is forced; 0 = off
   declare(
     "eval",
+    stop_bias=num(),
+    force_after=integer(ge=0),
     every=integer(ge=0),
     levels=OPTIONAL_LEVELS,
     final_levels=FINAL_LEVELS,

@@ -24,6 +24,7 @@ class LevelResult:
   format_rate: float  # responses with a well-formed think block / problems
   n: int
   samples: list[tuple[str, str, str]]  # a few (prompt, response, expected answer) for logs
+  mean_tokens: float | None = None  # generated tokens per response (EOS included)
 
 
 class Evaluator:
@@ -38,14 +39,20 @@ class Evaluator:
     batch_size: int,
     max_new_tokens: int,
     seed: int = 0,
+    stop_bias: float = 0.0,
+    force_after: int = 0,
   ):
     self.tok = tok
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
+    close = tok.encode(template.THINK_CLOSE)
     self._generate = sampler.make_generate_fn(
-      graphdef, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id
-    )
+      graphdef, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+      stop_bias=stop_bias, stop_bias_ids=(tok.eos_id, *close) if len(close) == 1 else (),
+      force_after=force_after, force_ids=close if force_after else (),
+    )  # fmt: skip
+    self._lengths: list[int] = []  # generated tokens of the last ``responses`` call
     self._problems: dict[str, list[tasks.Problem]] = {}
 
   @classmethod
@@ -59,6 +66,8 @@ class Evaluator:
       batch_size=e.batch_size,
       max_new_tokens=e.max_new_tokens,
       seed=config.seed,
+      stop_bias=e.get("stop_bias", 0.0),
+      force_after=e.get("force_after", 0),
     )
 
   def problems(self, level: str) -> list[tasks.Problem]:
@@ -69,7 +78,7 @@ class Evaluator:
   def responses(self, state, prompts: Sequence[str | template.Example]) -> list[str]:
     """Greedy responses (text up to EOS) for raw prompts or examples' prompts (with
     their chat context)."""
-    out = []
+    out, self._lengths = [], []
     for i in range(0, len(prompts), self.batch_size):
       chunk = prompts[i : i + self.batch_size]
       ids = [self._prompt_ids(p) for p in chunk]
@@ -80,6 +89,7 @@ class Evaluator:
       new, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
       for row in range(len(chunk)):
         out.append(self.tok.decode(_strip_eos(new[row, : lengths[row]], self.tok.eos_id)))
+        self._lengths.append(int(lengths[row]))
     return out
 
   def _prompt_ids(self, prompt: str | template.Example) -> list[int]:
@@ -98,6 +108,7 @@ class Evaluator:
       format_rate=sum(s["format_ok"] for s in scores) / n,
       n=n,
       samples=[(p.prompt, r, p.answer) for p, r in zip(problems[:3], responses[:3], strict=True)],
+      mean_tokens=float(np.mean(self._lengths)),
     )
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
@@ -137,6 +148,8 @@ def as_metrics(
   for level, r in results.items():
     m[f"{prefix}/accuracy/{level}"] = r.accuracy
     m[f"{prefix}/format/{level}"] = r.format_rate
+    if r.mean_tokens is not None:
+      m[f"{prefix}/tokens/{level}"] = r.mean_tokens
   headline = tuple(results) if headline is None else headline
   scores = [results[level].accuracy for level in headline if level in results]
   if scores:

@@ -1,0 +1,61 @@
+"""Stop control at evaluation (``eval.stop_bias``, ``eval.force_after``) and the tokens
+metric: training-free length control as the evaluator applies it."""
+
+import numpy as np
+import pytest
+
+from jaxpost import config_lib, models
+from jaxpost.data import tasks, template
+from jaxpost.data.tokenizer import SentencePieceTokenizer
+from jaxpost.eval import accuracy
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, random_decoder):
+  texts = [template.render_example(template.Example(p.prompt, p.thinking, p.answer))
+           for p in (tasks.make_problem("add3", "train", 0, i) for i in range(300))]  # fmt: skip
+  tok = SentencePieceTokenizer.train(texts, str(tmp_path_factory.mktemp("tok") / "tok"),
+                                     vocab_size=48, byte_fallback=False)  # fmt: skip
+  cfg = models.named_config("tiny", vocab_size=tok.vocab_size, n_layers=2, d_model=32,
+                            mlp_dim=48, n_heads=4, n_kv_heads=2, head_dim=8)  # fmt: skip
+  from flax import nnx
+
+  graphdef, state = nnx.split(random_decoder(cfg))
+  return tok, graphdef, state
+
+
+def _evaluate(setup, **kw):
+  tok, graphdef, state = setup
+  ev = accuracy.Evaluator(graphdef, tok, num_examples=16, batch_size=16, max_new_tokens=24, **kw)
+  result = ev.evaluate_level(state, "add3")
+  return result, ev.responses(state, [p.prompt for p in ev.problems("add3")]), ev._lengths
+
+
+def test_the_tokens_metric_and_a_stop_bias_that_ends_answers_at_once(setup):
+  plain, _, lengths = _evaluate(setup)
+  m = accuracy.as_metrics({"add3": plain})
+  assert m["eval/tokens/add3"] == pytest.approx(np.mean(lengths)) and m["eval/tokens/add3"] > 1
+  same, _, _ = _evaluate(setup, stop_bias=0.0, force_after=0)
+  assert same == plain
+  short, _, lengths = _evaluate(setup, stop_bias=100.0)
+  # Every answer ends at once: EOS first, or the (one-token, also raised) close tag then EOS.
+  assert max(lengths) <= 2 and short.mean_tokens < 1.5
+
+
+def test_budget_forcing_writes_the_close_tag_once_the_budget_is_spent(setup):
+  tok = setup[0]
+  close = tok.encode(template.THINK_CLOSE)
+  _, responses, lengths = _evaluate(setup, force_after=4)
+  for text, n in zip(responses, lengths, strict=True):
+    if n >= 4 + len(close):
+      assert template.THINK_CLOSE in text, text
+
+
+def test_the_eval_fields_are_config_fields():
+  c = config_lib.load_config(f"{config_lib.CONFIGS_DIR}/sft.py:tiny")
+  config_lib.set_field(c, "eval.stop_bias", 2.0)
+  config_lib.set_field(c, "eval.force_after", 16)
+  config_lib.validate(c)
+  config_lib.set_field(c, "eval.force_after", -1)
+  with pytest.raises(config_lib.ConfigError, match="force_after"):
+    config_lib.validate(c)
