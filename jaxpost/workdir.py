@@ -261,7 +261,7 @@ def check_identity(config, workdir: str, *, write: bool = True) -> None:
   now = {"config": flat_config(config), "data": data_fingerprint(config)}
   if not os.path.exists(path):
     if write:
-      _write_json(path, {**now, "history": []})
+      write_json(path, {**now, "history": []})
     return
   with open(path, encoding="utf-8") as f:
     recorded = json.load(f)
@@ -279,7 +279,7 @@ def check_identity(config, workdir: str, *, write: bool = True) -> None:
   if write:
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     history = [*recorded.get("history", []), {"at": stamp, "changes": changes}]
-    _write_json(path, {**now, "history": history})
+    write_json(path, {**now, "history": history})
 
 
 def describe_changes(recorded: dict, now: dict, defaults: dict | None = None) -> list[str]:
@@ -316,7 +316,8 @@ def _short(value) -> str:
   return s[:18] + "..." if len(s) > 24 else s
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict) -> None:
+  """``obj`` as JSON at ``path``, atomically (a temporary file renamed into place)."""
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1, sort_keys=True)

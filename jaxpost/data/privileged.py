@@ -111,8 +111,7 @@ def _arrays(view: dict | Batch) -> dict:
 
 def problem_prompt(problem: tasks.Problem, kind: str) -> str:
   """A task problem's prompt as the teacher sees it (``kind`` of ``PRIVILEGED``)."""
-  ex = template.Example(prompt=problem.prompt, thinking=problem.thinking, answer=problem.answer)
-  return privileged_example(ex, kind, problem.level).prompt
+  return privileged_example(problem.example, kind, problem.level).prompt
 
 
 def rollout_view(

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpost import train
+
 AGGREGATORS = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
@@ -119,7 +121,7 @@ def lora_exact_mean(stacked_clients, weights: jax.Array):
   ``refactor``); the result has no client axis. Leaves that are not adapter factors
   are averaged."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(stacked_clients)
-  names = [_key_path(p) for p, _ in flat]
+  names = [train.path_name(p) for p, _ in flat]
   index = {n: i for i, n in enumerate(names)}
   out = [jnp.tensordot(weights, x.astype(jnp.float32), axes=1).astype(x.dtype) for _, x in flat]
   for i, name in enumerate(names):
@@ -135,11 +137,6 @@ def lora_exact_mean(stacked_clients, weights: jax.Array):
     out[i] = new_a.reshape(*in_shape, rank).astype(a.dtype)
     out[j] = new_b.reshape(rank, *out_shape).astype(b.dtype)
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _key_path(path) -> str:
-  parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-  return ".".join(p for p in parts if p != "value")
 
 
 def payload_bytes(tree) -> int:

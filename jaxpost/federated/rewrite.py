@@ -66,7 +66,7 @@ def rewrite(
     for row, problem in enumerate(chunk):
       text = tok.decode([t for t in new[row, : lengths[row]] if t != tok.eos_id])
       parsed = template.parse_response(text)
-      raw = template.Example(problem.prompt, problem.thinking, problem.answer)
+      raw = problem.example
       if not (parsed.format_ok and parsed.answer.strip()):
         out.append(raw)
         kept_raw += 1

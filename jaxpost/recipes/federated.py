@@ -54,7 +54,7 @@ from flax import nnx
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from jaxpost import checkpoint, config_lib, fields, peft, scoring, train
+from jaxpost import checkpoint, config_lib, fields, optim, peft, scoring, train
 from jaxpost.data import packing, tasks, template
 from jaxpost.eval import accuracy
 from jaxpost.federated import aggregate, clients, partition, rewrite
@@ -164,7 +164,7 @@ def run(config, workdir: str) -> dict:
   base = run_.frozen["rest"]
 
   # Each client's data: raw, and the rewrites (FedSD / FedSDR, once, kept in the workdir).
-  raw = [template.Example(p.prompt, p.thinking, p.answer) for p in problems]
+  raw = [p.example for p in problems]
   streams = {"raw": raw}
   if f.method in ("fedsd", "fedsdr"):
     streams["distilled"] = _rewrites(run_, config, problems, workdir)
@@ -271,8 +271,6 @@ def _stages(f) -> list[Stage]:
 def _client_optimizer(config, stage: Stage):
   """The client optimiser of a stage, masked to the adapter it trains (zero gradient and
   zero update for the other: ``optim.mask_updates``)."""
-  from jaxpost import optim
-
   trains = stage.trains or config.lora.name
 
   def label(params):

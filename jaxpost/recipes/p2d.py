@@ -149,7 +149,7 @@ def run(config, workdir: str) -> dict:
     kept_heads = sum(len(h) for h in selection.values()) if selection else -1  # -1: all
     times = {"selection_s": time.time() - t0, "kept_examples": len(keep), "kept_heads": kept_heads,
              "kept_target_fraction": on_target}  # fmt: skip
-    _write_json(times_path, times)
+    jaxpost_workdir.write_json(times_path, times)
 
   # (d) The kept heads trained on the kept data.
   adapt_dir = os.path.join(workdir, "adapt")
@@ -157,7 +157,7 @@ def run(config, workdir: str) -> dict:
   summary = sft.run(_adapt_config(config, workdir, times["kept_examples"], target), adapt_dir)
   if "adapt_s" not in times:
     times["adapt_s"] = time.time() - t0
-    _write_json(times_path, times)
+    jaxpost_workdir.write_json(times_path, times)
   end_to_end = times["selection_s"] + times["adapt_s"]
   reference = _reference_seconds(p.reference) if p.reference else end_to_end
   m = {f"p2d/{k}": float(v) for k, v in times.items()}
@@ -202,7 +202,7 @@ def _select_data(config, start, tok, pool, queries, selection) -> np.ndarray:
     scores = icl_selection.random_scores(len(pool), config.seed)
   else:
     scores = icl_selection.icl_scores(
-      start, tok, [_example(x) for x in pool], [_example(x) for x in queries], selection,
+      start, tok, [x.example for x in pool], [x.example for x in queries], selection,
       n_demo=p.n_demo, n_query=p.n_query, passes=p.passes, batch_size=config.eval.batch_size,
       seed=config.seed, progress=config.train.progress,
     )  # fmt: skip
@@ -213,7 +213,7 @@ def _proxy_gradient(model, tok, proxy, config):
   """The proxy examples' mean loss gradient at the start (every parameter)."""
   graphdef, params, rest = train.split_model(model)
   objective = train.objective_for(config.loss.name, graphdef)
-  encoded = [template.encode_example(tok, _example(x)) for x in proxy]
+  encoded = [template.encode_example(tok, x.example) for x in proxy]
   arrays, _, _ = packing.pack_batch(lambda i: (encoded[i].tokens, encoded[i].roles), 0,
                                     batch_size=len(encoded), seq_len=config.data.seq_len,
                                     pack=False, overlong="truncate",
@@ -251,14 +251,10 @@ def _adapt_config(config, workdir, kept: int, target):
                                 "eval.levels": config.eval.levels or ",".join(target)})  # fmt: skip
 
 
-def _example(problem: tasks.Problem) -> template.Example:
-  return template.Example(problem.prompt, problem.thinking, problem.answer)
-
-
 def _write_examples(path: str, problems) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     for x in problems:
-      response = template.render_response(_example(x))
+      response = template.render_response(x.example)
       f.write(json.dumps({"prompt": x.prompt, "response": response, "level": x.level}) + "\n")
   os.replace(path + ".tmp", path)
 
@@ -275,9 +271,3 @@ def _read_json(path: str) -> dict:
     return {}
   with open(path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def _write_json(path: str, data: dict) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=1)
-  os.replace(path + ".tmp", path)
