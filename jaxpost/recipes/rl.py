@@ -303,7 +303,7 @@ def run(config, workdir: str) -> dict:
     budget_s=config.reward.budget_s,
   )
   reward_pool.check(spec)  # an untrusted reward that cannot reach a worker fails now
-  token_spec = token_rewards.make_spec(config.reward.token_terms, config.reward, {"tokenizer": tok})
+  token_needs = token_rewards.needs(token_rewards.make_spec(config.reward.token_terms, config.reward))
   run_ = common.setup(
     config,
     workdir,
@@ -313,11 +313,11 @@ def run(config, workdir: str) -> dict:
     updates_per_step=updates_per_step,
   )
   hparams = loss_hparams(config, rows_per_update)
-  needs_ref = hparams.get("kl_coef", 0.0) > 0 or "ref_logp" in token_rewards.needs(token_spec)
+  needs_ref = hparams.get("kl_coef", 0.0) > 0 or "ref_logp" in token_needs
   if needs_ref:  # a frozen model from its own source, not a copy of the policy
     _, ref_state = common.frozen_model(config, tok.vocab_size, init_from=r.reference or None)
     run_.frozen["reference"] = run_.place(ref_state)
-  reads_teacher = "teacher_logp" in token_rewards.needs(token_spec)
+  reads_teacher = "teacher_logp" in token_needs
   t_graph = run_.graphdef  # the policy's copy (teacher.follow) or itself (privileged only)
   if reads_teacher and (config.teacher.init_from or config.teacher.hf_dir or config.teacher.gguf):
     t_graph, t_state = common.load_teacher(config, tok)  # its own graph, its own scorer
@@ -343,6 +343,19 @@ def run(config, workdir: str) -> dict:
     group_size=G if r.shared_prompt else 1,  # each group's prompt runs once
   )
   logp_fn = scoring.jit_logp(scorer)
+  # Token rewards, with what the recipe binds: a reward's own forward pass under the
+  # policy that sampled (any rows, prompts not shared) and its window.
+  rows_logp_fn = scoring.jit_logp(dataclasses.replace(scorer, group_size=1))
+
+  def policy_logp(batch):
+    state = (run_.state.params, run_.frozen["rest"])
+    return np.asarray(jax.device_get(rows_logp_fn(state, run_.place_batch(batch))[0]))
+
+  token_spec = token_rewards.make_spec(
+    config.reward.token_terms,
+    config.reward,
+    {"tokenizer": tok, "policy_logp": policy_logp, "window": r.max_new_tokens},
+  )
   if reads_teacher:  # a frozen model's own distribution (T = 1) on the same window; the
     # policy's copy is read like the policy (at rl.temperature), so a copy equal to the
     # policy, seeing the same context, gives exactly its log-probs
@@ -406,13 +419,15 @@ def run(config, workdir: str) -> dict:
     if r.shared_prompt:
       groups_lib.check_prompt_groups(groups.batch, G, r.max_new_tokens)
     device_batch = run_.place_batch(groups.batch)
+    old_entropy = None
+    if r.old_logp == "recompute" or "old_entropy" in token_needs:
+      old_logp, old_entropy = map(
+        np.asarray,
+        jax.device_get(logp_fn((run_.state.params, run_.frozen["rest"]), device_batch)),
+      )
     if r.old_logp == "sampler":  # what the sampler recorded: log_softmax(logits / T)
       old_logp = groups.raw_logp
-    else:
-      old_logp = np.asarray(
-        jax.device_get(logp_fn((run_.state.params, run_.frozen["rest"]), device_batch)[0])
-      )
-    scores = {"old_logp": old_logp, "ref_logp": None}
+    scores = {"old_logp": old_logp, "old_entropy": old_entropy, "ref_logp": None}
     if reads_teacher:
       scores["teacher_logp"] = teacher_logp(run_, teacher_fn, groups, device_batch)
     if needs_ref:
@@ -454,7 +469,7 @@ def run(config, workdir: str) -> dict:
     last = common.train_metrics(run_, fetched, step)  # stops a run stuck on NaN
     last.update(common.mean_metrics(reward_ms))
     last.update(token_ms)
-    trainer_logp = old_logp if r.old_logp == "recompute" else None
+    trainer_logp = old_logp if r.old_logp == "recompute" else None  # its ratio to the sampler
     last.update(
       groups_lib.rollout_metrics(
         groups, np.asarray(final_rewards), np.asarray(adv), trainer_logp, G

@@ -5,13 +5,16 @@ Contract for every registered token reward (host side, once per RL step, outside
     reward(rollout: Groups, scores: Mapping[str, f32[B, T]], **hparams) -> f32[B, T]
 
 ``rollout`` is the step's sampled groups (``rollout.groups.Groups``: token batch,
-decoded completions, problems); ``scores`` holds the per-token log-probs the recipe
-computed for the step, by name: "old_logp" (the policy that sampled), "ref_logp" (the
-frozen reference, when one is loaded) and, for on-policy distillation, "teacher_logp".
-A reward lists the scores it reads in ``needs`` so the recipe loads the frozen model
-behind them. Keyword-only hyperparameters with defaults form the ``reward.<name>``
-config block; parameters named in ``CONTEXT`` (e.g. ``tokenizer``) are bound by the
-recipe, not the config. The result is 0 off the loss mask.
+decoded completions, problems, correctness); ``scores`` holds the per-token arrays the
+recipe computed for the step, by name: "old_logp" (the policy that sampled),
+"old_entropy" (its entropy at each position), "ref_logp" (the frozen reference, when
+one is loaded) and, for on-policy distillation, "teacher_logp". A reward lists the
+scores it reads in ``needs`` so the recipe loads the frozen model behind them.
+Keyword-only hyperparameters with defaults form the ``reward.<name>`` config block;
+parameters named in ``CONTEXT`` are bound by the recipe, not the config: ``tokenizer``;
+``policy_logp`` (Batch -> f32[B, T], the log-probs of any rows under the policy that
+sampled: a reward's own extra forward pass, e.g. on counterfactual rows) and ``window``
+(its completion window, the sampling budget). The result is 0 off the loss mask.
 
 Each entry also says how its reward enters the advantages (``mode``):
 
@@ -44,7 +47,7 @@ from jaxpost.registry import Registry
 
 MODES = ("outcome", "return", "direct")
 # Run-time objects a token reward may take by name; the recipe binds them.
-CONTEXT = ("tokenizer",)
+CONTEXT = ("tokenizer", "policy_logp", "window")
 
 TOKEN_REWARDS = Registry(
   "token reward",

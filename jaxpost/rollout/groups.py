@@ -20,7 +20,7 @@ from jaxpost import rewards
 from jaxpost.data import tasks, template
 from jaxpost.losses import advantages
 from jaxpost.rollout import batching, sampler
-from jaxpost.types import ROLE_PROMPT, ROLE_THINK, Batch
+from jaxpost.types import ROLE_ANSWER, ROLE_PROMPT, ROLE_THINK, Batch
 
 # Prompts are left-padded to a multiple of this many columns, so the sampler and the
 # train step compile once per bucket rather than once per prompt length.
@@ -266,15 +266,26 @@ def rollout_metrics(
     "rl/reward_std": float(final_rewards.std()),
     "rl/accuracy": float(groups.correct.mean()),
     "rl/zero_adv_group_frac": float(np.mean(r.max(axis=1) == r.min(axis=1))),
+    # Before token rewards: groups whose task rewards alone are all equal.
+    "rl/zero_outcome_group_frac": float(
+      np.mean(np.ptp(groups.rewards.reshape(-1, g), axis=1) == 0)
+    ),
     "rl/zero_adv_frac": float(np.mean(adv == 0)),
     "rl/len_mean": float(groups.lengths.mean()),
     # Completion tokens in the <think> block (tags included), per row.
     "rl/think_len_mean": float(np.sum(groups.batch.roles == ROLE_THINK) / len(groups.lengths)),
     "rl/truncated_frac": float(groups.truncated.mean()),
   }
+  # Confidence: each row's mean probability of its answer tokens (after the think
+  # block) under the sampling policy; rising on wrong rows is hallucinated certainty.
+  answer = (groups.batch.loss_mask > 0) & (groups.batch.roles == ROLE_ANSWER)
+  n_answer = answer.sum(axis=1)
+  conf = np.where(answer, np.exp(groups.raw_logp), 0.0).sum(axis=1) / np.maximum(n_answer, 1)
   for name, sel in (("correct", groups.correct), ("wrong", ~groups.correct)):
     if sel.any():
       m[f"rl/len_{name}"] = float(groups.lengths[sel].mean())
+    if (sel & (n_answer > 0)).any():
+      m[f"rl/answer_conf_{name}"] = float(conf[sel & (n_answer > 0)].mean())
   if trainer_logp is None:
     return m
   on = groups.batch.loss_mask > 0

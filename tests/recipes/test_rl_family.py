@@ -1,0 +1,19 @@
+"""The RL-family configs (ISPO, rubric, TLDR, Reinforce-Ada, SimpleTIR) run end to end."""
+
+import numpy as np
+from tiny_configs import shipped, train_records  # tests/recipes
+
+from jaxpost.recipes import rl
+
+
+def test_the_ispo_config_runs_and_logs_its_diagnostics(tmp_path):
+  c = shipped(
+    "ispo.py:tiny",
+    **{"train.init_from": "zoo:tiny-sft", "train.steps": 2, "rl.max_new_tokens": 24},
+  )
+  c.reward.ispo_certainty.critical = "both"
+  rl.run(c, str(tmp_path))
+  for r in train_records(str(tmp_path)).values():
+    for key in ("reward/ispo_signal", "reward/ispo_certainty", "rl/zero_outcome_group_frac"):
+      assert np.isfinite(r[key]), key
+    assert r["rl/zero_adv_group_frac"] <= r["rl/zero_outcome_group_frac"]
