@@ -303,7 +303,8 @@ def run(config, workdir: str) -> dict:
     budget_s=config.reward.budget_s,
   )
   reward_pool.check(spec)  # an untrusted reward that cannot reach a worker fails now
-  token_needs = token_rewards.needs(token_rewards.make_spec(config.reward.token_terms, config.reward))
+  token_terms = token_rewards.make_spec(config.reward.token_terms, config.reward)
+  token_needs = token_rewards.needs(token_terms)  # the scores the step must compute
   run_ = common.setup(
     config,
     workdir,

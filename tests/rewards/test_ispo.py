@@ -175,4 +175,3 @@ def test_signals_read_only_the_policy_s_own_scores():
   spec = token_rewards.make_spec((("ispo_signal", 0.1), ("ispo_certainty", 0.1)), {})
   assert token_rewards.needs(spec) == {"old_logp", "old_entropy"}
   assert {t.mode for t in spec} == {"outcome", "direct"}
-
