@@ -217,6 +217,7 @@ def combine(
   estimator: str,
   group_size: int,
   gamma: float = 1.0,
+  baseline: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Token advantages from sequence rewards and token rewards (``rewards/token.py``).
 
@@ -236,6 +237,9 @@ def combine(
     estimator: a key of ``ADVANTAGES``.
     group_size: G.
     gamma: discount of the returns-to-go.
+    baseline: (mean f32[P], scale f32[P]) per group, replacing the estimator's own
+      statistics: A_i = (r'_i - mean) / scale (Reinforce-Ada's global statistics over
+      every sample drawn for a prompt, not only the G kept).
 
   Returns:
     (token advantages f32[B, T], sequence advantages f32[B], shaped rewards f32[B]).
@@ -246,7 +250,11 @@ def combine(
   if token_rewards.get("outcome") is not None:
     outcome = jnp.where(on, jnp.asarray(token_rewards["outcome"], jnp.float32), 0.0)
     shaped = shaped + jnp.sum(outcome, axis=1)
-  seq = get(estimator)(shaped.reshape(-1, group_size)).reshape(-1)
+  if baseline is None:
+    seq = get(estimator)(shaped.reshape(-1, group_size)).reshape(-1)
+  else:
+    mean, scale = (jnp.repeat(jnp.asarray(x, jnp.float32), group_size) for x in baseline)
+    seq = (shaped - mean) / scale
   token = broadcast_to_tokens(seq, mask)
   if token_rewards.get("return") is not None:
     token = token + token_advantages(jnp.asarray(token_rewards["return"]), mask, gamma)

@@ -8,7 +8,9 @@ One RL step:
               spec (``reward.terms``: exact answer, DAPO's overlong penalty, ...);
               DAPO dynamic sampling drops groups whose G rewards are all equal and
               samples more prompts until P informative groups are found
-              (``rollout.groups``);
+              (``rollout.groups``); Reinforce-Ada (``rl.ada``) samples each prompt
+              in rounds until its exit rule holds, keeps G rows and a baseline over
+              all its draws (``rollout.adaptive``);
   3. score    the current policy gives ``old_logp`` (pi_old of the PPO ratio) scored
               exactly as the sampler records it, log_softmax(f32 logits / temperature),
               or with ``rl.old_logp=sampler`` the sampler's records stand in for it (no
@@ -50,6 +52,7 @@ from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
 from jaxpost.rewards import registry as reward_registry
 from jaxpost.rewards import token as token_rewards
+from jaxpost.rollout import adaptive
 from jaxpost.rollout import groups as groups_lib
 from jaxpost.rollout import sampler
 from jaxpost.types import Rollout
@@ -81,6 +84,14 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.dynamic_sampling = False  # DAPO: drop groups with identical rewards and refill
   c.rl.max_sample_rounds = 4  # dynamic sampling: generation rounds per step at most
   c.rl.mask_truncated = False  # overlong filtering: completions that hit the cap carry no loss
+  # Reinforce-Ada (jaxpost/rollout/adaptive.py): sample each prompt in rounds of
+  # ada.round_samples until its exit rule holds (rl.max_sample_rounds at most), keep G rows.
+  c.rl.ada = config_dict.ConfigDict()
+  c.rl.ada.rule = ""  # "" = off | balanced (G/2 positives and negatives) | positive (one)
+  c.rl.ada.round_samples = 8  # completions per still-active prompt per round
+  c.rl.ada.positive_threshold = 0.7  # a reward above this is a positive
+  c.rl.ada.global_baseline = True  # baseline = mean reward of all draws (else the estimator)
+  c.rl.ada.normalize_std = False  # with the global baseline: divide by the draws' std
   fields.declare(
     "rl",
     prompts_per_step=fields.integer(ge=1),
@@ -99,6 +110,14 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     dynamic_sampling=fields.FLAG,
     max_sample_rounds=fields.integer(ge=1),
     mask_truncated=fields.FLAG,
+  )
+  fields.declare(
+    "rl.ada",
+    rule=fields.one_of(("", *adaptive.RULES)),
+    round_samples=fields.integer(ge=1),
+    positive_threshold=fields.num(),
+    global_baseline=fields.FLAG,
+    normalize_std=fields.FLAG,
   )
 
   # Rewards: a weighted sum of registered sequence rewards (jaxpost/rewards), plus token
@@ -185,6 +204,17 @@ def validate(c: config_dict.ConfigDict) -> None:
       f"rl.prompts_per_step={r.prompts_per_step} groups do not split into rl.minibatches="
       f"{r.minibatches} x train.microbatches={c.train.microbatches}; change them or set "
       "rl.shared_prompt=False"
+    )
+  if r.ada.rule and r.dynamic_sampling:
+    raise config_lib.ConfigError(
+      "rl.ada.rule (Reinforce-Ada) and rl.dynamic_sampling (DAPO) both choose the step's "
+      "groups: set one"
+    )
+  if r.ada.rule and r.ada.round_samples * r.max_sample_rounds < r.samples_per_prompt:
+    raise config_lib.ConfigError(
+      f"rl.ada.round_samples={r.ada.round_samples} x rl.max_sample_rounds="
+      f"{r.max_sample_rounds} draws cannot fill groups of rl.samples_per_prompt="
+      f"{r.samples_per_prompt}"
     )
   config_lib.run_dir(r.reference, "rl.reference")
   if c.data.source != "tasks":
@@ -387,28 +417,47 @@ def run(config, workdir: str) -> dict:
     step_key = jax.random.fold_in(base_key, step)
     model_state = run_.model_state()
 
-    # 1-2. Sample and reward (with dynamic sampling: until P informative groups).
-    def sample_round(k: int, problems, model_state=model_state, step_key=step_key):
+    # 1-2. Sample and reward (with dynamic sampling: until P informative groups; with
+    # Reinforce-Ada: each prompt in rounds until it has the signal its exit rule asks).
+    def sample_round(k: int, problems, n=G, model_state=model_state, step_key=step_key):
       return groups_lib.sample_groups(
         generate_fn,
         model_state,
         tok,
         problems,
-        G,
+        n,
         jax.random.fold_in(step_key, k),
         spec,
         pool=reward_pool,
       )
 
-    groups, reward_ms, rounds, filled, next_prompt = groups_lib.collect_groups(
-      sample_round,
-      prompts,
-      next_prompt,
-      P,
-      G,
-      dynamic=r.dynamic_sampling,
-      max_rounds=r.max_sample_rounds,
-    )
+    baseline, extra_ms = None, {}
+    if r.ada.rule:
+      ada = adaptive.collect(
+        lambda k, problems: sample_round(k, problems, r.ada.round_samples),
+        [prompts(next_prompt + i) for i in range(P)],
+        group_size=G,
+        round_samples=r.ada.round_samples,
+        max_rounds=r.max_sample_rounds,
+        rule=r.ada.rule,
+        positive_threshold=r.ada.positive_threshold,
+        normalize_std=r.ada.normalize_std,
+        rng=np.random.default_rng([config.seed, step, 1]),
+      )
+      groups, reward_ms, rounds, filled = ada.groups, ada.reward_metrics, ada.rounds, 0
+      next_prompt += P
+      baseline = (ada.baseline, ada.scale) if r.ada.global_baseline else None
+      extra_ms = ada.metrics()
+    else:
+      groups, reward_ms, rounds, filled, next_prompt = groups_lib.collect_groups(
+        sample_round,
+        prompts,
+        next_prompt,
+        P,
+        G,
+        dynamic=r.dynamic_sampling,
+        max_rounds=r.max_sample_rounds,
+      )
     if r.mask_truncated:  # DAPO overlong filtering: truncated rows carry no loss
       batch = groups.batch
       groups = dataclasses.replace(
@@ -440,7 +489,9 @@ def run(config, workdir: str) -> dict:
     mask = np.asarray(groups.batch.loss_mask)
     by_mode, token_ms = token_rewards.score(token_spec, groups, scores)
     token_adv, adv, final_rewards = jax.device_get(
-      advantages.combine(groups.rewards, by_mode, mask, estimator=r.advantage, group_size=G)
+      advantages.combine(
+        groups.rewards, by_mode, mask, estimator=r.advantage, group_size=G, baseline=baseline
+      )
     )
     rollout = Rollout(
       batch=groups.batch,
@@ -477,6 +528,7 @@ def run(config, workdir: str) -> dict:
       )
     )
     last.update({"rl/sample_rounds": float(rounds), "rl/filled_groups": float(filled)})
+    last.update(extra_ms)
     last.update(
       {"perf/sample_s": t_sample, "perf/update_s": t_update, "perf/step_s": time.time() - t0}
     )

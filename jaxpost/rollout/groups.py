@@ -62,7 +62,12 @@ class Groups:
 
   def take(self, groups: list[int], g: int) -> Groups:
     """The rows of the given groups, in that order."""
-    rows = np.asarray([p * g + i for p in groups for i in range(g)], np.int64)
+    rows = [p * g + i for p in groups for i in range(g)]
+    return self.take_rows(rows, [self.problems[p] for p in groups])
+
+  def take_rows(self, rows: list[int], problems: list[tasks.Problem]) -> Groups:
+    """The given rows, in that order, as groups of ``problems`` (adjacent rows each)."""
+    rows = np.asarray(rows, np.int64)
     return Groups(
       batch=jax.tree.map(lambda x: x[rows], self.batch),
       sampler_logp=self.sampler_logp[rows],
@@ -72,7 +77,7 @@ class Groups:
       truncated=self.truncated[rows],
       lengths=self.lengths[rows],
       completions=[self.completions[r] for r in rows],
-      problems=[self.problems[p] for p in groups],
+      problems=list(problems),
     )
 
   def pad_to(self, width: int) -> Groups:
@@ -260,12 +265,13 @@ def rollout_metrics(
   The mismatch quantiles compare the sampler's log-probs with ``trainer_logp``, the
   trainer's forward at the same parameters; None (``rl.old_logp=sampler``) skips them.
   """
-  r = final_rewards.reshape(-1, g)  # [P, G]
   m = {
     "rl/reward_mean": float(final_rewards.mean()),
     "rl/reward_std": float(final_rewards.std()),
     "rl/accuracy": float(groups.correct.mean()),
-    "rl/zero_adv_group_frac": float(np.mean(r.max(axis=1) == r.min(axis=1))),
+    # Groups that give no gradient: every advantage 0 (equal rewards under a group
+    # estimator; under a global baseline, equal to the baseline).
+    "rl/zero_adv_group_frac": float(np.mean(np.all(adv.reshape(-1, g) == 0, axis=1))),
     # Before token rewards: groups whose task rewards alone are all equal.
     "rl/zero_outcome_group_frac": float(
       np.mean(np.ptp(groups.rewards.reshape(-1, g), axis=1) == 0)

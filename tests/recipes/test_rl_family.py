@@ -17,3 +17,13 @@ def test_the_ispo_config_runs_and_logs_its_diagnostics(tmp_path):
     for key in ("reward/ispo_signal", "reward/ispo_certainty", "rl/zero_outcome_group_frac"):
       assert np.isfinite(r[key]), key
     assert r["rl/zero_adv_group_frac"] <= r["rl/zero_outcome_group_frac"]
+
+
+def test_the_reinforce_ada_config_runs_and_keeps_groups_of_g(tmp_path):
+  c = shipped("reinforce_ada.py:tiny", **{"train.steps": 2, "rl.ada.rule": "positive"})
+  rl.run(c, str(tmp_path))
+  for r in train_records(str(tmp_path)).values():
+    # A random model earns nothing: no prompt exits, every prompt draws all its rounds.
+    assert r["rl/ada_rounds"] == 4 and r["rl/ada_exited_frac"] == 0.0
+    assert r["rl/ada_drawn_mean"] == 16.0
+    assert r["train/tokens"] > 0
