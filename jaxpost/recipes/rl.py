@@ -52,9 +52,8 @@ from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
 from jaxpost.rewards import registry as reward_registry
 from jaxpost.rewards import token as token_rewards
-from jaxpost.rollout import adaptive
+from jaxpost.rollout import adaptive, sampler
 from jaxpost.rollout import groups as groups_lib
-from jaxpost.rollout import sampler
 from jaxpost.types import Rollout
 
 LOSS_FAMILIES = ("policy",)
