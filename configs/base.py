@@ -289,8 +289,10 @@ def shared_sections() -> config_dict.ConfigDict:
   # s1's budget forcing writes the close-think tag once force_after tokens are spent.
   c.eval.stop_bias = 0.0  # logit shift of the stop tokens while decoding; 0 = off
   c.eval.force_after = 0  # tokens before the close-think tag is forced; 0 = off
+  c.eval.prompt_prefix = ""  # put before every held-out task prompt (e.g. a TLDR level tag)
   declare(
     "eval",
+    prompt_prefix=TEXT,
     stop_bias=num(),
     force_after=integer(ge=0),
     every=integer(ge=0),

@@ -41,8 +41,10 @@ class Evaluator:
     seed: int = 0,
     stop_bias: float = 0.0,
     force_after: int = 0,
+    prompt_prefix: str = "",
   ):
     self.tok = tok
+    self.prompt_prefix = prompt_prefix  # before every task prompt (a level tag, ...)
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
@@ -68,6 +70,7 @@ class Evaluator:
       seed=config.seed,
       stop_bias=e.get("stop_bias", 0.0),
       force_after=e.get("force_after", 0),
+      prompt_prefix=e.get("prompt_prefix", ""),
     )
 
   def problems(self, level: str) -> list[tasks.Problem]:
@@ -99,7 +102,7 @@ class Evaluator:
 
   def evaluate_level(self, state, level: str) -> LevelResult:
     problems = self.problems(level)
-    responses = self.responses(state, [p.prompt for p in problems])
+    responses = self.responses(state, [self.prompt_prefix + p.prompt for p in problems])
     scores = [tasks.score_response(p, r) for p, r in zip(problems, responses, strict=True)]
     n = len(problems)
     return LevelResult(

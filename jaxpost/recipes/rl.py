@@ -242,8 +242,8 @@ def validate(c: config_dict.ConfigDict) -> None:
 def reward_spec(c: config_dict.ConfigDict) -> tuple:
   """``reward.terms`` with each term's hyperparameter block (``rewards.make_spec``).
 
-  Length budgets left at 0 (``overlong.max_len``, ``length.norm_tokens``) mean the
-  sampling cap ``rl.max_new_tokens``.
+  Length budgets left at 0 (``overlong.max_len``, any reward's ``norm_tokens``) mean
+  the sampling cap ``rl.max_new_tokens``.
   """
   blocks = {
     k: dict(v)
@@ -254,8 +254,9 @@ def reward_spec(c: config_dict.ConfigDict) -> tuple:
   if blocks.get("overlong", {}).get("max_len", 1) == 0:
     blocks["overlong"]["max_len"] = cap
     blocks["overlong"]["cache_len"] = min(blocks["overlong"]["cache_len"], cap)
-  if blocks.get("length", {}).get("norm_tokens", 1) == 0:
-    blocks["length"]["norm_tokens"] = cap
+  for block in blocks.values():  # the length rewards' token scale (length, tldr, ...)
+    if block.get("norm_tokens", 1) == 0:
+      block["norm_tokens"] = cap
   return rewards.make_spec([tuple(t) for t in c.reward.terms], blocks)
 
 
@@ -324,8 +325,10 @@ def run(config, workdir: str) -> dict:
 
   # Tokenizer, prompt stream, rewards; the policy (from train.init_from) and its state.
   tok = common.load_tokenizer(config, workdir)
-  prompts = tasks.mixture(config_lib.parse_levels(config.data.levels), "train", config.seed)
   spec = reward_spec(config)
+  prompts = reward_registry.conditioned(  # e.g. TLDR's length-level tags
+    tasks.mixture(config_lib.parse_levels(config.data.levels), "train", config.seed), spec
+  )
   reward_pool = rewards.RewardPool(  # one per run: its budget spans the run; closed at the end
     workers=config.reward.workers,
     timeout_s=config.reward.timeout_s or None,

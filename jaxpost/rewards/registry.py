@@ -23,6 +23,7 @@ Contract for every registered reward::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -87,7 +88,7 @@ class Sample:
 
 
 def register(
-  name: str, *, check: CheckFn | None = None, trusted: bool = False, rules=None
+  name: str, *, check: CheckFn | None = None, trusted: bool = False, rules=None, prompts=None
 ) -> Callable[[RewardFn], RewardFn]:
   """Decorator adding a reward under ``name`` (the name used in the config's spec).
 
@@ -100,10 +101,13 @@ def register(
     trusted: the reward is pure and fast (string parsing, arithmetic), so it runs inline
       in the calling process, without a time limit and without a worker process;
       exceptions still score 0. Leave False for anything that may hang or crash.
+    prompts: optional ``prompts(problem, index, **hparams) -> Problem``: the reward
+      reads something it asks to be put on the prompts (TLDR's length-level tags); a
+      recipe applies it to prompt ``index`` of its stream (`conditioned`).
   """
   if name in RESERVED_NAMES or "/" in name or not name:
     raise ValueError(f"reward name {name!r} is reserved or invalid")
-  return REWARDS.register(name, check=check, rules=rules, trusted=bool(trusted))
+  return REWARDS.register(name, check=check, rules=rules, trusted=bool(trusted), prompts=prompts)
 
 
 def get(name: str) -> RewardFn:
@@ -123,3 +127,23 @@ def is_trusted(name: str) -> bool:
 
 def names() -> list[str]:
   return REWARDS.names()
+
+
+def conditioned(problem_at: Callable[[int], Problem], spec) -> Callable[[int], Problem]:
+  """``problem_at`` (index -> Problem) with the prompt changes of the spec's rewards
+  (their ``register(prompts=...)``), each with the term's hyperparameters, in spec order."""
+  changes = [
+    functools.partial(REWARDS.entry(t.name).meta["prompts"], **t.hparams)
+    for t in spec
+    if REWARDS.entry(t.name).meta.get("prompts") is not None
+  ]
+  if not changes:
+    return problem_at
+
+  def at(index: int) -> Problem:
+    problem = problem_at(index)
+    for change in changes:
+      problem = change(problem, index)
+    return problem
+
+  return at

@@ -59,3 +59,32 @@ def test_the_eval_fields_are_config_fields():
   config_lib.set_field(c, "eval.force_after", -1)
   with pytest.raises(config_lib.ConfigError, match="force_after"):
     config_lib.validate(c)
+
+
+def test_a_prompt_prefix_reaches_every_prompt(setup, monkeypatch):
+  tok, graphdef, state = setup
+  ev = accuracy.Evaluator(
+    graphdef, tok, num_examples=4, batch_size=4, max_new_tokens=4, prompt_prefix="1+"
+  )
+  seen = []
+  real = ev.responses
+  monkeypatch.setattr(ev, "responses", lambda s, prompts: seen.extend(prompts) or real(s, prompts))
+  ev.evaluate_level(state, "add3")
+  assert seen == ["1+" + p.prompt for p in ev.problems("add3")]
+
+
+def test_the_eval_cli_evaluates_a_run_under_options(tmp_path, capsys):
+  import json
+
+  from jaxpost.eval.__main__ import main
+
+  out = tmp_path / "ev.json"
+  flags = ["zoo:tiny-sft", "--levels=add3", "--set", "eval.num_examples=8", "--set",
+           "eval.batch_size=8"]  # fmt: skip
+  assert main([*flags, "--set", "eval.stop_bias=100.0", f"--out={out}"]) == 0
+  result = json.loads(out.read_text())
+  assert result["options"]["eval.stop_bias"] == 100.0
+  assert result["levels"]["add3"]["n"] == 8 and result["levels"]["add3"]["mean_tokens"] <= 2
+  assert "add3" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="eval.stop_bias"):
+    main([*flags, "--set", "optim.lr=1"])

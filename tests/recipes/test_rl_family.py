@@ -27,3 +27,21 @@ def test_the_reinforce_ada_config_runs_and_keeps_groups_of_g(tmp_path):
     assert r["rl/ada_rounds"] == 4 and r["rl/ada_exited_frac"] == 0.0
     assert r["rl/ada_drawn_mean"] == 16.0
     assert r["train/tokens"] > 0
+
+
+def test_the_tldr_config_runs_with_tagged_prompts(tmp_path, monkeypatch):
+  from jaxpost.rollout import groups as groups_lib
+
+  seen = []
+  real = groups_lib.sample_groups
+  monkeypatch.setattr(
+    groups_lib,
+    "sample_groups",
+    lambda *a, **k: seen.extend(p.prompt for p in a[3]) or real(*a, **k),
+  )
+  c = shipped("tldr.py:tiny", **{"train.steps": 2})
+  rl.run(c, str(tmp_path))
+  tags = [tag for _, tag, _ in c.reward.tldr.levels]
+  assert [p[:4] for p in seen] == [tags[i % 3] for i in range(len(seen))]
+  for r in train_records(str(tmp_path)).values():
+    assert r["reward/tldr"] <= 0.0
