@@ -53,14 +53,20 @@ def evaluate_run(run: str, levels: list[str], options: dict) -> dict:
   graphdef, state = nnx.split(model)
   evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
   return {
-    level: {"accuracy": r.accuracy, "format_rate": r.format_rate, "mean_tokens": r.mean_tokens,
-            "n": r.n}  # fmt: skip
+    level: {
+      "accuracy": r.accuracy,
+      "format_rate": r.format_rate,
+      "mean_tokens": r.mean_tokens,
+      "n": r.n,
+    }  # fmt: skip
     for level, r in evaluator.evaluate(state, levels).items()
   }
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxpost.eval", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m jaxpost.eval", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("run", help="a run directory or zoo:NAME[@SEED]")
   parser.add_argument("--levels", required=True, help="comma-separated task levels")
   parser.add_argument(

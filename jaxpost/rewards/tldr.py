@@ -28,7 +28,11 @@ from jaxpost.data.tasks import Problem
 from jaxpost.rewards.registry import Sample, register
 from jaxpost.rewards.verifiers import exact_answer
 
-DEFAULT_LEVELS = (("short", "[short] ", 0.5), ("medium", "[medium] ", 0.2), ("long", "[long] ", 0.0))
+DEFAULT_LEVELS = (
+  ("short", "[short] ", 0.5),
+  ("medium", "[medium] ", 0.2),
+  ("long", "[long] ", 0.0),
+)
 
 
 def parse_levels(levels) -> tuple[tuple[str, str, float], ...]:

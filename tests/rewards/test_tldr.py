@@ -27,7 +27,9 @@ def test_lambda_zero_is_plain_grpo_and_untagged_prompts_pay_nothing():
   spec = rewards.make_spec((("exact_answer", 1.0), ("tldr", 1.0)), {"tldr": {"levels": zero,
                            "norm_tokens": 40}})  # fmt: skip
   base = rewards.make_spec((("exact_answer", 1.0),))
-  samples = [_sample(f"({k}) 1+1", c, n) for k in (1, 2, 3) for c in (RIGHT, WRONG) for n in (5, 30)]
+  samples = [
+    _sample(f"({k}) 1+1", c, n) for k in (1, 2, 3) for c in (RIGHT, WRONG) for n in (5, 30)
+  ]
   np.testing.assert_array_equal(rewards.score(samples, spec)[0], rewards.score(samples, base)[0])
 
 
