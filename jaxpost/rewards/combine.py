@@ -160,6 +160,23 @@ def _call_inline(fn: Callable[[Sample], Any], sample: Sample) -> tuple[float, st
     return 0.0, f"error {e!r}"
 
 
+def _call_batched(fn, samples: list[Sample]) -> list[tuple[float, str | None]]:
+  """A batched (trusted) call: one exception scores every sample 0."""
+  try:
+    values = list(fn(samples))
+    if len(values) != len(samples):
+      raise ValueError(f"returned {len(values)} values for {len(samples)} samples")
+  except (Exception, SystemExit) as e:
+    return [(0.0, f"error {e!r}")] * len(samples)
+  out = []
+  for v in values:
+    try:
+      out.append((worker_lib.as_reward(v), None))
+    except (Exception, SystemExit) as e:
+      out.append((0.0, f"error {e!r}"))
+  return out
+
+
 def _cannot_send(fn: Callable) -> str | None:
   """Why ``fn`` cannot reach a worker process (which unpickles it by reference), or None."""
   base = fn
@@ -351,6 +368,10 @@ class RewardPool:
       for k, term in enumerate(terms):
         if not self._remote(term.name):
           fn = functools.partial(registry.get(term.name), **term.hparams)
+          if registry.is_batched(term.name):
+            for b, result in enumerate(_call_batched(fn, batch.samples)):
+              batch.record(k, b, *result)
+            continue
           for b, sample in enumerate(batch.samples):
             batch.record(k, b, *_call_inline(fn, sample))
       while batch.jobs:

@@ -14,6 +14,10 @@ Contract for every registered reward::
 * A reward may register a ``check`` function, called with the hyperparameters when a
   spec is built, so a bad value fails loudly at start-up instead of as one error per
   sample.
+* A *batched* reward (``register(..., batched=True)``, trusted only) is called once per
+  batch instead, ``reward(samples: list[Sample], **hparams) -> sequence of B floats``:
+  for rewards that run a model over the whole batch (the rubric's model grader). An
+  exception scores the whole batch 0; a non-finite value scores its sample 0.
 * By default a reward is untrusted: it runs in a worker process that is killed at the
   time limit, so it must be a module-level function of an importable module (it is
   pickled by reference). ``trusted=True`` marks a pure, fast function that runs in the
@@ -88,7 +92,13 @@ class Sample:
 
 
 def register(
-  name: str, *, check: CheckFn | None = None, trusted: bool = False, rules=None, prompts=None
+  name: str,
+  *,
+  check: CheckFn | None = None,
+  trusted: bool = False,
+  batched: bool = False,
+  rules=None,
+  prompts=None,
 ) -> Callable[[RewardFn], RewardFn]:
   """Decorator adding a reward under ``name`` (the name used in the config's spec).
 
@@ -101,13 +111,19 @@ def register(
     trusted: the reward is pure and fast (string parsing, arithmetic), so it runs inline
       in the calling process, without a time limit and without a worker process;
       exceptions still score 0. Leave False for anything that may hang or crash.
+    batched: called once per batch with the list of samples (module doc); needs
+      ``trusted``.
     prompts: optional ``prompts(problem, index, **hparams) -> Problem``: the reward
       reads something it asks to be put on the prompts (TLDR's length-level tags); a
       recipe applies it to prompt ``index`` of its stream (`conditioned`).
   """
   if name in RESERVED_NAMES or "/" in name or not name:
     raise ValueError(f"reward name {name!r} is reserved or invalid")
-  return REWARDS.register(name, check=check, rules=rules, trusted=bool(trusted), prompts=prompts)
+  if batched and not trusted:
+    raise ValueError(f"reward {name!r}: a batched reward runs in-process, so trusted=True")
+  return REWARDS.register(
+    name, check=check, rules=rules, trusted=bool(trusted), batched=bool(batched), prompts=prompts
+  )
 
 
 def get(name: str) -> RewardFn:
@@ -123,6 +139,11 @@ def get_check(name: str) -> CheckFn | None:
 def is_trusted(name: str) -> bool:
   """Whether the reward registered as ``name`` runs in-process (``register(trusted=True)``)."""
   return bool(REWARDS.entry(name).meta.get("trusted", False))
+
+
+def is_batched(name: str) -> bool:
+  """Whether the reward registered as ``name`` scores a whole batch per call."""
+  return bool(REWARDS.entry(name).meta.get("batched", False))
 
 
 def names() -> list[str]:

@@ -18,7 +18,14 @@ hyperparameter):
   shaping     R^g, g = ``shaping`` >= 1 (1: none): the slope g R^(g-1) grows with R, which
               widens differences among high-scoring responses
 
-The graders here are programmatic, for the embedded tasks (``GRADERS``): ``format``
+A criterion's grader is programmatic, for the embedded tasks (``GRADERS``), or a model:
+``judge:<question>`` asks a frozen model (``judge``: SmolLM2-135M-Instruct by default;
+``rewards/judge.py``) the question about the problem and the completion, and the score is
+the expected tier under its next-token probabilities of the labels "0", "1", ... (one
+per tier, batched over the whole batch: the reward is registered ``batched``). A veto
+fires when a criterion's score is nearest its lowest tier.
+
+The programmatic graders: ``format``
 (one well-formed think block and a non-blank answer), ``steps`` (the fraction of
 ``lhs=value`` steps of the trace that are right: every digit sum of an addition, every
 partial product and the final sum of a multiplication), ``answer`` (the final answer is
@@ -33,12 +40,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from jaxpost import fields
 from jaxpost.data.tasks import trace_errors
 from jaxpost.data.template import parse_response
 from jaxpost.rewards.registry import Sample, register
 
 PLAN_PREFIX = "plan:"
+JUDGE_PREFIX = "judge:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +61,34 @@ class Criterion:
   tiers: tuple[float, ...] = (0.0, 1.0)
 
   def __post_init__(self):
-    if self.grader not in GRADERS:
-      raise ValueError(f"rubric grader {self.grader!r}; expected one of {sorted(GRADERS)}")
+    if self.judged:
+      if not self.question.strip():
+        raise ValueError(f"rubric grader {self.grader!r}: a judge needs a question")
+      if len(self.tiers) > 10:
+        raise ValueError(f"rubric grader {self.grader!r}: a judge reads at most 10 tiers")
+    elif self.grader not in GRADERS:
+      raise ValueError(
+        f"rubric grader {self.grader!r}; expected one of {sorted(GRADERS)} or "
+        f"'{JUDGE_PREFIX}<question>'"
+      )
     if not (math.isfinite(self.weight) and self.weight >= 0):
       raise ValueError(f"rubric weight of {self.grader!r} must be >= 0, got {self.weight}")
     t = tuple(float(x) for x in self.tiers)
     if len(t) < 2 or list(t) != sorted(set(t)) or t[0] < 0 or t[-1] > 1:
       raise ValueError(f"rubric tiers of {self.grader!r}: increasing, in [0, 1], got {t}")
+
+  @property
+  def judged(self) -> bool:
+    """Graded by the model judge (``judge:<question>``)."""
+    return self.grader.startswith(JUDGE_PREFIX)
+
+  @property
+  def question(self) -> str:
+    return self.grader[len(JUDGE_PREFIX) :]
+
+  def vetoes(self, score: float) -> bool:
+    """A veto criterion whose score is nearest its lowest tier."""
+    return self.veto and min(self.tiers, key=lambda t: abs(t - score)) == self.tiers[0]
 
   def tier(self, raw: float) -> float:
     """The highest tier at or below ``raw`` (clipped to [0, 1])."""
@@ -76,7 +107,7 @@ def aggregate(
   """The rubric reward of tiered ``scores`` (one per criterion; module doc)."""
   if len(scores) != len(criteria) or not criteria:
     raise ValueError(f"{len(scores)} scores for {len(criteria)} criteria")
-  if any(c.veto and s <= c.tiers[0] for s, c in zip(scores, criteria, strict=True)):
+  if any(c.vetoes(s) for s, c in zip(scores, criteria, strict=True)):
     return float(veto_value)
   total = sum(c.weight for c in criteria)
   if total <= 0:
@@ -137,8 +168,33 @@ GRADERS: dict[str, Callable[..., float]] = {
 
 
 def grade(sample: Sample, criteria: Sequence[Criterion], *, length_budget: int = 64) -> list[float]:
-  """Every criterion's tiered score of ``sample``."""
+  """Every programmatic criterion's tiered score of ``sample``."""
   return [c.tier(GRADERS[c.grader](sample, length_budget=length_budget)) for c in criteria]
+
+
+def grade_batch(
+  samples: Sequence[Sample],
+  criteria: Sequence[Criterion],
+  *,
+  length_budget: int = 64,
+  judge: str = "smollm2",
+) -> np.ndarray:
+  """f32[N, K]: every criterion's score of every sample (judge criteria batched)."""
+  out = np.zeros((len(samples), len(criteria)), np.float32)
+  for k, c in enumerate(criteria):
+    if c.judged:
+      from jaxpost.rewards import judge as judge_lib  # a model: loaded only when asked
+
+      out[:, k] = judge_lib.grade(
+        judge_lib.get(judge),
+        c.question,
+        [s.prompt for s in samples],
+        [s.completion for s in samples],
+        c.tiers,
+      )
+    else:
+      out[:, k] = [grade(s, [c], length_budget=length_budget)[0] for s in samples]
+  return out
 
 
 def parse_criteria(spec) -> tuple[Criterion, ...]:
@@ -162,21 +218,25 @@ DEFAULT_CRITERIA = (("format", 1.0, True), ("steps", 1.0, False, QUARTERS), ("an
 
 
 def _check_rubric(*, criteria=DEFAULT_CRITERIA, saturation=0.0, shaping=1.0, veto_value=0.0,
-                  length_budget=64) -> None:  # fmt: skip
+                  length_budget=64, judge="smollm2") -> None:  # fmt: skip
   parse_criteria(criteria)
   if not (saturation >= 0 and shaping >= 1 and math.isfinite(veto_value) and length_budget >= 1):
     raise ValueError(
       f"rubric: saturation >= 0, shaping >= 1, length_budget >= 1, got {saturation}, "
       f"{shaping}, {length_budget}"
     )
+  if not judge:
+    raise ValueError("rubric: judge names the grading model ('smollm2', a .gguf, a run)")
 
 
 @register(
   "rubric",
   check=_check_rubric,
   trusted=True,
+  batched=True,
   rules={
     "criteria": fields.Custom("(grader, weight[, veto[, tiers]]) tuples", parse_criteria),
+    "judge": fields.TEXT,
     "saturation": fields.num(ge=0),
     "shaping": fields.num(ge=1),
     "veto_value": fields.num(),
@@ -184,26 +244,31 @@ def _check_rubric(*, criteria=DEFAULT_CRITERIA, saturation=0.0, shaping=1.0, vet
   },
 )
 def rubric(
-  sample: Sample,
+  samples: Sequence[Sample],
   *,
   criteria=DEFAULT_CRITERIA,
   saturation: float = 0.0,
   shaping: float = 1.0,
   veto_value: float = 0.0,
   length_budget: int = 64,
-) -> float:
-  """The rubric reward of ``sample``: its criteria graded programmatically, then
-  aggregated (module doc).
+  judge: str = "smollm2",
+) -> list[float]:
+  """The rubric reward of each sample: its criteria graded (programmatically or by the
+  model judge, batched), then aggregated (module doc).
 
   Args:
-    sample: the completion.
+    samples: the batch's completions.
     criteria: ``(grader, weight[, veto[, tiers]])`` tuples; default: format (a veto),
       the trace's steps (in quarters), and the answer at twice their weight.
     saturation: k of the per-dimension diminishing-returns map (0 = linear).
     shaping: g of the high-score shaping R^g (1 = none).
     veto_value: the reward when a veto criterion is at its lowest tier.
     length_budget: completion tokens the ``length`` grader allows in full.
+    judge: the model of ``judge:`` criteria: "smollm2", a .gguf file, a run or zoo:NAME.
   """
   crit = parse_criteria(criteria)
-  scores = grade(sample, crit, length_budget=length_budget)
-  return aggregate(scores, crit, saturation=saturation, shaping=shaping, veto_value=veto_value)
+  scores = grade_batch(samples, crit, length_budget=length_budget, judge=judge)
+  return [
+    aggregate(row, crit, saturation=saturation, shaping=shaping, veto_value=veto_value)
+    for row in scores.tolist()
+  ]

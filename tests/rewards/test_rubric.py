@@ -74,9 +74,8 @@ def test_graders_by_hand():
   assert [rubric.grade(_sample("x", tokens=n), length, length_budget=10)[0]
           for n in (10, 14, 15, 19, 20, 40)] == [1.0, 0.5, 0.5, 0.0, 0.0, 0.0]  # fmt: skip
   # The registered reward, default rubric: format veto, steps in quarters, answer x2.
-  assert rubric.rubric(right) == 1.0
-  assert rubric.rubric(one_wrong) == pytest.approx((1 + 0.5 + 0) / 4)
-  assert rubric.rubric(broken) == 0.0
+  got = rubric.rubric([right, one_wrong, broken])  # batched: one call per batch
+  assert got == pytest.approx([1.0, (1 + 0.5 + 0) / 4, 0.0])
 
 
 def test_bad_rubrics_fail_at_spec_time_and_the_rl_config_carries_the_block():
