@@ -52,7 +52,7 @@ from jaxpost.losses import LOSSES, advantages
 from jaxpost.recipes import common, register
 from jaxpost.rewards import registry as reward_registry
 from jaxpost.rewards import token as token_rewards
-from jaxpost.rollout import adaptive, sampler
+from jaxpost.rollout import adaptive, prompt_filter, sampler
 from jaxpost.rollout import groups as groups_lib
 from jaxpost.types import Rollout
 
@@ -91,6 +91,15 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.ada.positive_threshold = 0.7  # a reward above this is a positive
   c.rl.ada.global_baseline = True  # baseline = mean reward of all draws (else the estimator)
   c.rl.ada.normalize_std = False  # with the global baseline: divide by the draws' std
+  # Offline prompt filtering (jaxpost/rollout/prompt_filter.py): before training, the
+  # starting policy samples each candidate prompt, a reward scores it, and the prompts
+  # whose mean score is in [low, high] become the training stream.
+  c.rl.prompt_filter = config_dict.ConfigDict()
+  c.rl.prompt_filter.reward = ""  # "" = off | a registered reward, e.g. rubric (reward.<name>)
+  c.rl.prompt_filter.candidates = 256  # prompts screened (the stream's first ones)
+  c.rl.prompt_filter.samples = 4  # completions per screened prompt
+  c.rl.prompt_filter.low = 0.0  # keep prompts whose mean score is >= low ...
+  c.rl.prompt_filter.high = 1.0  # ... and <= high
   fields.declare(
     "rl",
     prompts_per_step=fields.integer(ge=1),
@@ -117,6 +126,14 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     positive_threshold=fields.num(),
     global_baseline=fields.FLAG,
     normalize_std=fields.FLAG,
+  )
+  fields.declare(
+    "rl.prompt_filter",
+    reward=fields.TEXT,
+    candidates=fields.integer(ge=1),
+    samples=fields.integer(ge=1),
+    low=fields.num(),
+    high=fields.num(),
   )
 
   # Rewards: a weighted sum of registered sequence rewards (jaxpost/rewards), plus token
@@ -215,6 +232,13 @@ def validate(c: config_dict.ConfigDict) -> None:
       f"{r.max_sample_rounds} draws cannot fill groups of rl.samples_per_prompt="
       f"{r.samples_per_prompt}"
     )
+  pf = r.prompt_filter
+  if pf.reward and pf.reward not in rewards.names():
+    raise config_lib.ConfigError(
+      f"rl.prompt_filter.reward={pf.reward!r}: one of {', '.join(rewards.names())}"
+    )
+  if pf.reward and pf.low > pf.high:
+    raise config_lib.ConfigError(f"rl.prompt_filter: low={pf.low} > high={pf.high}")
   config_lib.run_dir(r.reference, "rl.reference")
   if c.data.source != "tasks":
     raise config_lib.ConfigError(
@@ -239,8 +263,9 @@ def validate(c: config_dict.ConfigDict) -> None:
   config_lib.rows_split_over_mesh(c, rows // r.minibatches, "rows per update")
 
 
-def reward_spec(c: config_dict.ConfigDict) -> tuple:
-  """``reward.terms`` with each term's hyperparameter block (``rewards.make_spec``).
+def reward_spec(c: config_dict.ConfigDict, terms=None) -> tuple:
+  """``reward.terms`` (or ``terms``) with each term's hyperparameter block
+  (``rewards.make_spec``).
 
   Length budgets left at 0 (``overlong.max_len``, any reward's ``norm_tokens``) mean
   the sampling cap ``rl.max_new_tokens``.
@@ -257,7 +282,7 @@ def reward_spec(c: config_dict.ConfigDict) -> tuple:
   for block in blocks.values():  # the length rewards' token scale (length, tldr, ...)
     if block.get("norm_tokens", 1) == 0:
       block["norm_tokens"] = cap
-  return rewards.make_spec([tuple(t) for t in c.reward.terms], blocks)
+  return rewards.make_spec([tuple(t) for t in (c.reward.terms if terms is None else terms)], blocks)
 
 
 def loss_hparams(c: config_dict.ConfigDict, rows_per_update: int) -> dict:
@@ -310,6 +335,42 @@ def teacher_logp(run_, teacher_fn, groups, device_batch) -> np.ndarray:
   logp = np.asarray(jax.device_get(teacher_fn(state, run_.place_batch(view))[0]))
   on = np.asarray(groups.batch.loss_mask) > 0
   return np.where(on, np.take_along_axis(logp, cols, axis=1), 0.0).astype(np.float32)
+
+
+def screened_prompts(run_, generate_fn, prompts, pool, workdir: str):
+  """The prompt stream restricted to the prompts the starting policy's samples score in
+  ``rl.prompt_filter``'s band (screened once per run; ``rollout.prompt_filter``)."""
+  config, pf = run_.config, run_.config.rl.prompt_filter
+  spec = reward_spec(config, ((pf.reward, 1.0),))
+  keys = iter(range(1 << 30))
+
+  def score_prompts(problems):
+    key = jax.random.fold_in(jax.random.key(config.seed + 1), next(keys))
+    groups, _ = groups_lib.sample_groups(
+      generate_fn, run_.model_state(), run_.tok, problems, pf.samples, key, spec, pool=pool
+    )
+    return groups.rewards.reshape(len(problems), pf.samples)
+
+  settings = {k: pf[k] for k in ("reward", "candidates", "samples", "low", "high")}
+  kept, means, fresh = prompt_filter.load_or_screen(
+    workdir,
+    lambda: prompt_filter.screen(
+      score_prompts,
+      prompts,
+      candidates=pf.candidates,
+      chunk=config.rl.prompts_per_step,
+      low=pf.low,
+      high=pf.high,
+    ),
+    settings,
+  )
+  if fresh:
+    run_.writer.write(
+      run_.first_step,
+      {"filter/kept_frac": len(kept) / len(means), "filter/mean_score": float(means.mean())},
+    )
+  logging.info("prompt filter: %d of %d prompts kept", len(kept), len(means))
+  return prompt_filter.filtered_stream(prompts, kept)
 
 
 @register("rl")
@@ -403,6 +464,8 @@ def run(config, workdir: str) -> dict:
       schedule=run_.schedule,
     )
   )
+  if r.prompt_filter.reward:  # train on the screened prompts only
+    prompts = screened_prompts(run_, generate_fn, prompts, reward_pool, workdir)
   start_metrics = (
     run_.evaluate(run_.first_step) if run_.first_step == 0 and config.eval.every else {}
   )

@@ -45,3 +45,25 @@ def test_the_tldr_config_runs_with_tagged_prompts(tmp_path, monkeypatch):
   assert [p[:4] for p in seen] == [tags[i % 3] for i in range(len(seen))]
   for r in train_records(str(tmp_path)).values():
     assert r["reward/tldr"] <= 0.0
+
+
+def test_the_rubric_config_screens_prompts_then_trains_on_them(tmp_path, monkeypatch):
+  from jaxpost.rollout import prompt_filter
+
+  c = shipped(
+    "rubric.py:tiny",
+    **{"train.init_from": "zoo:tiny-sft", "train.steps": 2, "rl.max_new_tokens": 24},
+  )
+  c.rl.prompt_filter.low, c.rl.prompt_filter.high = 0.0, 0.5
+  # A model-graded criterion too (a small zoo model as the judge, for speed).
+  c.reward.rubric.criteria = (("format", 1.0, True), ("judge:Is it right?", 1.0, False, (0, 1)))
+  c.reward.rubric.judge = "zoo:tiny-sft"
+  rl.run(c, str(tmp_path))
+  import json
+
+  record = json.loads((tmp_path / prompt_filter.FILE).read_text())
+  assert len(record["means"]) == 4
+  assert record["kept"] == [i for i, m in enumerate(record["means"]) if m <= 0.5]
+  records = train_records(str(tmp_path))
+  assert sorted(records) == [1, 2]
+  assert all(np.isfinite(r["reward/rubric"]) and r["reward/errors"] == 0 for r in records.values())
