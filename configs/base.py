@@ -290,8 +290,10 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.stop_bias = 0.0  # logit shift of the stop tokens while decoding; 0 = off
   c.eval.force_after = 0  # tokens before the close-think tag is forced; 0 = off
   c.eval.prompt_prefix = ""  # put before every held-out task prompt (e.g. a TLDR level tag)
+  c.eval.tool_turns = 0  # > 0: answers are tool rollouts (jaxpost/tools/tir.py), this many turns
   declare(
     "eval",
+    tool_turns=integer(ge=0),
     prompt_prefix=TEXT,
     stop_bias=num(),
     force_after=integer(ge=0),

@@ -42,8 +42,11 @@ class Evaluator:
     stop_bias: float = 0.0,
     force_after: int = 0,
     prompt_prefix: str = "",
+    tool_turns: int = 0,
   ):
     self.tok = tok
+    self.max_new_tokens = max_new_tokens
+    self.tool_turns = tool_turns  # > 0: each answer is a greedy tool rollout
     self.prompt_prefix = prompt_prefix  # before every task prompt (a level tag, ...)
     self.num_examples = num_examples
     self.batch_size = batch_size
@@ -71,6 +74,7 @@ class Evaluator:
       stop_bias=e.get("stop_bias", 0.0),
       force_after=e.get("force_after", 0),
       prompt_prefix=e.get("prompt_prefix", ""),
+      tool_turns=e.get("tool_turns", 0),
     )
 
   def problems(self, level: str) -> list[tasks.Problem]:
@@ -85,6 +89,9 @@ class Evaluator:
     for i in range(0, len(prompts), self.batch_size):
       chunk = prompts[i : i + self.batch_size]
       ids = [self._prompt_ids(p) for p in chunk]
+      if self.tool_turns:  # greedy tool rollouts: turns of at most max_new_tokens each
+        out += self._tool_responses(state, ids)
+        continue
       # Pad the batch to a fixed row count so every call reuses one compilation.
       ids += [ids[-1]] * (self.batch_size - len(ids))
       tokens, mask = _pad_to_bucket(*sampler.left_pad(ids, self.tok.pad_id), self.tok.pad_id)
@@ -94,6 +101,19 @@ class Evaluator:
         out.append(self.tok.decode(_strip_eos(new[row, : lengths[row]], self.tok.eos_id)))
         self._lengths.append(int(lengths[row]))
     return out
+
+  def _tool_responses(self, state, ids: list[list[int]]) -> list[str]:
+    from jaxpost.tools import sandbox, tir
+
+    m = len(ids)
+    padded = ids + [ids[-1]] * (self.batch_size - m)  # one row count: one compilation
+    turns = tir.sampler_turns(self._generate, state, self.tok, jax.random.key(0), group_size=1)
+    rows = tir.rollout(
+      turns, self.tok, padded, max_turns=self.tool_turns, max_new_tokens=self.max_new_tokens,
+      limits=sandbox.Limits(),
+    )[:m]  # fmt: skip
+    self._lengths += [len(r.ids) for r in rows]
+    return [self.tok.decode([t for t in r.ids if t != self.tok.eos_id]) for r in rows]
 
   def _prompt_ids(self, prompt: str | template.Example) -> list[int]:
     if isinstance(prompt, str):

@@ -54,6 +54,7 @@ from jaxpost.rewards import registry as reward_registry
 from jaxpost.rewards import token as token_rewards
 from jaxpost.rollout import adaptive, prompt_filter, sampler
 from jaxpost.rollout import groups as groups_lib
+from jaxpost.tools import sandbox, tir
 from jaxpost.types import Rollout
 
 LOSS_FAMILIES = ("policy",)
@@ -91,6 +92,19 @@ def config_sections(c: config_dict.ConfigDict) -> None:
   c.rl.ada.positive_threshold = 0.7  # a reward above this is a positive
   c.rl.ada.global_baseline = True  # baseline = mean reward of all draws (else the estimator)
   c.rl.ada.normalize_std = False  # with the global baseline: divide by the draws' std
+  # Tool-integrated rollouts (SimpleTIR; jaxpost/tools/tir.py): the model writes Python, a
+  # sandbox runs it, the output comes back as a tool turn (never trained on), up to
+  # max_turns model turns within rl.max_new_tokens.
+  c.rl.tool = config_dict.ConfigDict()
+  c.rl.tool.max_turns = 0  # model turns per trajectory; 0 = single-turn, no tools
+  c.rl.tool.turn_tokens = 32  # tokens one model turn may generate
+  c.rl.tool.mask_void = True  # SimpleTIR: trajectories with a void turn carry no loss
+  c.rl.tool.void_in_group = True  # void ones still count in the group baseline (the code's)
+  c.rl.tool.workers = 2  # sandbox processes at once
+  c.rl.tool.wall_s = 5.0  # sandbox: wall-clock seconds per call
+  c.rl.tool.cpu_s = 2  # sandbox: CPU seconds per call
+  c.rl.tool.memory_mb = 512  # sandbox: address space per call
+  c.rl.tool.output_bytes = 16384  # sandbox: stdout / stderr bytes kept
   # Offline prompt filtering (jaxpost/rollout/prompt_filter.py): before training, the
   # starting policy samples each candidate prompt, a reward scores it, and the prompts
   # whose mean score is in [low, high] become the training stream.
@@ -126,6 +140,18 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     positive_threshold=fields.num(),
     global_baseline=fields.FLAG,
     normalize_std=fields.FLAG,
+  )
+  fields.declare(
+    "rl.tool",
+    max_turns=fields.integer(ge=0),
+    turn_tokens=fields.integer(ge=1),
+    mask_void=fields.FLAG,
+    void_in_group=fields.FLAG,
+    workers=fields.integer(ge=1),
+    wall_s=fields.num(gt=0),
+    cpu_s=fields.integer(ge=1),
+    memory_mb=fields.integer(ge=64),
+    output_bytes=fields.integer(ge=1),
   )
   fields.declare(
     "rl.prompt_filter",
@@ -231,6 +257,11 @@ def validate(c: config_dict.ConfigDict) -> None:
       f"rl.ada.round_samples={r.ada.round_samples} x rl.max_sample_rounds="
       f"{r.max_sample_rounds} draws cannot fill groups of rl.samples_per_prompt="
       f"{r.samples_per_prompt}"
+    )
+  if r.tool.max_turns and not r.tool.void_in_group and (r.advantage != "grpo" or r.ada.rule):
+    raise config_lib.ConfigError(
+      "rl.tool.void_in_group=False recomputes GRPO's group z-score without the void rows: "
+      "it needs rl.advantage='grpo' and no rl.ada.rule"
     )
   pf = r.prompt_filter
   if pf.reward and pf.reward not in rewards.names():
@@ -428,6 +459,23 @@ def run(config, workdir: str) -> dict:
     top_p=r.top_p,
     min_p=r.min_p,
   )
+  if r.tool.max_turns:  # one model turn at a time, between tool calls
+    turn_fn = sampler.make_generate_fn(
+      run_.graphdef,
+      max_new_tokens=r.tool.turn_tokens,
+      eos_id=tok.eos_id,
+      pad_id=tok.pad_id,
+      temperature=r.temperature,
+      top_k=r.top_k,
+      top_p=r.top_p,
+      min_p=r.min_p,
+    )
+    limits = sandbox.Limits(
+      wall_s=r.tool.wall_s,
+      cpu_s=r.tool.cpu_s,
+      memory_mb=r.tool.memory_mb,
+      output_bytes=r.tool.output_bytes,
+    )
   scorer = scoring.make_scorer(
     run_.graphdef,
     temperature=r.temperature,
@@ -485,6 +533,21 @@ def run(config, workdir: str) -> dict:
     # 1-2. Sample and reward (with dynamic sampling: until P informative groups; with
     # Reinforce-Ada: each prompt in rounds until it has the signal its exit rule asks).
     def sample_round(k: int, problems, n=G, model_state=model_state, step_key=step_key):
+      if r.tool.max_turns:
+        return tir.sample_tool_groups(
+          turn_fn,
+          model_state,
+          tok,
+          problems,
+          n,
+          jax.random.fold_in(step_key, k),
+          spec,
+          max_turns=r.tool.max_turns,
+          max_new_tokens=r.max_new_tokens,
+          limits=limits,
+          workers=r.tool.workers,
+          pool=reward_pool,
+        )
       return groups_lib.sample_groups(
         generate_fn,
         model_state,
@@ -528,6 +591,16 @@ def run(config, workdir: str) -> dict:
       groups = dataclasses.replace(
         groups, batch=batch.replace(loss_mask=batch.loss_mask * ~groups.truncated[:, None])
       )
+    if r.tool.max_turns:  # SimpleTIR's void-turn filter, in the loss and (opt.) the baseline
+      void = groups.info["void"]
+      if r.tool.mask_void:
+        batch = groups.batch
+        groups = dataclasses.replace(
+          groups, batch=batch.replace(loss_mask=batch.loss_mask * ~void[:, None])
+        )
+      if not r.tool.void_in_group:
+        baseline = tir.group_baseline(groups.rewards, void, G)
+      extra_ms.update(tir.tool_metrics(groups))
     t_sample = time.time() - t0
 
     # 3. Score under the policy that sampled (pi_old) and the reference.
@@ -565,7 +638,8 @@ def run(config, workdir: str) -> dict:
       sampler_logp=groups.sampler_logp,
       ref_logp=np.zeros_like(old_logp) if scores["ref_logp"] is None else scores["ref_logp"],
       group_ids=np.repeat(np.arange(P, dtype=np.int32), G),
-      turn_ids=(mask > 0).astype(np.int32),  # single turn: 1 on every completion token
+      # model turns (tool rollouts), else 1 on every completion token
+      turn_ids=groups.info.get("turn_ids", (mask > 0).astype(np.int32)),
     )
 
     # 5. Policy updates: epochs x minibatches in one compiled call.

@@ -43,6 +43,8 @@ class Groups:
     lengths: i32[R] completion tokens (EOS included).
     completions: R decoded completions.
     problems: one task problem per group.
+    info: other per-row arrays ([R] or [R, T]) of a rollout kind, e.g. the tool
+      rollouts' void flags and turn ids (``tools/tir.py``); taken and padded with the rows.
   """
 
   batch: Batch
@@ -54,6 +56,7 @@ class Groups:
   lengths: np.ndarray
   completions: list[str]
   problems: list[tasks.Problem]
+  info: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def group_size(self) -> int:
@@ -78,6 +81,7 @@ class Groups:
       lengths=self.lengths[rows],
       completions=[self.completions[r] for r in rows],
       problems=list(problems),
+      info={k: v[rows] for k, v in self.info.items()},
     )
 
   def pad_to(self, width: int) -> Groups:
@@ -91,6 +95,7 @@ class Groups:
       batch=jax.tree.map(pad, self.batch),
       sampler_logp=pad(self.sampler_logp),
       raw_logp=pad(self.raw_logp),
+      info={k: pad(v) if v.ndim == 2 else v for k, v in self.info.items()},
     )
 
 
@@ -106,6 +111,7 @@ def concat_groups(parts: list[Groups]) -> Groups:
     },
     completions=[c for p in parts for c in p.completions],
     problems=[q for p in parts for q in p.problems],
+    info={k: np.concatenate([p.info[k] for p in parts]) for k in parts[0].info},
   )
 
 

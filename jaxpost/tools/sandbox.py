@@ -8,8 +8,10 @@ own session, from a scratch directory made for the call and deleted after it. La
 
   kernel limits   RLIMIT_CPU (CPU seconds), RLIMIT_AS (address space), RLIMIT_FSIZE
                   (bytes any file, stdout and stderr included, may reach), RLIMIT_NPROC
-                  and RLIMIT_CORE = 0; a wall-clock deadline after which the whole
-                  process group is killed
+                  and RLIMIT_CORE = 0, set by the child's first lines (no preexec
+                  function: the caller, a JAX process, is never forked with Python
+                  code to run) and closed to it afterwards; a wall-clock deadline
+                  after which the whole process group is killed
   audit hook      installed before the code runs and impossible to remove from Python
                   (PEP 578): opening a file outside the scratch directory (the Python
                   installation is readable, never writable), creating a socket,
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,13 @@ class Result:
 # Runs in the child before the code: the audit hook, then the code itself. Kept to the
 # standard library's builtins (the interpreter is isolated and has no site-packages).
 _BOOT = r"""
-import os, sys
+import os, resource, sys
+cpu_s, memory, out_cap = (int(x) for x in sys.argv[2:5])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (out_cap, out_cap))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # not enforced for root: the hook is
 scratch = os.path.realpath(sys.argv[1])
 readable = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                sys.base_exec_prefix})
@@ -88,7 +95,8 @@ def inside(path, roots):
   return any(p == r or p.startswith(r + os.sep) for r in roots)
 BLOCKED = ("socket.", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec",
            "os.system", "subprocess.", "os.kill", "os.killpg", "signal.pthread_kill",
-           "ctypes.", "os.setuid", "os.chroot", "pty.", "sys.remote_exec", "winreg.")
+           "ctypes.", "os.setuid", "os.chroot", "pty.", "sys.remote_exec", "winreg.",
+           "resource.setrlimit", "resource.prlimit")
 def hook(event, args):
   if event.startswith(BLOCKED):
     raise SandboxViolation(event)
@@ -125,20 +133,6 @@ exec(compile(source, "main.py", "exec"), namespace)
 """
 
 
-def _limit(limits: Limits):
-  out_cap = 64 * limits.output_bytes
-
-  def apply() -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    memory = limits.memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (out_cap, out_cap))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))  # not enforced for root: the hook is
-
-  return apply
-
-
 def run_python(code: str, limits: Limits = Limits()) -> Result:
   """Runs ``code`` under ``limits`` (module doc); never raises for what the code does."""
   scratch = tempfile.mkdtemp(prefix="jaxpost-sandbox-")
@@ -151,9 +145,10 @@ def run_python(code: str, limits: Limits = Limits()) -> Result:
     start = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
       proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _BOOT, scratch], stdin=subprocess.DEVNULL,
-        stdout=out, stderr=err, cwd=scratch, env=env, close_fds=True,
-        start_new_session=True, preexec_fn=_limit(limits),
+        [sys.executable, "-I", "-S", "-c", _BOOT, scratch, str(limits.cpu_s),
+         str(limits.memory_mb * 1024 * 1024), str(64 * limits.output_bytes)],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=scratch, env=env,
+        close_fds=True, start_new_session=True,
       )  # fmt: skip
       timed_out = False
       try:

@@ -84,3 +84,10 @@ def test_the_caller_is_untouched_and_no_process_is_left_behind():
 def test_bad_limits_are_refused():
   with pytest.raises(ValueError, match="limits"):
     sandbox.Limits(wall_s=0)
+
+
+def test_the_limits_cannot_be_raised_from_inside():
+  r = sandbox.run_python(
+    "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (100, 100))\nprint('raised')"
+  )
+  assert r.status == "blocked" and "raised" not in r.stdout
