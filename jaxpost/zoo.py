@@ -179,6 +179,19 @@ register(
   eval__final_levels="",
 )
 
+register(
+  "tir-start",
+  "tool-using start for SimpleTIR: configs/simpletir.py:sft (one-call Python traces for "
+  "3x3 and 4x3-digit multiplication) stopped at step 300 of 1500, evaluated with greedy "
+  "tool rollouts",
+  "simpletir.py:sft",
+  1.5,
+  train__stop_at=300,
+  train__max_minutes=0.0,
+  train__checkpoint_every=100_000,
+  eval__every=0,
+)
+
 
 # --- references in config fields ---------------------------------------------------
 

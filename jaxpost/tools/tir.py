@@ -133,26 +133,32 @@ def rollout(
     if not active:
       break
     outs = generate_turn([list(prompts[i]) + rows[i].ids for i in active], turn)
-    calls = []  # (row, code)
+    calls = []  # (row, code, what the turn wrote after the code block)
     for i, (ids, raw, filtered, eos) in zip(active, outs, strict=True):
       room = max_new_tokens - len(rows[i].ids)
       cut = len(ids) > room
       ids, raw, filtered = ids[:room], raw[:room], filtered[:room]
       rows[i].add(ids, raw, filtered, tool=False, turn=turn)
-      kind = parse_turn(tok.decode([t for t in ids if t != tok.eos_id]))
+      text = tok.decode([t for t in ids if t != tok.eos_id])
+      kind = parse_turn(text)
       if kind.kind == "code":  # a tool call, if the budget leaves room for its output
         if not cut and len(rows[i].ids) < max_new_tokens:
-          calls.append((i, kind.code))
+          calls.append((i, kind.code, text.rsplit(CODE_END, 1)[-1] if CODE_END in text else ""))
       elif kind.kind == "answer":
         rows[i].finished = eos  # an answer cut at a cap is unfinished
       else:  # neither code nor an answer: the trajectory stops here
         rows[i].void, rows[i].finished = True, not cut
-    results = run_tools([code for _, code in calls], limits, workers)
+    results = run_tools([code for _, code, _ in calls], limits, workers)
     next_active = []
-    for (i, _), result in zip(calls, results, strict=True):
+    for (i, _, after), result in zip(calls, results, strict=True):
       rows[i].calls += 1
       rows[i].failed_calls += not result.ok
-      ids = tok.encode(tool_text(result))[: max_new_tokens - len(rows[i].ids)]
+      tool = tool_text(result)
+      # The stop string ends inside a token, which may already hold the start of the
+      # output fence (a merged piece such as "\n```\n```"): continue the text from there.
+      if after and tool.startswith(after):
+        tool = tool[len(after) :]
+      ids = tok.encode(tool)[: max_new_tokens - len(rows[i].ids)]
       rows[i].add(ids, [0.0] * len(ids), [0.0] * len(ids), tool=True, turn=turn)
       if len(rows[i].ids) < max_new_tokens:
         next_active.append(i)

@@ -67,3 +67,11 @@ def test_the_rubric_config_screens_prompts_then_trains_on_them(tmp_path, monkeyp
   records = train_records(str(tmp_path))
   assert sorted(records) == [1, 2]
   assert all(np.isfinite(r["reward/rubric"]) and r["reward/errors"] == 0 for r in records.values())
+
+
+def test_the_simpletir_config_runs_tool_rollouts(tmp_path):
+  c = shipped("simpletir.py:tiny", **{"train.steps": 2})
+  rl.run(c, str(tmp_path))
+  for r in train_records(str(tmp_path)).values():
+    assert 0.0 <= r["tool/void_frac"] <= 1.0 and r["tool/calls_mean"] >= 0.0
+    assert np.isfinite(r["train/loss"])

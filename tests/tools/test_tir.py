@@ -187,3 +187,14 @@ def test_tool_traces_are_what_a_rollout_would_show(tmp_path):
   path = tmp_path / "t.jsonl"
   tir.main([str(path), "--levels=mul4x3:1.0", "--n=3"])
   assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_turn_that_overshoots_the_stop_string_continues_the_output_fence():
+  script = {"A": [CODE + "```", "</think>42$"], "B": [CODE + "hm", "</think>42$"]}
+  turns, _ = _scripted(script)
+  a, b = tir.rollout(
+    turns, _CharTok(), [[ord("A")], [ord("B")]], max_turns=2, max_new_tokens=200, limits=LIMITS
+  )
+  tok = _CharTok()
+  assert tok.decode(a.ids) == CODE + "```output\n42\n```\n</think>42"  # not "``````output"
+  assert tok.decode(b.ids) == CODE + "hm```output\n42\n```\n</think>42"  # not a prefix
