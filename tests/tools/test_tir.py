@@ -198,3 +198,16 @@ def test_a_turn_that_overshoots_the_stop_string_continues_the_output_fence():
   tok = _CharTok()
   assert tok.decode(a.ids) == CODE + "```output\n42\n```\n</think>42"  # not "``````output"
   assert tok.decode(b.ids) == CODE + "hm```output\n42\n```\n</think>42"  # not a prefix
+
+
+def test_the_shipped_sft_data_is_the_generator_s_output(tmp_path):
+  import os
+
+  shipped = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs", "data", "tir_sft.jsonl",
+  )  # fmt: skip
+  out = tmp_path / "again.jsonl"
+  tir.write_sft(str(out), {"mul3x3": 1.0, "mul4x3": 1.0}, 1500, seed=0)
+  with open(shipped) as f:
+    assert f.read() == out.read_text()
