@@ -182,11 +182,11 @@ register(
 register(
   "tir-start",
   "tool-using start for SimpleTIR: configs/simpletir.py:sft (one-call Python traces for "
-  "3x3 and 4x3-digit multiplication) stopped at step 300 of 1500, evaluated with greedy "
-  "tool rollouts",
+  "3x3 and 4x3-digit multiplication) stopped at step 100 of 1500 (about 40% held-out with "
+  "greedy tool rollouts; it is past 90% by step 200)",
   "simpletir.py:sft",
   1.5,
-  train__stop_at=300,
+  train__stop_at=100,
   train__max_minutes=0.0,
   train__checkpoint_every=100_000,
   eval__every=0,
