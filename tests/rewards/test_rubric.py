@@ -93,3 +93,20 @@ def test_bad_rubrics_fail_at_spec_time_and_the_rl_config_carries_the_block():
   config_lib.validate(c)
   (term,) = rl.reward_spec(c)
   assert term.name == "rubric" and term.hparams["saturation"] == 2.0
+
+
+def test_plan_then_act_card_properties():
+  # methods card more_cards.md 10b: tags enforced (malformed: format 0, and no plan
+  # credit); the plan reward is bounded in [0, 1] and does not depend on the order of
+  # the steps that follow the plan.
+  crit = rubric.parse_criteria((("format", 1.0), ("plan", 1.0)))
+  steps = ["17*6=102", "17*50=850", "102+850=952"]
+  scores = set()
+  for order in (steps, steps[::-1], [steps[1], steps[0], steps[2]]):
+    s = _sample("<think>plan:partial products then add," + ",".join(order) + "</think>952")
+    scores.add(tuple(rubric.grade(s, crit)))
+  assert scores == {(1.0, 1.0)}
+  for bad in ("<think>plan:add,17*6=102 952", "plan:add,17*6=102</think>952", "<think>plan:</think>9"):
+    got = rubric.grade(_sample(bad), crit)
+    assert got[1] == 0.0 and all(0.0 <= x <= 1.0 for x in got)
+  assert rubric.grade(_sample("<think>plan:add,17*6=102 952"), crit)[0] == 0.0
