@@ -3,7 +3,8 @@
 Every cell runs 40 RL steps of ``configs/simpletir.py:quickstart`` from the zoo's
 ``tir-start@SEED`` (one-call Python traces for 3x3 and 4x3-digit multiplication, SFT
 stopped at step 100, about 40% held-out), 8 prompts x 8 trajectories of up to 3 model
-turns and 96 tokens a step, evaluating 100 held-out problems per level with greedy tool rollouts every 20 steps:
+turns and 96 tokens a step, evaluating 100 held-out problems per level with greedy tool
+rollouts every 20 steps:
 
   no_filter        multi-turn GRPO, every trajectory in the loss (the baseline)
   filter           SimpleTIR: trajectories with a void turn carry no loss, stay in the

@@ -106,7 +106,11 @@ def test_plan_then_act_card_properties():
     s = _sample("<think>plan:partial products then add," + ",".join(order) + "</think>952")
     scores.add(tuple(rubric.grade(s, crit)))
   assert scores == {(1.0, 1.0)}
-  bad_ones = ("<think>plan:add,17*6=102 952", "plan:add,17*6=102</think>952", "<think>plan:</think>9")
+  bad_ones = (
+    "<think>plan:add,17*6=102 952",
+    "plan:add,17*6=102</think>952",
+    "<think>plan:</think>9",
+  )
   for bad in bad_ones:
     got = rubric.grade(_sample(bad), crit)
     assert got[1] == 0.0 and all(0.0 <= x <= 1.0 for x in got)
