@@ -449,20 +449,10 @@ def run(config, workdir: str) -> dict:
     run_.frozen["teacher"] = run_.place(t_state)
 
   # Compiled pieces: sampler, scorer (completions only, shared prompts), policy update.
-  generate_fn = sampler.make_generate_fn(
-    run_.graphdef,
-    max_new_tokens=r.max_new_tokens,
-    eos_id=tok.eos_id,
-    pad_id=tok.pad_id,
-    temperature=r.temperature,
-    top_k=r.top_k,
-    top_p=r.top_p,
-    min_p=r.min_p,
-  )
-  if r.tool.max_turns:  # one model turn at a time, between tool calls
-    turn_fn = sampler.make_generate_fn(
+  def sampler_fn(max_new_tokens: int):
+    return sampler.make_generate_fn(
       run_.graphdef,
-      max_new_tokens=r.tool.turn_tokens,
+      max_new_tokens=max_new_tokens,
       eos_id=tok.eos_id,
       pad_id=tok.pad_id,
       temperature=r.temperature,
@@ -470,11 +460,20 @@ def run(config, workdir: str) -> dict:
       top_p=r.top_p,
       min_p=r.min_p,
     )
-    limits = sandbox.Limits(
-      wall_s=r.tool.wall_s,
-      cpu_s=r.tool.cpu_s,
-      memory_mb=r.tool.memory_mb,
-      output_bytes=r.tool.output_bytes,
+
+  generate_fn = sampler_fn(r.max_new_tokens)
+  if r.tool.max_turns:  # one model turn at a time, between tool calls, within the budget
+    turn_fn = sampler_fn(r.tool.turn_tokens)
+    tool_options = dict(
+      max_turns=r.tool.max_turns,
+      max_new_tokens=r.max_new_tokens,
+      limits=sandbox.Limits(
+        wall_s=r.tool.wall_s,
+        cpu_s=r.tool.cpu_s,
+        memory_mb=r.tool.memory_mb,
+        output_bytes=r.tool.output_bytes,
+      ),
+      workers=r.tool.workers,
     )
   scorer = scoring.make_scorer(
     run_.graphdef,
@@ -533,30 +532,13 @@ def run(config, workdir: str) -> dict:
     # 1-2. Sample and reward (with dynamic sampling: until P informative groups; with
     # Reinforce-Ada: each prompt in rounds until it has the signal its exit rule asks).
     def sample_round(k: int, problems, n=G, model_state=model_state, step_key=step_key):
-      if r.tool.max_turns:
+      key = jax.random.fold_in(step_key, k)
+      if r.tool.max_turns:  # multi-turn tool rollouts
         return tir.sample_tool_groups(
-          turn_fn,
-          model_state,
-          tok,
-          problems,
-          n,
-          jax.random.fold_in(step_key, k),
-          spec,
-          max_turns=r.tool.max_turns,
-          max_new_tokens=r.max_new_tokens,
-          limits=limits,
-          workers=r.tool.workers,
-          pool=reward_pool,
+          turn_fn, model_state, tok, problems, n, key, spec, pool=reward_pool, **tool_options
         )
       return groups_lib.sample_groups(
-        generate_fn,
-        model_state,
-        tok,
-        problems,
-        n,
-        jax.random.fold_in(step_key, k),
-        spec,
-        pool=reward_pool,
+        generate_fn, model_state, tok, problems, n, key, spec, pool=reward_pool
       )
 
     baseline, extra_ms = None, {}
