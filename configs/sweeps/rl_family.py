@@ -10,6 +10,10 @@ held-out mul2x2 problems every 20 steps:
   ispo_signal       + the sequence signal alone
   ispo_certainty    + the certainty reward alone (critical tokens: the answer)
   ispo_entropy      + the certainty reward at high-entropy tokens (>= 0.5 nats) and the answer
+  ispo_clip20, ispo_signal_clip20
+                    ispo and ispo_signal with the signal clipped at 20 nats, not 5: at 5 the
+                    tiny models' signal saturates (an empty think block makes their answer
+                    ~10 nats a token less likely), so groups of one outcome stay uniform
   ada_balanced      Reinforce-Ada, balanced exit, rounds of 8, 4 rounds, global baseline
   ada_positive      Reinforce-Ada, positive-focused exit
   rubric            the programmatic rubric (format veto, steps in quarters, answer x2)
@@ -46,6 +50,13 @@ def get_config(variant: str = "default") -> Sweep:
         "reward.token_terms": (("ispo_certainty", 0.1),),
         "reward.ispo_certainty.critical": "both",
         "reward.ispo_certainty.entropy_threshold": 0.5,
+      },
+      {"name": "ispo_clip20", "config": ISPO, "reward.ispo_signal.clip": 20.0},
+      {
+        "name": "ispo_signal_clip20",
+        "config": ISPO,
+        "reward.token_terms": (("ispo_signal", 0.1),),
+        "reward.ispo_signal.clip": 20.0,
       },
       {"name": "ada_balanced", "config": "configs/reinforce_ada.py:quickstart"},
       {
