@@ -19,6 +19,7 @@ held-out mul2x2 problems every 20 steps:
   rubric            the programmatic rubric (format veto, steps in quarters, answer x2)
                     instead of the exact-answer reward
   tldr              exact answer + TLDR's level-tagged length penalty (lambdas 0.6 / 0.3 / 0)
+  tldr_tags_only    the same tags with every lambda 0: what the tags alone do
 
   python -m jaxpost.sweep --config=configs/sweeps/rl_family.py --root=runs/sweeps/rl_family
   python -m jaxpost.sweep.report runs/sweeps/rl_family --out experiments/rl_family
@@ -66,6 +67,15 @@ def get_config(variant: str = "default") -> Sweep:
       },
       {"name": "rubric", "reward.terms": (("rubric", 1.0),)},
       {"name": "tldr", "config": "configs/tldr.py:quickstart"},
+      {
+        "name": "tldr_tags_only",
+        "config": "configs/tldr.py:quickstart",
+        "reward.tldr.levels": (
+          ("short", "(1) ", 0.0),
+          ("medium", "(2) ", 0.0),
+          ("long", "(3) ", 0.0),
+        ),
+      },
     ),
     seeds=(0, 1, 2),
     fixed=load_sibling(__file__, "rl_algorithms").FIXED,  # the same runs as its grpo cell
