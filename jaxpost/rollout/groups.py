@@ -160,21 +160,12 @@ def sample_groups(
     samples.append(
       rewards.Sample.from_problem(problem, text, num_tokens=int(lengths[row]), truncated=truncated)
     )
-  if pool is not None:
-    reward, reward_metrics = pool.score(samples, spec)
-  else:
-    reward, reward_metrics = rewards.score(samples, spec, timeout_s=timeout_s)
-  correct = np.asarray(
-    [
-      (not s.truncated) and tasks.check_answer(problems[i // num_samples], s.completion)
-      for i, s in enumerate(samples)
-    ]
-  )
+  reward, reward_metrics, correct = score_samples(samples, problems, spec, pool, timeout_s)
   groups = Groups(
     batch=laid.batch,
     sampler_logp=laid.filtered_logp,
     raw_logp=laid.sampler_logp,
-    rewards=np.asarray(reward, np.float32),
+    rewards=reward,
     correct=correct,
     truncated=np.asarray(laid.truncated, bool),
     lengths=np.asarray(lengths, np.int32),
@@ -182,6 +173,23 @@ def sample_groups(
     problems=list(problems),
   )
   return groups, reward_metrics
+
+
+def score_samples(samples, problems, spec, pool=None, timeout_s: float | None = 1.0):
+  """(f32[R] rewards, reward metrics, bool[R] exact-match correct) of R samples, G per
+  problem, scored by ``pool`` (or a pool for this batch with ``timeout_s``)."""
+  if pool is not None:
+    reward, metrics = pool.score(samples, spec)
+  else:
+    reward, metrics = rewards.score(samples, spec, timeout_s=timeout_s)
+  g = len(samples) // max(len(problems), 1)
+  correct = np.asarray(
+    [
+      (not s.truncated) and tasks.check_answer(problems[i // g], s.completion)
+      for i, s in enumerate(samples)
+    ]  # fmt: skip
+  )
+  return np.asarray(reward, np.float32), metrics, correct
 
 
 def collect_groups(

@@ -293,7 +293,7 @@ def tool_groups(
   scored as ``Groups`` (``sample_tool_groups``)."""
   from jaxpost import rewards
   from jaxpost.rollout import batching, sampler
-  from jaxpost.rollout.groups import PROMPT_BUCKET, Groups
+  from jaxpost.rollout.groups import PROMPT_BUCKET, Groups, score_samples
 
   g = len(rows) // len(problems)
   b, n = len(rows), max_new_tokens
@@ -325,11 +325,7 @@ def tool_groups(
     )
     for i in range(b)
   ]
-  if pool is not None:
-    reward, metrics = pool.score(samples, spec)
-  else:
-    reward, metrics = rewards.score(samples, spec)
-  correct = [bool(finished[i]) and tasks.check_answer(problems[i // g], texts[i]) for i in range(b)]
+  reward, metrics, correct = score_samples(samples, problems, spec, pool)
   info = {
     "void": np.asarray([r.void for r in rows]),
     "tool_calls": np.asarray([r.calls for r in rows], np.int32),
@@ -341,8 +337,8 @@ def tool_groups(
     batch=laid.batch.replace(loss_mask=loss_mask),
     sampler_logp=laid.filtered_logp,
     raw_logp=laid.sampler_logp,
-    rewards=np.asarray(reward, np.float32),
-    correct=np.asarray(correct),
+    rewards=reward,
+    correct=correct,
     truncated=~finished,
     lengths=lengths,
     completions=texts,
