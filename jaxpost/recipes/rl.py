@@ -368,18 +368,17 @@ def teacher_logp(run_, teacher_fn, groups, device_batch) -> np.ndarray:
   return np.where(on, np.take_along_axis(logp, cols, axis=1), 0.0).astype(np.float32)
 
 
-def screened_prompts(run_, generate_fn, prompts, pool, workdir: str):
+def screened_prompts(run_, rollouts, prompts, workdir: str):
   """The prompt stream restricted to the prompts the starting policy's samples score in
-  ``rl.prompt_filter``'s band (screened once per run; ``rollout.prompt_filter``)."""
+  ``rl.prompt_filter``'s band (screened once per run; ``rollout.prompt_filter``).
+  ``rollouts(problems, n, key, spec, model_state)`` samples and scores as the run does."""
   config, pf = run_.config, run_.config.rl.prompt_filter
   spec = reward_spec(config, ((pf.reward, 1.0),))
   keys = iter(range(1 << 30))
 
   def score_prompts(problems):
     key = jax.random.fold_in(jax.random.key(config.seed + 1), next(keys))
-    groups, _ = groups_lib.sample_groups(
-      generate_fn, run_.model_state(), run_.tok, problems, pf.samples, key, spec, pool=pool
-    )
+    groups, _ = rollouts(problems, pf.samples, key, spec, run_.model_state())
     return groups.rewards.reshape(len(problems), pf.samples)
 
   settings = {k: pf[k] for k in ("reward", "candidates", "samples", "low", "high")}
@@ -475,6 +474,17 @@ def run(config, workdir: str) -> dict:
       ),
       workers=r.tool.workers,
     )
+
+  def rollouts(problems, n, key, spec, model_state):
+    """n rewarded completions of each problem (multi-turn tool rollouts with rl.tool)."""
+    if r.tool.max_turns:
+      return tir.sample_tool_groups(
+        turn_fn, model_state, tok, problems, n, key, spec, pool=reward_pool, **tool_options
+      )
+    return groups_lib.sample_groups(
+      generate_fn, model_state, tok, problems, n, key, spec, pool=reward_pool
+    )
+
   scorer = scoring.make_scorer(
     run_.graphdef,
     temperature=r.temperature,
@@ -512,7 +522,7 @@ def run(config, workdir: str) -> dict:
     )
   )
   if r.prompt_filter.reward:  # train on the screened prompts only
-    prompts = screened_prompts(run_, generate_fn, prompts, reward_pool, workdir)
+    prompts = screened_prompts(run_, rollouts, prompts, workdir)
   start_metrics = (
     run_.evaluate(run_.first_step) if run_.first_step == 0 and config.eval.every else {}
   )
@@ -532,14 +542,7 @@ def run(config, workdir: str) -> dict:
     # 1-2. Sample and reward (with dynamic sampling: until P informative groups; with
     # Reinforce-Ada: each prompt in rounds until it has the signal its exit rule asks).
     def sample_round(k: int, problems, n=G, model_state=model_state, step_key=step_key):
-      key = jax.random.fold_in(step_key, k)
-      if r.tool.max_turns:  # multi-turn tool rollouts
-        return tir.sample_tool_groups(
-          turn_fn, model_state, tok, problems, n, key, spec, pool=reward_pool, **tool_options
-        )
-      return groups_lib.sample_groups(
-        generate_fn, model_state, tok, problems, n, key, spec, pool=reward_pool
-      )
+      return rollouts(problems, n, jax.random.fold_in(step_key, k), spec, model_state)
 
     baseline, extra_ms = None, {}
     if r.ada.rule:
