@@ -28,7 +28,9 @@ fires when a criterion's score is nearest its lowest tier.
 The programmatic graders: ``format``
 (one well-formed think block and a non-blank answer), ``steps`` (the fraction of
 ``lhs=value`` steps of the trace that are right: every digit sum of an addition, every
-partial product and the final sum of a multiplication), ``answer`` (the final answer is
+partial product and the final sum of a multiplication), ``partials`` (the same over
+every step but the last: a multiplication's partial products), ``final_step`` (the last
+step is right: a multiplication's final sum), ``answer`` (the final answer is
 right), ``length`` (1 within ``length_budget`` completion tokens, falling linearly to 0
 at twice the budget), ``plan`` (the trace opens with an explicit plan step, ``plan:...``,
 before its first computed step: plan-then-act as a criterion).
@@ -141,6 +143,20 @@ def _steps(sample: Sample, **_) -> float:
   return 1.0 - len(trace_errors(",".join(steps))) / len(steps)
 
 
+def _partials(sample: Sample, **_) -> float:
+  r = parse_response(sample.completion, finished=not sample.truncated)
+  inner = _computed_steps(r.thinking)[:-1]
+  if not r.format_ok or not inner:
+    return 0.0
+  return 1.0 - len(trace_errors(",".join(inner))) / len(inner)
+
+
+def _final_step(sample: Sample, **_) -> float:
+  r = parse_response(sample.completion, finished=not sample.truncated)
+  steps = _computed_steps(r.thinking)
+  return float(r.format_ok and bool(steps) and not trace_errors(steps[-1]))
+
+
 def _answer(sample: Sample, **_) -> float:
   r = parse_response(sample.completion, finished=not sample.truncated)
   right = r.answer.strip() == sample.answer.strip() and bool(sample.answer.strip())
@@ -161,6 +177,8 @@ def _plan(sample: Sample, **_) -> float:
 GRADERS: dict[str, Callable[..., float]] = {
   "format": _format,
   "steps": _steps,
+  "partials": _partials,
+  "final_step": _final_step,
   "answer": _answer,
   "length": _length,
   "plan": _plan,

@@ -115,3 +115,19 @@ def test_plan_then_act_card_properties():
     got = rubric.grade(_sample(bad), crit)
     assert got[1] == 0.0 and all(0.0 <= x <= 1.0 for x in got)
   assert rubric.grade(_sample("<think>plan:add,17*6=102 952"), crit)[0] == 0.0
+
+
+def test_partial_products_and_the_final_sum_graded_apart():
+  thirds = (0.0, 1 / 3, 2 / 3, 1.0)
+  crit = rubric.parse_criteria(
+    (("partials", 1.0, False, (0.0, 0.5, 1.0)), ("final_step", 1.0), ("steps", 1.0, False, thirds))
+  )
+  right = _sample("<think>17*6=102,17*50=850,102+850=952</think>952")
+  bad_partial = _sample("<think>17*6=102,17*50=860,102+860=962</think>962")
+  bad_sum = _sample("<think>17*6=102,17*50=850,102+850=962</think>962")
+  one_step = _sample("<think>17*56=952</think>952")
+  assert rubric.grade(right, crit) == [1.0, 1.0, 1.0]
+  assert rubric.grade(bad_partial, crit) == [0.5, 1.0, pytest.approx(2 / 3)]
+  assert rubric.grade(bad_sum, crit) == [1.0, 0.0, pytest.approx(2 / 3)]
+  assert rubric.grade(one_step, crit) == [0.0, 1.0, 1.0]  # no partial products
+  assert rubric.grade(_sample("952"), crit) == [0.0, 0.0, 0.0]  # no think block
