@@ -291,6 +291,10 @@ def rollout_metrics(
       np.mean(np.ptp(groups.rewards.reshape(-1, g), axis=1) == 0)
     ),
     "rl/zero_adv_frac": float(np.mean(adv == 0)),
+    # Groups whose G completions are one and the same text: no signal can tell them apart.
+    "rl/identical_group_frac": float(
+      np.mean([len(set(groups.completions[i : i + g])) == 1 for i in range(0, len(adv), g)])
+    ),
     "rl/len_mean": float(groups.lengths.mean()),
     # Completion tokens in the <think> block (tags included), per row.
     "rl/think_len_mean": float(np.sum(groups.batch.roles == ROLE_THINK) / len(groups.lengths)),
