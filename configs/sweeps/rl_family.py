@@ -87,6 +87,7 @@ def get_config(variant: str = "default") -> Sweep:
         "reward/exact_answer:last=10",
         "rl/zero_adv_group_frac:mean",
         "rl/zero_outcome_group_frac:mean",
+        "rl/identical_group_frac:mean",
         "rl/answer_conf_wrong:last=10",
         "rl/ada_drawn_mean:mean",
         "train/grad_norm:max",
