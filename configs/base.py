@@ -11,8 +11,9 @@ from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
 from jaxpost.data.packing import OVERLONG_CHOICES
+from jaxpost.data.pipeline import check_prompt_tags
 from jaxpost.data.privileged import PRIVILEGED
-from jaxpost.fields import FLAG, PATTERN, TEXT, Text, declare, integer, num, one_of
+from jaxpost.fields import FLAG, PATTERN, TEXT, Custom, Text, declare, integer, num, one_of
 from jaxpost.losses import LOSSES
 from jaxpost.losses.head import LM_HEADS
 from jaxpost.models import NAMED_SIZES
@@ -87,6 +88,9 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
+  # tasks source: task example i's prompt starts with tag i mod K, e.g. TLDR's length tags
+  # seen (and ignored) in SFT before RL gives them a meaning; () = none
+  c.data.prompt_tags = ()
   # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection), or "online"
   # (detect the bottleneck from the eval accuracy, then drop anchors); "" = off
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
@@ -108,6 +112,7 @@ def shared_sections() -> config_dict.ConfigDict:
     pack=FLAG,
     overlong=one_of(OVERLONG_CHOICES),
     streams=integer(ge=1),
+    prompt_tags=Custom("a tuple of non-empty strings", check_prompt_tags),
   )
 
   c.loss = config_dict.ConfigDict()

@@ -106,6 +106,17 @@ register(
   **_MUL2X2,
 )
 register(
+  "rl-start-tagged",
+  "rl-start with TLDR's length tags of configs/tldr.py ('(1) ', '(2) ', '(3) ') before its "
+  "training prompts in turn, carrying no meaning: a start that has seen the tags",
+  "quickstart.py",
+  2.5,
+  train__stop_at=700,
+  eval__every=0,
+  data__prompt_tags=("(1) ", "(2) ", "(3) "),
+  **_MUL2X2,
+)
+register(
   "student-mul2x2-40",
   "SFT student stopped at the first evaluation (every 50 steps) with held-out mul2x2 "
   "accuracy >= 40%: a weak student for distillation and RL",

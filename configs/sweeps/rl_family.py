@@ -20,6 +20,9 @@ held-out mul2x2 problems every 20 steps:
                     instead of the exact-answer reward
   tldr              exact answer + TLDR's level-tagged length penalty (lambdas 0.6 / 0.3 / 0)
   tldr_tags_only    the same tags with every lambda 0: what the tags alone do
+  grpo_tagged, tldr_tagged
+                    grpo and tldr from ``rl-start-tagged@SEED`` (the same SFT with the tags
+                    before its prompts in turn, meaningless there): a start that has seen them
 
   python -m jaxpost.sweep --config=configs/sweeps/rl_family.py --root=runs/sweeps/rl_family
   python -m jaxpost.sweep.report runs/sweeps/rl_family --out experiments/rl_family
@@ -29,6 +32,7 @@ from jaxpost.config_lib import load_sibling
 from jaxpost.sweep import Sweep, cells
 
 ISPO = "configs/ispo.py:quickstart"
+TAGGED = "zoo:rl-start-tagged@{seed}"
 
 
 def get_config(variant: str = "default") -> Sweep:
@@ -76,6 +80,8 @@ def get_config(variant: str = "default") -> Sweep:
           ("long", "(3) ", 0.0),
         ),
       },
+      {"name": "grpo_tagged", "train.init_from": TAGGED},
+      {"name": "tldr_tagged", "config": "configs/tldr.py:quickstart", "train.init_from": TAGGED},
     ),
     seeds=(0, 1, 2),
     fixed=load_sibling(__file__, "rl_algorithms").FIXED,  # the same runs as its grpo cell

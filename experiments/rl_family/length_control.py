@@ -1,7 +1,8 @@
 """TLDR at each length level, and training-free stopping control, after the rl_family sweep.
 
-For every seed: the ``tldr`` run evaluated with each level's tag in the prompt
-(``eval.prompt_prefix``), untagged, and the ``grpo`` run (same steps, no length reward)
+For every seed: the ``tldr`` runs (from rl-start, and from rl-start-tagged, which saw
+the tags in SFT) and ``grpo_tagged`` evaluated with each level's tag in the prompt
+(``eval.prompt_prefix``) and untagged, and the ``grpo`` run (same steps, no length reward)
 under temperature-scaled stopping (``eval.stop_bias``: a logit shift of EOS and the
 close-think tag) and s1 budget forcing (``eval.force_after``: the close-think tag
 written once the budget is spent), at a few strengths. 200 held-out mul2x2 problems,
@@ -25,9 +26,10 @@ SEEDS = (0, 1, 2)
 LEVEL = "mul2x2"
 BASE = {"eval.num_examples": 200, "eval.batch_size": 200, "eval.max_new_tokens": 64}
 SETTINGS = [  # (row, run cell, options)
-  *[(f"tldr, tag {name} {tag.strip()}", "tldr", {"eval.prompt_prefix": tag})
-    for name, tag, _ in TINY_LEVELS],
+  *[(f"{cell}, tag {name} {tag.strip()}", cell, {"eval.prompt_prefix": tag})
+    for cell in ("tldr", "tldr_tagged", "grpo_tagged") for name, tag, _ in TINY_LEVELS],
   ("tldr, no tag", "tldr", {}),
+  ("tldr_tagged, no tag", "tldr_tagged", {}),
   ("grpo", "grpo", {}),
   *[(f"grpo + temperature scaling, bias {b:g}", "grpo", {"eval.stop_bias": b})
     for b in (1.0, 2.0, 4.0)],

@@ -97,8 +97,10 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
 def _tokenizer_corpus(config) -> list[str]:
   n = config.tokenizer.train_examples
   if config.data.source == "tasks":
-    # Every shipped level, so evaluation on unseen levels is never out of vocabulary.
-    return list(tasks.training_corpus(tuple(tasks.LEVELS), n, config.seed))
+    # Every shipped level, so evaluation on unseen levels is never out of vocabulary,
+    # and the prompt tags.
+    tags = [template.render_prompt(t) for t in config.data.prompt_tags]
+    return list(tasks.training_corpus(tuple(tasks.LEVELS), n, config.seed)) + tags
   examples = load_examples(config)
   return [
     template.render_prompt(ex.prompt) + template.render_response(ex)
@@ -394,15 +396,31 @@ def _encoded(tok: Tokenizer, ex: template.Example) -> tuple[np.ndarray, np.ndarr
   return enc.tokens, enc.roles
 
 
-def task_source(levels: dict[str, float], tok: Tokenizer, seed: int) -> ExampleSource:
-  """index -> encoded problem from a weighted mixture of task levels (train split).
+def check_prompt_tags(tags) -> None:
+  """``data.prompt_tags``: a tuple (or list) of non-empty strings."""
+  if not isinstance(tags, tuple | list) or not all(isinstance(t, str) and t for t in tags):
+    raise ValueError(f"got {tags!r}")
+
+
+def tagged(example: template.Example, index: int, tags: Sequence[str]) -> template.Example:
+  """``example`` with tag ``index mod K`` before its prompt (no tags: unchanged)."""
+  if not tags:
+    return example
+  return dataclasses.replace(example, prompt=tags[index % len(tags)] + example.prompt)
+
+
+def task_source(
+  levels: dict[str, float], tok: Tokenizer, seed: int, tags: Sequence[str] = ()
+) -> ExampleSource:
+  """index -> encoded problem from a weighted mixture of task levels (train split), its
+  prompt tagged with ``tags[index mod K]`` (``tagged``).
 
   Its place names the problem's level and index, which is all `tasks.make_problem`
   needs to regenerate it.
   """
   mix = tasks.mixture(levels, "train", seed)
   return PlacedSource(
-    lambda index: _encoded(tok, mix(index).example),
+    lambda index: _encoded(tok, tagged(mix(index).example, index, tags)),
     lambda index: f"task example {index} (level {mix.level_at(index)!r})",
   )
 
@@ -450,7 +468,8 @@ def build_source(
   from jaxpost.config_lib import parse_levels
 
   if config.data.source == "tasks":
-    return task_source(parse_levels(config.data.levels), tok, config.seed), None
+    levels, tags = parse_levels(config.data.levels), tuple(config.data.prompt_tags)
+    return task_source(levels, tok, config.seed, tags), None
   dataset = load_dataset(config, counts)
   if config.data.overlong == "error":
     check_overlong(dataset, tok, config.data.seq_len)

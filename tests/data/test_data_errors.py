@@ -290,3 +290,22 @@ def test_sft_recipe_fails_on_the_huge_example_before_tokenizer_and_model(tmp_pat
   assert "seq_len=128" in str(info.value)
   assert not (workdir / "tokenizer.model").exists()
   assert not (workdir / "checkpoints").exists()
+
+
+def test_prompt_tags_rotate_over_the_task_examples():
+  levels = {"add3": 1.0}
+  tags = ("(1) ", "(2) ", "(3) ")
+  tok = CharTokenizer()
+  plain = pipeline.task_source(levels, tok, seed=0)
+  tagged = pipeline.task_source(levels, tok, seed=0, tags=tags)
+  mix = tasks.mixture(levels, "train", 0)
+  for i in range(6):
+    ids, _ = tagged(i)
+    expected = pipeline.tagged(mix(i).example, i, tags)
+    assert expected.prompt == tags[i % 3] + mix(i).prompt
+    assert list(ids) == list(pipeline._encoded(tok, expected)[0])
+    assert len(ids) == len(plain(i)[0]) + len(tags[i % 3])  # one char, one token
+  c = config_lib.load_config(os.path.join(config_lib.CONFIGS_DIR, "quickstart.py"))
+  config_lib.set_field(c, "data.prompt_tags", ("x", ""))
+  with pytest.raises(config_lib.ConfigError, match="data.prompt_tags"):
+    config_lib.validate(c)
