@@ -88,9 +88,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.pack = True  # several examples per row (segment ids keep them apart)
   c.data.overlong = "error"  # example longer than seq_len: truncate | reject | error
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
-  # tasks source: task example i's prompt starts with tag i mod K, e.g. TLDR's length tags
-  # seen (and ignored) in SFT before RL gives them a meaning; () = none
-  c.data.prompt_tags = ()
+  # e.g. TLDR's length tags seen (and ignored) in SFT before RL gives them a meaning
+  c.data.prompt_tags = ()  # tasks source: example i's prompt starts with tag i mod K; () = none
   # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection), or "online"
   # (detect the bottleneck from the eval accuracy, then drop anchors); "" = off
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
