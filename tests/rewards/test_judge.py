@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxpost import rewards
+from jaxpost import fields, rewards
 from jaxpost.data import template
 from jaxpost.rewards import judge as judge_lib
 from jaxpost.rewards import registry, rubric
@@ -96,8 +96,19 @@ def test_the_smollm2_judge():
 _CALLS = []
 
 
-@registry.register("_test_batched", trusted=True, batched=True)
+@registry.register(
+  "_test_batched",
+  trusted=True,
+  batched=True,
+  rules={"mode": fields.one_of(("ok", "nan", "raise", "short"))},
+)
 def _test_batched(samples, *, mode: str = "ok"):
+  """A batched test reward: each sample's token count.
+
+  Args:
+    samples: the batch.
+    mode: ok | nan (a 0-token sample scores NaN) | raise | short (one value for the batch).
+  """
   _CALLS.append(len(samples))
   if mode == "raise":
     raise RuntimeError("boom")
