@@ -114,7 +114,7 @@ register(
   train__stop_at=700,
   eval__every=0,
   data__prompt_tags=("(1) ", "(2) ", "(3) "),
-  **_MUL2X2,
+  **{**_MUL2X2, "data__seq_len": 56},  # the tags' 4 tokens on the longest (52) example
 )
 register(
   "student-mul2x2-40",
