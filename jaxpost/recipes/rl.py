@@ -38,6 +38,7 @@ resumed run draws what the uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 
@@ -374,7 +375,7 @@ def screened_prompts(run_, rollouts, prompts, workdir: str):
   ``rollouts(problems, n, key, spec, model_state)`` samples and scores as the run does."""
   config, pf = run_.config, run_.config.rl.prompt_filter
   spec = reward_spec(config, ((pf.reward, 1.0),))
-  keys = iter(range(1 << 30))
+  keys = itertools.count()
 
   def score_prompts(problems):
     key = jax.random.fold_in(jax.random.key(config.seed + 1), next(keys))
@@ -571,21 +572,22 @@ def run(config, workdir: str) -> dict:
         dynamic=r.dynamic_sampling,
         max_rounds=r.max_sample_rounds,
       )
-    if r.mask_truncated:  # DAPO overlong filtering: truncated rows carry no loss
-      batch = groups.batch
-      groups = dataclasses.replace(
-        groups, batch=batch.replace(loss_mask=batch.loss_mask * ~groups.truncated[:, None])
-      )
-    if r.tool.max_turns:  # SimpleTIR's void-turn filter, in the loss and (opt.) the baseline
+    # Rows that carry no loss: DAPO's overlong filter (truncated rows) and SimpleTIR's
+    # void-turn filter; they stay in their groups' baselines.
+    dropped = np.zeros(len(groups.completions), bool)
+    if r.mask_truncated:
+      dropped |= groups.truncated
+    if r.tool.max_turns:
       void = groups.info["void"]
-      if r.tool.mask_void:
-        batch = groups.batch
-        groups = dataclasses.replace(
-          groups, batch=batch.replace(loss_mask=batch.loss_mask * ~void[:, None])
-        )
-      if not r.tool.void_in_group:
+      dropped |= void if r.tool.mask_void else False
+      if not r.tool.void_in_group:  # ... unless void rows leave the baseline too
         baseline = tir.group_baseline(groups.rewards, void, G)
       extra_ms.update(tir.tool_metrics(groups))
+    if dropped.any():
+      batch = groups.batch
+      groups = dataclasses.replace(
+        groups, batch=batch.replace(loss_mask=batch.loss_mask * ~dropped[:, None])
+      )
     t_sample = time.time() - t0
 
     # 3. Score under the policy that sampled (pi_old) and the reference.
