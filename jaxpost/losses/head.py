@@ -286,7 +286,7 @@ def _divergence_call(outputs, teacher, mask, kind, beta, temperature):
   elif isinstance(teacher, FusedHead) and isinstance(outputs, FusedHead):
     rows = (teacher.hidden.reshape(n, -1), teacher.weight)  # never materialised
   else:  # the student's logits are materialised anyway (or the teacher gave logits)
-    logits = _logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
+    logits = logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
     rows = logits.astype(jnp.float32).reshape(n, -1)
   if not isinstance(outputs, FusedHead):
     zs = outputs.astype(jnp.float32).reshape(n, -1) / temperature
@@ -311,7 +311,7 @@ def top_k_teacher(teacher: jax.Array | FusedHead, k: int, temperature: float = 1
   What an offline teacher shard stores (the rest of the mass is the tail bucket of the
   divergence). Builds the teacher's [B, T, V] logits; no gradient.
   """
-  logits = _logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
+  logits = logits_of(teacher) if isinstance(teacher, FusedHead) else teacher
   logp = jax.nn.log_softmax(jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature)
   if not 0 < k <= logp.shape[-1]:
     raise ValueError(f"top_k must be in [1, {logp.shape[-1]}], got {k}")
@@ -319,5 +319,19 @@ def top_k_teacher(teacher: jax.Array | FusedHead, k: int, temperature: float = 1
   return TopK(ids=ids.astype(jnp.int32), logp=values)
 
 
-def _logits_of(head: FusedHead) -> jax.Array:
+def masked_logits(outputs: jax.Array | FusedHead, mask: jax.Array) -> jax.Array:
+  """f32 [B, T, V] logits of logits or a ``FusedHead``, zero wherever ``mask`` is 0.
+
+  For losses that read the whole distribution: masked slots may hold anything (NaN
+  included), and zeroing them *before* any arithmetic keeps it out of every gradient.
+  """
+  on = mask[..., None] > 0
+  if isinstance(outputs, FusedHead):
+    return logits_of(outputs.replace(hidden=jnp.where(on, outputs.hidden, 0)))
+  return jnp.where(on, outputs.astype(jnp.float32), 0.0)
+
+
+def logits_of(head: FusedHead) -> jax.Array:
+  """The [..., V] f32 logits a ``FusedHead`` stands for (materialised: only for losses
+  that read the whole distribution in ways the fused op does not cover)."""
   return jnp.einsum("...d,dv->...v", head.hidden, head.weight, preferred_element_type=jnp.float32)
