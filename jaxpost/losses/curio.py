@@ -1,4 +1,4 @@
-"""CurioSFT: entropy-preserving SFT by adaptive self-distillation (methods/sft_distill_detect.md, 10).
+"""CurioSFT: entropy-preserving SFT by adaptive self-distillation (sft_distill_detect.md, 10).
 
 "Learning While Staying Curious" (arXiv 2602.02244), as its official code implements it
 (the paper's equations were not read). Cross-entropy collapses the entropy of the

@@ -319,9 +319,7 @@ def test_otr_monte_carlo_gradient_converges_to_minus_grad_p_gold():
   """r = 1[a = y], no negative term: E[-r grad log pi(a)] = -pi(y) grad log pi(y)."""
   batch = _batch(seed=14)
   z = _logits(batch, seed=14, scale=1.0)
-  _, _, g = _run(
-    "one_token_rollout", z, batch, samples=20000, mismatch_reward=0.0, temperature=1.0
-  )
+  _, _, g = _run("one_token_rollout", z, batch, samples=20000, mismatch_reward=0.0, temperature=1.0)
   _, _, g_exact = _run("beyond_ll", z, batch, alpha=1.0)  # grad of mean(1 - p(y))
   np.testing.assert_allclose(g, g_exact, atol=4e-3)
   assert np.abs(g_exact).max() > 0.02
