@@ -94,11 +94,17 @@ def shared_sections() -> config_dict.ConfigDict:
   # (detect the bottleneck from the eval accuracy, then drop anchors); "" = off
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
   c.data.t3s_margin = 0.02  # online: accuracy fall, then recovery, that marks the bottleneck
+  # Masked Thought (jaxpost/data/masked_thought.py): response tokens of the *input* replaced by
+  # the pad token with probability p, rising linearly to this over the first warmup fraction
+  c.data.mask_thought = 0.0  # p_max (the paper: 0.4 GSM8K, 0.2 MATH); 0 = off
+  c.data.mask_thought_warmup = 0.66  # fraction of train.steps before the rate reaches p_max
   declare(
     "data",
     source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
     token_selection=TEXT,
     t3s_margin=num(ge=0, le=1),
+    mask_thought=num(ge=0, lt=1),
+    mask_thought_warmup=num(ge=0),
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,

@@ -22,7 +22,14 @@ import jax
 from tqdm import tqdm
 
 from jaxpost import config_lib, scoring, sharding, train
-from jaxpost.data import pipeline, privileged, streams, teacher_shards, token_selection
+from jaxpost.data import (
+  masked_thought,
+  pipeline,
+  privileged,
+  streams,
+  teacher_shards,
+  token_selection,
+)
 from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
 from jaxpost.types import Batch
@@ -85,7 +92,8 @@ def run(config, workdir: str) -> dict:
   )
   # Batch views, applied in this order to each packed batch (``view(step, batch)``): the
   # T3S selections take anchor tokens out of its loss mask, then an offline teacher's top
-  # k or a privileged teacher's own rows come with it.
+  # k or a privileged teacher's own rows come with it, and Masked Thought corrupts the
+  # inputs last.
   t = config.teacher
   readers, views, online = {}, [], None
   if config.data.token_selection == token_selection.ONLINE:  # T3S, bottleneck found live
@@ -111,6 +119,17 @@ def run(config, workdir: str) -> dict:
     if run_.data_state:
       t_packer.restore(run_.data_state)
     views.append(privileged.TeacherView(t_packer))
+  if config.data.mask_thought:  # last: the views above read the real tokens
+    views.append(
+      masked_thought.MaskedThought(
+        p_max=config.data.mask_thought,
+        warmup=config.data.mask_thought_warmup,
+        max_steps=config.train.steps,
+        mask_id=masked_thought.mask_token(tok),
+        seed=config.seed,
+        process=jax.process_index(),
+      )
+    )
   objective = train.make_objective(
     LOSSES.family(name),
     scorer,
