@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxpost.losses.head import LM_HEADS, FusedHead, TargetStats, target_stats
+from jaxpost.losses.head import LM_HEADS, FusedHead, LayerHeads, TargetStats, target_stats
 from jaxpost.models import decoder
 from jaxpost.types import ROLE_PROMPT, Batch
 
@@ -216,6 +216,25 @@ class Scorer:
     """Like ``outputs``, at positions ``columns`` (i32[B, W]) of each row: [B, W, V] or
     a head over [B, W] hidden states (the forward still covers all T tokens)."""
     return model_outputs(self.model(state), batch, columns=columns, **self._head)
+
+  def layer_heads(self, state, batch: Batch) -> LayerHeads:
+    """Every layer's exit through the final norm and the shared head (``layers`` losses).
+
+    One forward pass; under jit the heads of exits a loss does not read are never built.
+    """
+    if self.window or self.temperature != 1.0:
+      raise ValueError("layer_heads covers every position at temperature 1")
+    model = self.model(state)
+    out = model.forward(
+      batch.tokens,
+      positions=batch.positions,
+      segment_ids=batch.segment_ids,
+      hidden_layers=tuple(range(model.config.n_layers)),
+      compute_logits=False,
+    )
+    hidden = jnp.stack([model.final_norm(h) for h in out.hidden_states], axis=2)
+    weight = model.lm_head_weight().astype(hidden.dtype)
+    return LayerHeads(hidden, weight, fused_implementation(self.lm_head), self.chunk_size)
 
   def hidden(self, state, batch: Batch) -> jax.Array:
     """[B, T, D] final hidden states (features of a frozen model)."""

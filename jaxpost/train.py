@@ -140,8 +140,28 @@ def distill_objective(
   return objective
 
 
+def layers_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
+  """Objective of a layers-family loss (sorted fine-tuning, early exits): every layer's
+  exit through the shared final norm and head, from one forward pass.
+
+  Args:
+    scorer: how to read the trained model.
+    loss_fn: ``loss(layers: LayerHeads, batch, *, norm)`` with hyperparameters bound.
+  """
+
+  def objective(params, frozen, batch: Batch, norm: Normalizers):
+    return loss_fn(scorer.layer_heads((params, frozen["rest"]), batch), batch, norm=norm)
+
+  return objective
+
+
 # Loss family (``losses.registry``) -> how its objective reads the model(s).
-OBJECTIVES = {"token": token_objective, "policy": policy_objective, "distill": distill_objective}
+OBJECTIVES = {
+  "token": token_objective,
+  "policy": policy_objective,
+  "distill": distill_objective,
+  "layers": layers_objective,
+}
 
 
 def make_objective(family: str, scorer: Scorer, loss_fn, **readers) -> ObjectiveFn:

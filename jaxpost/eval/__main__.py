@@ -4,6 +4,8 @@ The training-free inference controls are options of the evaluator, so one traine
 can be compared under each: TLDR's temperature-scaled stopping (``eval.stop_bias``), s1
 budget forcing (``eval.force_after``), a prompt prefix such as a length-level tag
 (``eval.prompt_prefix``); also ``eval.max_new_tokens`` and ``eval.num_examples``.
+``--exit=N`` decodes with the model's first N blocks only, through its own final norm and
+head: the early exits of sorted fine-tuning (configs/sorted_ft.py).
 
   python -m jaxpost.eval runs/tldr --levels=mul2x2 --set eval.stop_bias=2 --out=ts2.json
 
@@ -21,7 +23,7 @@ import sys
 
 from flax import nnx
 
-from jaxpost import config_lib
+from jaxpost import config_lib, models
 from jaxpost.data import generated
 from jaxpost.eval import accuracy
 
@@ -42,9 +44,15 @@ def _value(text: str):
     return text  # a bare string, e.g. a prefix
 
 
-def evaluate_run(run: str, levels: list[str], options: dict) -> dict:
-  """{level: {accuracy, format_rate, mean_tokens, n}} of ``run`` under ``options``."""
+def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0) -> dict:
+  """{level: {accuracy, format_rate, mean_tokens, n}} of ``run`` under ``options``, read
+  at ``exit_layer`` (its first that many blocks; 0 = all)."""
   model, tok, config = generated.load_run(run)
+  if exit_layer:
+    n = model.config.n_layers
+    if not 1 <= exit_layer <= n:
+      raise ValueError(f"--exit={exit_layer}: the model has blocks 1..{n}")
+    model = models.keep_layers(model, range(exit_layer))
   for field, value in options.items():
     if field not in EVAL_OPTIONS:
       raise ValueError(f"--set {field}: one of {', '.join(EVAL_OPTIONS)}")
@@ -73,6 +81,9 @@ def main(argv=None) -> int:
     "--set", action="append", default=[], metavar="FIELD=VALUE", help="an evaluation option"
   )
   parser.add_argument("--out", default="", help="write the results as JSON here")
+  parser.add_argument(
+    "--exit", type=int, default=0, help="decode with the first N blocks only (0 = all)"
+  )
   args = parser.parse_args(argv)
   options = {}
   for item in args.set:
@@ -82,7 +93,7 @@ def main(argv=None) -> int:
     options[field] = _value(value)
   logging.basicConfig(level=logging.WARNING)
   levels = [x for x in args.levels.split(",") if x]
-  results = evaluate_run(args.run, levels, options)
+  results = evaluate_run(args.run, levels, options, exit_layer=args.exit)
   for level, r in results.items():
     print(
       f"{level:10s} accuracy {100 * r['accuracy']:5.1f}%  format {100 * r['format_rate']:5.1f}%"
@@ -90,7 +101,9 @@ def main(argv=None) -> int:
     )
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"run": args.run, "options": options, "levels": results}, f, indent=1)
+      json.dump(
+        {"run": args.run, "options": options, "exit": args.exit, "levels": results}, f, indent=1
+      )
   return 0
 
 

@@ -49,6 +49,36 @@ class FusedHead:
 
 
 @flax.struct.dataclass
+class LayerHeads:
+  """Every layer's exit through the shared final norm and LM head (``layers`` losses).
+
+  Attributes:
+    hidden: [B, T, L, D]: after block n (n = 0..L-1), the residual stream through the
+      model's final norm; exit L-1 is the model's own output.
+    weight: [D, V] the LM head.
+    implementation: the fused op's path, or None for materialised logits.
+    chunk_size: token rows per chunk of the fused op (0 = its default).
+  """
+
+  hidden: jax.Array
+  weight: jax.Array
+  implementation: str | None = flax.struct.field(pytree_node=False, default="auto")
+  chunk_size: int = flax.struct.field(pytree_node=False, default=0)
+
+  @property
+  def n_layers(self) -> int:
+    return self.hidden.shape[2]
+
+  def exit(self, layer: int) -> jax.Array | FusedHead:
+    """What a token loss reads at exit ``layer`` (negative counts from the end): a
+    ``FusedHead``, or f32 logits when the head is not fused."""
+    h = self.hidden[:, :, layer]
+    if self.implementation is None:
+      return jnp.einsum("btd,dv->btv", h, self.weight, preferred_element_type=jnp.float32)
+    return FusedHead(h, self.weight, self.implementation, self.chunk_size)
+
+
+@flax.struct.dataclass
 class TargetStats:
   """Per-token statistics of the target token, all f32[B, T].
 

@@ -19,6 +19,12 @@ same positions (logits, a ``FusedHead`` or a top-k ``TopK``)::
     loss(outputs, teacher, batch: Batch, *, norm: Normalizers, **hparams)
         -> (loss: f32[], metrics: dict[str, f32[]])
 
+``layers`` (``sorted.py``) reads every layer's exit through the shared final norm and LM
+head (``head.LayerHeads``; one forward pass)::
+
+    loss(layers: LayerHeads, batch: Batch, *, norm: Normalizers, **hparams)
+        -> (loss: f32[], metrics: dict[str, f32[]])
+
 ``norm`` holds the global-batch counts (see ``losses/reduce.py``). Both the loss and
 every metric must be *additive over micro-batches*: already divided by the global
 normalisers, so the train step can sum them across gradient-accumulation steps.
@@ -34,9 +40,14 @@ from jaxpost.registry import Registry
 
 LOSSES = Registry(
   "loss",
-  families=("token", "policy", "distill"),
+  families=("token", "policy", "distill", "layers"),
   builtins=("jaxpost.losses.*",),  # every module of jaxpost/losses: a new file registers
-  contract={"token": ("norm",), "policy": ("norm", "entropy"), "distill": ("norm",)},
+  contract={
+    "token": ("norm",),
+    "policy": ("norm", "entropy"),
+    "distill": ("norm",),
+    "layers": ("norm",),
+  },
 )
 
 register = LOSSES.register

@@ -88,3 +88,24 @@ def test_the_eval_cli_evaluates_a_run_under_options(tmp_path, capsys):
   assert "add3" in capsys.readouterr().out
   with pytest.raises(ValueError, match="eval.stop_bias"):
     main([*flags, "--set", "optim.lr=1"])
+
+
+def test_the_eval_cli_reads_a_run_at_an_early_exit(monkeypatch):
+  """``--exit=N`` decodes with the first N blocks and the run's own final norm and head."""
+  from jaxpost.eval import __main__ as cli
+
+  kept, keep = [], cli.models.keep_layers
+
+  def spy(model, indices):
+    model = keep(model, indices)
+    kept.append((list(indices), model.config.n_layers, len(model.layers)))
+    return model
+
+  monkeypatch.setattr(cli.models, "keep_layers", spy)
+  options = {"eval.num_examples": 4, "eval.batch_size": 4, "eval.max_new_tokens": 4}
+  full = cli.evaluate_run("zoo:tiny-sft", ["add3"], options)
+  early = cli.evaluate_run("zoo:tiny-sft", ["add3"], options, exit_layer=1)
+  assert full["add3"]["n"] == early["add3"]["n"] == 4
+  assert kept == [([0], 1, 1)]  # only the early read drops blocks: one left of tiny's 2
+  with pytest.raises(ValueError, match="blocks 1.."):
+    cli.evaluate_run("zoo:tiny-sft", ["add3"], options, exit_layer=99)

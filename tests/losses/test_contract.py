@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from jaxpost.losses import LOSSES, compute_normalizers
-from jaxpost.losses.head import FusedHead
+from jaxpost.losses.head import FusedHead, LayerHeads
 from jaxpost.types import ROLE_ANSWER, ROLE_PROMPT, ROLE_THINK, Batch, Rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -204,9 +204,33 @@ class _DistillFamily(_TokenFamily):
     return fn(student, teacher, batch, norm=norm)
 
 
+class _LayersFamily(_TokenFamily):
+  """``loss(layers: LayerHeads, batch, *, norm)``: every layer's normalised hidden state
+  [B, T, L, D] and the shared head, fused or materialised."""
+
+  def make(self, kind: str, seed: int, garbage: str = "large", layout=_LAYOUT):
+    rng = np.random.default_rng(seed)
+    batch = _token_batch(rng, layout)
+    mask = np.asarray(batch.loss_mask)
+    h = rng.normal(size=(len(layout), T, _LAYERS, D))
+    w = rng.normal(size=(D, V)) / np.sqrt(D) * 2.0
+    return {"hidden": _bf16_exact(_poison(h, mask, rng, garbage)), "weight": _bf16_exact(w)}, batch
+
+  def call(self, fn, kind, x, batch, norm):
+    implementation = None if kind == "logits" else "xla"
+    return fn(LayerHeads(x["hidden"], x["weight"], implementation, 0), batch, norm=norm)
+
+
+_LAYERS = 3
+
 # Loss family -> how the contract test builds its inputs. A family registered in
 # LOSSES without an entry here fails test_every_family_has_a_contract_case.
-_FAMILIES = {"token": _TokenFamily(), "policy": _PolicyFamily(), "distill": _DistillFamily()}
+_FAMILIES = {
+  "token": _TokenFamily(),
+  "policy": _PolicyFamily(),
+  "distill": _DistillFamily(),
+  "layers": _LayersFamily(),
+}
 
 
 def _cases() -> list[tuple[str, str]]:
