@@ -10,6 +10,7 @@ method file or a command line that sets an unknown key fails.
 from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
+from jaxpost.data.corrupt import check as check_corrupt
 from jaxpost.data.packing import OVERLONG_CHOICES
 from jaxpost.data.pipeline import check_prompt_tags
 from jaxpost.data.privileged import PRIVILEGED
@@ -90,6 +91,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.streams = 1  # packing streams the batch is split into; hosts pack only their streams
   # e.g. TLDR's length tags seen (and ignored) in SFT before RL gives them a meaning
   c.data.prompt_tags = ()  # tasks source: example i's prompt starts with tag i mod K; () = none
+  # Known corruptions of the tasks' traces, their tokens marked (jaxpost/data/corrupt.py)
+  c.data.corrupt = ""  # "" | "noise:0.3" | "repeat:0.3" | "noise:0.2,repeat:0.2"
   # T3S: a dir of per-batch keep masks (python -m jaxpost.data.token_selection), or "online"
   # (detect the bottleneck from the eval accuracy, then drop anchors); "" = off
   c.data.token_selection = ""  # the loss mask of each batch is multiplied by its mask
@@ -118,6 +121,7 @@ def shared_sections() -> config_dict.ConfigDict:
     overlong=one_of(OVERLONG_CHOICES),
     streams=integer(ge=1),
     prompt_tags=Custom("a tuple of non-empty strings", check_prompt_tags),
+    corrupt=Custom("KIND:FRACTION[,KIND:FRACTION] with KIND noise | repeat", check_corrupt),
   )
 
   c.loss = config_dict.ConfigDict()

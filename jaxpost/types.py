@@ -28,6 +28,11 @@ ROLE_PAD = 0
 ROLE_PROMPT = 1
 ROLE_THINK = 2
 ROLE_ANSWER = 3
+# A reasoning token the data marks (``template.Example.marks``: injected noise or an
+# undesirable span); it counts in the loss like any response token, and token-weighting
+# losses can weight it on its own (token_priority's ``marked_weight``).
+ROLE_MARKED = 4
+RESPONSE_ROLES = (ROLE_THINK, ROLE_ANSWER, ROLE_MARKED)
 
 
 @flax.struct.dataclass

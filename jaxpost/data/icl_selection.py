@@ -35,7 +35,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxpost.data import template
-from jaxpost.types import ROLE_ANSWER, ROLE_THINK
+from jaxpost.types import RESPONSE_ROLES
 
 
 def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -124,7 +124,7 @@ def _pack(chunk, enc, q_enc, width: int, pad_id: int):
     e = q_enc[q]
     tokens[r, at : at + len(e)] = e.tokens
     query_span[r, at : at + len(e)] = 1
-    response = (e.roles == ROLE_THINK) | (e.roles == ROLE_ANSWER)
+    response = np.isin(e.roles, RESPONSE_ROLES)
     query[r, at : at + len(e) - 1] = response[1:]  # position t predicts token t + 1
   return tokens, demo_of, query_span, query
 

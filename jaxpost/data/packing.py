@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxpost.data.jsonl import DataError
-from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_THINK
+from jaxpost.types import RESPONSE_ROLES, ROLE_PAD
 
 OVERLONG_CHOICES = ("truncate", "reject", "error")
 
@@ -184,7 +184,7 @@ def _to_batch_arrays(tokens, roles, segments, positions) -> dict[str, np.ndarray
   target_roles = nxt(roles, ROLE_PAD)
   same_segment = (nxt(segments, 0) == segments) & (segments > 0)
   target_roles = np.where(same_segment, target_roles, ROLE_PAD)
-  is_response = (target_roles == ROLE_THINK) | (target_roles == ROLE_ANSWER)
+  is_response = np.isin(target_roles, RESPONSE_ROLES)
   return {
     "tokens": tokens,
     "targets": np.where(same_segment, targets, 0).astype(np.int32),

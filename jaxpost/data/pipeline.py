@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from jaxpost.data import tasks, template
+from jaxpost.data import corrupt, tasks, template
 from jaxpost.data.jsonl import DataError
 from jaxpost.data.packing import ExampleSource, OverlongError, PlacedSource, overlong_message
 from jaxpost.data.tokenizer import (
@@ -410,17 +410,24 @@ def tagged(example: template.Example, index: int, tags: Sequence[str]) -> templa
 
 
 def task_source(
-  levels: dict[str, float], tok: Tokenizer, seed: int, tags: Sequence[str] = ()
+  levels: dict[str, float],
+  tok: Tokenizer,
+  seed: int,
+  tags: Sequence[str] = (),
+  corruptions: dict[str, float] | None = None,
 ) -> ExampleSource:
   """index -> encoded problem from a weighted mixture of task levels (train split), its
-  prompt tagged with ``tags[index mod K]`` (``tagged``).
+  prompt tagged with ``tags[index mod K]`` (``tagged``) and its trace corrupted as
+  ``corruptions`` say (``corrupt.corrupt``: {kind: fraction}, marked tokens).
 
   Its place names the problem's level and index, which is all `tasks.make_problem`
   needs to regenerate it.
   """
   mix = tasks.mixture(levels, "train", seed)
   return PlacedSource(
-    lambda index: _encoded(tok, tagged(mix(index).example, index, tags)),
+    lambda index: _encoded(
+      tok, corrupt.corrupt(tagged(mix(index).example, index, tags), index, corruptions, seed)
+    ),
     lambda index: f"task example {index} (level {mix.level_at(index)!r})",
   )
 
@@ -469,7 +476,10 @@ def build_source(
 
   if config.data.source == "tasks":
     levels, tags = parse_levels(config.data.levels), tuple(config.data.prompt_tags)
-    return task_source(levels, tok, config.seed, tags), None
+    corruptions = corrupt.parse(config.data.corrupt)
+    return task_source(levels, tok, config.seed, tags, corruptions), None
+  if config.data.corrupt:
+    raise DataError(f"data.corrupt acts on the tasks source, not {config.data.source!r}")
   dataset = load_dataset(config, counts)
   if config.data.overlong == "error":
     check_overlong(dataset, tok, config.data.seq_len)

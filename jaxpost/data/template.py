@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxpost.types import ROLE_ANSWER, ROLE_PROMPT, ROLE_THINK
+from jaxpost.types import ROLE_ANSWER, ROLE_MARKED, ROLE_PROMPT, ROLE_THINK
 
 if TYPE_CHECKING:
   from jaxpost.data.tokenizer import Tokenizer
@@ -57,12 +57,16 @@ class Example:
     context: for chat data, the ``(role, content)`` turns before the answer; a
       tokenizer with a chat template renders them instead of ``prompt`` (which holds
       their plain-text rendering, `render_messages`). Empty: one user turn, ``prompt``.
+    marks: ``(start, end)`` character spans of ``thinking`` whose tokens get
+      ``ROLE_MARKED`` (noise or an undesirable span the data knows of, e.g. injected by
+      ``data.corrupt``); sorted, disjoint. Each span is tokenised on its own.
   """
 
   prompt: str
   thinking: str
   answer: str
   context: tuple[tuple[str, str], ...] = ()
+  marks: tuple[tuple[int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +294,7 @@ def encode_example(
   spans = [
     (encode_prompt(tok, ex.prompt, add_bos=add_bos, context=ex.context), ROLE_PROMPT),
     (tok.encode(THINK_OPEN), ROLE_THINK),
-    (tok.encode(ex.thinking), ROLE_THINK),
+    *((tok.encode(text), role) for text, role in marked_pieces(ex.thinking, ex.marks)),
     (tok.encode(THINK_CLOSE), ROLE_THINK),
     (tok.encode(ex.answer), ROLE_ANSWER),
   ]
@@ -299,6 +303,19 @@ def encode_example(
   tokens = np.asarray([t for ids, _ in spans for t in ids], dtype=np.int32)
   roles = np.asarray([role for ids, role in spans for _ in ids], dtype=np.int32)
   return Encoded(tokens=tokens, roles=roles)
+
+
+def marked_pieces(thinking: str, marks) -> list[tuple[str, int]]:
+  """``thinking`` cut at the ``marks`` spans: ``(text, ROLE_THINK | ROLE_MARKED)`` pieces
+  (no empty ones); without marks, the whole text as one piece."""
+  pieces, at = [], 0
+  for start, end in marks:
+    if not at <= start < end <= len(thinking):
+      raise ValueError(f"Example.marks {tuple(marks)} are not sorted, disjoint spans of thinking")
+    pieces += [(thinking[at:start], ROLE_THINK), (thinking[start:end], ROLE_MARKED)]
+    at = end
+  pieces.append((thinking[at:], ROLE_THINK))
+  return [(text, role) for text, role in pieces if text] or [("", ROLE_THINK)]
 
 
 def decode_response(tok: Tokenizer, ids: Sequence[int]) -> Response:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxpost.data import tasks, template
+from jaxpost.data import corrupt, tasks, template
 from jaxpost.data.tokenizer import Tokenizer
 from jaxpost.rollout import sampler
 
@@ -25,6 +25,7 @@ class LevelResult:
   n: int
   samples: list[tuple[str, str, str]]  # a few (prompt, response, expected answer) for logs
   mean_tokens: float | None = None  # generated tokens per response (EOS included)
+  repeat_rate: float | None = None  # responses whose reasoning writes a step twice (looping)
 
 
 class Evaluator:
@@ -132,6 +133,9 @@ class Evaluator:
       n=n,
       samples=[(p.prompt, r, p.answer) for p, r in zip(problems[:3], responses[:3], strict=True)],
       mean_tokens=float(np.mean(self._lengths)),
+      repeat_rate=float(
+        np.mean([corrupt.repeated_step(template.parse_response(r).thinking) for r in responses])
+      ),
     )
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
@@ -173,6 +177,8 @@ def as_metrics(
     m[f"{prefix}/format/{level}"] = r.format_rate
     if r.mean_tokens is not None:
       m[f"{prefix}/tokens/{level}"] = r.mean_tokens
+    if r.repeat_rate is not None:
+      m[f"{prefix}/repeats/{level}"] = r.repeat_rate
   headline = tuple(results) if headline is None else headline
   scores = [results[level].accuracy for level in headline if level in results]
   if scores:

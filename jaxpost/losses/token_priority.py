@@ -12,7 +12,8 @@ formula (NOT FOUND); this is the card's unified reading, ours:
   w_t = s_t * r(role_t) * sg[p(y_t)]^prob_power * 1[sg p(y_t) >= min_prob]
 
 where s_t is the batch's per-token weight (``Batch.weights``; the loss mask when absent),
-r a per-role factor (prompt / think / answer spans of the template), sg a stop-gradient.
+r a per-role factor (prompt / think / answer spans of the template, and tokens the data
+marks: ``ROLE_MARKED``), sg a stop-gradient.
 w = 1 gives the NLL, prob_power = 1 gives DFT's gradient ("On the Generalization of SFT",
 sg(p) * grad log p), min_prob = q gives Beyond-Log-Likelihood's thresholded objective.
 ``priority="positive"`` clips w at 0 (a negative entry drops the token); ``"signed"``
@@ -33,7 +34,7 @@ from jaxpost import fields
 from jaxpost.losses import reduce
 from jaxpost.losses.head import FusedHead, reduced_nll, target_stats
 from jaxpost.losses.registry import register
-from jaxpost.types import ROLE_ANSWER, ROLE_PROMPT, ROLE_THINK, Batch
+from jaxpost.types import ROLE_ANSWER, ROLE_MARKED, ROLE_PROMPT, ROLE_THINK, Batch
 
 PRIORITIES = ("positive", "signed")
 NEGATIVES = ("ascent", "unlikelihood")
@@ -47,17 +48,19 @@ RULES = {
   "prompt_weight": fields.num(),
   "think_weight": fields.num(),
   "answer_weight": fields.num(),
+  "marked_weight": fields.num(),
   "reduction": fields.one_of(reduce.REDUCTIONS),
 }
 
 
-def _check(*, priority, prompt_weight, think_weight, answer_weight, **_) -> None:
+def _check(*, priority, prompt_weight, think_weight, answer_weight, marked_weight, **_) -> None:
   """Negative role weights only make sense with signed priorities."""
   if priority == "positive":
     for name, value in (
       ("prompt_weight", prompt_weight),
       ("think_weight", think_weight),
       ("answer_weight", answer_weight),
+      ("marked_weight", marked_weight),
     ):
       if value < 0:
         raise ValueError(f"{name}={value!r} < 0 needs priority='signed'")
@@ -73,6 +76,7 @@ def token_weights(
   prompt_weight: float = 0.0,
   think_weight: float = 1.0,
   answer_weight: float = 1.0,
+  marked_weight: float = 1.0,
 ) -> jax.Array:
   """The stop-gradient priority w_t of every target, f32[B, T] (0 off the loss mask).
 
@@ -83,8 +87,13 @@ def token_weights(
   """
   w = batch.token_weights
   role_w = jnp.select(
-    [batch.roles == ROLE_PROMPT, batch.roles == ROLE_THINK, batch.roles == ROLE_ANSWER],
-    [prompt_weight, think_weight, answer_weight],
+    [
+      batch.roles == ROLE_PROMPT,
+      batch.roles == ROLE_THINK,
+      batch.roles == ROLE_ANSWER,
+      batch.roles == ROLE_MARKED,
+    ],
+    [prompt_weight, think_weight, answer_weight, marked_weight],
     1.0,
   )
   w = w * role_w
@@ -112,6 +121,7 @@ def token_priority(
   prompt_weight: float = 0.0,
   think_weight: float = 1.0,
   answer_weight: float = 1.0,
+  marked_weight: float = 1.0,
   reduction: str = "token_mean",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Token-weighted NLL L = -(1/N) sum_t w_t log p(y_t) (see the module docstring).
@@ -127,6 +137,9 @@ def token_priority(
     min_prob: q of the 1[p >= q] factor (Beyond Log Likelihood; 0 = off).
     prompt_weight, think_weight, answer_weight: per-role factors of the template's
       spans (prompt targets are masked out by the loss mask in SFT data anyway).
+    marked_weight: the factor of tokens the data marks (``ROLE_MARKED``, e.g. the
+      injected noise or bad mode of ``data.corrupt``): 0 drops them (positive
+      priority), < 0 unlearns them (signed priority).
     reduction: "token_mean" or "sequence_mean".
 
   Returns:
@@ -134,7 +147,12 @@ def token_priority(
   """
   chex.assert_rank([batch.targets, batch.loss_mask], 2)
   mask = batch.loss_mask
-  roles = dict(prompt_weight=prompt_weight, think_weight=think_weight, answer_weight=answer_weight)
+  roles = dict(
+    prompt_weight=prompt_weight,
+    think_weight=think_weight,
+    answer_weight=answer_weight,
+    marked_weight=marked_weight,
+  )
 
   def reduce_fn(x):
     return reduce.reduce(x, mask, batch.segment_ids, norm, reduction)

@@ -422,3 +422,25 @@ def test_train_step_signed_unlikelihood_has_finite_grads_and_accumulates():
     np.testing.assert_allclose(float(metrics2[k]), float(metrics[k]), rtol=1e-5, atol=1e-7)
   for a, b in zip(jax.tree.leaves(g2), leaves, strict=True):
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("marked_weight, priority", [(0.0, "positive"), (-1.0, "signed")])
+def test_marked_tokens_take_their_own_weight(marked_weight, priority):
+  """Tokens the data marks (ROLE_MARKED, e.g. data.corrupt's noise) are dropped at 0 and
+  unlearned below 0; N still counts them."""
+  from jaxpost.types import ROLE_MARKED as MK
+
+  roles = [[P, TH, MK, A, P, A], [P, MK, A, A, PAD, PAD]]
+  mask = np.isin(roles, (TH, A, MK))
+  batch = _batch(roles, _SEGMENTS, mask=mask)
+  logits = _logits(batch, seed=3)
+  loss, _, _ = _run("token_priority", logits, batch, marked_weight=marked_weight, priority=priority)
+  _, p_y = _np_softmax(logits, batch.targets)
+  w = np.where(np.asarray(roles) == MK, marked_weight, 1.0) * mask
+  np.testing.assert_allclose(loss, np.sum(w * -np.log(p_y)) / mask.sum(), rtol=1e-5)
+  assert LOSSES.hparams("token_priority")["marked_weight"] == 1.0
+
+
+def test_negative_marked_weight_needs_signed_priority():
+  with pytest.raises((ValueError, HparamError), match="marked_weight"):
+    LOSSES.bind("token_priority", {"marked_weight": -1.0})
