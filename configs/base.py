@@ -11,6 +11,7 @@ from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
 from jaxpost.data.corrupt import check as check_corrupt
+from jaxpost.data.masked_copy import check_ratio as check_masked_ratio
 from jaxpost.data.packing import OVERLONG_CHOICES
 from jaxpost.data.pipeline import check_prompt_tags
 from jaxpost.data.privileged import PRIVILEGED
@@ -101,6 +102,10 @@ def shared_sections() -> config_dict.ConfigDict:
   # the pad token with probability p, rising linearly to this over the first warmup fraction
   c.data.mask_thought = 0.0  # p_max (the paper: 0.4 GSM8K, 0.2 MATH); 0 = off
   c.data.mask_thought_warmup = 0.66  # fraction of train.steps before the rate reaches p_max
+  # Masked fine-tuning (jaxpost/data/masked_copy.py): this fraction of the examples gets a
+  # copy of its response, each token masked with prob r ~ U(ratio), in the prompt
+  c.data.masked_copy = 0.0  # fraction of examples made demasking examples; 0 = off
+  c.data.masked_copy_ratio = (0.05, 0.95)  # (low, high) of the per-example mask ratio r
   declare(
     "data",
     source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
@@ -108,6 +113,8 @@ def shared_sections() -> config_dict.ConfigDict:
     t3s_margin=num(ge=0, le=1),
     mask_thought=num(ge=0, lt=1),
     mask_thought_warmup=num(ge=0),
+    masked_copy=num(ge=0, le=1),
+    masked_copy_ratio=Custom("(low, high) with 0 <= low <= high <= 1", check_masked_ratio),
     levels=OPTIONAL_LEVELS,  # the tasks source needs one (config_lib.validate)
     path=TEXT,
     split=TEXT,

@@ -467,11 +467,28 @@ def build_source(
 
   ``counts``, if given, receives the data counts to record (see `load_dataset`). With
   ``data.overlong='error'`` every example of a finite dataset is encoded once here
-  (`check_overlong`), so an over-long one fails before the model is built.
+  (`check_overlong`), so an over-long one fails before the model is built. With
+  ``data.masked_copy`` a fraction of the examples become demasking examples
+  (`masked_copy.wrap`; their length is checked when packed).
 
   Raises:
     DataError: see `load_dataset`; `OverlongError` from `check_overlong`.
   """
+  source, size = _base_source(config, tok, counts)
+  if config.data.masked_copy:
+    from jaxpost.data import masked_copy, masked_thought
+
+    source = masked_copy.wrap(
+      source,
+      config.data.masked_copy,
+      tuple(config.data.masked_copy_ratio),
+      masked_thought.mask_token(tok),
+      config.seed,
+    )
+  return source, size
+
+
+def _base_source(config, tok: Tokenizer, counts: dict | None) -> tuple[ExampleSource, int | None]:
   from jaxpost.config_lib import parse_levels
 
   if config.data.source == "tasks":
