@@ -276,6 +276,39 @@ class Scorer:
     return stats.logp, stats.entropy
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelView:
+  """The trained model as a ``model``-family loss reads it: forward passes it may repeat
+  with options (representation perturbations), inside the objective's trace.
+
+  Attributes:
+    scorer: how to read it (the head options).
+    state: its ``(params, rest)``; gradients flow to ``params`` through every pass.
+  """
+
+  scorer: Scorer
+  state: tuple
+
+  @property
+  def config(self):
+    return self.scorer.model(self.state).config
+
+  def forward(self, batch: Batch, *, steer: jax.Array | None = None):
+    """``(outputs, hidden_states)``: what a token loss reads (logits or a ``FusedHead``)
+    and every block's output stream [B, T, D], with ``steer`` ([B, L, D]) added to
+    them (``decoder.Decoder.forward``)."""
+    model = self.scorer.model(self.state)
+    out = model.forward(
+      batch.tokens,
+      positions=batch.positions,
+      segment_ids=batch.segment_ids,
+      hidden_layers=tuple(range(model.config.n_layers)),
+      compute_logits=False,
+      steer=steer,
+    )
+    return head_outputs(model, out.final_hidden, **self.scorer._head), out.hidden_states
+
+
 def make_scorer(
   graphdef,
   *,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxpost import checkpoint, optim
+from jaxpost import checkpoint, optim, scoring
 from jaxpost.losses import head
 from jaxpost.losses.reduce import Normalizers, compute_normalizers
 from jaxpost.scoring import Scorer
@@ -155,12 +155,28 @@ def layers_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
   return objective
 
 
+def model_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
+  """Objective of a model-family loss (LfU): the loss runs the model's forward passes
+  itself (``scoring.ModelView``), e.g. a second, perturbed one.
+
+  Args:
+    scorer: how to read the trained model.
+    loss_fn: ``loss(model: ModelView, batch, *, norm)`` with hyperparameters bound.
+  """
+
+  def objective(params, frozen, batch: Batch, norm: Normalizers):
+    return loss_fn(scoring.ModelView(scorer, (params, frozen["rest"])), batch, norm=norm)
+
+  return objective
+
+
 # Loss family (``losses.registry``) -> how its objective reads the model(s).
 OBJECTIVES = {
   "token": token_objective,
   "policy": policy_objective,
   "distill": distill_objective,
   "layers": layers_objective,
+  "model": model_objective,
 }
 
 

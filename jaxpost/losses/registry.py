@@ -25,6 +25,12 @@ head (``head.LayerHeads``; one forward pass)::
     loss(layers: LayerHeads, batch: Batch, *, norm: Normalizers, **hparams)
         -> (loss: f32[], metrics: dict[str, f32[]])
 
+``model`` (``lfu.py``) runs the trained model's forward passes itself, e.g. again with
+its representations perturbed (``scoring.ModelView``)::
+
+    loss(model: ModelView, batch: Batch, *, norm: Normalizers, **hparams)
+        -> (loss: f32[], metrics: dict[str, f32[]])
+
 ``norm`` holds the global-batch counts (see ``losses/reduce.py``). Both the loss and
 every metric must be *additive over micro-batches*: already divided by the global
 normalisers, so the train step can sum them across gradient-accumulation steps.
@@ -40,13 +46,14 @@ from jaxpost.registry import Registry
 
 LOSSES = Registry(
   "loss",
-  families=("token", "policy", "distill", "layers"),
+  families=("token", "policy", "distill", "layers", "model"),
   builtins=("jaxpost.losses.*",),  # every module of jaxpost/losses: a new file registers
   contract={
     "token": ("norm",),
     "policy": ("norm", "entropy"),
     "distill": ("norm",),
     "layers": ("norm",),
+    "model": ("norm",),
   },
 )
 

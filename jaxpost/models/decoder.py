@@ -725,6 +725,7 @@ class Decoder(nnx.Module):
     cache: KVCache | None = None,
     hidden_layers: tuple[int, ...] = (),
     compute_logits: bool = True,
+    steer: jax.Array | None = None,
   ) -> ModelOutput:
     """Runs the model on T new tokens per row.
 
@@ -742,6 +743,9 @@ class Decoder(nnx.Module):
         indices count from the end (-1 = last block).
       compute_logits: if False, skip the lm head (``logits`` is None), e.g. for fused
         loss kernels that consume ``final_hidden`` and ``lm_head_weight()``.
+      steer: optional [B, L, D] steering vectors: row b's vector for block i is added to
+        block i's output stream at every position (representation perturbations, e.g.
+        LfU's; the returned ``hidden_states`` include it).
 
     Returns:
       ``ModelOutput``.
@@ -782,6 +786,8 @@ class Decoder(nnx.Module):
         x = jax.checkpoint(run)(state, x, positions, mask)
       else:
         x, cache = block(x, positions, mask, cache=cache, layer=i)
+      if steer is not None:
+        x = x + steer[:, i, None, :].astype(x.dtype)
       streams[i] = x
     h = self.final_norm(x)
     logits = None

@@ -34,7 +34,7 @@ from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
 from jaxpost.types import Batch
 
-LOSS_FAMILIES = ("token", "distill", "layers")
+LOSS_FAMILIES = ("token", "distill", "layers", "model")
 DEFAULT_LOSS = "cross_entropy"
 
 

@@ -55,8 +55,13 @@ _LAYOUT = (
 B, T, V, D = len(_LAYOUT), 10, 13, 6
 _ROLE = {"p": ROLE_PROMPT, "t": ROLE_THINK, "a": ROLE_ANSWER}
 
-# Leaves of the model outputs shared by all rows (not split, sharded or concatenated).
+# Leaves of the model outputs shared by all rows (not split, sharded or concatenated),
+# and every parameter of the model family's model (keys "param/<path>").
 _SHARED = frozenset({"weight", "teacher_weight"})
+
+
+def _shared(key: str) -> bool:
+  return key in _SHARED or key.startswith("param/")
 
 
 def _layout(layout=_LAYOUT, t=T):
@@ -223,6 +228,47 @@ class _LayersFamily(_TokenFamily):
 
 _LAYERS = 3
 
+
+class _ModelFamily:
+  """``loss(model: ModelView, batch, *, norm)``: a real 2-block decoder whose parameters
+  are the differentiated inputs (keys "param/<path>", shared by all rows); its head
+  materialised or fused."""
+
+  kinds = ("logits", "fused")
+
+  @functools.cached_property
+  def _parts(self):
+    from flax import nnx
+
+    from jaxpost import models, train
+
+    cfg = models.named_config(
+      "tiny", vocab_size=V, n_layers=2, d_model=8, mlp_dim=16, n_heads=2, n_kv_heads=1, head_dim=4
+    )
+    graphdef, params, rest = train.split_model(models.Decoder(cfg, rngs=nnx.Rngs(0)))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = ["param/" + jax.tree_util.keystr(p) for p, _ in leaves]
+    return graphdef, rest, treedef, keys, [v for _, v in leaves]
+
+  def make(self, kind: str, seed: int, garbage: str = "large", layout=_LAYOUT):
+    rng = np.random.default_rng(seed)
+    _, _, _, keys, values = self._parts
+    x = {k: _bf16_exact(np.asarray(v, np.float32)) for k, v in zip(keys, values, strict=True)}
+    return x, _token_batch(rng, layout)
+
+  def call(self, fn, kind, x, batch, norm):
+    from jaxpost import scoring
+
+    graphdef, rest, treedef, keys, _ = self._parts
+    params = jax.tree_util.tree_unflatten(treedef, [x[k] for k in keys])
+    lm_head = "logits" if kind == "logits" else "fused_xla"
+    view = scoring.ModelView(scoring.make_scorer(graphdef, lm_head=lm_head), (params, rest))
+    return fn(view, batch, norm=norm)
+
+  def masked(self, batch: Batch) -> Batch:
+    return batch.replace(loss_mask=jnp.zeros_like(batch.loss_mask))
+
+
 # Loss family -> how the contract test builds its inputs. A family registered in
 # LOSSES without an entry here fails test_every_family_has_a_contract_case.
 _FAMILIES = {
@@ -230,6 +276,7 @@ _FAMILIES = {
   "policy": _PolicyFamily(),
   "distill": _DistillFamily(),
   "layers": _LayersFamily(),
+  "model": _ModelFamily(),
 }
 
 
@@ -272,7 +319,7 @@ def _run(name, kind, x, data, norm=None):
 
 
 def _rows(x, data, sl):
-  xs = {k: v if k in _SHARED else v[sl] for k, v in x.items()}
+  xs = {k: v if _shared(k) else v[sl] for k, v in x.items()}
   return xs, jax.tree.map(lambda a: a[sl], data)
 
 
@@ -338,12 +385,15 @@ def test_jit_returns_f32_scalars_and_masks_gradients(name, kind):
     g = np.asarray(g)
     assert g.dtype == np.float32 and g.shape == x[k].shape, k
     assert np.all(np.isfinite(g)), k
-    if k not in _SHARED:
+    if not _shared(k):
       # Masked slots hold +-3e4 (or +-1e30) garbage; their gradient is exactly 0.
       assert np.all(g[mask == 0] == 0), k
   # A real gradient, so the equalities below are not 0 == 0.
-  main = next(k for k in x if k not in _SHARED)
-  assert np.count_nonzero(np.asarray(grads[main])[mask > 0]) > mask.sum() / 4
+  main = next((k for k in x if not _shared(k)), None)
+  if main is None:  # the model family: its parameters
+    assert sum(np.count_nonzero(np.asarray(g)) for g in grads.values()) > len(grads)
+  else:
+    assert np.count_nonzero(np.asarray(grads[main])[mask > 0]) > mask.sum() / 4
 
 
 @pytest.mark.parametrize("name,kind", CASES, ids=IDS)
@@ -373,7 +423,7 @@ def _check_all_masked(name, kind, garbage):
   # Every slot is masked now: put garbage in all of them, not only the original ones.
   rng = np.random.default_rng(3)
   x = {
-    k: v if k in _SHARED else jnp.asarray(_garbage(rng, v.shape, garbage), v.dtype)
+    k: v if _shared(k) else jnp.asarray(_garbage(rng, v.shape, garbage), v.dtype)
     for k, v in x.items()
   }
   loss, metrics, grads = _run(name, kind, x, data)
@@ -431,7 +481,7 @@ def test_appending_a_masked_row_changes_nothing(name, kind):
   x, data = _rows(x, data, slice(0, half))
   # One prompt-only row (a segment with no counted token), garbage in its outputs.
   x_row, data_row = family.make(kind, seed=6, layout=(("pppppppppp",),))
-  x_more = {k: v if k in _SHARED else jnp.concatenate([v, x_row[k]]) for k, v in x.items()}
+  x_more = {k: v if _shared(k) else jnp.concatenate([v, x_row[k]]) for k, v in x.items()}
   data_more = _concat_rows(data, data_row)
   assert float(_mask_of(data_more)[half:].sum()) == 0.0
   norm, norm_more = _norm(data), _norm(data_more)
@@ -444,7 +494,7 @@ def test_appending_a_masked_row_changes_nothing(name, kind):
   _assert_tree_close(metrics_m, metrics, 1e-6, 0, "metrics")
   for k, g in grads.items():
     gm = np.asarray(grads_m[k])
-    if k in _SHARED:
+    if _shared(k):
       np.testing.assert_allclose(gm, np.asarray(g), rtol=1e-6, atol=1e-9, err_msg=k)
     else:
       # atol: a longer batch re-chunks the fused op's rows (sums in another order).
@@ -462,7 +512,7 @@ def test_microbatches_add_up_to_the_full_batch(name, kind):
   (l1, m1, g1), (l2, m2, g2) = pieces
   np.testing.assert_allclose(float(l1 + l2), float(loss), rtol=1e-5, atol=1e-7)
   _assert_tree_close(jax.tree.map(jnp.add, m1, m2), metrics, 1e-5, 1e-7, "metrics")
-  summed = {k: g1[k] + g2[k] if k in _SHARED else jnp.concatenate([g1[k], g2[k]]) for k in grads}
+  summed = {k: g1[k] + g2[k] if _shared(k) else jnp.concatenate([g1[k], g2[k]]) for k in grads}
   _assert_tree_close(summed, grads, 1e-5, 1e-7, "grads")
   # Neither half is trivial.
   assert float(_mask_of(data)[:half].sum()) > 0 and float(_mask_of(data)[half:].sum()) > 0
@@ -505,11 +555,11 @@ def _sharded_worker() -> None:
     x, data = _family(name).make(kind, seed=8)
     norm = _norm(data)
     loss, metrics, grads = _run(name, kind, x, data, norm)
-    xs = {k: jax.device_put(v, replicated if k in _SHARED else rows) for k, v in x.items()}
+    xs = {k: jax.device_put(v, replicated if _shared(k) else rows) for k, v in x.items()}
     data_s = jax.device_put(data, rows)
     norm_s = jax.device_put(norm, replicated)
-    main = next(k for k in x if k not in _SHARED)
-    assert len(xs[main].sharding.device_set) == 8
+    main = next((k for k in x if not _shared(k)), None)
+    assert main is None or len(xs[main].sharding.device_set) == 8
     assert len(data_s.token_batch.loss_mask.sharding.device_set) == 8
     loss_s, metrics_s, grads_s = _run(name, kind, xs, data_s, norm_s)
     where = f"{name}-{kind}: "
