@@ -312,9 +312,13 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.force_after = 0  # tokens before the close-think tag is forced; 0 = off
   c.eval.prompt_prefix = ""  # put before every held-out task prompt (e.g. a TLDR level tag)
   c.eval.tool_turns = 0  # > 0: answers are tool rollouts (jaxpost/tools/tir.py), this many turns
+  c.eval.pass_k = 0  # > 0: also k samples per problem: eval/pass_k/<level>, eval/distinct/<level>
+  c.eval.sample_temperature = 1.0  # the temperature of those samples
   declare(
     "eval",
     tool_turns=integer(ge=0),
+    pass_k=integer(ge=0),
+    sample_temperature=num(gt=0),
     prompt_prefix=TEXT,
     stop_bias=num(),
     force_after=integer(ge=0),

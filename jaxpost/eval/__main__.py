@@ -34,6 +34,8 @@ EVAL_OPTIONS = (
   "eval.max_new_tokens",
   "eval.num_examples",
   "eval.batch_size",
+  "eval.pass_k",
+  "eval.sample_temperature",
 )
 
 
@@ -65,6 +67,9 @@ def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0
       "accuracy": r.accuracy,
       "format_rate": r.format_rate,
       "mean_tokens": r.mean_tokens,
+      "repeat_rate": r.repeat_rate,
+      "pass_k": r.pass_k,
+      "distinct": r.distinct,
       "n": r.n,
     }  # fmt: skip
     for level, r in evaluator.evaluate(state, levels).items()
@@ -95,9 +100,12 @@ def main(argv=None) -> int:
   levels = [x for x in args.levels.split(",") if x]
   results = evaluate_run(args.run, levels, options, exit_layer=args.exit)
   for level, r in results.items():
+    sampled = ""
+    if r["pass_k"] is not None:
+      sampled = f"  pass@k {100 * r['pass_k']:5.1f}%  distinct {r['distinct']:4.2f}"
     print(
       f"{level:10s} accuracy {100 * r['accuracy']:5.1f}%  format {100 * r['format_rate']:5.1f}%"
-      f"  tokens {r['mean_tokens']:6.1f}  (n={r['n']})"
+      f"  tokens {r['mean_tokens']:6.1f}{sampled}  (n={r['n']})"
     )
   if args.out:
     with open(args.out, "w") as f:

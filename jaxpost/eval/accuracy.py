@@ -26,6 +26,8 @@ class LevelResult:
   samples: list[tuple[str, str, str]]  # a few (prompt, response, expected answer) for logs
   mean_tokens: float | None = None  # generated tokens per response (EOS included)
   repeat_rate: float | None = None  # responses whose reasoning writes a step twice (looping)
+  pass_k: float | None = None  # problems with a right answer among k samples (eval.pass_k)
+  distinct: float | None = None  # mean number of different answers among the k samples
 
 
 class Evaluator:
@@ -44,8 +46,11 @@ class Evaluator:
     force_after: int = 0,
     prompt_prefix: str = "",
     tool_turns: int = 0,
+    pass_k: int = 0,
+    sample_temperature: float = 1.0,
   ):
     self.tok = tok
+    self.pass_k = pass_k  # > 0: also k samples per problem -> pass@k and distinct answers
     self.max_new_tokens = max_new_tokens
     self.tool_turns = tool_turns  # > 0: each answer is a greedy tool rollout
     self.prompt_prefix = prompt_prefix  # before every task prompt (a level tag, ...)
@@ -58,6 +63,11 @@ class Evaluator:
       stop_bias=stop_bias, stop_bias_ids=(tok.eos_id, *close) if len(close) == 1 else (),
       force_after=force_after, force_ids=close if force_after else (),
     )  # fmt: skip
+    if pass_k:
+      self._sample = sampler.make_generate_fn(
+        graphdef, max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        temperature=sample_temperature,
+      )  # fmt: skip
     self._lengths: list[int] = []  # generated tokens of the last ``responses`` call
     self._problems: dict[str, list[tasks.Problem]] = {}
 
@@ -76,6 +86,8 @@ class Evaluator:
       force_after=e.get("force_after", 0),
       prompt_prefix=e.get("prompt_prefix", ""),
       tool_turns=e.get("tool_turns", 0),
+      pass_k=e.get("pass_k", 0),
+      sample_temperature=e.get("sample_temperature", 1.0),
     )
 
   def problems(self, level: str) -> list[tasks.Problem]:
@@ -103,6 +115,26 @@ class Evaluator:
         self._lengths.append(int(lengths[row]))
     return out
 
+  def samples(self, state, prompts: Sequence[str], k: int) -> list[list[str]]:
+    """``k`` sampled responses per prompt (rows of k copies share the prompt's prefill);
+    the key is fixed, so an evaluation is repeatable."""
+    rows = max(k, self.batch_size // k * k)  # whole groups per call, one row count
+    per_call = rows // k
+    out = []
+    for i in range(0, len(prompts), per_call):
+      chunk = prompts[i : i + per_call]
+      ids = [self._prompt_ids(p) for p in chunk for _ in range(k)]
+      ids += [ids[-1]] * (rows - len(ids))
+      tokens, mask = _pad_to_bucket(*sampler.left_pad(ids, self.tok.pad_id), self.tok.pad_id)
+      gen = self._sample(state, tokens, mask, jax.random.key(i + 1), group_size=k)
+      new, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+      texts = [
+        self.tok.decode(_strip_eos(new[r, : lengths[r]], self.tok.eos_id))
+        for r in range(len(chunk) * k)
+      ]
+      out += [texts[j * k : (j + 1) * k] for j in range(len(chunk))]
+    return out
+
   def _tool_responses(self, state, ids: list[list[int]]) -> list[str]:
     from jaxpost.tools import sandbox, tir
 
@@ -126,6 +158,17 @@ class Evaluator:
     responses = self.responses(state, [self.prompt_prefix + p.prompt for p in problems])
     scores = [tasks.score_response(p, r) for p, r in zip(problems, responses, strict=True)]
     n = len(problems)
+    pass_k = distinct = None
+    if self.pass_k:
+      drawn = self.samples(state, [self.prompt_prefix + p.prompt for p in problems], self.pass_k)
+      pass_k = float(
+        np.mean(
+          [any(tasks.check_answer(p, r) for r in rs) for p, rs in zip(problems, drawn, strict=True)]
+        )
+      )
+      distinct = float(
+        np.mean([len({template.parse_response(r).answer.strip() for r in rs}) for rs in drawn])
+      )
     return LevelResult(
       level=level,
       accuracy=sum(s["correct"] for s in scores) / n,
@@ -136,6 +179,8 @@ class Evaluator:
       repeat_rate=float(
         np.mean([corrupt.repeated_step(template.parse_response(r).thinking) for r in responses])
       ),
+      pass_k=pass_k,
+      distinct=distinct,
     )
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
@@ -179,6 +224,9 @@ def as_metrics(
       m[f"{prefix}/tokens/{level}"] = r.mean_tokens
     if r.repeat_rate is not None:
       m[f"{prefix}/repeats/{level}"] = r.repeat_rate
+    if r.pass_k is not None:
+      m[f"{prefix}/pass_k/{level}"] = r.pass_k
+      m[f"{prefix}/distinct/{level}"] = r.distinct
   headline = tuple(results) if headline is None else headline
   scores = [results[level].accuracy for level in headline if level in results]
   if scores:

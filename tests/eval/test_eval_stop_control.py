@@ -3,6 +3,7 @@ metric: training-free length control as the evaluator applies it."""
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxpost import config_lib, models
 from jaxpost.data import tasks, template
@@ -109,3 +110,23 @@ def test_the_eval_cli_reads_a_run_at_an_early_exit(monkeypatch):
   assert kept == [([0], 1, 1)]  # only the early read drops blocks: one left of tiny's 2
   with pytest.raises(ValueError, match="blocks 1.."):
     cli.evaluate_run("zoo:tiny-sft", ["add3"], options, exit_layer=99)
+
+
+def test_pass_at_k_samples_k_per_problem_and_near_greedy_matches_greedy():
+  from jaxpost.data import generated
+
+  model, tok, _ = generated.load_run("zoo:tiny-sft")
+  graphdef, state = nnx.split(model)
+  kw = dict(num_examples=6, batch_size=8, max_new_tokens=12)
+  near_greedy = accuracy.Evaluator(graphdef, tok, pass_k=4, sample_temperature=1e-4, **kw)
+  r = near_greedy.evaluate_level(state, "add3")
+  drawn = near_greedy.samples(state, [p.prompt for p in near_greedy.problems("add3")], 4)
+  assert [len(x) for x in drawn] == [4] * 6
+  greedy = near_greedy.responses(state, [p.prompt for p in near_greedy.problems("add3")])
+  assert all(set(x) == {g} for x, g in zip(drawn, greedy, strict=True))  # T -> 0: greedy
+  assert r.pass_k == r.accuracy and r.distinct == 1.0
+  hot = accuracy.Evaluator(graphdef, tok, pass_k=4, sample_temperature=3.0, **kw)
+  r_hot = hot.evaluate_level(state, "add3")
+  assert r_hot.distinct > 1.0  # a hot, barely trained model answers differently
+  metrics = accuracy.as_metrics({"add3": r_hot})
+  assert metrics["eval/pass_k/add3"] == r_hot.pass_k
