@@ -57,12 +57,36 @@ FIXED = {
 }
 
 
+# Objectives added after the first sweep ran, in their own roots with their own ce cell
+# (the same runs as the first sweep's ce: every cell is deterministic in its seed):
+#   python -m jaxpost.sweep --config=configs/sweeps/sft_objectives.py:more-mul2x2 \
+#     --root=runs/sweeps/sft_objectives/more-mul2x2
+MORE = {
+  "ce": {},
+  "sorted": {"loss.name": "sorted_ft"},
+  "lfu": {"loss.name": "lfu"},
+  "masked_sft": {"data.masked_copy": 0.5},
+}
+
+
 def get_config(variant: str = "mul2x2") -> Sweep:
-  if variant not in LEVELS:
-    raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(LEVELS)}")
+  level = variant.removeprefix("more-")
+  if level not in LEVELS:
+    known = sorted(LEVELS) + [f"more-{v}" for v in sorted(LEVELS)]
+    raise ValueError(f"unknown variant {variant!r}; expected one of {known}")
+  objectives = dict(MORE if variant.startswith("more-") else OBJECTIVES)
+  if "masked_sft" in objectives:
+    # The copy doubles an example: twice the row, one example a row (as the other cells'
+    # rows, which one example of these levels fills), so every cell sees the same batches.
+    seq_len = LEVELS[level].get("data.seq_len", 52)
+    objectives["masked_sft"] = {
+      **objectives["masked_sft"],
+      "data.seq_len": 2 * seq_len,
+      "data.pack": False,
+    }
   return Sweep(
     base="configs/sft_objectives.py:quickstart",
-    cells=cells(*({"name": name, **o, **LEVELS[variant]} for name, o in OBJECTIVES.items())),
+    cells=cells(*({"name": name, **LEVELS[level], **o} for name, o in objectives.items())),
     seeds=(0, 1, 2),
     fixed=FIXED,
     report={
