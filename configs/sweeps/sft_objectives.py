@@ -69,7 +69,30 @@ MORE = {
 }
 
 
+# CFT trains on a fixed set of the start's own correct solutions with their critical
+# tokens (written per seed beforehand, see experiments/sft_objectives/README.md), so its
+# baseline is cross-entropy on the same solutions, not on the endless task stream.
+CFT_DATA = "{root}/data/seed{seed}.jsonl"
+CFT = {
+  "ce_self": {"data.source": "jsonl", "data.path": CFT_DATA},
+  "cft": {"config": "configs/cft.py:quickstart", "data.path": CFT_DATA},
+}
+
+
 def get_config(variant: str = "mul2x2") -> Sweep:
+  if variant == "cft-mul2x2":
+    return Sweep(
+      base="configs/sft_objectives.py:quickstart",
+      cells=cells(*({"name": name, **o} for name, o in CFT.items())),
+      seeds=(0, 1, 2),
+      fixed=FIXED,
+      report={
+        "metrics": ["eval/accuracy", "eval/accuracy/add3", "train/nll:last=5"],
+        "baseline": "ce_self",
+        "curves": ["eval/accuracy"],
+        "scale": 1.0,
+      },
+    )
   level = variant.removeprefix("more-")
   if level not in LEVELS:
     known = sorted(LEVELS) + [f"more-{v}" for v in sorted(LEVELS)]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from absl import logging
 
-from jaxpost.data.template import Example, render_messages, split_response
+from jaxpost.data.template import Example, marked_pieces, render_messages, split_response
 
 
 class DataError(ValueError):
@@ -131,7 +131,20 @@ def record_to_example(record: object) -> Example:
   thinking, answer = split_response(response)
   if not (thinking + answer).strip():
     raise ValueError("empty response (an empty think block and no answer)")
-  return Example(prompt=prompt, thinking=thinking, answer=answer, context=context)
+  marks = _marks(record.get("marks", []), thinking)
+  return Example(prompt=prompt, thinking=thinking, answer=answer, context=context, marks=marks)
+
+
+def _marks(value, thinking: str) -> tuple[tuple[int, int], ...]:
+  """A record's optional ``"marks"``: [[start, end], ...] character spans of its thinking
+  whose tokens are marked (``ROLE_MARKED``; e.g. CFT's critical tokens)."""
+  if not isinstance(value, list) or not all(
+    isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in value
+  ):
+    raise ValueError(f"'marks' must be a list of [start, end] integer pairs, got {value!r}")
+  marks = tuple((m[0], m[1]) for m in value)
+  marked_pieces(thinking, marks)  # sorted, disjoint, inside the thinking: else ValueError
+  return marks
 
 
 def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> ReadResult:
