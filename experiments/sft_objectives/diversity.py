@@ -30,10 +30,8 @@ from flax import nnx
 from jaxpost import config_lib, scoring
 from jaxpost.data import generated, packing, tasks, template
 from jaxpost.eval import accuracy
-from jaxpost.sweep import stats
+from jaxpost.sweep import evaluate
 from jaxpost.types import Batch
-
-METRICS = ("pass_k", "distinct", "entropy")
 
 
 def heldout_entropy(model, tok, level: str, n: int, seed: int) -> float:
@@ -72,46 +70,6 @@ def measure(run: str, k: int, n: int) -> dict[str, float]:
   }
 
 
-def collect(root: str, k: int, n: int, cache: dict) -> dict[str, dict[int, dict]]:
-  """{group: {seed: measures}} of a sweep root's finished cells (cached by workdir)."""
-  with open(os.path.join(root, "manifest.json")) as f:
-    manifest = json.load(f)
-  out: dict[str, dict[int, dict]] = {}
-  for cell in manifest["cells"]:
-    workdir = os.path.join(root, "runs", cell["id"])
-    if cell.get("status") != "done":
-      print(f"  skip {cell['id']}: {cell.get('status')}", file=sys.stderr)
-      continue
-    if workdir not in cache:
-      cache[workdir] = measure(workdir, k, n)
-      print(f"  {workdir}: {cache[workdir]}", file=sys.stderr)
-    out.setdefault(cell["group"], {})[cell["seed"]] = cache[workdir]
-  return out
-
-
-def table(name: str, groups: dict[str, dict[int, dict]]) -> list[str]:
-  lines = [
-    f"### {name}",
-    "",
-    "| objective | pass@k % | Δ vs ce | distinct answers | Δ vs ce | entropy (nats) | Δ vs ce |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  base = groups.get("ce", {})
-  for group, seeds in groups.items():
-    row = [group]
-    for metric, scale, p in (("pass_k", 100, 1), ("distinct", 1, 2), ("entropy", 1, 4)):
-      values = {s: m[metric] * scale for s, m in seeds.items()}
-      summary = stats.summarize(list(values.values()))
-      row.append(f"{summary['mean']:.{p}f} [{summary['low']:.{p}f}, {summary['high']:.{p}f}]")
-      if group != "ce" and set(values) & set(base):
-        d = stats.paired_difference(values, {s: m[metric] * scale for s, m in base.items()})
-        row.append(f"{d['mean']:+.{p}f} [{d['low']:+.{p}f}, {d['high']:+.{p}f}]")
-      else:
-        row.append("—")
-    lines.append("| " + " | ".join(row) + " |")
-  return lines + [""]
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("roots", nargs="+", help="sweep roots")
@@ -126,7 +84,12 @@ def main(argv=None) -> int:
       previous = json.load(f)
     if previous.get("k") == args.k and previous.get("n") == args.n:
       cache = previous["runs"]
-  results = {os.path.basename(r.rstrip("/")): collect(r, args.k, args.n, cache) for r in args.roots}
+  results = {
+    os.path.basename(r.rstrip("/")): evaluate.collect(
+      r, lambda workdir: measure(workdir, args.k, args.n), cache
+    )
+    for r in args.roots
+  }
   os.makedirs(args.out, exist_ok=True)
   with open(path, "w") as f:
     json.dump({"k": args.k, "n": args.n, "runs": cache, "groups": results}, f, indent=1)
@@ -137,8 +100,9 @@ def main(argv=None) -> int:
     "Mean [95% t-interval] over seeds; Δ paired by seed against the root's ce cell.",
     "",
   ]
+  measures = [("pass_k", 100.0, 1), ("distinct", 1.0, 2), ("entropy", 1.0, 4)]
   for name, groups in results.items():
-    lines += table(name, groups)
+    lines += [f"## {name}", "", *evaluate.table(groups, measures, "ce"), ""]
   with open(os.path.join(args.out, "diversity.md"), "w") as f:
     f.write("\n".join(lines))
   print("\n".join(lines))

@@ -68,6 +68,7 @@ def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0
       "format_rate": r.format_rate,
       "mean_tokens": r.mean_tokens,
       "repeat_rate": r.repeat_rate,
+      "trace_error_rate": r.trace_error_rate,
       "pass_k": r.pass_k,
       "distinct": r.distinct,
       "n": r.n,

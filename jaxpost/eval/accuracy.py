@@ -26,6 +26,7 @@ class LevelResult:
   samples: list[tuple[str, str, str]]  # a few (prompt, response, expected answer) for logs
   mean_tokens: float | None = None  # generated tokens per response (EOS included)
   repeat_rate: float | None = None  # responses whose reasoning writes a step twice (looping)
+  trace_error_rate: float | None = None  # responses with a wrong lhs=value step in the trace
   pass_k: float | None = None  # problems with a right answer among k samples (eval.pass_k)
   distinct: float | None = None  # mean number of different answers among the k samples
 
@@ -158,6 +159,7 @@ class Evaluator:
     responses = self.responses(state, [self.prompt_prefix + p.prompt for p in problems])
     scores = [tasks.score_response(p, r) for p, r in zip(problems, responses, strict=True)]
     n = len(problems)
+    thinking = [template.parse_response(r).thinking for r in responses]
     pass_k = distinct = None
     if self.pass_k:
       drawn = self.samples(state, [self.prompt_prefix + p.prompt for p in problems], self.pass_k)
@@ -176,9 +178,8 @@ class Evaluator:
       n=n,
       samples=[(p.prompt, r, p.answer) for p, r in zip(problems[:3], responses[:3], strict=True)],
       mean_tokens=float(np.mean(self._lengths)),
-      repeat_rate=float(
-        np.mean([corrupt.repeated_step(template.parse_response(r).thinking) for r in responses])
-      ),
+      repeat_rate=float(np.mean([corrupt.repeated_step(t) for t in thinking])),
+      trace_error_rate=float(np.mean([bool(tasks.trace_errors(t)) for t in thinking])),
       pass_k=pass_k,
       distinct=distinct,
     )
@@ -224,6 +225,8 @@ def as_metrics(
       m[f"{prefix}/tokens/{level}"] = r.mean_tokens
     if r.repeat_rate is not None:
       m[f"{prefix}/repeats/{level}"] = r.repeat_rate
+    if r.trace_error_rate is not None:
+      m[f"{prefix}/trace_errors/{level}"] = r.trace_error_rate
     if r.pass_k is not None:
       m[f"{prefix}/pass_k/{level}"] = r.pass_k
       m[f"{prefix}/distinct/{level}"] = r.distinct
