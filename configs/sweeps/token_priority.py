@@ -22,6 +22,7 @@ variant ``repeat`` (60% of the traces write their first step twice: a looping mo
   ascent      signed priority: marked tokens weigh -1, gradient ascent on their log p
   unlikelihood  signed priority: -1 through -log(1 - p) (bounded)
   clean       plain SFT on clean data
+  ascent_0.1, unlikelihood_0.1   the two signed rows at weight -0.1
 
   python -m jaxpost.sweep --config=configs/sweeps/token_priority.py:noise \\
     --root=runs/sweeps/token_priority/noise
@@ -51,6 +52,17 @@ VARIANTS = {
       "ascent": {**SIGNED, "loss.token_priority.negative": "ascent"},
       "unlikelihood": {**SIGNED, "loss.token_priority.negative": "unlikelihood"},
       "clean": {"data.corrupt": ""},
+      # added after the first five: a weaker push-down (-0.1) of the same span
+      "ascent_0.1": {
+        **SIGNED,
+        "loss.token_priority.marked_weight": -0.1,
+        "loss.token_priority.negative": "ascent",
+      },
+      "unlikelihood_0.1": {
+        **SIGNED,
+        "loss.token_priority.marked_weight": -0.1,
+        "loss.token_priority.negative": "unlikelihood",
+      },
     },
   ),
 }
