@@ -46,6 +46,18 @@ def _value(text: str):
     return text  # a bare string, e.g. a prefix
 
 
+def parse_options(items: list[str], error) -> dict:
+  """``--set FIELD=VALUE`` items as {field: value} (literals parsed); ``error(msg)``
+  reports a malformed one (an argparse parser's ``error``)."""
+  options = {}
+  for item in items:
+    field, sep, value = item.partition("=")
+    if not sep:
+      error(f"--set {item!r}: expected FIELD=VALUE")
+    options[field] = _value(value)
+  return options
+
+
 def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0) -> dict:
   """{level: {accuracy, format_rate, mean_tokens, n}} of ``run`` under ``options``, read
   at ``exit_layer`` (its first that many blocks; 0 = all)."""
@@ -91,12 +103,7 @@ def main(argv=None) -> int:
     "--exit", type=int, default=0, help="decode with the first N blocks only (0 = all)"
   )
   args = parser.parse_args(argv)
-  options = {}
-  for item in args.set:
-    field, sep, value = item.partition("=")
-    if not sep:
-      parser.error(f"--set {item!r}: expected FIELD=VALUE")
-    options[field] = _value(value)
+  options = parse_options(args.set, parser.error)
   logging.basicConfig(level=logging.WARNING)
   levels = [x for x in args.levels.split(",") if x]
   results = evaluate_run(args.run, levels, options, exit_layer=args.exit)

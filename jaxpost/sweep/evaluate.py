@@ -83,7 +83,7 @@ def table(
 
 
 def main(argv=None) -> int:
-  from jaxpost.eval.__main__ import _value, evaluate_run
+  from jaxpost.eval.__main__ import evaluate_run, parse_options
 
   parser = argparse.ArgumentParser(prog="python -m jaxpost.sweep.evaluate")
   parser.add_argument("root")
@@ -94,12 +94,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--name", default="evaluation")
   args = parser.parse_args(argv)
-  options = {}
-  for item in args.set:
-    field, sep, value = item.partition("=")
-    if not sep:
-      parser.error(f"--set {item!r}: expected FIELD=VALUE")
-    options[field] = _value(value)
+  options = parse_options(args.set, parser.error)
   levels = [x for x in args.levels.split(",") if x]
   path = os.path.join(args.out, args.name + ".json")
   setting = {"levels": levels, "options": options, "exit": args.exit}

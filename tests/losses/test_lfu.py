@@ -3,62 +3,19 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+import tiny_decoder
 
-from jaxpost import models, scoring, train
+from jaxpost import scoring
 from jaxpost.losses import compute_normalizers, lfu
 from jaxpost.losses.head import target_stats
-from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT, ROLE_THINK, Batch
-
-P, TH, A, PAD = ROLE_PROMPT, ROLE_THINK, ROLE_ANSWER, ROLE_PAD
-
-
-@functools.cache
-def _model():
-  cfg = models.named_config(
-    "tiny", vocab_size=37, n_layers=2, d_model=32, mlp_dim=64, n_heads=4, n_kv_heads=2, head_dim=8
-  )
-  return train.split_model(models.Decoder(cfg, rngs=nnx.Rngs(0)))
-
-
-def _batch():
-  rng = np.random.default_rng(0)
-  roles = np.array([[P] * 3 + [TH] * 5 + [A] * 3 + [PAD]] * 4, np.int32)
-  tokens = rng.integers(1, 37, roles.shape)
-  return Batch(
-    tokens=jnp.asarray(tokens, jnp.int32),
-    targets=jnp.asarray(np.roll(tokens, -1, axis=1), jnp.int32),
-    loss_mask=jnp.asarray(np.isin(roles, (TH, A)), jnp.float32),
-    segment_ids=jnp.asarray(roles != PAD, jnp.int32),
-    positions=jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), roles.shape),
-    roles=jnp.asarray(roles),
-  )
-
-
-@functools.cache
-def _jitted(name, hparams):
-  graphdef, _, _ = _model()
-  objective = train.objective_for(name, graphdef, dict(hparams), lm_head="fused_xla")
-
-  def run(params, rest, batch):
-    norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
-    return jax.value_and_grad(lambda p: objective(p, {"rest": rest}, batch, norm), has_aux=True)(
-      params
-    )
-
-  return jax.jit(run)
 
 
 def _run(name, **hparams):
-  _, params, rest = _model()
-  (loss, metrics), grads = _jitted(name, tuple(sorted(hparams.items())))(params, rest, _batch())
-  return float(loss), {k: float(v) for k, v in metrics.items()}, grads
+  return tiny_decoder.loss_and_grads(name, hparams)
 
 
 def _close(a, b, rtol=1e-5, atol=1e-7):
@@ -83,8 +40,8 @@ def test_the_ascent_step_raises_the_sft_loss_and_the_term_is_positive():
 def test_the_clean_target_gets_no_gradient_from_the_consistency_term():
   """The loss's gradient == grad L_SFT + lambda grad L_cons with the clean streams and the
   steering computed beforehand as constants: nothing flows through sg(h) or d."""
-  graphdef, params, rest = _model()
-  batch = _batch()
+  graphdef, params, rest = tiny_decoder.model()
+  batch = tiny_decoder.batch()
   norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
   scorer = scoring.make_scorer(graphdef, lm_head="fused_xla")
   weight, alpha = 5.0, 0.1

@@ -3,70 +3,18 @@ step's objective (the ``layers`` family): the card's tests (more_cards.md, 2).""
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+import tiny_decoder
 
-from jaxpost import models, train
-from jaxpost.losses import compute_normalizers
-from jaxpost.types import ROLE_ANSWER, ROLE_PAD, ROLE_PROMPT, ROLE_THINK, Batch
+from jaxpost import train
 
-P, TH, A, PAD = ROLE_PROMPT, ROLE_THINK, ROLE_ANSWER, ROLE_PAD
 N_LAYERS = 3
 
 
-@functools.cache
-def _model():
-  cfg = models.named_config(
-    "tiny",
-    vocab_size=37,
-    n_layers=N_LAYERS,
-    d_model=32,
-    mlp_dim=64,
-    n_heads=4,
-    n_kv_heads=2,
-    head_dim=8,
-  )
-  return train.split_model(models.Decoder(cfg, rngs=nnx.Rngs(0)))
-
-
-def _batch():
-  rng = np.random.default_rng(0)
-  roles = np.array([[P] * 3 + [TH] * 5 + [A] * 3 + [PAD]] * 4, np.int32)
-  tokens = rng.integers(1, 37, roles.shape)
-  return Batch(
-    tokens=jnp.asarray(tokens, jnp.int32),
-    targets=jnp.asarray(np.roll(tokens, -1, axis=1), jnp.int32),
-    loss_mask=jnp.asarray(np.isin(roles, (TH, A)), jnp.float32),
-    segment_ids=jnp.asarray(roles != PAD, jnp.int32),
-    positions=jnp.broadcast_to(jnp.arange(12, dtype=jnp.int32), roles.shape),
-    roles=jnp.asarray(roles),
-  )
-
-
-@functools.cache
-def _jitted(name, hparams, lm_head):
-  graphdef, _, _ = _model()
-  objective = train.objective_for(name, graphdef, dict(hparams), lm_head=lm_head)
-
-  def run(params, rest, batch):
-    norm = compute_normalizers(batch.loss_mask, batch.segment_ids)
-    return jax.value_and_grad(lambda p: objective(p, {"rest": rest}, batch, norm), has_aux=True)(
-      params
-    )
-
-  return jax.jit(run)
-
-
 def _loss_and_grads(name, hparams=None, lm_head="fused_xla"):
-  _, params, rest = _model()
-  key = tuple(sorted((hparams or {}).items()))
-  (loss, metrics), grads = _jitted(name, key, lm_head)(params, rest, _batch())
-  return float(loss), metrics, grads
+  return tiny_decoder.loss_and_grads(name, hparams, lm_head=lm_head, n_layers=N_LAYERS)
 
 
 def _flat(grads) -> dict[str, np.ndarray]:
