@@ -77,6 +77,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data = config_dict.ConfigDict()
   # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds | pairs (chosen/rejected
   # JSONL) | rationales (teacher responses -> label + rationale tasks, distilling step-by-step)
+  # | choices (the task levels as multi-format multiple choice, F²C)
   c.data.source = "tasks"  # where training examples come from
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
   c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
@@ -106,9 +107,15 @@ def shared_sections() -> config_dict.ConfigDict:
   # copy of its response, each token masked with prob r ~ U(ratio), in the prompt
   c.data.masked_copy = 0.0  # fraction of examples made demasking examples; 0 = off
   c.data.masked_copy_ratio = (0.05, 0.95)  # (low, high) of the per-example mask ratio r
+  # choices source (F²C, jaxpost/data/choices.py): each problem in K prompt formats x C
+  # answer choices, K*C adjacent rows (needs data.pack=False)
+  c.data.choice_formats = "plain,paren,equals,commuted"  # the K formats, of data.choices.FORMATS
+  c.data.choices = 4  # C: the answer and C - 1 distractors
   declare(
     "data",
-    source=one_of(("tasks", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
+    source=one_of(("tasks", "choices", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
+    choice_formats=TEXT,
+    choices=integer(ge=2),
     token_selection=TEXT,
     t3s_margin=num(ge=0, le=1),
     mask_thought=num(ge=0, lt=1),
@@ -314,11 +321,14 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.tool_turns = 0  # > 0: answers are tool rollouts (jaxpost/tools/tir.py), this many turns
   c.eval.pass_k = 0  # > 0: also k samples per problem: eval/pass_k/<level>, eval/distinct/<level>
   c.eval.sample_temperature = 1.0  # the temperature of those samples
+  # choices source: the formats the multiple-choice evaluation asks in (e.g. held-out ones)
+  c.eval.choice_formats = ""  # "" = data.choice_formats
   declare(
     "eval",
     tool_turns=integer(ge=0),
     pass_k=integer(ge=0),
     sample_temperature=num(gt=0),
+    choice_formats=TEXT,
     prompt_prefix=TEXT,
     stop_bias=num(),
     force_after=integer(ge=0),

@@ -297,9 +297,11 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   if c.data.seq_len > c.model.max_seq_len:
     raise ConfigError(f"data.seq_len={c.data.seq_len} > model.max_seq_len={c.model.max_seq_len}")
-  if c.data.source == "tasks" and not c.data.levels:
-    raise ConfigError("data.levels is empty: the tasks source needs a level mixture")
-  if c.data.source != "tasks" and not c.data.path:
+  if c.data.source in ("tasks", "choices") and not c.data.levels:
+    raise ConfigError(f"data.levels is empty: the {c.data.source} source needs a level mixture")
+  if c.data.source == "choices":
+    _validate_choices(c)
+  if c.data.source not in ("tasks", "choices") and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
   if c.data.source in ("pairs", "rationales"):
     pairs_rows = c.data.batch_size // c.train.microbatches
@@ -320,14 +322,49 @@ def validate(c: config_dict.ConfigDict) -> None:
     recipe_validate(c)
 
 
+def _validate_choices(c: config_dict.ConfigDict) -> None:
+  """``data.source=choices`` lays a problem out in K*C adjacent rows (jaxpost.data.choices);
+  a loss that reads the groups (``formats`` and ``choices`` hyperparameters) must agree."""
+  from jaxpost.data import choices
+
+  try:
+    formats = choices.parse_formats(c.data.choice_formats)
+    for level in parse_levels(c.data.levels):
+      choices.check_level(level, formats)
+  except ValueError as e:
+    raise ConfigError(f"data.choice_formats={c.data.choice_formats!r}: {e}") from None
+  if c.eval.choice_formats:
+    try:
+      evaluated = choices.parse_formats(c.eval.choice_formats)
+      for level in parse_levels(c.eval.levels or c.data.levels):
+        choices.check_level(level, evaluated)
+    except ValueError as e:
+      raise ConfigError(f"eval.choice_formats={c.eval.choice_formats!r}: {e}") from None
+  group = len(formats) * c.data.choices
+  rows = c.data.batch_size // c.train.microbatches
+  if c.data.pack or c.data.streams != 1 or rows % group:
+    raise ConfigError(
+      f"data.source=choices lays each problem out in {group} adjacent rows (formats x "
+      "choices): set data.pack=False, data.streams=1 and data.batch_size / "
+      f"train.microbatches a multiple of {group} (now {rows})"
+    )
+  hp = c.loss.get(c.loss.name)
+  if hp is not None and "formats" in hp and "choices" in hp:
+    if (hp.formats, hp.choices) != (len(formats), c.data.choices):
+      raise ConfigError(
+        f"loss.{c.loss.name}.formats / choices = {hp.formats} / {hp.choices}, but the data "
+        f"has {len(formats)} formats x {c.data.choices} choices"
+      )
+
+
 def _validate_heldout(c: config_dict.ConfigDict) -> None:
   """The held-out user data fields name one held-out set the source can give."""
   d = c.data
   if not (d.eval_fraction or d.eval_path or d.eval_split):
     return
-  if d.source == "tasks":
+  if d.source in ("tasks", "choices"):
     raise ConfigError(
-      "data.eval_fraction / eval_path / eval_split hold out user data; the tasks source "
+      f"data.eval_fraction / eval_path / eval_split hold out user data; the {d.source} source "
       "has held-out problems of its own (eval.levels)"
     )
   if d.eval_fraction and (d.eval_path or d.eval_split):

@@ -210,6 +210,8 @@ def data_fingerprint(config) -> dict:
     out.update(path=d.path, split=d.split)
   else:
     out["tasks"] = _tasks_fingerprint(d.levels, config.seed)
+    if d.source == "choices":
+      out.update(choice_formats=d.choice_formats, choices=d.choices)
   if config.tokenizer.path and os.path.isfile(config.tokenizer.path):
     out["tokenizer_sha256"] = _file_sha256(config.tokenizer.path)
   return out

@@ -81,7 +81,7 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
     return SentencePieceTokenizer.load(prefix + ".model")
   os.makedirs(workdir, exist_ok=True)
   texts = _tokenizer_corpus(config)
-  if config.data.source != "tasks" and config.data.overlong == "error":
+  if config.data.source not in TASK_SOURCES and config.data.overlong == "error":
     # Hopeless examples fail now, not after training the tokenizer and building the model.
     bound = TokenBound.for_training(texts, byte_fallback=config.tokenizer.byte_fallback)
     check_overlong_bound(load_dataset(config), bound, config.data.seq_len)
@@ -96,7 +96,7 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
 
 def _tokenizer_corpus(config) -> list[str]:
   n = config.tokenizer.train_examples
-  if config.data.source == "tasks":
+  if config.data.source in TASK_SOURCES:
     # Every shipped level, so evaluation on unseen levels is never out of vocabulary,
     # and the prompt tags.
     tags = [template.render_prompt(t) for t in config.data.prompt_tags]
@@ -108,6 +108,8 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
+# Sources generated from the task levels (``data.levels``): no file, held-out problems.
+TASK_SOURCES = ("tasks", "choices")
 USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales")
 # Sources whose examples come two by two, in adjacent rows (jaxpost.data.pairs).
 PAIRED_SOURCES = ("pairs", "rationales")
@@ -495,6 +497,12 @@ def _base_source(config, tok: Tokenizer, counts: dict | None) -> tuple[ExampleSo
     levels, tags = parse_levels(config.data.levels), tuple(config.data.prompt_tags)
     corruptions = corrupt.parse(config.data.corrupt)
     return task_source(levels, tok, config.seed, tags, corruptions), None
+  if config.data.source == "choices":  # F²C's multi-format multiple choice
+    from jaxpost.data import choices
+
+    formats = choices.parse_formats(config.data.choice_formats)
+    levels = parse_levels(config.data.levels)
+    return choices.choices_source(levels, tok, config.seed, formats, config.data.choices), None
   if config.data.corrupt:
     raise DataError(f"data.corrupt acts on the tasks source, not {config.data.source!r}")
   dataset = load_dataset(config, counts)

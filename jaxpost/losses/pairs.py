@@ -24,7 +24,7 @@ from jaxpost.losses.registry import register
 from jaxpost.types import Batch
 
 
-def _row_logp(outputs, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def row_logp(outputs, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(sum of log p(y_t) per row f32[B], counted tokens per row f32[B])."""
   mask = batch.loss_mask
   if not isinstance(outputs, FusedHead):  # garbage (NaN) at uncounted rows: zeroed first
@@ -77,7 +77,7 @@ def redi(
   Returns:
     (loss f32[], metrics) with metrics additive over micro-batches of whole pairs.
   """
-  logp, n = _row_logp(outputs, batch)
+  logp, n = row_logp(outputs, batch)
   per_row = logp / jnp.maximum(n, 1.0) if length_normalize else logp
   good, bad = _pairs(per_row)
   n_good, n_bad = _pairs(n)
@@ -120,8 +120,8 @@ def dpo(
   Returns:
     (loss f32[], metrics: reward accuracy and margin, additive over micro-batches).
   """
-  logp, n = _row_logp(outputs, batch)
-  ref, _ = _row_logp(jax.lax.stop_gradient(reference), batch)
+  logp, n = row_logp(outputs, batch)
+  ref, _ = row_logp(jax.lax.stop_gradient(reference), batch)
   ratio = logp - jax.lax.stop_gradient(ref)
   good, bad = _pairs(ratio)
   n_good, n_bad = _pairs(n)
@@ -167,7 +167,7 @@ def step_by_step(
     (loss f32[], metrics: each task's mean CE), additive over micro-batches of whole
     records.
   """
-  logp, n = _row_logp(outputs, batch)
+  logp, n = row_logp(outputs, batch)
   ce = -logp / jnp.maximum(n, 1.0)
   label, rationale = _pairs(ce)
   n_label, n_rationale = _pairs(n)

@@ -36,6 +36,7 @@ from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from jaxpost.eval import accuracy, heldout
+from jaxpost.eval import choices as eval_choices
 from jaxpost.models import gguf, hf
 from jaxpost.peft import heads
 
@@ -334,7 +335,8 @@ class Run:
     ckpt: the checkpointer; ``data_state`` is what the restored checkpoint's host side
       saved ({} on a fresh run).
     writer: metrics (JSONL + TensorBoard); evaluator: held-out accuracy on task levels;
-      heldout_evaluator: held-out user data (None without it).
+      heldout_evaluator: held-out user data (None without it); choice_evaluator:
+      multiple choice across prompt formats (``data.source=choices``; else None).
     sharded: more than one device or process (placement is a no-op otherwise).
     n_params: trainable + frozen parameter count of the trained model.
     t_start: wall-clock start (``should_stop``).
@@ -357,6 +359,7 @@ class Run:
   sharded: bool
   n_params: int
   t_start: float
+  choice_evaluator: eval_choices.ChoiceEvaluator | None = None  # data.source=choices
   skipped_streak: int = 0  # consecutive train steps skipped as non-finite (``count_skipped``)
 
   @property
@@ -410,6 +413,8 @@ class Run:
       results[heldout.LEVEL] = self.heldout_evaluator.generate(state)
       headline += (heldout.LEVEL,)
     m.update(accuracy.as_metrics(results, headline=headline))
+    if self.choice_evaluator is not None:
+      m.update(self.choice_evaluator.evaluate(state, levels))
     if write:
       self.writer.write(step, m)
     for r in results.values():
@@ -580,6 +585,7 @@ def setup(
     writer=writer,
     evaluator=evaluator,
     heldout_evaluator=heldout.from_config(graphdef, evaluator, config),
+    choice_evaluator=eval_choices.from_config(graphdef, tok, config),
     sharded=sharded,
     n_params=n_params,
     t_start=time.time(),
@@ -628,7 +634,7 @@ def eval_levels(config, final: bool) -> list[str]:
   """Levels evaluated periodically, plus ``eval.final_levels`` at the end."""
   if config.eval.levels:
     levels = list(config_lib.parse_levels(config.eval.levels))
-  elif config.data.source == "tasks":
+  elif config.data.source in pipeline.TASK_SOURCES:
     levels = list(config_lib.parse_levels(config.data.levels))
   else:
     levels = []
