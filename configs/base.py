@@ -111,11 +111,13 @@ def shared_sections() -> config_dict.ConfigDict:
   # answer choices, K*C adjacent rows (needs data.pack=False)
   c.data.choice_formats = "plain,paren,equals,commuted"  # the K formats, of data.choices.FORMATS
   c.data.choices = 4  # C: the answer and C - 1 distractors
+  c.data.choice_response = "answer"  # answer (direct, the number) | solution (worked, slipped)
   declare(
     "data",
     source=one_of(("tasks", "choices", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
     choice_formats=TEXT,
     choices=integer(ge=2),
+    choice_response=one_of(("answer", "solution")),
     token_selection=TEXT,
     t3s_margin=num(ge=0, le=1),
     mask_thought=num(ge=0, lt=1),

@@ -10,8 +10,10 @@ level (jaxpost/eval/choices.py).
 Variants (on configs/sft_objectives.py's starts):
   ``tiny``        the zoo's ``tiny-sft``, 4 formats x 4 choices, 20 steps: the wiring.
   ``quickstart``  the zoo's ``rl-start`` (configs/sft_objectives.py:quickstart's start)
-                  on add3 as direct-answer multiple choice, 3 training formats (plain,
-                  paren, equals) and a held-out one evaluated (commuted), 100 steps.
+                  on mul2x2 as multiple choice between worked solutions (the right one
+                  and 3 with one step slipped), 4 training formats (plain, equals,
+                  commuted, plus_zero) and 2 held-out ones evaluated (paren,
+                  times_one), 100 steps. (Direct answers are below chance for it.)
 
   python -m jaxpost.main --config=configs/f2c.py:tiny --workdir=runs/f2c
 """
@@ -41,18 +43,21 @@ def get_config(variant: str = "tiny"):
     c.eval.num_examples = 16
   elif variant == "quickstart":
     c = base.get_config("quickstart")
-    c.data.levels = "add3:1.0"
-    c = layout(c, "plain,paren,equals", 4)
-    c.data.batch_size = 48  # 4 problems x 3 formats x 4 choices
-    c.data.seq_len = 32
+    c.data.levels = "mul2x2:1.0"
+    c = layout(c, "plain,equals,commuted,plus_zero", 4)
+    c.data.choice_response = "solution"
+    c.loss.f2c.span = "response"
+    c.loss.f2c.align_tokens = 48  # a mul2x2 solution is at most ~40 tokens
+    c.data.batch_size = 64  # 4 problems x 4 formats x 4 choices
+    c.data.seq_len = 64
     c.optim.lr = 1e-4
     c.optim.warmup_steps = 10
     c.train.steps = 100
     c.train.checkpoint_every = 100
     c.eval.every = 25
-    c.eval.levels = "add3"
+    c.eval.levels = "mul2x2"
     c.eval.final_levels = "add3,mul2x2"
-    c.eval.choice_formats = "plain,paren,equals,commuted"
+    c.eval.choice_formats = "plain,equals,commuted,plus_zero,paren,times_one"
   else:
     raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart")
   c.data.source = "choices"

@@ -330,14 +330,14 @@ def _validate_choices(c: config_dict.ConfigDict) -> None:
   try:
     formats = choices.parse_formats(c.data.choice_formats)
     for level in parse_levels(c.data.levels):
-      choices.check_level(level, formats)
+      choices.check_level(level, formats, c.data.choice_response)
   except ValueError as e:
     raise ConfigError(f"data.choice_formats={c.data.choice_formats!r}: {e}") from None
   if c.eval.choice_formats:
     try:
       evaluated = choices.parse_formats(c.eval.choice_formats)
       for level in parse_levels(c.eval.levels or c.data.levels):
-        choices.check_level(level, evaluated)
+        choices.check_level(level, evaluated, c.data.choice_response)
     except ValueError as e:
       raise ConfigError(f"eval.choice_formats={c.eval.choice_formats!r}: {e}") from None
   group = len(formats) * c.data.choices
@@ -354,6 +354,13 @@ def _validate_choices(c: config_dict.ConfigDict) -> None:
       raise ConfigError(
         f"loss.{c.loss.name}.formats / choices = {hp.formats} / {hp.choices}, but the data "
         f"has {len(formats)} formats x {c.data.choices} choices"
+      )
+  if hp is not None and "span" in hp:
+    want = "response" if c.data.choice_response == "solution" else "answer"
+    if hp.span != want:
+      raise ConfigError(
+        f"loss.{c.loss.name}.span={hp.span!r}, but data.choice_response="
+        f"{c.data.choice_response!r} choices are scored on span {want!r}"
       )
 
 

@@ -502,7 +502,10 @@ def _base_source(config, tok: Tokenizer, counts: dict | None) -> tuple[ExampleSo
 
     formats = choices.parse_formats(config.data.choice_formats)
     levels = parse_levels(config.data.levels)
-    return choices.choices_source(levels, tok, config.seed, formats, config.data.choices), None
+    source = choices.choices_source(
+      levels, tok, config.seed, formats, config.data.choices, config.data.choice_response
+    )
+    return source, None
   if config.data.corrupt:
     raise DataError(f"data.corrupt acts on the tasks source, not {config.data.source!r}")
   dataset = load_dataset(config, counts)

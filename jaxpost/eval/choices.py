@@ -2,9 +2,10 @@
 
 Held-out problems of each evaluated level are asked in every format of
 ``eval.choice_formats`` ("" = the training formats; name others to test held-out formats)
-with the training's number of choices (`jaxpost.data.choices`). Each (format, choice) row
-is scored teacher-forced by its mean-token log-likelihood over the answer tokens, as the
-F²C loss scores it, and each format predicts its best choice. Reported per level:
+with the training's number and kind of choices (`jaxpost.data.choices`). Each (format,
+choice) row is scored teacher-forced by its mean-token log-likelihood over the answer
+tokens (a worked solution: the whole response), as the F²C loss scores it, and each
+format predicts its best choice. Reported per level:
 
   eval/choice_accuracy/<level>    predictions right, over every (problem, format)
   eval/choice_agreement/<level>   problems whose formats all predict the same choice
@@ -25,14 +26,18 @@ import numpy as np
 
 from jaxpost import scoring
 from jaxpost.data import choices, tasks, template
-from jaxpost.types import ROLE_ANSWER, Batch
+from jaxpost.types import RESPONSE_ROLES, ROLE_ANSWER, Batch
 
 SEED = 0  # = data.pipeline.HELDOUT_SEED: every run scores the same choice sets
 
 
-def row_batch(encoded: Sequence[template.Encoded], seq_len: int, rows: int) -> Batch:
+def row_batch(
+  encoded: Sequence[template.Encoded], seq_len: int, rows: int, span: str = "answer"
+) -> Batch:
   """One example per row, right-padded to ``seq_len`` (``rows`` rows; missing ones
-  empty); the loss mask is 1 on the answer tokens (the choice and EOS) only."""
+  empty); the loss mask is 1 on the answer tokens (the choice and EOS), or with
+  ``span="response"`` on the whole response (think block, answer, EOS)."""
+  scored = (ROLE_ANSWER,) if span == "answer" else RESPONSE_ROLES
   tokens = np.zeros((rows, seq_len), np.int32)
   roles = np.zeros((rows, seq_len), np.int32)
   real = np.zeros((rows, seq_len), np.int32)
@@ -45,7 +50,7 @@ def row_batch(encoded: Sequence[template.Encoded], seq_len: int, rows: int) -> B
   return Batch(
     tokens=jnp.asarray(tokens),
     targets=jnp.asarray(targets),
-    loss_mask=jnp.asarray((roles == ROLE_ANSWER).astype(np.float32)),
+    loss_mask=jnp.asarray(np.isin(roles, scored).astype(np.float32)),
     segment_ids=jnp.asarray(real),
     positions=jnp.asarray(np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape)),
     roles=jnp.asarray(roles),
@@ -73,11 +78,13 @@ class ChoiceEvaluator:
     *,
     formats: Sequence[str],
     count: int,
+    response: str = "answer",
     num_examples: int,
     batch_size: int,
     seq_len: int,
   ):
     self.tok, self.formats, self.count = tok, tuple(formats), count
+    self.response = response
     self.num_examples, self.batch_size, self.seq_len = num_examples, batch_size, seq_len
     self._cache: dict[str, tuple[list[Batch], np.ndarray]] = {}
 
@@ -91,14 +98,15 @@ class ChoiceEvaluator:
 
   def _rows(self, level: str) -> tuple[list[Batch], np.ndarray]:
     if level not in self._cache:
-      choices.check_level(level, self.formats)
+      choices.check_level(level, self.formats, self.response)
       sets = [
-        choices.choice_set(p, self.formats, self.count, SEED)
+        choices.choice_set(p, self.formats, self.count, SEED, self.response)
         for p in tasks.heldout_set(level, self.num_examples)
       ]
+      span = "response" if self.response == "solution" else "answer"
       encoded = [template.encode_example(self.tok, ex) for s in sets for ex in s.rows()]
       batches = [
-        row_batch(encoded[i : i + self.batch_size], self.seq_len, self.batch_size)
+        row_batch(encoded[i : i + self.batch_size], self.seq_len, self.batch_size, span)
         for i in range(0, len(encoded), self.batch_size)
       ]
       self._cache[level] = batches, np.asarray([s.gold for s in sets])
@@ -131,6 +139,7 @@ def from_config(graphdef, tok, config) -> ChoiceEvaluator | None:
     tok,
     formats=choices.parse_formats(config.eval.choice_formats or config.data.choice_formats),
     count=config.data.choices,
+    response=config.data.choice_response,
     num_examples=config.eval.num_examples,
     batch_size=config.eval.batch_size,
     seq_len=config.data.seq_len,

@@ -4,8 +4,9 @@ Unsupervised. Every group of K*C consecutive rows is one problem asked in K equi
 prompt formats, each with the same C answer choices (row ``k*C + c``: format k, choice c;
 ``data.source=choices``, `jaxpost.data.choices`). The model's score of a choice under a
 format is its mean-token log-likelihood l[k, c] over the answer tokens (``ROLE_ANSWER``:
-the choice and EOS); format k predicts argmax_c l[k, c]. Then, per problem (the card,
-after the authors' ``flipflop_trainer.py``):
+the choice and EOS; ``span="response"``: the whole response, for worked solutions);
+format k predicts argmax_c l[k, c]. Then, per problem (the card, after the authors'
+``flipflop_trainer.py``):
 
 * consensus: the choice predicted by a strict majority of the formats (count > K/2);
   without one the problem carries no loss;
@@ -65,6 +66,7 @@ RULES = {
   "w_temperature": fields.num(gt=0),
   "beta_jsd": fields.num(ge=0),
   "align_tokens": fields.integer(ge=1),
+  "span": fields.one_of(("answer", "response")),
 }
 
 
@@ -145,6 +147,7 @@ def f2c(
   w_temperature: float = 3.0,
   beta_jsd: float = 0.05,
   align_tokens: int = 8,
+  span: str = "answer",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Flip-flop consistency: consensus cross-entropy plus teacher-mixture alignment.
 
@@ -166,6 +169,8 @@ def f2c(
     w_temperature: T_w of the weight's sigmoid.
     beta_jsd: weight of the Jensen-Shannon divergence among the teachers.
     align_tokens: answer tokens aligned across formats (the first ones of each row).
+    span: the tokens that score a choice: "answer" (``ROLE_ANSWER``: the choice and EOS)
+      or "response" (every counted token: a worked solution's trace and answer).
 
   Returns:
     (loss f32[], metrics additive over micro-batches of whole groups).
@@ -174,7 +179,7 @@ def f2c(
   group = k * c
   e = batch.shape[0] // group
   rows = e * group
-  answer = batch.loss_mask * (batch.roles == ROLE_ANSWER)
+  answer = batch.loss_mask * (batch.roles == ROLE_ANSWER) if span == "answer" else batch.loss_mask
   answer = answer.at[rows:].set(0.0)  # rows after the last whole group: not read
   logp, n = row_logp(outputs, batch.replace(loss_mask=answer))
   scored = jnp.all((n[:rows] > 0).reshape(e, group), axis=-1)  # every row has its answer

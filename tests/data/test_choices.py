@@ -46,6 +46,37 @@ def test_choice_sets_hold_the_answer_once_among_distinct_wrong_ones():
   assert counts.min() > 30  # the answer's place is shuffled, not fixed
 
 
+@pytest.mark.parametrize("level", ["add3", "add5", "mul2x2", "mul3x2"])
+def test_slipped_solutions_have_one_wrong_step_carried_to_a_wrong_answer(level):
+  for problem in tasks.heldout_set(level, 30):
+    wrong = choices.slipped_solutions(problem)
+    assert len(wrong) >= 3 and len({a for _, a in wrong}) == len(wrong)
+    for thinking, answer in wrong:
+      assert answer != problem.answer
+      assert len(tasks.trace_errors(thinking)) == 1, thinking  # the slip, nothing else
+      # The rest carries through to the answer the trace gives.
+      values = [int(step.split("=")[1]) for step in thinking.split(",")]
+      if level.startswith("mul"):
+        assert values[-1] == int(answer), thinking  # the sum line
+      else:
+        digits = "".join(str(v % 10) for v in reversed(values))
+        assert int(str(values[-1] // 10) + digits) == int(answer), thinking
+  with pytest.raises(ValueError, match="add or mul"):
+    choices.slipped_solutions(tasks.heldout_set("expr2", 1)[0])
+
+
+def test_solution_choice_sets_hold_the_reference_solution_at_gold():
+  golds = []
+  for problem in tasks.heldout_set("mul2x2", 100):
+    s = choices.choice_set(problem, ("plain", "commuted"), 4, seed=1, response="solution")
+    assert (s.thinking[s.gold], s.choices[s.gold]) == (problem.thinking, problem.answer)
+    assert len(set(s.choices)) == 4
+    second_format = [(r.thinking, r.answer) for r in s.rows()[4:]]
+    assert second_format == list(zip(s.thinking, s.choices, strict=True))
+    golds.append(s.gold)
+  assert np.bincount(golds, minlength=4).min() > 10
+
+
 def test_parse_formats_refuses_unknown_repeated_or_single():
   assert choices.parse_formats("plain, paren") == ("plain", "paren")
   for bad in ("plain,nope", "plain,plain", "plain"):
@@ -92,6 +123,17 @@ def test_source_lays_out_whole_groups_with_aligned_answers(tok):
     ({"data.choice_formats": "plain,nope"}, "nope"),
     ({"data.levels": "expr2:1.0"}, "commuted"),
     ({"eval.choice_formats": "plain,plain"}, "eval.choice_formats"),
+    ({"data.choice_response": "solution"}, "span"),
+    (
+      {
+        "data.choice_response": "solution",
+        "loss.f2c.span": "response",
+        "data.levels": "expr2:1.0",
+        "data.choice_formats": "plain,paren",
+        "loss.f2c.formats": 2,
+      },
+      "add or mul",
+    ),  # fmt: skip
   ],
 )
 def test_bad_layouts_fail_at_validation(override, match):
@@ -118,6 +160,14 @@ def test_row_batch_counts_only_the_answer(tok):
   assert float(batch.loss_mask.sum()) == n_answer and float(batch.loss_mask[1].sum()) == 0
   counted = np.asarray(batch.targets[0])[np.asarray(batch.loss_mask[0]) > 0]
   np.testing.assert_array_equal(counted, enc.tokens[enc.roles == ROLE_ANSWER])
+
+
+def test_row_batch_response_span_counts_the_whole_solution(tok):
+  ex = template.Example(prompt="12+34", thinking="2+4+0=06,1+3+0=04", answer="46")
+  enc = template.encode_example(tok, ex)
+  batch = eval_choices.row_batch([enc], seq_len=40, rows=1, span="response")
+  counted = np.asarray(batch.targets[0])[np.asarray(batch.loss_mask[0]) > 0]
+  np.testing.assert_array_equal(counted, enc.tokens[enc.roles != 1])  # all but the prompt
 
 
 def test_f2c_trains_and_reports_choice_measures(tmp_path):
