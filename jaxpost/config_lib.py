@@ -13,6 +13,9 @@ from ml_collections import config_dict
 
 from jaxpost import fields
 
+# Data sources generated from the task levels (``data.levels``): no file, held-out problems.
+TASK_SOURCES = ("tasks", "choices")
+
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
@@ -297,11 +300,11 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   if c.data.seq_len > c.model.max_seq_len:
     raise ConfigError(f"data.seq_len={c.data.seq_len} > model.max_seq_len={c.model.max_seq_len}")
-  if c.data.source in ("tasks", "choices") and not c.data.levels:
+  if c.data.source in TASK_SOURCES and not c.data.levels:
     raise ConfigError(f"data.levels is empty: the {c.data.source} source needs a level mixture")
   if c.data.source == "choices":
     _validate_choices(c)
-  if c.data.source not in ("tasks", "choices") and not c.data.path:
+  if c.data.source not in TASK_SOURCES and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
   if c.data.source in ("pairs", "rationales"):
     pairs_rows = c.data.batch_size // c.train.microbatches
@@ -369,7 +372,7 @@ def _validate_heldout(c: config_dict.ConfigDict) -> None:
   d = c.data
   if not (d.eval_fraction or d.eval_path or d.eval_split):
     return
-  if d.source in ("tasks", "choices"):
+  if d.source in TASK_SOURCES:
     raise ConfigError(
       f"data.eval_fraction / eval_path / eval_split hold out user data; the {d.source} source "
       "has held-out problems of its own (eval.levels)"

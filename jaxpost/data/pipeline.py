@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from jaxpost.config_lib import TASK_SOURCES
 from jaxpost.data import corrupt, tasks, template
 from jaxpost.data.jsonl import DataError
 from jaxpost.data.packing import ExampleSource, OverlongError, PlacedSource, overlong_message
@@ -108,8 +109,6 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-# Sources generated from the task levels (``data.levels``): no file, held-out problems.
-TASK_SOURCES = ("tasks", "choices")
 USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales")
 # Sources whose examples come two by two, in adjacent rows (jaxpost.data.pairs).
 PAIRED_SOURCES = ("pairs", "rationales")

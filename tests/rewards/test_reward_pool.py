@@ -82,6 +82,7 @@ def test_a_stuck_call_is_killed_at_the_limit_and_leaves_nothing_running(pool, na
   workers = set(pool.pids)
   assert len(workers) == 2
   threads = threading.active_count()
+  others = _live_children() - workers  # children of earlier tests in this process, if any
   start = time.monotonic()
   r, m = pool.score(_SAMPLES[:1], ((name, 1.0), ("exact_answer", 1.0)))
   elapsed = time.monotonic() - start
@@ -93,9 +94,9 @@ def test_a_stuck_call_is_killed_at_the_limit_and_leaves_nothing_running(pool, na
   assert len(killed) == 1 and all(_dead(pid) for pid in killed)
   # Nothing left competing: no extra thread here, no process beyond the live workers.
   # (Counted, not timed: a timing ratio flakes when the other test worker is busy.)
-  assert threading.active_count() == threads
+  assert threading.active_count() <= threads
   if sys.platform == "linux":
-    assert _live_children() == set(pool.pids)
+    assert _live_children() - others == set(pool.pids)
 
 
 def test_each_call_has_its_own_deadline():
