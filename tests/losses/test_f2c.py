@@ -258,3 +258,24 @@ def test_bad_hyperparameters_fail_before_training():
     LOSSES.validate_hparams("f2c", {"w_min": 0.5, "w_max": 0.1})
   with pytest.raises(ValueError):
     LOSSES.validate_hparams("f2c", {"formats": 1})
+
+
+def test_micro_batches_of_whole_groups_add_up_with_the_alignment_term_on():
+  # The contract test's 4-row halves only fit 2 formats x 2 choices, where no problem
+  # has the 2 teachers and a student the flip term needs; here it applies.
+  rng = np.random.default_rng(8)
+  batch = _batch(6, rng)
+  base = rng.normal(size=(6, 1, C, T, V)) * 2.0
+  logits = jnp.asarray((base + rng.normal(size=(6, K, C, T, V))).reshape(-1, T, V), jnp.float32)
+  norm, hp = _norm(batch), {**HP, "tau": 50.0}  # no problem is "unanimous strong"
+  loss = _compiled(tuple(sorted(hp.items())), False)
+  full, m_full = loss(logits, batch, norm)
+  assert float(m_full["aligned"]) > 0
+  half = 3 * K * C
+  parts = [
+    loss(logits[sl], jax.tree.map(lambda x, sl=sl: x[sl], batch), norm)
+    for sl in (slice(0, half), slice(half, None))
+  ]
+  np.testing.assert_allclose(float(parts[0][0] + parts[1][0]), float(full), rtol=1e-5)
+  for k, v in m_full.items():
+    np.testing.assert_allclose(float(parts[0][1][k] + parts[1][1][k]), float(v), rtol=1e-5)
