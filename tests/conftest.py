@@ -26,11 +26,7 @@ def zoo_dir(tmp_path_factory):
   test builds is reused by the next, in this process and in subprocesses. Under
   pytest-xdist (``-n 2``) the workers share it: the zoo locks each entry while one
   process builds it, and the other then reuses it."""
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    path = str(tmp_path_factory.getbasetemp().parent / "zoo")
-    os.makedirs(path, exist_ok=True)
-  else:
-    path = str(tmp_path_factory.mktemp("zoo"))
+  path = _session_dir(tmp_path_factory, "zoo")
   saved = os.environ.get("JAXPOST_ZOO_DIR")
   os.environ["JAXPOST_ZOO_DIR"] = path
   yield path
@@ -40,16 +36,31 @@ def zoo_dir(tmp_path_factory):
     os.environ["JAXPOST_ZOO_DIR"] = saved
 
 
+def _session_dir(tmp_path_factory, name: str) -> str:
+  """A directory for the whole session, shared by the pytest-xdist workers."""
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    path = str(tmp_path_factory.getbasetemp().parent / name)
+    os.makedirs(path, exist_ok=True)
+    return path
+  return str(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+  return _session_dir(tmp_path_factory, "jax")
+
+
 @pytest.fixture(scope="module")
-def subprocess_env(tmp_path_factory):
-  """A persistent compilation cache shared by one module's runs (CLI subprocesses too).
+def subprocess_env(jax_cache_dir):
+  """A persistent compilation cache shared by the session's runs (CLI subprocesses too).
 
   Recipe tests compile the same few programs again and again (every run builds fresh
-  jitted closures); on 2 shared CPU cores that is most of their time. Yields the
-  environment for subprocesses, which then use the same cache. Modules opt in with
-  ``pytestmark = pytest.mark.usefixtures("subprocess_env")``.
+  jitted closures); on 2 shared CPU cores that is most of their time. One cache for the
+  whole session (both xdist workers), so modules that run the same configs share their
+  programs. Yields the environment for subprocesses, which then use the same cache.
+  Modules opt in with ``pytestmark = pytest.mark.usefixtures("subprocess_env")``.
   """
-  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax"))}
+  options = {**_CACHE_OPTIONS, "jax_compilation_cache_dir": jax_cache_dir}
   saved = {name: getattr(jax.config, name) for name in options}
   for name, value in options.items():
     jax.config.update(name, value)
