@@ -77,7 +77,8 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data = config_dict.ConfigDict()
   # tasks | jsonl | parquet | arrow (datasets' save_to_disk) | tfds | pairs (chosen/rejected
   # JSONL) | rationales (teacher responses -> label + rationale tasks, distilling step-by-step)
-  # | choices (the task levels as multi-format multiple choice, F²C)
+  # | choices (the task levels as multi-format multiple choice, F²C) | negatives (gold +
+  # negatives JSONL, discriminative fine-tuning)
   c.data.source = "tasks"  # where training examples come from
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
   c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
@@ -112,9 +113,15 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.choice_formats = "plain,paren,equals,commuted"  # the K formats, of data.choices.FORMATS
   c.data.choices = 4  # C: the answer and C - 1 distractors
   c.data.choice_response = "answer"  # answer (direct, the number) | solution (worked, slipped)
+  # negatives source (DiscFT, jaxpost/data/negatives.py): a gold response and m of the record's
+  # negatives, 1 + m adjacent rows (needs data.pack=False); fresh ones each epoch
+  c.data.negatives = 2  # m: negatives per example per epoch (<= those in each record)
   declare(
     "data",
-    source=one_of(("tasks", "choices", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales")),
+    source=one_of(
+      ("tasks", "choices", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales", "negatives")
+    ),
+    negatives=integer(ge=1),
     choice_formats=TEXT,
     choices=integer(ge=2),
     choice_response=one_of(("answer", "solution")),

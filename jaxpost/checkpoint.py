@@ -189,6 +189,12 @@ def key_name(k) -> str:
 
 def latest_params_tree(workdir: str, what: str = "run"):
   """The raw ``state.params`` pytree of a run's latest checkpoint (no target)."""
+  return latest_state_tree(workdir, what)["params"]
+
+
+def latest_state_tree(workdir: str, what: str = "run") -> dict:
+  """The raw train state of a run's latest checkpoint as a dict (no target): ``step``,
+  ``params``, ``opt_state``, ``rng`` and, for a stateful loss, ``loss_state``."""
   manager = ocp.CheckpointManager(
     os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=("state", "data")
   )
@@ -198,7 +204,7 @@ def latest_params_tree(workdir: str, what: str = "run"):
     raise ValueError(f"{what} {workdir!r} has no checkpoint")
   saved = manager.restore(step, args=ocp.args.Composite(state=raw_restore()))
   manager.close()
-  return saved.state["params"]
+  return dict(saved.state)
 
 
 def saved_params(workdir: str) -> dict[str, np.ndarray]:

@@ -15,6 +15,14 @@ from jaxpost import fields
 
 # Data sources generated from the task levels (``data.levels``): no file, held-out problems.
 TASK_SOURCES = ("tasks", "choices")
+# Sources read from one JSONL file (``data.path``).
+FILE_SOURCES = ("jsonl", "pairs", "rationales", "negatives")
+# Sources whose records are groups of adjacent rows: rows per record (a function of data).
+ROW_GROUPS = {
+  "pairs": lambda d: 2,
+  "rationales": lambda d: 2,
+  "negatives": lambda d: 1 + d.negatives,
+}
 
 
 class ConfigError(ValueError):
@@ -306,15 +314,9 @@ def validate(c: config_dict.ConfigDict) -> None:
     _validate_choices(c)
   if c.data.source not in TASK_SOURCES and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
-  if c.data.source in ("pairs", "rationales"):
-    pairs_rows = c.data.batch_size // c.train.microbatches
-    if c.data.pack or c.data.streams != 1 or pairs_rows % 2 or c.data.eval_fraction:
-      raise ConfigError(
-        f"data.source={c.data.source} lays each record out in two adjacent rows: set "
-        "data.pack=False, data.streams=1, an even data.batch_size / train.microbatches, "
-        "no data.eval_fraction"
-      )
-  if c.data.source in ("jsonl", "pairs", "rationales") and not os.path.isfile(c.data.path):
+  if c.data.source in ROW_GROUPS:
+    _validate_row_groups(c)
+  if c.data.source in FILE_SOURCES and not os.path.isfile(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file")
   if c.data.source in ("parquet", "arrow") and not os.path.exists(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file or directory")
@@ -323,6 +325,26 @@ def validate(c: config_dict.ConfigDict) -> None:
   recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
   if recipe_validate is not None:
     recipe_validate(c)
+
+
+def _validate_row_groups(c: config_dict.ConfigDict) -> None:
+  """A source of row groups (pairs, negatives) keeps each record's rows together in one
+  micro-batch; a loss reading the negatives' layout (``negatives``) must agree."""
+  group = ROW_GROUPS[c.data.source](c.data)
+  rows = c.data.batch_size // c.train.microbatches
+  if c.data.pack or c.data.streams != 1 or rows % group or c.data.eval_fraction:
+    raise ConfigError(
+      f"data.source={c.data.source} lays each record out in {group} adjacent rows: set "
+      f"data.pack=False, data.streams=1, data.batch_size / train.microbatches a multiple "
+      f"of {group} (now {rows}), no data.eval_fraction"
+    )
+  hp = c.loss.get(c.loss.name)
+  if c.data.source == "negatives" and hp is not None and "negatives" in hp:
+    if hp.negatives != c.data.negatives:
+      raise ConfigError(
+        f"loss.{c.loss.name}.negatives={hp.negatives}, but data.negatives="
+        f"{c.data.negatives} rows of negatives follow each gold row"
+      )
 
 
 def _validate_choices(c: config_dict.ConfigDict) -> None:

@@ -12,10 +12,11 @@ depend on the split.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
+from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -28,7 +29,7 @@ from jaxpost.scoring import Scorer
 from jaxpost.types import Batch, DistillBatch, PrivilegedBatch, Rollout
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
   """Everything a resumed run needs from the device side.
 
@@ -37,20 +38,47 @@ class TrainState:
     params: trainable parameters (an ``nnx.State`` of ``nnx.Param``).
     opt_state: optax state.
     rng: u32[2] raw PRNG key data (raw so Orbax stores it as a plain array).
+    loss_state: the loss's own state across steps (a loss of the ``stateful`` family,
+      e.g. DiscFT's per-example partition estimates), checkpointed with the rest; None
+      for every other loss, and then absent from the pytree, so checkpoints of runs
+      without one keep exactly the four items above.
   """
 
   step: jax.Array
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array
+  loss_state: Any = None
+
+  def replace(self, **changes) -> TrainState:
+    return dataclasses.replace(self, **changes)
 
 
-def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation, seed: int):
+_STATE_FIELDS = ("step", "params", "opt_state", "rng")
+
+
+def _flatten_state(s: TrainState):
+  names = _STATE_FIELDS + (("loss_state",) if s.loss_state is not None else ())
+  return [(jax.tree_util.GetAttrKey(n), getattr(s, n)) for n in names], s.loss_state is not None
+
+
+def _unflatten_state(has_loss_state: bool, children) -> TrainState:
+  children = list(children)
+  return TrainState(*children[:4], loss_state=children[4] if has_loss_state else None)
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten_state, _unflatten_state)
+
+
+def init_train_state(
+  params: nnx.State, optimizer: optax.GradientTransformation, seed: int, loss_state: Any = None
+):
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
     opt_state=optimizer.init(params),
     rng=jax.random.key_data(jax.random.key(seed)),
+    loss_state=loss_state,
   )
 
 
@@ -170,6 +198,59 @@ def model_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
   return objective
 
 
+# What a ``stateful`` loss reads besides the model (the step adds both to ``frozen``:
+# ``with_loss_state``), and the metric name under which its objective hands back the
+# loss's next state (``accumulate_grads`` threads it through the micro-batches; the step
+# stores it in ``TrainState.loss_state``).
+LOSS_STATE = "loss_state"
+STEP = "step"
+NEXT_LOSS_STATE = "next_loss_state"
+
+
+def stateful_objective(
+  scorer: Scorer, loss_fn, *, teacher: Scorer | None = None, total_steps: int = 0
+) -> ObjectiveFn:
+  """Objective of a stateful-family loss (DiscFT): the model's outputs, a frozen
+  reference's on the same rows (``frozen["teacher"]`` read by ``teacher``; None without
+  one) and the loss's own state, which it updates.
+
+  Args:
+    scorer: how to read the trained model.
+    loss_fn: ``loss(outputs, reference, batch, state, *, norm, step, total_steps)
+      -> (loss, metrics, next_state)`` with hyperparameters bound.
+    teacher: how to read the frozen reference, or None (the loss gets None).
+    total_steps: optimiser updates of the whole run (schedules inside the loss).
+  """
+
+  def objective(params, frozen, batch: Batch, norm: Normalizers):
+    if LOSS_STATE not in frozen:
+      raise ValueError(
+        "a stateful loss reads TrainState.loss_state, which is None: build the state "
+        "with init_train_state(..., loss_state=losses.init_state(name, hparams, n))"
+      )
+    outputs = scorer.outputs((params, frozen["rest"]), batch)
+    reference = None
+    if teacher is not None:
+      reference = jax.lax.stop_gradient(teacher.outputs(frozen["teacher"], batch))
+      vs, vr = head.vocab_size(outputs), head.vocab_size(reference)
+      if vs != vr:
+        raise ValueError(f"model vocabulary {vs} != reference vocabulary {vr}")
+    loss, metrics, state = loss_fn(
+      outputs, reference, batch, frozen[LOSS_STATE], norm=norm, step=frozen[STEP],
+      total_steps=total_steps,
+    )  # fmt: skip
+    return loss, {**metrics, NEXT_LOSS_STATE: state}
+
+  return objective
+
+
+def with_loss_state(frozen: dict, state: TrainState) -> dict:
+  """``frozen`` plus the loss's state and the step, when the train state holds one."""
+  if state.loss_state is None:
+    return frozen
+  return {**frozen, LOSS_STATE: state.loss_state, STEP: state.step}
+
+
 # Loss family (``losses.registry``) -> how its objective reads the model(s).
 OBJECTIVES = {
   "token": token_objective,
@@ -177,6 +258,7 @@ OBJECTIVES = {
   "distill": distill_objective,
   "layers": layers_objective,
   "model": model_objective,
+  "stateful": stateful_objective,
 }
 
 
@@ -210,17 +292,30 @@ def accumulate_grads(objective: ObjectiveFn, params, frozen: dict, batch, microb
     (loss, metrics), grads = grad_fn(params, frozen, batch, norm)
     return loss, metrics, grads, norm
 
+  # A stateful loss's state is not summed: each micro-batch reads the state the one
+  # before it left (``NEXT_LOSS_STATE``), and the last one's is the step's.
+  stateful = LOSS_STATE in frozen
+
+  def piece(loss_state, mb):
+    f = {**frozen, LOSS_STATE: loss_state} if stateful else frozen
+    (loss, metrics), grads = grad_fn(params, f, mb, norm)
+    metrics = dict(metrics)
+    return (loss, metrics, grads), metrics.pop(NEXT_LOSS_STATE, None)
+
   def body(carry, mb):
-    out = grad_fn(params, frozen, mb, norm)
-    return jax.tree.map(jnp.add, carry, out), None
+    total, loss_state = carry
+    out, loss_state = piece(loss_state, mb)
+    return (jax.tree.map(jnp.add, total, out), loss_state), None
 
   mbs = split_microbatches(batch, microbatches)
   first = jax.tree.map(lambda x: x[0], mbs)
+  start = frozen.get(LOSS_STATE)
   zeros = jax.tree.map(
-    lambda s: jnp.zeros(s.shape, s.dtype),
-    jax.eval_shape(grad_fn, params, frozen, first, norm),
+    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(piece, start, first)[0]
   )
-  ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, mbs)
+  ((loss, metrics, grads), loss_state), _ = jax.lax.scan(body, (zeros, start), mbs)
+  if stateful:
+    metrics = {**metrics, NEXT_LOSS_STATE: loss_state}
   return loss, metrics, grads, norm
 
 
@@ -278,9 +373,12 @@ def step_function(
   def step(state: TrainState, batch, frozen: dict):
     frozen = with_followed_teacher(frozen, state.opt_state)
     frozen = with_dropout_keys(frozen, state)
+    frozen = with_loss_state(frozen, state)
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, frozen, batch, microbatches
     )
+    metrics = dict(metrics)
+    next_loss_state = metrics.pop(NEXT_LOSS_STATE, None)
     grad_norm = optax.tree.norm(grads)
     out = {f"train/{k}": v for k, v in metrics.items()}
     out["train/loss"] = loss
@@ -294,6 +392,9 @@ def step_function(
     # that keeps producing them (``recipes.common.count_skipped``).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = apply_if(finite, optimizer, grads, state)
+    if next_loss_state is not None:  # a skipped step leaves the loss's state too
+      keep = lambda n, o: jnp.where(finite, n, o)
+      new = new.replace(loss_state=jax.tree.map(keep, next_loss_state, state.loss_state))
     out["train/skipped_nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return new, out
 

@@ -55,6 +55,9 @@ class Batch:
       token-weighting objectives; may be negative for signed priority). None means the
       loss mask. Normalisers are always counted on ``loss_mask``, so a weight changes
       how much a token counts, never how many tokens there are.
+    example_ids: optional i32[B] which dataset example each row is (its first segment;
+      -1 for an empty row), for losses that keep state per example (DiscFT). Only
+      sources that can say it give it (``packing.PlacedSource.example_id``).
   """
 
   tokens: jax.Array
@@ -64,6 +67,7 @@ class Batch:
   positions: jax.Array
   roles: jax.Array
   weights: jax.Array | None = None
+  example_ids: jax.Array | None = None
 
   @property
   def shape(self) -> tuple[int, int]:

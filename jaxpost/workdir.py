@@ -199,11 +199,15 @@ def recorded_config(workdir: str) -> dict:
 
 def data_fingerprint(config) -> dict:
   """What identifies the run's data and tokenizer (files by content, tasks by output)."""
+  from jaxpost.config_lib import FILE_SOURCES
+
   d = config.data
   out = {"source": d.source}
-  if d.source in ("jsonl", "pairs", "rationales"):
+  if d.source in FILE_SOURCES:
     out["path"] = d.path
     out["sha256"] = _file_sha256(d.path)
+    if d.source == "negatives":
+      out["negatives"] = d.negatives
   elif d.source in ("parquet", "arrow"):
     out.update(path=d.path, split=d.split, sha256=_tree_sha256(d.path))
   elif d.source == "tfds":

@@ -280,3 +280,81 @@ def test_step_keeps_no_second_copy_of_the_optimizer_state():
   grad_temp = jax.jit(grads).lower(params).compile().memory_analysis().temp_size_in_bytes
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   assert step_temp <= grad_temp + 1.25 * param_bytes, (step_temp, grad_temp, param_bytes)
+
+
+# ----------------------------------------------------------------------------------------
+# A stateful loss (DiscFT): its state rides in the train state, through micro-batches.
+
+
+def _stateful_parts(microbatches=1, teacher=True):
+  graphdef, params, rest = _model_parts()
+  from jaxpost.losses import LOSSES, init_state
+  from jaxpost.scoring import make_scorer
+
+  scorer = make_scorer(graphdef)
+  objective = train.make_objective(
+    "stateful", scorer, LOSSES.bind("discft", {"negatives": 1}), teacher=scorer, total_steps=4
+  )
+  opt = optax.sgd(0.5)
+  state = train.init_train_state(params, opt, 0, init_state("discft", {"negatives": 1}, 6))
+  step = train.make_train_step(objective, opt, microbatches=microbatches, donate=False)
+  _, ref_params, _ = _model_parts(seed=1)
+  return step, state, {"rest": rest, "teacher": (ref_params, rest)}
+
+
+def _keyed_batch(ids):
+  b = _batch(pack=False, b=8)
+  return b.replace(example_ids=jnp.asarray(np.repeat(ids, 2), jnp.int32))
+
+
+def test_stateful_loss_state_is_threaded_through_microbatches_and_steps():
+  """Micro-batches of whole groups give the full batch's loss, gradient and next state
+  (distinct ids); the step stores the state, and the next step reads it."""
+  batch = _keyed_batch([4, 0, 5, 2])
+  outs = []
+  for mb in (1, 2):
+    step, state, frozen = _stateful_parts(mb)
+    one, m1 = step(state, batch, frozen)
+    two, m2 = step(one, _keyed_batch([4, 1, 3, 5]), frozen)
+    outs.append((one, two, m1, m2))
+  (one, two, m1, m2), (one_mb, two_mb, m1_mb, m2_mb) = outs
+  _assert_trees_close(one_mb, one, rtol=1e-5, atol=1e-6)
+  _assert_trees_close(two_mb, two, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(m1_mb["train/loss"]), float(m1["train/loss"]), rtol=1e-5)
+  u1, u2 = np.asarray(one.loss_state["u"]), np.asarray(two.loss_state["u"])
+  assert np.all(u1[[0, 2, 4, 5]] != 0) and np.all(u1[[1, 3]] == 0)
+  assert u2[0] == u1[0] and u2[2] == u1[2]  # not in the second batch
+  assert u2[4] != u1[4] and u2[1] != 0  # updated from the stored value / set
+  assert "train/next_loss_state" not in m1 and int(one.step) == 1
+
+
+def test_stateful_state_is_kept_by_a_skipped_step_and_saved_by_orbax(tmp_path):
+  from jaxpost import checkpoint
+
+  step, state, frozen = _stateful_parts()
+  one, _ = step(state, _keyed_batch([0, 1, 2, 3]), frozen)
+  ref_params, rest = frozen["teacher"]  # a NaN reference: NaN u and loss, step skipped
+  poisoned = {**frozen, "teacher": (jax.tree.map(lambda x: x * jnp.nan, ref_params), rest)}
+  skipped, m = step(one, _keyed_batch([0, 1, 2, 3]), poisoned)
+  assert float(m["train/skipped_nonfinite"]) == 1.0
+  np.testing.assert_array_equal(np.asarray(skipped.loss_state["u"]), one.loss_state["u"])
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  ckpt.save(1, one, {"next_index": 4})
+  restored, data = ckpt.restore(None, like=state)
+  _assert_trees_close(restored, one, rtol=0, atol=0)
+  assert data["next_index"] == 4
+
+
+def test_train_state_without_loss_state_keeps_the_checkpoint_layout(tmp_path):
+  """No loss state: the pytree is (step, params, opt_state, rng) as before the field
+  existed, so older checkpoints restore, and a stateful one has one more key."""
+  from jaxpost import checkpoint
+
+  _, params, _ = _model_parts()
+  plain = train.init_train_state(params, optax.adam(0.1), 0)
+  keys = {checkpoint.key_name(p[0]) for p, _ in jax.tree_util.tree_flatten_with_path(plain)[0]}
+  assert keys == {"step", "params", "opt_state", "rng"}
+  with_u = plain.replace(loss_state={"u": jnp.zeros(3)})
+  keys = {checkpoint.key_name(p[0]) for p, _ in jax.tree_util.tree_flatten_with_path(with_u)[0]}
+  assert keys == {"step", "params", "opt_state", "rng", "loss_state"}
+  assert jax.tree.map(lambda x: x, with_u).loss_state is not None

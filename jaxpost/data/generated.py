@@ -9,7 +9,9 @@ samples per prompt), scores each response with the task's checker, and writes on
 object per response::
 
   {"prompt": ..., "response": ..., "level": ..., "answer": ..., "correct": true,
-   "index": 17, "sample": 0}
+   "index": 17, "sample": 0, "gold": ...}
+
+(``gold``: the task's reference response, ``<think>trace</think>answer``.)
 
 ``data.source=jsonl`` reads the file directly (``prompt`` / ``response``; the other
 keys are ignored there); ``keep`` filters by correctness. Prompts are training-split
@@ -137,6 +139,7 @@ def generate_dataset(
             correct=bool(ok),
             index=index,
             sample=sample,
+            gold=template.render_response(problem.example),
           )
           f.write(json.dumps(record) + "\n")
           written += 1

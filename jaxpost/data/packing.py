@@ -40,10 +40,14 @@ class PlacedSource:
   Attributes:
     fn: index -> (tokens, roles).
     where: index -> a short place, e.g. ``"data.jsonl:17"``.
+    example_id: optional index -> which dataset example it is (stable across epochs;
+      rows of one record share it). A source that gives it gets ``example_ids`` in its
+      batches (``Batch.example_ids``).
   """
 
   fn: ExampleSource
   where: Callable[[int], str]
+  example_id: Callable[[int], int] | None = None
 
   def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
     return self.fn(index)
@@ -133,7 +137,8 @@ def pack_batch(
       evaluation): the rows after it stay padding. None = the source never ends.
 
   Returns:
-    (arrays for ``Batch`` with numpy [B, T] fields, next index to read, stats).
+    (arrays for ``Batch`` with numpy [B, T] fields, plus ``example_ids`` [B] when the
+    source gives them, next index to read, stats).
   """
   if overlong not in OVERLONG_CHOICES:
     raise ValueError(f"overlong={overlong!r}; expected one of {OVERLONG_CHOICES}")
@@ -141,6 +146,8 @@ def pack_batch(
   roles = np.full((batch_size, seq_len), ROLE_PAD, np.int32)
   segments = np.zeros((batch_size, seq_len), np.int32)
   positions = np.zeros((batch_size, seq_len), np.int32)
+  keyed = isinstance(source, PlacedSource) and source.example_id is not None
+  example_ids = np.full((batch_size,), -1, np.int32)
   stats = PackStats()
   index = start
   pending = None  # an example read but not yet placed
@@ -165,6 +172,8 @@ def pack_batch(
       if fill + n > seq_len or (seg > 0 and not pack):
         break
       seg += 1
+      if keyed and seg == 1:
+        example_ids[row] = source.example_id(index)
       tokens[row, fill : fill + n] = ex_tokens
       roles[row, fill : fill + n] = ex_roles
       segments[row, fill : fill + n] = seg
@@ -174,7 +183,10 @@ def pack_batch(
       stats.tokens += n
       pending = None
       index += 1
-  return _to_batch_arrays(tokens, roles, segments, positions), index, stats
+  arrays = _to_batch_arrays(tokens, roles, segments, positions)
+  if keyed:
+    arrays["example_ids"] = example_ids
+  return arrays, index, stats
 
 
 def _to_batch_arrays(tokens, roles, segments, positions) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ from jaxpost.data.jsonl import DataError, record_to_example
 from jaxpost.data.packing import PlacedSource
 
 
-def _records(path: str, keys: tuple[str, ...]):
+def json_records(path: str, keys: tuple[str, ...]):
   """Yields (line number, the JSON object or None, why not) for each non-empty line: None
   when the line is not a JSON object holding every one of ``keys``."""
   with open(path, encoding="utf-8") as f:
@@ -70,7 +70,7 @@ def _read_records(
       skipped, then counted) naming ``path:line``, or no record at all.
   """
   examples, lines, skipped = [], [], 0
-  for number, record, problem in _records(path, keys):
+  for number, record, problem in json_records(path, keys):
     try:
       if record is None:
         raise ValueError(problem)
@@ -175,17 +175,17 @@ def pair_source(examples, tok, seed: int, where: Callable[[int], str] | None = N
 REQUIRE = ("chosen_correct", "rejected_incorrect", "differ")
 
 
-def _by_prompt(path: str) -> dict[str, list[dict]]:
+def by_prompt(path: str) -> dict[str, list[dict]]:
   """{prompt: [records in file order]} of a generated JSONL file."""
   grouped: dict[str, list[dict]] = {}
-  for number, record, problem in _records(path, ("prompt", "response")):
+  for number, record, problem in json_records(path, ("prompt", "response")):
     if record is None:
       raise DataError(f"{path}:{number}: {problem}")
     grouped.setdefault(record["prompt"], []).append(record)
   return grouped
 
 
-def _well_formed(record: dict) -> bool:
+def well_formed(record: dict) -> bool:
   """The response parses as ``<think>...</think>answer`` (or has no think block): a
   response that does not (an unclosed or repeated tag, e.g. cut off at the token budget)
   cannot be laid out by the template, so it never enters a pair."""
@@ -216,7 +216,7 @@ def build_pairs(
 
   Returns:
     counts: pairs written, prompts joined, prompts with no admissible pair, malformed
-    responses left out (``_well_formed``).
+    responses left out (``well_formed``).
 
   Raises:
     DataError: an unknown requirement, a record lacking ``correct`` when a
@@ -233,9 +233,9 @@ def build_pairs(
       raise DataError(f"{path}: a record has no 'correct' key (prompt {record['prompt']!r})")
     return bool(record["correct"])
 
-  good, bad = _by_prompt(chosen), _by_prompt(rejected)
+  good, bad = by_prompt(chosen), by_prompt(rejected)
   written = joined = empty = 0
-  malformed = sum(not _well_formed(r) for side in (good, bad) for rs in side.values() for r in rs)
+  malformed = sum(not well_formed(r) for side in (good, bad) for rs in side.values() for r in rs)
   with open(out, "w", encoding="utf-8") as f:
     for prompt, candidates in good.items():
       if prompt not in bad:
@@ -244,12 +244,12 @@ def build_pairs(
       ups = [
         r
         for r in candidates
-        if _well_formed(r) and ("chosen_correct" not in require or correct(r, chosen))
+        if well_formed(r) and ("chosen_correct" not in require or correct(r, chosen))
       ]
       downs = [
         r
         for r in bad[prompt]
-        if _well_formed(r) and ("rejected_incorrect" not in require or not correct(r, rejected))
+        if well_formed(r) and ("rejected_incorrect" not in require or not correct(r, rejected))
       ]
       made = 0
       for up in ups:

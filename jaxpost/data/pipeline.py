@@ -46,11 +46,13 @@ class Dataset:
     examples: random-access Examples (a list for JSONL, a lazy view for tfds).
     where: index -> the example's place, ``path:line`` or ``name[split][index]``.
     skipped: malformed records dropped under ``data.skip_malformed``.
+    group: examples per record, adjacent (pairs: 2; negatives: 1 + the pool size).
   """
 
   examples: Sequence[template.Example]
   where: Callable[[int], str]
   skipped: int = 0
+  group: int = 1
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -109,9 +111,11 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales")
+USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales", "negatives")
 # Sources whose examples come two by two, in adjacent rows (jaxpost.data.pairs).
 PAIRED_SOURCES = ("pairs", "rationales")
+# Sources whose batches say which dataset example each row is (``Batch.example_ids``).
+KEYED_SOURCES = ("negatives",)
 # The held-out fraction is drawn with this seed, not the run's: runs of a sweep that
 # differ only in their seed evaluate on the same examples.
 HELDOUT_SEED = 0
@@ -232,7 +236,12 @@ def _read_dataset(
 
     read = read_pairs if source == "pairs" else read_rationales
     examples, where, skipped = read(path, skip_malformed=skip_malformed)
-    return Dataset(examples, where, skipped)
+    return Dataset(examples, where, skipped, group=2)
+  if source == "negatives":  # a gold response and its negatives (discriminative FT)
+    from jaxpost.data.negatives import read_negatives
+
+    examples, where, skipped, pool = read_negatives(path, skip_malformed=skip_malformed)
+    return Dataset(examples, where, skipped, group=1 + pool)
   if source == "jsonl":
     from jaxpost.data.jsonl import read_jsonl
 
@@ -514,5 +523,13 @@ def _base_source(config, tok: Tokenizer, counts: dict | None) -> tuple[ExampleSo
     from jaxpost.data.pairs import pair_source
 
     return pair_source(dataset.examples, tok, config.seed, dataset.where), len(dataset)
+  if config.data.source == "negatives":
+    from jaxpost.data.negatives import negative_source
+
+    m = config.data.negatives
+    source = negative_source(
+      dataset.examples, tok, config.seed, dataset.group - 1, m, dataset.where
+    )
+    return source, len(dataset) // dataset.group * (1 + m)  # rows per epoch
   source = dataset_source(dataset.examples, tok, config.seed, dataset.where)
   return source, len(dataset)

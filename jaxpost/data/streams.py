@@ -104,8 +104,11 @@ class StreamPacker:
       return self.source
     source, s = self.source, self.streams
     # Stream-local index k is source index j + S * k; errors name the source's place.
+    example_id = getattr(source, "example_id", None)
     return packing.PlacedSource(
-      lambda k: source(j + s * k), lambda k: packing.where(source, j + s * k)
+      lambda k: source(j + s * k),
+      lambda k: packing.where(source, j + s * k),
+      None if example_id is None else (lambda k: example_id(j + s * k)),
     )
 
   def next_batch(self) -> tuple[dict[str, np.ndarray], packing.PackStats]:

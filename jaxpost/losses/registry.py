@@ -31,12 +31,25 @@ its representations perturbed (``scoring.ModelView``)::
     loss(model: ModelView, batch: Batch, *, norm: Normalizers, **hparams)
         -> (loss: f32[], metrics: dict[str, f32[]])
 
+``stateful`` (``discft.py``) keeps state of its own across steps (``TrainState.loss_state``,
+checkpointed with the run), e.g. one number per dataset example keyed by
+``Batch.example_ids``. Its objective reads a frozen reference on the same rows when the
+config names one (``config.teacher``; else ``reference`` is None). The registration's
+``init_state=`` builds the initial state, ``init_state(num_examples, **hparams)``, and
+its ``needs_reference=`` says, from the hyperparameters, whether a reference must be
+configured::
+
+    loss(outputs, reference, batch: Batch, state, *, norm: Normalizers, step: i32[],
+         total_steps: int, **hparams) -> (loss: f32[], metrics, next_state)
+
 ``norm`` holds the global-batch counts (see ``losses/reduce.py``). Both the loss and
 every metric must be *additive over micro-batches*: already divided by the global
 normalisers, so the train step can sum them across gradient-accumulation steps.
 Hyperparameters are keyword-only with defaults: they *are* the loss's config section
 (``configs/base.py`` builds ``loss.<name>`` from them) and are validated against the
-signature, plus the optional ``check``, before any work starts. Every registered loss
+signature, plus the optional ``check``, before any work starts. A stateful loss's next state
+is not summed: micro-batches run in order, each reading the state the one before left
+(``train.accumulate_grads``). Every registered loss
 runs through the contract test (tests/losses/test_contract.py) by being registered.
 """
 
@@ -46,7 +59,7 @@ from jaxpost.registry import Registry
 
 LOSSES = Registry(
   "loss",
-  families=("token", "policy", "distill", "layers", "model"),
+  families=("token", "policy", "distill", "layers", "model", "stateful"),
   builtins=("jaxpost.losses.*",),  # every module of jaxpost/losses: a new file registers
   contract={
     "token": ("norm",),
@@ -54,6 +67,7 @@ LOSSES = Registry(
     "distill": ("norm",),
     "layers": ("norm",),
     "model": ("norm",),
+    "stateful": ("norm", "step", "total_steps"),
   },
 )
 
@@ -62,3 +76,28 @@ get = LOSSES.get
 names = LOSSES.names
 family = LOSSES.family
 hparams = LOSSES.hparams
+
+
+def init_state(name: str, hparams: dict, num_examples: int):
+  """The initial ``TrainState.loss_state`` of loss ``name`` (None if it keeps none).
+
+  Args:
+    name: a registered loss.
+    hparams: its hyperparameters (the config section; defaults fill the rest).
+    num_examples: distinct example ids of the training data (``Batch.example_ids``).
+  """
+  init = LOSSES.entry(name).meta.get("init_state")
+  if init is None:
+    return None
+  if num_examples < 1:
+    raise ValueError(
+      f"loss {name!r} keeps per-example state: its data must say which example each row "
+      "is (a source with example ids, e.g. data.source=negatives)"
+    )
+  return init(num_examples, **{**LOSSES.hparams(name), **dict(hparams)})
+
+
+def needs_reference(name: str, hparams: dict) -> bool:
+  """Whether stateful loss ``name`` with ``hparams`` reads a frozen reference model."""
+  fn = LOSSES.entry(name).meta.get("needs_reference")
+  return bool(fn and fn(**{**LOSSES.hparams(name), **dict(hparams)}))

@@ -31,7 +31,18 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxpost import checkpoint, config_lib, metrics, models, optim, peft, sharding, train, zoo
+from jaxpost import (
+  checkpoint,
+  config_lib,
+  losses,
+  metrics,
+  models,
+  optim,
+  peft,
+  sharding,
+  train,
+  zoo,
+)
 from jaxpost import workdir as jaxpost_workdir
 from jaxpost.data import pipeline, tasks
 from jaxpost.data.tokenizer import HFTokenizer, SentencePieceTokenizer
@@ -513,6 +524,7 @@ def setup(
   updates_per_step: int = 1,
   step_zero: dict | None = None,
   optimizer=None,
+  num_examples: int = 0,
 ):
   """Builds the trained model, its train state and frozen rest, and resumes if it can.
 
@@ -527,6 +539,8 @@ def setup(
     step_zero: extra metrics written once at step 0 of a fresh run.
     optimizer: the state's optimizer instead of ``config.optim``'s (a federated run's
       server optimizer: its state is checkpointed with the global parameters).
+    num_examples: the training data's example ids (``Batch.example_ids`` < this): a
+      stateful loss (``losses.init_state``) keeps its state for that many examples.
 
   Returns:
     a ``Run``; ``run.first_step`` is the restored step (0 on a fresh run).
@@ -546,7 +560,11 @@ def setup(
   n_trainable = sum(x.size for x in jax.tree.leaves(params))
   logging.info("model: %d parameters, %d trainable", n_params, n_trainable)
   del model
-  state = train.init_train_state(params, optimizer, config.seed)
+  loss_state = None  # a stateful loss's own state, e.g. DiscFT's u per example
+  if "loss" in config:
+    name = config.loss.name
+    loss_state = losses.init_state(name, config.loss.get(name, {}), num_examples)
+  state = train.init_train_state(params, optimizer, config.seed, loss_state)
   # Sharded by the parameters' logical axis names; a restore lands on the same layout.
   # One device needs none of it, and skipping it keeps the small-model step ~25% faster
   # on CPU (committed single-device shardings cost host-side dispatch time).

@@ -21,7 +21,7 @@ import time
 import jax
 from tqdm import tqdm
 
-from jaxpost import config_lib, scoring, sharding, train
+from jaxpost import config_lib, losses, scoring, sharding, train
 from jaxpost.data import (
   masked_thought,
   pipeline,
@@ -34,7 +34,7 @@ from jaxpost.losses import LOSSES
 from jaxpost.recipes import common, register
 from jaxpost.types import Batch
 
-LOSS_FAMILIES = ("token", "distill", "layers", "model")
+LOSS_FAMILIES = ("token", "distill", "layers", "model", "stateful")
 DEFAULT_LOSS = "cross_entropy"
 
 
@@ -54,6 +54,8 @@ def validate(c) -> None:
         "teacher.privileged aligns the two views row by row: set data.pack=False and keep "
         "data.overlong='error' (nothing dropped from one view only)"
       )
+  elif LOSSES.family(c.loss.name) == "stateful":  # per-example state, maybe a reference
+    _validate_stateful(c)
   elif c.teacher.follow:
     raise config_lib.ConfigError(
       f"teacher.follow={c.teacher.follow!r} is read by distill losses only; "
@@ -63,20 +65,52 @@ def validate(c) -> None:
     raise config_lib.ConfigError("teacher.offline shards are read by one process only")
 
 
+def _validate_stateful(c) -> None:
+  """A stateful loss needs rows that say their example; a reference iff it reads one."""
+  name = c.loss.name
+  if c.data.source not in pipeline.KEYED_SOURCES:
+    raise config_lib.ConfigError(
+      f"loss.name={name!r} keeps state per dataset example: data.source must say which "
+      f"example each row is, one of {pipeline.KEYED_SOURCES} (not {c.data.source!r})"
+    )
+  t = c.teacher
+  named = bool(t.init_from or t.hf_dir or t.gguf)
+  if losses.needs_reference(name, c.loss[name]):
+    common.check_teacher(c, model=True)
+    if t.follow or t.offline or t.privileged:
+      raise config_lib.ConfigError(
+        f"loss.{name} reads a frozen reference model: set teacher.init_from / hf_dir / gguf "
+        "only (not teacher.follow, offline or privileged)"
+      )
+  elif named or t.follow or t.offline or t.privileged:
+    raise config_lib.ConfigError(
+      f"loss.{name} with these hyperparameters reads no reference: leave config.teacher empty"
+    )
+
+
 @register("sft")
 def run(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir``; returns the final metrics."""
   mesh = common.validate_and_start(config, workdir, "sft")
 
   # Data: a tokenizer (trained once per workdir) and a stateless example source.
-  distill = LOSSES.family(config.loss.name) == "distill"
-  tok = common.load_tokenizer(config, workdir, teacher=distill)
+  name = config.loss.name
+  family = LOSSES.family(name)
+  distill = family == "distill"
+  reference = family == "stateful" and losses.needs_reference(name, config.loss[name])
+  tok = common.load_tokenizer(config, workdir, teacher=distill or reference)
   data_counts = {}  # e.g. data/skipped_malformed: recorded at step 0, never dropped silently
   source, dataset_size = pipeline.build_source(config, tok, data_counts)
 
   # Model, optimizer, checkpoint (resumed if there is one), metrics, evaluator.
   run_ = common.setup(
-    config, workdir, mesh, tok, total_updates=config.train.steps, step_zero=data_counts
+    config,
+    workdir,
+    mesh,
+    tok,
+    total_updates=config.train.steps,
+    step_zero=data_counts,
+    num_examples=dataset_size or 0,  # a stateful loss's state, one entry per example id
   )
   # Each host packs only the rows its devices need; the global batch does not depend on
   # the number of hosts (see jaxpost.data.streams).
@@ -86,7 +120,6 @@ def run(config, workdir: str) -> dict:
     packer.restore(run_.data_state)
     logging.info("resumed from step %d (example %d)", run_.first_step, packer.next_index)
 
-  name = config.loss.name
   scorer = scoring.make_scorer(
     run_.graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
   )
@@ -112,6 +145,10 @@ def run(config, workdir: str) -> dict:
     views.append(shards)
   elif distill and (t.init_from or t.hf_dir or t.gguf or t.follow):  # a model, or a copy
     readers = common.attach_teacher(run_, config, tok, scorer)
+  if family == "stateful":  # its reference (if it reads one) and the schedule's length
+    readers = {"total_steps": config.train.steps}
+    if reference:
+      readers["teacher"] = common.attach_teacher(run_, config, tok, scorer)["teacher"]
   if distill and t.privileged:  # the teacher's view: the same examples, longer prompts
     t_source = privileged.source(config, tok)
     t_len = config.data.seq_len + t.privileged_tokens
@@ -131,7 +168,7 @@ def run(config, workdir: str) -> dict:
       )
     )
   objective = train.make_objective(
-    LOSSES.family(name),
+    family,
     scorer,
     LOSSES.bind(name, config.loss[name], where=f"loss.{name}"),
     **readers,

@@ -269,6 +269,45 @@ class _ModelFamily:
     return batch.replace(loss_mask=jnp.zeros_like(batch.loss_mask))
 
 
+class _StatefulFamily(_DistillFamily):
+  """``loss(outputs, reference, batch, state, *, norm, step, total_steps)``: the model's
+  and a frozen reference's outputs, rows that say their example (``example_ids``), and a
+  state from the loss's ``init_state`` with random values (fixed per test, not
+  differentiated); the next state is the loss's business (tests/losses/test_discft.py).
+  Layouts here are groups of two rows (``hparams``)."""
+
+  hparams = {"negatives": 1}
+  examples = 5  # ids repeat: two rows of a batch may be one example's
+
+  def make(self, kind: str, seed: int, garbage: str = "large", layout=_LAYOUT):
+    x, batch = super().make(kind, seed, garbage, layout)
+    ids = np.random.default_rng(seed + 2000).integers(0, self.examples, len(layout))
+    return x, batch.replace(example_ids=jnp.asarray(np.repeat(ids[::2], 2)[: len(layout)]))
+
+  def state(self, fn) -> dict:
+    """The bound loss's initial state (its entry found by function: presets share one)."""
+    from jaxpost.losses import init_state
+
+    name = next(
+      n
+      for n in LOSSES.names("stateful")
+      if getattr(LOSSES.get(n), "func", LOSSES.get(n)) is fn.func
+    )
+    state = init_state(name, self.hparams, self.examples)
+    rng = np.random.default_rng(11)
+    return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), state)
+
+  def call(self, fn, kind, x, batch, norm):
+    if kind == "logits":
+      outputs, reference = x["logits"], x["teacher_logits"]
+    else:
+      outputs = FusedHead(x["hidden"], x["weight"], "xla", 0)
+      reference = FusedHead(x["teacher_hidden"], x["teacher_weight"], "xla", 0)
+    state = self.state(fn)
+    loss, metrics, _ = fn(outputs, reference, batch, state, norm=norm, step=3, total_steps=10)
+    return loss, metrics
+
+
 # Loss family -> how the contract test builds its inputs. A family registered in
 # LOSSES without an entry here fails test_every_family_has_a_contract_case.
 _FAMILIES = {
@@ -277,6 +316,7 @@ _FAMILIES = {
   "distill": _DistillFamily(),
   "layers": _LayersFamily(),
   "model": _ModelFamily(),
+  "stateful": _StatefulFamily(),
 }
 
 
@@ -300,8 +340,8 @@ def _family(name: str):
 @functools.cache
 def _loss_and_grad(name: str, kind: str):
   """Jitted ``(x, data, norm) -> ((loss, metrics), dloss/dx)`` at default hparams."""
-  fn = LOSSES.bind(name, {})
   family = _family(name)
+  fn = LOSSES.bind(name, getattr(family, "hparams", {}))
   return jax.jit(
     jax.value_and_grad(lambda x, data, norm: family.call(fn, kind, x, data, norm), has_aux=True)
   )

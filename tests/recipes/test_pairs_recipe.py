@@ -1,8 +1,10 @@
-"""Pair losses through the SFT recipe: REDI, and DPO against a frozen reference (SODA)."""
+"""Losses over groups of rows through the SFT recipe: REDI, DPO against a frozen reference
+(SODA), distilling step-by-step, and discriminative fine-tuning (gold + negatives)."""
 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from tiny_configs import REPO, sft_tiny  # tests/recipes
@@ -125,3 +127,75 @@ def test_step_by_step_rows_are_label_and_rationale_tasks_and_eval_asks_plainly(
     question = label.split("\n")[0][len("Q: ") :]
     assert rationale.startswith("Q: " + pairs.EXPLAIN_PREFIX + question)
     assert "<think></think>" in label and rationale.rstrip().endswith("</think>")
+
+
+@pytest.fixture(scope="module")
+def negatives_path(tmp_path_factory):
+  """Reference traces, each with 4 negatives: the same trace ending in a wrong answer."""
+  path = str(tmp_path_factory.mktemp("negatives") / "negatives.jsonl")
+  mix = tasks.mixture({"mul2x2": 1.0}, "train", 0)
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(24):
+      p = mix(i)
+      wrong = [f"<think>{p.thinking}</think>{int(p.answer) + k}" for k in (1, 2, 10, 11)]
+      gold = f"<think>{p.thinking}</think>{p.answer}"
+      f.write(json.dumps({"prompt": p.prompt, "response": gold, "negatives": wrong}) + "\n")
+  return path
+
+
+def _discft(start, path, **overrides):
+  return sft_tiny(
+    **{
+      "data.source": "negatives",
+      "data.path": path,
+      "data.pack": False,
+      "data.batch_size": 24,  # 8 examples x (gold + 2 negatives)
+      "loss.name": "discft",
+      "teacher.init_from": start,
+      "train.init_from": start,
+      "train.steps": 6,
+      "train.log_every": 1,
+      "optim.lr": 3e-3,
+      **overrides,
+    }
+  )
+
+
+def test_discft_resume_reproduces_the_run_and_its_per_example_state(tmp_path, start,
+                                                                    negatives_path):  # fmt: skip
+  """The per-example u is checkpointed: a run stopped at step 3 (24 examples = one epoch
+  in 3 steps) and resumed equals the uninterrupted run bit for bit, u included; every
+  example's u has been set; the gold responses gain on their negatives."""
+  from jaxpost import checkpoint
+
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  sft.run(_discft(start, negatives_path), whole)
+  sft.run(_discft(start, negatives_path, **{"train.stop_at": 3}), parts)
+  assert checkpoint.latest_state_tree(parts)["step"] == 3
+  sft.run(_discft(start, negatives_path), parts)
+  a, b = checkpoint.latest_state_tree(whole), checkpoint.latest_state_tree(parts)
+  u = np.asarray(a["loss_state"]["u"])
+  assert u.shape == (72,)  # the dataset's rows per epoch bound the ids
+  assert np.all(u[:24] != 0) and np.all(u[24:] == 0)  # ids are the 24 records
+  np.testing.assert_array_equal(u, np.asarray(b["loss_state"]["u"]))
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  gap = [g - n for g, n in zip(_first(whole, "train/gold_score"),
+                               _first(whole, "train/negative_score"), strict=True)]  # fmt: skip
+  assert np.mean(gap[-2:]) > np.mean(gap[:2])
+  assert _first(whole, "train/gamma")[0] == 1.0
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    ({"data.source": "tasks"}, "data.source must say which example"),
+    ({"loss.discft.negatives": 3}, "loss.discft.negatives=3, but data.negatives=2"),
+    ({"data.batch_size": 16}, "a multiple of 3"),
+    ({"teacher.init_from": ""}, "reads a teacher model"),
+    ({"loss.discft.form": "dft2"}, "reads no reference"),
+  ],
+)
+def test_discft_config_errors(start, negatives_path, overrides, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(_discft(start, negatives_path, **overrides))
