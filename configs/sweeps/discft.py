@@ -1,0 +1,69 @@
+"""Discriminative fine-tuning against SFT on the same gold data (issue 19), 3 seeds.
+
+Every cell fine-tunes the zoo's ``rl-start@SEED`` on mul2x2 for 300 steps at lr 5e-4
+(configs/discft.py:quickstart) with 16 gold examples per step, and evaluates 200
+held-out problems every 100 steps (mul2x2) and at the end (add3, mul2x2, mul3x2). The
+negatives are the start's own samples at T 0.7, six per prompt for 1600 prompts (three
+epochs of two fresh negatives each), made first into the sweep's root:
+
+  for s in 0 1 2; do python -m jaxpost.data.negatives --model=zoo:rl-start@$s \\
+    --levels=mul2x2:1.0 --n=1600 --pool=6 --temperature=0.7 --seed=$s \\
+    --out=runs/sweeps/discft/negatives/rl-start@$s.jsonl; done
+  python -m jaxpost.sweep --config=configs/sweeps/discft.py --root=runs/sweeps/discft
+  python -m jaxpost.sweep.report runs/sweeps/discft --out experiments/discft
+
+  ce      SFT (token-mean cross-entropy) on the gold responses of the same file
+          (data.source=jsonl: the negatives are not read), 16 per step
+  dft     DiscFT's "DFT": tau 1, gamma_min 0.85, the frozen start as pi_ref
+  dft2    DiscFT's "DFT2": mean log-probs, no reference, tau 0.3, gamma_min 0.9
+"""
+
+from jaxpost.sweep import Sweep, cells
+
+NEGATIVES = "{root}/negatives/rl-start@{seed}.jsonl"
+CELLS = {
+  "ce": {
+    "data.source": "jsonl",
+    "data.pack": True,
+    "data.batch_size": 16,
+    "loss.name": "cross_entropy",
+    "teacher.init_from": "",
+  },
+  "dft": {"teacher.init_from": "zoo:rl-start@{seed}"},
+  "dft2": {
+    "loss.discft.form": "dft2",
+    "loss.discft.tau": 0.3,
+    "loss.discft.gamma_min": 0.9,
+    "teacher.init_from": "",
+  },
+}
+FIXED = {
+  "train.init_from": "zoo:rl-start@{seed}",
+  "data.path": NEGATIVES,
+  "train.log_every": 10,
+  "train.progress": False,
+  "eval.num_examples": 200,
+}
+
+
+def get_config(variant: str = "mul2x2") -> Sweep:
+  if variant != "mul2x2":
+    raise ValueError(f"unknown variant {variant!r}; expected mul2x2")
+  return Sweep(
+    base="configs/discft.py:quickstart",
+    cells=cells(*({"name": name, **o} for name, o in CELLS.items())),
+    seeds=(0, 1, 2),
+    fixed=FIXED,
+    report={
+      "metrics": [
+        "eval/accuracy/mul2x2",
+        "eval/accuracy/add3",
+        "eval/accuracy/mul3x2",
+        "train/gold_score:last=5",
+        "train/negative_score:last=5",
+      ],
+      "baseline": "ce",
+      "curves": ["eval/accuracy/mul2x2"],
+      "scale": 1.0,
+    },
+  )
