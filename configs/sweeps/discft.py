@@ -16,6 +16,13 @@ epochs of two fresh negatives each), made first into the sweep's root:
           (data.source=jsonl: the negatives are not read), 16 per step
   dft     DiscFT's "DFT": tau 1, gamma_min 0.85, the frozen start as pi_ref
   dft2    DiscFT's "DFT2": mean log-probs, no reference, tau 0.3, gamma_min 0.9
+
+Half of those negatives are the gold response itself (the start is right ~55% of the
+time, and a trace has one right form), which the paper's long answers never are. The
+``_differ`` cells use negatives that differ from the gold (6 of 16 samples per prompt;
+only the prompts with 6 such samples: about half, the ones the start finds harder), made
+like the others with ``--per_prompt=16 --require=differ`` into
+``negatives/differ-rl-start@$s.jsonl``; their baseline is ``ce_differ``, SFT on that file.
 """
 
 from jaxpost.sweep import Sweep, cells
@@ -37,6 +44,8 @@ CELLS = {
     "teacher.init_from": "",
   },
 }
+DIFFER = {"data.path": "{root}/negatives/differ-rl-start@{seed}.jsonl"}
+CELLS.update({f"{name}_differ": {**CELLS[name], **DIFFER} for name in ("ce", "dft", "dft2")})
 FIXED = {
   "train.init_from": "zoo:rl-start@{seed}",
   "data.path": NEGATIVES,

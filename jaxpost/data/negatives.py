@@ -192,6 +192,7 @@ def main(argv=None) -> None:
   p.add_argument("--model", default="", help="a run's workdir or zoo:NAME[@SEED]")
   p.add_argument("--levels", default="", help="data.levels of the prompts, e.g. mul2x2:1.0")
   p.add_argument("--n", type=int, default=0, help="prompts (training problems 0 .. n-1)")
+  p.add_argument("--per_prompt", type=int, default=0, help="samples per prompt (default: pool)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--temperature", type=float, default=0.7)
   p.add_argument("--max_new_tokens", type=int, default=96)
@@ -214,8 +215,8 @@ def main(argv=None) -> None:
       samples = os.path.join(tmp, "samples.jsonl")
       made = generated.generate_dataset(
         model, tok, config_lib.parse_levels(a.levels), a.n, samples, seed=a.seed,
-        samples=a.pool, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-        batch_size=a.batch_size,
+        samples=max(a.per_prompt, a.pool), temperature=a.temperature,
+        max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
       )  # fmt: skip
       counts = {"generated": made["written"], "correct": made["correct"]}
     counts.update(build_negatives(samples, a.out, pool=a.pool, require=require))
