@@ -10,7 +10,11 @@ epochs of two fresh negatives each), made first into the sweep's root:
     --levels=mul2x2:1.0 --n=1600 --pool=6 --temperature=0.7 --seed=$s \\
     --out=runs/sweeps/discft/negatives/rl-start@$s.jsonl; done
   python -m jaxpost.sweep --config=configs/sweeps/discft.py --root=runs/sweeps/discft
-  python -m jaxpost.sweep.report runs/sweeps/discft --out experiments/discft
+  python -m jaxpost.sweep.report runs/sweeps/discft --out experiments/discft/mul2x2
+
+The ``mul3x2`` variant is the same on the level the start never learned (negatives made
+with --levels=mul3x2:1.0 into runs/sweeps/discft-mul3x2/negatives, root
+runs/sweeps/discft-mul3x2, report to experiments/discft/mul3x2).
 
   ce      SFT (token-mean cross-entropy) on the gold responses of the same file
           (data.source=jsonl: the negatives are not read), 16 per step
@@ -55,16 +59,27 @@ FIXED = {
 }
 
 
+# mul3x2: a level the start never learned (0% held out): every sample is wrong, so no
+# negative is the gold; the start's samples there ramble more (some cut at 64 tokens).
+MUL3X2 = {"eval.levels": "mul3x2", "data.levels": "mul3x2:1.0"}
+
+
 def get_config(variant: str = "mul2x2") -> Sweep:
-  if variant != "mul2x2":
-    raise ValueError(f"unknown variant {variant!r}; expected mul2x2")
+  if variant == "mul2x2":
+    chosen, fixed = CELLS, FIXED
+  elif variant == "mul3x2":
+    chosen = {k: v for k, v in CELLS.items() if not k.endswith("_differ")}
+    fixed = {**FIXED, **MUL3X2}
+  else:
+    raise ValueError(f"unknown variant {variant!r}; expected mul2x2 | mul3x2")
   return Sweep(
     base="configs/discft.py:quickstart",
-    cells=cells(*({"name": name, **o} for name, o in CELLS.items())),
+    cells=cells(*({"name": name, **o} for name, o in chosen.items())),
     seeds=(0, 1, 2),
-    fixed=FIXED,
+    fixed=fixed,
     report={
       "metrics": [
+        "eval/accuracy",
         "eval/accuracy/mul2x2",
         "eval/accuracy/add3",
         "eval/accuracy/mul3x2",
@@ -72,7 +87,7 @@ def get_config(variant: str = "mul2x2") -> Sweep:
         "train/negative_score:last=5",
       ],
       "baseline": "ce",
-      "curves": ["eval/accuracy/mul2x2"],
+      "curves": ["eval/accuracy"],
       "scale": 1.0,
     },
   )
