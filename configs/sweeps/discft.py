@@ -10,11 +10,12 @@ epochs of two fresh negatives each), made first into the sweep's root:
     --levels=mul2x2:1.0 --n=1600 --pool=6 --temperature=0.7 --seed=$s \\
     --out=runs/sweeps/discft/negatives/rl-start@$s.jsonl; done
   python -m jaxpost.sweep --config=configs/sweeps/discft.py --root=runs/sweeps/discft
-  python -m jaxpost.sweep.report runs/sweeps/discft --out experiments/discft/mul2x2
+  python -m jaxpost.sweep.report runs/sweeps/discft --out experiments/sft_objectives/discft-mul2x2
+  python experiments/sft_objectives/discft.py   # each cell against its own baseline
 
 The ``mul3x2`` variant is the same on the level the start never learned (negatives made
 with --levels=mul3x2:1.0 into runs/sweeps/discft-mul3x2/negatives, root
-runs/sweeps/discft-mul3x2, report to experiments/discft/mul3x2).
+runs/sweeps/discft-mul3x2, report to experiments/sft_objectives/discft-mul3x2).
 
   ce      SFT (token-mean cross-entropy) on the gold responses of the same file
           (data.source=jsonl: the negatives are not read), 16 per step
