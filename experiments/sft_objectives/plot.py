@@ -4,10 +4,13 @@ trained here: forgetting), for every level's sweep report.
 
   python experiments/sft_objectives/plot.py experiments/sft_objectives/mul2x2 \\
       experiments/sft_objectives/mul3x2 experiments/sft_objectives/more-mul2x2 \\
-      experiments/sft_objectives/more-mul3x2 --out experiments/sft_objectives/comparison.png
+      experiments/sft_objectives/more-mul3x2 experiments/sft_objectives/discft-mul2x2 \\
+      experiments/sft_objectives/discft-mul3x2 experiments/sft_objectives/smollm2 \\
+      --out experiments/sft_objectives/comparison.png
 
 Each argument is a ``python -m jaxpost.sweep.report --out`` directory; reports of one
-level (its name after an optional ``more-``) share a panel.
+level (its name after an optional ``more-`` or ``discft-``) share a panel; ``smollm2``
+is the pretrained model's panel (trained on add3).
 """
 
 from __future__ import annotations
@@ -42,16 +45,24 @@ def main(argv=None) -> int:
   for path in args.reports:
     with open(os.path.join(path, "results.json")) as f:
       report = json.load(f)
-    level = os.path.basename(path.rstrip("/")).removeprefix("more-")
+    name = os.path.basename(path.rstrip("/"))
+    # DiscFT's reports join their level's panel as "discft <cell>", against their own
+    # SFT baseline; the _differ cells are paired with another baseline (discft.md).
+    prefix = "discft " if name.startswith("discft-") else ""
+    level = name.removeprefix("discft-").removeprefix("more-")
     panel = levels.setdefault(level, {"trained": {}, "add3": {}})
-    panel["trained"].update(diffs(report, "eval/accuracy"))
-    panel["add3"].update(diffs(report, "eval/accuracy/add3"))
+    for what, metric in (("trained", "eval/accuracy"), ("add3", "eval/accuracy/add3")):
+      if what == "add3" and level == "smollm2":
+        continue  # SmolLM2 trains add3 itself: no untrained level to forget
+      rows = diffs(report, metric)
+      panel[what].update({prefix + g: v for g, v in rows.items() if not g.endswith("_differ")})
   fig, axes = plt.subplots(1, len(levels), figsize=(6 * len(levels), 5), squeeze=False)
   for ax, (level, panel) in zip(axes[0], levels.items(), strict=True):
     groups = list(dict.fromkeys([*panel["trained"], *panel["add3"]]))  # the reports' order
     series = (("trained", "tab:blue", -0.18), ("add3", "tab:orange", 0.18))
     for what, color, shift in series:
-      name = f"{level} (trained)" if what == "trained" else "add3 (forgetting)"
+      trained = "add3" if level == "smollm2" else level
+      name = f"{trained} (trained)" if what == "trained" else "add3 (forgetting)"
       for i, g in enumerate(groups):
         if g not in panel[what]:
           continue
@@ -70,7 +81,7 @@ def main(argv=None) -> int:
     ax.set_yticks(range(len(groups)), groups)
     ax.invert_yaxis()
     ax.set_xlabel("held-out accuracy − cross-entropy's (points, paired 95% interval)")
-    ax.set_title(f"trained on {level}")
+    ax.set_title("SmolLM2-135M-Instruct on add3" if level == "smollm2" else f"trained on {level}")
     ax.legend(loc="lower left", fontsize=8)
   fig.tight_layout()
   fig.savefig(args.out, dpi=120)
