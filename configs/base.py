@@ -10,6 +10,7 @@ method file or a command line that sets an unknown key fails.
 from ml_collections import config_dict
 
 from jaxpost.config_lib import DTYPES, FINAL_LEVELS, OPTIONAL_LEVELS, parse_condition
+from jaxpost.data import sources
 from jaxpost.data.corrupt import check as check_corrupt
 from jaxpost.data.masked_copy import check_ratio as check_masked_ratio
 from jaxpost.data.packing import OVERLONG_CHOICES
@@ -79,7 +80,7 @@ def shared_sections() -> config_dict.ConfigDict:
   # JSONL) | rationales (teacher responses -> label + rationale tasks, distilling step-by-step)
   # | choices (the task levels as multi-format multiple choice, F²C) | negatives (gold +
   # negatives JSONL, discriminative fine-tuning)
-  c.data.source = "tasks"  # where training examples come from
+  c.data.source = "tasks"  # where training examples come from (jaxpost/data/sources.py)
   c.data.levels = "mul2x2:1.0"  # tasks source: comma-separated level:weight mixture
   c.data.path = ""  # .jsonl file; .parquet file or dir; save_to_disk dir; tfds name or dir
   c.data.split = "train"  # tfds / arrow (DatasetDict) source: split to read
@@ -118,9 +119,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.data.negatives = 2  # m: negatives per example per epoch (<= those in each record)
   declare(
     "data",
-    source=one_of(
-      ("tasks", "choices", "jsonl", "parquet", "arrow", "tfds", "pairs", "rationales", "negatives")
-    ),
+    source=one_of(sources.names()),  # jaxpost/data/sources.py
     negatives=integer(ge=1),
     choice_formats=TEXT,
     choices=integer(ge=2),

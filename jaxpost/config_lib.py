@@ -13,17 +13,6 @@ from ml_collections import config_dict
 
 from jaxpost import fields
 
-# Data sources generated from the task levels (``data.levels``): no file, held-out problems.
-TASK_SOURCES = ("tasks", "choices")
-# Sources read from one JSONL file (``data.path``).
-FILE_SOURCES = ("jsonl", "pairs", "rationales", "negatives")
-# Sources whose records are groups of adjacent rows: rows per record (a function of data).
-ROW_GROUPS = {
-  "pairs": lambda d: 2,
-  "rationales": lambda d: 2,
-  "negatives": lambda d: 1 + d.negatives,
-}
-
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the field."""
@@ -308,18 +297,7 @@ def validate(c: config_dict.ConfigDict) -> None:
     )
   if c.data.seq_len > c.model.max_seq_len:
     raise ConfigError(f"data.seq_len={c.data.seq_len} > model.max_seq_len={c.model.max_seq_len}")
-  if c.data.source in TASK_SOURCES and not c.data.levels:
-    raise ConfigError(f"data.levels is empty: the {c.data.source} source needs a level mixture")
-  if c.data.source == "choices":
-    _validate_choices(c)
-  if c.data.source not in TASK_SOURCES and not c.data.path:
-    raise ConfigError(f"data.source={c.data.source!r} needs data.path")
-  if c.data.source in ROW_GROUPS:
-    _validate_row_groups(c)
-  if c.data.source in FILE_SOURCES and not os.path.isfile(c.data.path):
-    raise ConfigError(f"data.path={c.data.path!r}: no such file")
-  if c.data.source in ("parquet", "arrow") and not os.path.exists(c.data.path):
-    raise ConfigError(f"data.path={c.data.path!r}: no such file or directory")
+  _validate_source(c)
   _validate_heldout(c)
   _validate_parallelism(c)
   recipe_validate = getattr(recipes.get(c.recipe), "validate", None)
@@ -327,65 +305,29 @@ def validate(c: config_dict.ConfigDict) -> None:
     recipe_validate(c)
 
 
-def _validate_row_groups(c: config_dict.ConfigDict) -> None:
-  """A source of row groups (pairs, negatives) keeps each record's rows together in one
-  micro-batch; a loss reading the negatives' layout (``negatives``) must agree."""
-  group = ROW_GROUPS[c.data.source](c.data)
-  rows = c.data.batch_size // c.train.microbatches
-  if c.data.pack or c.data.streams != 1 or rows % group or c.data.eval_fraction:
-    raise ConfigError(
-      f"data.source={c.data.source} lays each record out in {group} adjacent rows: set "
-      f"data.pack=False, data.streams=1, data.batch_size / train.microbatches a multiple "
-      f"of {group} (now {rows}), no data.eval_fraction"
-    )
-  hp = c.loss.get(c.loss.name)
-  if c.data.source == "negatives" and hp is not None and "negatives" in hp:
-    if hp.negatives != c.data.negatives:
-      raise ConfigError(
-        f"loss.{c.loss.name}.negatives={hp.negatives}, but data.negatives="
-        f"{c.data.negatives} rows of negatives follow each gold row"
-      )
+def _validate_source(c: config_dict.ConfigDict) -> None:
+  """``data.source``'s conditions (``jaxpost.data.sources``): levels for a generated
+  source, a path for user data, the source's own checks, and whole records of adjacent
+  rows per micro-batch for a source of row groups."""
+  from jaxpost.data import sources
 
-
-def _validate_choices(c: config_dict.ConfigDict) -> None:
-  """``data.source=choices`` lays a problem out in K*C adjacent rows (jaxpost.data.choices);
-  a loss that reads the groups (``formats`` and ``choices`` hyperparameters) must agree."""
-  from jaxpost.data import choices
-
-  try:
-    formats = choices.parse_formats(c.data.choice_formats)
-    for level in parse_levels(c.data.levels):
-      choices.check_level(level, formats, c.data.choice_response)
-  except ValueError as e:
-    raise ConfigError(f"data.choice_formats={c.data.choice_formats!r}: {e}") from None
-  if c.eval.choice_formats:
-    try:
-      evaluated = choices.parse_formats(c.eval.choice_formats)
-      for level in parse_levels(c.eval.levels or c.data.levels):
-        choices.check_level(level, evaluated, c.data.choice_response)
-    except ValueError as e:
-      raise ConfigError(f"eval.choice_formats={c.eval.choice_formats!r}: {e}") from None
-  group = len(formats) * c.data.choices
-  rows = c.data.batch_size // c.train.microbatches
-  if c.data.pack or c.data.streams != 1 or rows % group:
-    raise ConfigError(
-      f"data.source=choices lays each problem out in {group} adjacent rows (formats x "
-      "choices): set data.pack=False, data.streams=1 and data.batch_size / "
-      f"train.microbatches a multiple of {group} (now {rows})"
-    )
-  hp = c.loss.get(c.loss.name)
-  if hp is not None and "formats" in hp and "choices" in hp:
-    if (hp.formats, hp.choices) != (len(formats), c.data.choices):
+  spec = sources.get(c.data.source)
+  if spec.generated and not c.data.levels:
+    raise ConfigError(f"data.levels is empty: the {c.data.source} source needs a level mixture")
+  if not spec.generated and not c.data.path:
+    raise ConfigError(f"data.source={c.data.source!r} needs data.path")
+  if spec.file and not os.path.isfile(c.data.path):
+    raise ConfigError(f"data.path={c.data.path!r}: no such file")
+  if spec.validate is not None:
+    spec.validate(c)
+  if spec.rows is not None:
+    group = spec.rows(c.data)
+    rows = c.data.batch_size // c.train.microbatches
+    if c.data.pack or c.data.streams != 1 or rows % group or c.data.eval_fraction:
       raise ConfigError(
-        f"loss.{c.loss.name}.formats / choices = {hp.formats} / {hp.choices}, but the data "
-        f"has {len(formats)} formats x {c.data.choices} choices"
-      )
-  if hp is not None and "span" in hp:
-    want = "response" if c.data.choice_response == "solution" else "answer"
-    if hp.span != want:
-      raise ConfigError(
-        f"loss.{c.loss.name}.span={hp.span!r}, but data.choice_response="
-        f"{c.data.choice_response!r} choices are scored on span {want!r}"
+        f"data.source={c.data.source} lays each record out in {group} adjacent rows: set "
+        f"data.pack=False, data.streams=1, data.batch_size / train.microbatches a multiple "
+        f"of {group} (now {rows}), no data.eval_fraction"
       )
 
 
@@ -394,7 +336,9 @@ def _validate_heldout(c: config_dict.ConfigDict) -> None:
   d = c.data
   if not (d.eval_fraction or d.eval_path or d.eval_split):
     return
-  if d.source in TASK_SOURCES:
+  from jaxpost.data import sources
+
+  if sources.get(d.source).generated:
     raise ConfigError(
       f"data.eval_fraction / eval_path / eval_split hold out user data; the {d.source} source "
       "has held-out problems of its own (eval.levels)"

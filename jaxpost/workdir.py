@@ -199,23 +199,21 @@ def recorded_config(workdir: str) -> dict:
 
 def data_fingerprint(config) -> dict:
   """What identifies the run's data and tokenizer (files by content, tasks by output)."""
-  from jaxpost.config_lib import FILE_SOURCES
+  from jaxpost.data import sources
 
   d = config.data
+  spec = sources.get(d.source)
   out = {"source": d.source}
-  if d.source in FILE_SOURCES:
-    out["path"] = d.path
-    out["sha256"] = _file_sha256(d.path)
-    if d.source == "negatives":
-      out["negatives"] = d.negatives
-  elif d.source in ("parquet", "arrow"):
-    out.update(path=d.path, split=d.split, sha256=_tree_sha256(d.path))
-  elif d.source == "tfds":
-    out.update(path=d.path, split=d.split)
-  else:
+  if spec.generated:
     out["tasks"] = _tasks_fingerprint(d.levels, config.seed)
-    if d.source == "choices":
-      out.update(choice_formats=d.choice_formats, choices=d.choices)
+  elif spec.file:
+    out.update(path=d.path, sha256=_file_sha256(d.path))
+  else:  # a directory or table, or a tfds name (not a path: no hash)
+    out.update(path=d.path, split=d.split)
+    if os.path.exists(d.path):
+      out["sha256"] = _tree_sha256(d.path)
+  if spec.fingerprint is not None:
+    out.update(spec.fingerprint(d))
   if config.tokenizer.path and os.path.isfile(config.tokenizer.path):
     out["tokenizer_sha256"] = _file_sha256(config.tokenizer.path)
   return out

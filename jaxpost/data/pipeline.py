@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from jaxpost.config_lib import TASK_SOURCES
-from jaxpost.data import corrupt, tasks, template
+from jaxpost.data import corrupt, sources, tasks, template
 from jaxpost.data.jsonl import DataError
 from jaxpost.data.packing import ExampleSource, OverlongError, PlacedSource, overlong_message
 from jaxpost.data.tokenizer import (
@@ -84,7 +83,7 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
     return SentencePieceTokenizer.load(prefix + ".model")
   os.makedirs(workdir, exist_ok=True)
   texts = _tokenizer_corpus(config)
-  if config.data.source not in TASK_SOURCES and config.data.overlong == "error":
+  if not sources.get(config.data.source).generated and config.data.overlong == "error":
     # Hopeless examples fail now, not after training the tokenizer and building the model.
     bound = TokenBound.for_training(texts, byte_fallback=config.tokenizer.byte_fallback)
     check_overlong_bound(load_dataset(config), bound, config.data.seq_len)
@@ -99,7 +98,7 @@ def prepare_tokenizer(config, workdir: str) -> Tokenizer:
 
 def _tokenizer_corpus(config) -> list[str]:
   n = config.tokenizer.train_examples
-  if config.data.source in TASK_SOURCES:
+  if sources.get(config.data.source).generated:
     # Every shipped level, so evaluation on unseen levels is never out of vocabulary,
     # and the prompt tags.
     tags = [template.render_prompt(t) for t in config.data.prompt_tags]
@@ -111,11 +110,9 @@ def _tokenizer_corpus(config) -> list[str]:
   ]
 
 
-USER_SOURCES = ("jsonl", "tfds", "parquet", "arrow", "pairs", "rationales", "negatives")
-# Sources whose examples come two by two, in adjacent rows (jaxpost.data.pairs).
-PAIRED_SOURCES = ("pairs", "rationales")
-# Sources whose batches say which dataset example each row is (``Batch.example_ids``).
-KEYED_SOURCES = ("negatives",)
+# The generated sources (from data.levels) and those whose rows say their example.
+TASK_SOURCES = sources.generated()
+KEYED_SOURCES = sources.keyed()
 # The held-out fraction is drawn with this seed, not the run's: runs of a sweep that
 # differ only in their seed evaluate on the same examples.
 HELDOUT_SEED = 0
@@ -203,7 +200,7 @@ def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
 
 
 def _load(source: str, path: str, split: str, skip_malformed: bool) -> Dataset:
-  if source not in USER_SOURCES:
+  if sources.get(source).generated:
     raise ValueError(f"data.source={source!r} has no example list")
   return _read_dataset(source, path, split, skip_malformed, _version(path))
 
@@ -231,38 +228,7 @@ def _read_dataset(
 ) -> Dataset:
   """One dataset, read; ``version`` only keys the cache."""
   del version
-  if source in PAIRED_SOURCES:  # two examples per record, adjacent (jaxpost.data.pairs)
-    from jaxpost.data.pairs import read_pairs, read_rationales
-
-    read = read_pairs if source == "pairs" else read_rationales
-    examples, where, skipped = read(path, skip_malformed=skip_malformed)
-    return Dataset(examples, where, skipped, group=2)
-  if source == "negatives":  # a gold response and its negatives (discriminative FT)
-    from jaxpost.data.negatives import read_negatives
-
-    examples, where, skipped, pool = read_negatives(path, skip_malformed=skip_malformed)
-    return Dataset(examples, where, skipped, group=1 + pool)
-  if source == "jsonl":
-    from jaxpost.data.jsonl import read_jsonl
-
-    result = read_jsonl(path, skip_malformed=skip_malformed)  # never empty
-    if result.skipped:
-      logging.warning("skipped %d malformed records in %s", result.skipped, path)
-    lines = result.lines
-    return Dataset(result.examples, lambda i: f"{path}:{lines[i]}", result.skipped)
-  if source in ("parquet", "arrow"):
-    from jaxpost.data.tables import read_table
-
-    table = read_table(source, path, split=split, skip_malformed=skip_malformed)
-    if table.skipped:
-      logging.warning("skipped %d malformed rows in %s", table.skipped, path)
-    return Dataset(table.examples, table.places.__getitem__, table.skipped)
-  from jaxpost.data.tfds_source import read_tfds
-
-  examples = read_tfds(path, split)
-  if len(examples) == 0:
-    raise DataError(f"TFDS dataset {path!r} split {split!r} has no examples")
-  return Dataset(examples, examples.where)
+  return sources.get(source).read(path, split, skip_malformed)
 
 
 # ------------------------------------------------------------------ over-long examples
@@ -499,37 +465,12 @@ def build_source(
 
 
 def _base_source(config, tok: Tokenizer, counts: dict | None) -> tuple[ExampleSource, int | None]:
-  from jaxpost.config_lib import parse_levels
-
-  if config.data.source == "tasks":
-    levels, tags = parse_levels(config.data.levels), tuple(config.data.prompt_tags)
-    corruptions = corrupt.parse(config.data.corrupt)
-    return task_source(levels, tok, config.seed, tags, corruptions), None
-  if config.data.source == "choices":  # F²C's multi-format multiple choice
-    from jaxpost.data import choices
-
-    formats = choices.parse_formats(config.data.choice_formats)
-    levels = parse_levels(config.data.levels)
-    source = choices.choices_source(
-      levels, tok, config.seed, formats, config.data.choices, config.data.choice_response
-    )
-    return source, None
-  if config.data.corrupt:
+  spec = sources.get(config.data.source)
+  if config.data.corrupt and config.data.source != "tasks":
     raise DataError(f"data.corrupt acts on the tasks source, not {config.data.source!r}")
+  if spec.generated:
+    return spec.build(config, tok, None)
   dataset = load_dataset(config, counts)
   if config.data.overlong == "error":
     check_overlong(dataset, tok, config.data.seq_len)
-  if config.data.source in PAIRED_SOURCES:
-    from jaxpost.data.pairs import pair_source
-
-    return pair_source(dataset.examples, tok, config.seed, dataset.where), len(dataset)
-  if config.data.source == "negatives":
-    from jaxpost.data.negatives import negative_source
-
-    m = config.data.negatives
-    source = negative_source(
-      dataset.examples, tok, config.seed, dataset.group - 1, m, dataset.where
-    )
-    return source, len(dataset) // dataset.group * (1 + m)  # rows per epoch
-  source = dataset_source(dataset.examples, tok, config.seed, dataset.where)
-  return source, len(dataset)
+  return spec.build(config, tok, dataset)
