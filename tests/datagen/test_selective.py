@@ -1,0 +1,167 @@
+"""S3FT / SSR target selection (a truth table with a mocked judge and writer; the
+reduction to SFT) and the datagen writer (byte-for-byte reproducibility, the manifest)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxpost.data import jsonl, tasks, template
+from jaxpost.datagen import core, selective
+
+
+def test_choose_target_truth_table():
+  table = {
+    (True, None): "model",
+    (True, True): "model",
+    (True, False): "model",
+    (False, True): "paraphrase",
+    (False, False): "gold",
+    (False, None): "gold",  # SSR: no paraphrase branch
+  }
+  for (own, para), want in table.items():
+    assert selective.choose_target(own, para) == want, (own, para)
+
+
+class FakeWriter:
+  """Answers ``own:<prompt>``; paraphrases ``para:<problem>``; records what it was asked."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, prompts, *, salt=0):
+    self.calls.append((salt, list(prompts)))
+    if salt == 0:
+      return [f"own:{p}" for p in prompts]
+    return [f"para:{p.split(chr(10))[0]}" for p in prompts]
+
+
+def _problems(n):
+  mix = tasks.mixture({"mul2x2": 1.0}, "train", 3)
+  return [mix.problem_at(i) for i in range(n)]
+
+
+def _judge(accept_own, accept_para):
+  """Accepts own answers of problems in ``accept_own`` and paraphrases of those in
+  ``accept_para`` (by problem prompt)."""
+
+  def judge(problems, responses):
+    out = []
+    for p, r in zip(problems, responses, strict=True):
+      ok = p.prompt in (accept_own if r.startswith("own:") else accept_para)
+      out.append(core.Verdict(ok, float(ok)))
+    return out
+
+  return judge
+
+
+@pytest.mark.parametrize("method", ["s3ft", "ssr"])
+def test_targets_follow_the_table_and_say_where_they_came_from(method):
+  ps = _problems(4)
+  # problem 0: own accepted; 1: own rejected, paraphrase accepted; 2, 3: both rejected.
+  judge = _judge({ps[0].prompt}, {ps[1].prompt, ps[0].prompt})
+  writer = FakeWriter()
+  records, counts = selective.select_targets(ps, writer, judge, paraphrase=method == "s3ft")
+  golds = [template.render_response(p.example) for p in ps]
+  if method == "s3ft":
+    want = ["model", "paraphrase", "gold", "gold"]
+    responses = [f"own:{ps[0].prompt}", f"para:{ps[1].prompt}", golds[2], golds[3]]
+    # Only the rejected answers are paraphrased, each prompt showing its gold solution.
+    assert [s for s, _ in writer.calls] == [0, 1]
+    asked = writer.calls[1][1]
+    assert len(asked) == 3 and all(golds[i] in asked[i - 1] for i in (1, 2, 3))
+  else:
+    want = ["model", "gold", "gold", "gold"]
+    responses = [f"own:{ps[0].prompt}", golds[1], golds[2], golds[3]]
+    assert [s for s, _ in writer.calls] == [0]
+  assert [r["provenance"]["target"] for r in records] == want
+  assert [r["response"] for r in records] == responses
+  assert [r["prompt"] for r in records] == [p.prompt for p in ps]
+  assert counts == {t: want.count(t) for t in selective.TARGETS}
+  assert [r["provenance"]["own_verdict"] for r in records] == [True, False, False, False]
+  assert ("paraphrase_verdict" in records[1]["provenance"]) == (method == "s3ft")
+
+
+def test_a_judge_that_never_accepts_gives_exactly_the_sft_data(tmp_path):
+  ps = _problems(6)
+  for paraphrase in (False, True):
+    records, counts = selective.select_targets(
+      ps, FakeWriter(), selective.never_judge, paraphrase=paraphrase
+    )
+    assert counts["gold"] == 6
+    path = tmp_path / f"gold{paraphrase}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    # What data.source=jsonl trains on is the task's own examples, field for field.
+    assert jsonl.read_jsonl(str(path)).examples == [p.example for p in ps]
+
+
+def test_unknown_judge_and_method_are_refused():
+  with pytest.raises(ValueError, match="judge"):
+    selective.make_judge("oracle")
+  with pytest.raises(ValueError, match="method"):
+    selective.build(None, {"mul2x2": 1.0}, 4, "/tmp/x", method="sft")
+
+
+def test_a_model_judge_reads_p_yes_against_its_threshold(monkeypatch):
+  seen = {}
+
+  class Stub:
+    def label_ids(self, labels):
+      return [0, 1]
+
+    def probabilities(self, prompts, labels):
+      seen["prompts"], seen["labels"] = prompts, labels
+      return np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], np.float32)
+
+  from jaxpost.rewards import judge as judge_lib
+
+  monkeypatch.setattr(judge_lib, "get", lambda source: Stub())
+  j = core.ModelJudge("stub", threshold=0.5)
+  ps = _problems(3)
+  verdicts = j(ps, ["a", "b", "c"])
+  assert [v.ok for v in verdicts] == [True, False, True]
+  assert verdicts[0].score == pytest.approx(0.8)
+  assert seen["labels"] == ("no", "yes")
+  gold = template.render_response(ps[1].example)
+  assert ps[1].prompt in seen["prompts"][1] and gold in seen["prompts"][1]
+  assert "Candidate answer: b" in seen["prompts"][1]
+
+
+@pytest.fixture(scope="module")
+def author():
+  return core.load_author("zoo:tiny-sft")
+
+
+def test_the_same_inputs_write_the_same_bytes_and_the_manifest_checks_them(tmp_path, author):
+  kw = dict(method="s3ft", max_new_tokens=16, batch_size=8, seed=1)
+  a = selective.build(author, {"mul2x2": 1.0, "add3": 1.0}, 12, str(tmp_path / "a"), **kw)
+  b = selective.build(author, {"mul2x2": 1.0, "add3": 1.0}, 12, str(tmp_path / "b"), **kw)
+  data_a = (tmp_path / "a" / core.DATA_FILE).read_bytes()
+  assert data_a == (tmp_path / "b" / core.DATA_FILE).read_bytes()
+  assert a["sha256"] == b["sha256"] and a["records"] == 12
+  assert a["inputs"]["model"] == "zoo:tiny-sft" and a["inputs"]["step"] > 0
+  assert a["cost"]["generated_tokens"] > 0 and a["cost"]["prompts"] >= 12
+  assert sum(a["counts"][t] for t in selective.TARGETS) == 12
+  assert core.read_manifest(str(tmp_path / "a"))["method"] == "s3ft"
+  # Every record is trainable as written, and says which model and step wrote it.
+  lines = [json.loads(x) for x in data_a.decode().splitlines()]
+  assert len(jsonl.read_jsonl(str(tmp_path / "a" / core.DATA_FILE)).examples) == 12
+  assert {(r["provenance"]["model"], r["provenance"]["step"]) for r in lines} == {
+    ("zoo:tiny-sft", a["inputs"]["step"])
+  }
+  with open(tmp_path / "a" / core.DATA_FILE, "a", encoding="utf-8") as f:
+    f.write("\n")
+  with pytest.raises(ValueError, match="changed"):
+    core.read_manifest(str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="no manifest"):
+    core.read_manifest(str(tmp_path))
+
+
+def test_embeddings_do_not_depend_on_the_batch(author):
+  embed = core.Embedder(author, batch_size=4)
+  texts = ["12*34", "<think>1+2=3</think>3", "7", "99+1"]
+  together = embed(texts)
+  alone = np.concatenate([embed([t]) for t in texts])
+  assert together.shape == (4, author.model.config.d_model)
+  np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(together[0], together[1])
