@@ -80,7 +80,9 @@ def select_targets(
     judge_name: how records name the judge.
 
   Returns:
-    (records, counts): one record per problem, in order; counts of each target.
+    (records, counts): one record per problem, in order; counts of each target, and
+    ``model_differs``: model targets that are not the gold response verbatim (where
+    the data differs from SFT's).
   """
   golds = [template.render_response(p.example) for p in problems]
   own = writer([p.prompt for p in problems], salt=0)
@@ -94,12 +96,13 @@ def select_targets(
     para = dict(zip(rejected, texts, strict=True))
     para_verdicts = dict(zip(rejected, verdicts, strict=True))
   author = getattr(writer, "author", None)
-  records, counts = [], dict.fromkeys(TARGETS, 0)
+  records, counts = [], {**dict.fromkeys(TARGETS, 0), "model_differs": 0}
   for i, p in enumerate(problems):
     pv = para_verdicts.get(i)
     target = choose_target(own_verdicts[i].ok, None if pv is None else pv.ok)
     response = {"model": own[i], "paraphrase": para.get(i), "gold": golds[i]}[target]
     counts[target] += 1
+    counts["model_differs"] += target == "model" and response != golds[i]
     provenance = dict(
       target=target,
       model=getattr(author, "name", None),
@@ -151,7 +154,7 @@ def build(
     max_new_tokens=max_new_tokens, batch_size=batch_size,
     paraphrase_prompt=PARAPHRASE if method == "s3ft" else None,
   )  # fmt: skip
-  fractions = {f"{k}_frac": v / n for k, v in counts.items()}
+  fractions = {f"{k}_frac": counts[k] / n for k in TARGETS}
   return core.write_dataset(
     out_dir, records, method=method, inputs=inputs, counts={**counts, **fractions}, cost=cost
   )

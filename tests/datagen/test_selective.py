@@ -2,12 +2,15 @@
 reduction to SFT) and the datagen writer (byte-for-byte reproducibility, the manifest)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from jaxpost.data import jsonl, tasks, template
 from jaxpost.datagen import core, selective
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_choose_target_truth_table():
@@ -77,7 +80,7 @@ def test_targets_follow_the_table_and_say_where_they_came_from(method):
   assert [r["provenance"]["target"] for r in records] == want
   assert [r["response"] for r in records] == responses
   assert [r["prompt"] for r in records] == [p.prompt for p in ps]
-  assert counts == {t: want.count(t) for t in selective.TARGETS}
+  assert counts == {**{t: want.count(t) for t in selective.TARGETS}, "model_differs": 1}
   assert [r["provenance"]["own_verdict"] for r in records] == [True, False, False, False]
   assert ("paraphrase_verdict" in records[1]["provenance"]) == (method == "s3ft")
 
@@ -165,3 +168,17 @@ def test_embeddings_do_not_depend_on_the_batch(author):
   assert together.shape == (4, author.model.config.d_model)
   np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
   assert not np.allclose(together[0], together[1])
+
+
+@pytest.mark.parametrize("name", ["s3ft_mul2x2", "ssr_mul2x2"])
+def test_the_shipped_datasets_match_their_manifests(name):
+  from jaxpost.config_lib import load_config
+
+  folder = os.path.join(REPO, "configs", "data", name)
+  manifest = core.read_manifest(folder)  # the hash of the file as shipped
+  assert manifest["method"] == name.split("_")[0] and manifest["records"] == 256
+  examples = jsonl.read_jsonl(os.path.join(folder, core.DATA_FILE)).examples
+  assert len(examples) == 256
+  variant = "tiny" if name.startswith("s3ft") else "tiny-ssr"
+  c = load_config(os.path.join(REPO, f"configs/s3ft.py:{variant}"))
+  assert c.data.path == os.path.join(folder, core.DATA_FILE)
