@@ -73,7 +73,7 @@ def rule_for(c: config_dict.ConfigDict, field: str) -> fields.Rule | None:
   if field in fields.FIELDS:
     return fields.FIELDS[field]
   parts = field.split(".")
-  if len(parts) == 3 and parts[0] in ("loss", "reward"):
+  if len(parts) == 3 and parts[0] in ("loss", "reward", "select"):
     for registry in _hparam_registries(parts[0]):
       if parts[1] in registry:
         return registry.entry(parts[1]).rules.get(parts[2])
@@ -85,6 +85,10 @@ def _hparam_registries(section: str) -> list:
     from jaxpost.losses import LOSSES
 
     return [LOSSES]
+  if section == "select":
+    from jaxpost.selection import SELECTORS
+
+    return [SELECTORS]
   from jaxpost.rewards import registry as rewards_registry
   from jaxpost.rewards import token
 

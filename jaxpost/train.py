@@ -42,6 +42,8 @@ class TrainState:
       e.g. DiscFT's per-example partition estimates), checkpointed with the rest; None
       for every other loss, and then absent from the pytree, so checkpoints of runs
       without one keep exactly the four items above.
+    select_state: the online batch selector's state (``jaxpost.selection``: UDS's queue);
+      None, and absent from the pytree, without one.
   """
 
   step: jax.Array
@@ -49,29 +51,36 @@ class TrainState:
   opt_state: optax.OptState
   rng: jax.Array
   loss_state: Any = None
+  select_state: Any = None
 
   def replace(self, **changes) -> TrainState:
     return dataclasses.replace(self, **changes)
 
 
 _STATE_FIELDS = ("step", "params", "opt_state", "rng")
+_OPTIONAL_FIELDS = ("loss_state", "select_state")  # in the pytree only when not None
 
 
 def _flatten_state(s: TrainState):
-  names = _STATE_FIELDS + (("loss_state",) if s.loss_state is not None else ())
-  return [(jax.tree_util.GetAttrKey(n), getattr(s, n)) for n in names], s.loss_state is not None
+  present = tuple(n for n in _OPTIONAL_FIELDS if getattr(s, n) is not None)
+  names = _STATE_FIELDS + present
+  return [(jax.tree_util.GetAttrKey(n), getattr(s, n)) for n in names], present
 
 
-def _unflatten_state(has_loss_state: bool, children) -> TrainState:
+def _unflatten_state(present: tuple, children) -> TrainState:
   children = list(children)
-  return TrainState(*children[:4], loss_state=children[4] if has_loss_state else None)
+  return TrainState(*children[:4], **dict(zip(present, children[4:], strict=True)))
 
 
 jax.tree_util.register_pytree_with_keys(TrainState, _flatten_state, _unflatten_state)
 
 
 def init_train_state(
-  params: nnx.State, optimizer: optax.GradientTransformation, seed: int, loss_state: Any = None
+  params: nnx.State,
+  optimizer: optax.GradientTransformation,
+  seed: int,
+  loss_state: Any = None,
+  select_state: Any = None,
 ):
   return TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -79,6 +88,7 @@ def init_train_state(
     opt_state=optimizer.init(params),
     rng=jax.random.key_data(jax.random.key(seed)),
     loss_state=loss_state,
+    select_state=select_state,
   )
 
 
@@ -205,6 +215,7 @@ def model_objective(scorer: Scorer, loss_fn) -> ObjectiveFn:
 LOSS_STATE = "loss_state"
 STEP = "step"
 NEXT_LOSS_STATE = "next_loss_state"
+SELECT_SALT = 0x5E1EC7  # the online batch selector's key: fold_in(step key, SELECT_SALT)
 
 
 def stateful_objective(
@@ -365,19 +376,31 @@ def step_function(
   *,
   microbatches: int = 1,
   schedule: optax.Schedule | None = None,
+  select: Callable | None = None,
 ):
   """The un-jitted ``step(state, batch, frozen) -> (state, metrics)``: what
   ``make_train_step`` jits, and what composes under other transforms (``vmap`` over
-  federated clients: ``jaxpost.federated.clients``; ``make_update``'s scan)."""
+  federated clients: ``jaxpost.federated.clients``; ``make_update``'s scan).
+
+  ``select`` (``jaxpost.selection.make_select``) first keeps the rows of ``batch`` the
+  gradient is computed on, reading and updating ``state.select_state``.
+  """
 
   def step(state: TrainState, batch, frozen: dict):
     frozen = with_followed_teacher(frozen, state.opt_state)
     frozen = with_dropout_keys(frozen, state)
     frozen = with_loss_state(frozen, state)
+    select_metrics, next_select_state = {}, None
+    if select is not None:  # its own key stream: fold_in(step key, SELECT_SALT)
+      key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+      key = jax.random.fold_in(key, SELECT_SALT)
+      batch, next_select_state, select_metrics = select(
+        state.params, frozen, batch, state.select_state, key
+      )
     loss, metrics, grads, norm = accumulate_grads(
       objective, state.params, frozen, batch, microbatches
     )
-    metrics = dict(metrics)
+    metrics = {**metrics, **select_metrics}
     next_loss_state = metrics.pop(NEXT_LOSS_STATE, None)
     grad_norm = optax.tree.norm(grads)
     out = {f"train/{k}": v for k, v in metrics.items()}
@@ -392,9 +415,11 @@ def step_function(
     # that keeps producing them (``recipes.common.count_skipped``).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = apply_if(finite, optimizer, grads, state)
+    keep = lambda n, o: jnp.where(finite, n, o)
     if next_loss_state is not None:  # a skipped step leaves the loss's state too
-      keep = lambda n, o: jnp.where(finite, n, o)
       new = new.replace(loss_state=jax.tree.map(keep, next_loss_state, state.loss_state))
+    if next_select_state is not None:  # and the selector's
+      new = new.replace(select_state=jax.tree.map(keep, next_select_state, state.select_state))
     out["train/skipped_nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return new, out
 
@@ -428,6 +453,7 @@ def make_train_step(
   *,
   microbatches: int = 1,
   schedule: optax.Schedule | None = None,
+  select: Callable | None = None,
   donate: bool = True,
 ):
   """Returns ``step(state, batch, frozen) -> (state, metrics)``, jitted.
@@ -436,7 +462,9 @@ def make_train_step(
   Metrics are f32[] scalars named ``train/...``; ``train/skipped_nonfinite`` is 1 when
   the step's loss or gradient norm was not finite and the state was left unchanged.
   """
-  step = step_function(objective, optimizer, microbatches=microbatches, schedule=schedule)
+  step = step_function(
+    objective, optimizer, microbatches=microbatches, schedule=schedule, select=select
+  )
   return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 

@@ -201,6 +201,11 @@ def _generated(c) -> set[str]:
     for registry in (TOKEN_REWARDS, REWARDS):  # sequence rewards without a written block too
       for name in registry.names():
         out |= {f"reward.{name}.{k}" for k in registry.hparams(name)}
+  if "select" in c:
+    from jaxpost.selection import SELECTORS
+
+    for name in SELECTORS.names():
+      out |= {f"select.{name}.{k}" for k in SELECTORS.hparams(name)}
   return out
 
 
@@ -220,12 +225,13 @@ def test_every_config_field_has_a_trailing_comment(recipe):
 
 
 def test_every_registered_hyperparameter_is_documented():
-  """Each loss / reward hyperparameter is named in its function's docstring."""
+  """Each loss / reward / selector hyperparameter is named in its function's docstring."""
   from jaxpost.losses import LOSSES
   from jaxpost.rewards.registry import REWARDS
   from jaxpost.rewards.token import TOKEN_REWARDS
+  from jaxpost.selection import SELECTORS
 
-  for registry in (LOSSES, TOKEN_REWARDS, REWARDS):
+  for registry in (LOSSES, TOKEN_REWARDS, REWARDS, SELECTORS):
     for name in registry.names():
       fn = registry.get(name)
       doc = (getattr(fn, "func", fn).__doc__ or "") + (fn.__doc__ or "")

@@ -39,6 +39,7 @@ from jaxpost import (
   models,
   optim,
   peft,
+  selection,
   sharding,
   train,
   zoo,
@@ -559,12 +560,19 @@ def setup(
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   n_trainable = sum(x.size for x in jax.tree.leaves(params))
   logging.info("model: %d parameters, %d trainable", n_params, n_trainable)
+  vocab = model.config.vocab_size
   del model
   loss_state = None  # a stateful loss's own state, e.g. DiscFT's u per example
   if "loss" in config:
     name = config.loss.name
     loss_state = losses.init_state(name, config.loss.get(name, {}), num_examples)
-  state = train.init_train_state(params, optimizer, config.seed, loss_state)
+  select_state = None  # the online batch selector's, e.g. UDS's queue
+  if "select" in config and config.select.name:
+    s = config.select
+    select_state = selection.init_state(
+      s.name, s.get(s.name, {}), seq_len=config.data.seq_len, vocab=vocab
+    )
+  state = train.init_train_state(params, optimizer, config.seed, loss_state, select_state)
   # Sharded by the parameters' logical axis names; a restore lands on the same layout.
   # One device needs none of it, and skipping it keeps the small-model step ~25% faster
   # on CPU (committed single-device shardings cost host-side dispatch time).

@@ -19,9 +19,10 @@ import logging
 import time
 
 import jax
+from ml_collections import config_dict
 from tqdm import tqdm
 
-from jaxpost import config_lib, losses, scoring, sharding, train
+from jaxpost import config_lib, fields, losses, scoring, selection, sharding, train
 from jaxpost.data import (
   masked_thought,
   pipeline,
@@ -36,6 +37,50 @@ from jaxpost.types import Batch
 
 LOSS_FAMILIES = ("token", "distill", "layers", "model", "stateful")
 DEFAULT_LOSS = "cross_entropy"
+
+
+def config_sections(c: config_dict.ConfigDict) -> None:
+  """``select``: online batch selection (jaxpost/selection.py) and its selectors' sections."""
+  c.select = config_dict.ConfigDict()
+  c.select.name = ""  # "" = train on every row | uds | random | max_loss | fit
+  c.select.pool = 4  # rows per group: data.batch_size candidate rows are drawn per step
+  c.select.keep = 1  # rows of each group the gradient is computed on (the best scored)
+  names = selection.SELECTORS.names()
+  for name in names:
+    c.select[name] = selection.SELECTORS.hparams_config(name)
+  fields.declare(
+    "select", name=fields.one_of(("", *names)), pool=fields.integer(ge=1), keep=fields.integer(ge=1)
+  )
+
+
+def _validate_select(c) -> None:
+  """The groups divide the batch, the kept rows divide over the devices, the selector's
+  hyperparameters fit its signature."""
+  from jaxpost.registry import HparamError
+
+  s = c.select
+  if s.keep > s.pool:
+    raise config_lib.ConfigError(f"select.keep={s.keep} > select.pool={s.pool}")
+  if c.data.batch_size % s.pool:
+    raise config_lib.ConfigError(
+      f"data.batch_size={c.data.batch_size} (candidate rows) is not a multiple of "
+      f"select.pool={s.pool}"
+    )
+  if c.train.microbatches > 1 and (c.data.batch_size // s.pool * s.keep) % c.train.microbatches:
+    raise config_lib.ConfigError(
+      f"the {c.data.batch_size // s.pool * s.keep} kept rows of a step do not split into "
+      f"train.microbatches={c.train.microbatches}"
+    )
+  if LOSSES.family(c.loss.name) == "stateful":
+    raise config_lib.ConfigError("select with a stateful loss: its rows must all be trained on")
+  if c.teacher.privileged or c.teacher.offline:
+    raise config_lib.ConfigError(
+      "select keeps rows of the batch; teacher.privileged / offline bring rows of their own"
+    )
+  try:
+    selection.SELECTORS.validate_hparams(s.name, s[s.name], where=f"select.{s.name}")
+  except HparamError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def validate(c) -> None:
@@ -63,6 +108,8 @@ def validate(c) -> None:
     )
   if c.teacher.offline and jax.process_count() > 1:
     raise config_lib.ConfigError("teacher.offline shards are read by one process only")
+  if c.select.name:
+    _validate_select(c)
 
 
 def _validate_stateful(c) -> None:
@@ -136,9 +183,9 @@ def run(config, workdir: str) -> dict:
     online = token_selection.Online(run_, scorer, run_.place(start), config.data.t3s_margin)
     views.append(online)
   elif config.data.token_selection:  # T3S offline: each step's anchors, computed once
-    selection = token_selection.Reader(config.data.token_selection)
-    selection.check(config, tok.vocab_size)
-    views.append(selection)
+    anchors = token_selection.Reader(config.data.token_selection)
+    anchors.check(config, tok.vocab_size)
+    views.append(anchors)
   if distill and t.offline:  # its top k come from disk with each batch
     shards = teacher_shards.Reader(t.offline)
     shards.check(config, tok.vocab_size)
@@ -173,9 +220,19 @@ def run(config, workdir: str) -> dict:
     LOSSES.bind(name, config.loss[name], where=f"loss.{name}"),
     **readers,
   )
+  select = None
+  if config.select.name:  # online batch selection: the step keeps the rows it trains on
+    s = config.select
+    select = selection.make_select(
+      s.name, s[s.name], pool=s.pool, keep=s.keep, scorer=scorer, where=f"select.{s.name}"
+    )
   train_step = run_.compile_step(
     train.make_train_step(
-      objective, run_.optimizer, microbatches=config.train.microbatches, schedule=run_.schedule
+      objective,
+      run_.optimizer,
+      microbatches=config.train.microbatches,
+      schedule=run_.schedule,
+      select=select,
     )
   )
 

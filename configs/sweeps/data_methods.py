@@ -1,0 +1,90 @@
+"""Data-centric methods against SFT with the same training budget (issue 20), 3 seeds.
+
+Every cell fine-tunes the zoo's ``rl-start@SEED`` (~55% held-out mul2x2) on mul2x2 for
+300 steps at lr 5e-4 (configs/sft_objectives.py:quickstart), evaluating 200 held-out
+problems every 100 steps and add3, mul2x2, mul3x2 at the end.
+
+``s3ft`` variant: SFT on datasets built first, by ``jaxpost.datagen.selective`` from
+the cell's own start, on the same 1600 training problems (seed 1234), 16 per step:
+
+  for s in 0 1 2; do for m in s3ft ssr; do python -m jaxpost.datagen.selective \\
+    --method=$m --model=zoo:rl-start@$s --levels=mul2x2 --n=1600 --seed=1234 \\
+    --out=runs/sweeps/s3ft/data/$m-rl-start@$s; done
+    python -m jaxpost.datagen.selective --method=ssr --judge=never --model=zoo:rl-start@$s \\
+    --levels=mul2x2 --n=1600 --seed=1234 --out=runs/sweeps/s3ft/data/gold-rl-start@$s; done
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:s3ft --root=runs/sweeps/s3ft
+
+  sft    the gold responses (the judge never accepts: the same path, SFT's data)
+  ssr    the start's own answer where the task's checker accepts it, else the gold
+  s3ft   ssr, plus the start's paraphrase of the gold where it is correct
+
+``uds`` variant: online batch selection, 16 rows trained per step; the selecting cells
+draw 64 candidates per step and keep 1 of every 4 (configs/uds.py):
+
+  sft       16 rows per step, all trained (no selection)
+  random    a random 1 of 4
+  max_loss  the highest-loss 1 of 4
+  fit       the lowest-loss 1 of 4 with token-mean NLL in [0.05, 2.0]
+  uds       UDS (nuclear norm + 2.5e-3 x queue distance, queue 1024)
+"""
+
+from jaxpost.sweep import Sweep, cells
+
+DATA = "{root}/data/%s-rl-start@{seed}/data.jsonl"
+FILES = {"sft": "gold", "ssr": "ssr", "s3ft": "s3ft"}  # cell -> dataset built for it
+COMMON = {
+  "train.init_from": "zoo:rl-start@{seed}",
+  "train.log_every": 10,
+  "train.progress": False,
+  "eval.num_examples": 200,
+}
+
+
+def _s3ft() -> Sweep:
+  jsonl = {"data.source": "jsonl", "data.batch_size": 16, "data.pack": False, "data.seq_len": 52}
+  return Sweep(
+    base="configs/s3ft.py:quickstart",
+    cells=cells(
+      *({"name": m, **jsonl, "data.path": DATA % f} for m, f in FILES.items()),
+    ),
+    seeds=(0, 1, 2),
+    fixed=COMMON,
+    report=_report("sft"),
+  )
+
+
+def _uds() -> Sweep:
+  select = [{"name": n, "select.name": n} for n in ("random", "max_loss", "fit", "uds")]
+  return Sweep(
+    base="configs/uds.py:quickstart",
+    cells=cells(
+      {"name": "sft", "select.name": "", "data.batch_size": 16},
+      *select,
+    ),
+    seeds=(0, 1, 2),
+    fixed={**COMMON, "select.fit.min_nll": 0.05, "select.fit.max_nll": 2.0},
+    report=_report("sft"),
+  )
+
+
+def _report(baseline: str) -> dict:
+  return {
+    "metrics": [
+      "eval/accuracy",
+      "eval/accuracy/add3",
+      "eval/accuracy/mul3x2",
+      "train/loss:last=1",
+      "wall_minutes:last=1",
+    ],
+    "baseline": baseline,
+    "curves": ["eval/accuracy"],
+    "scale": 1.0,
+  }
+
+
+def get_config(variant: str = "s3ft") -> Sweep:
+  if variant == "s3ft":
+    return _s3ft()
+  if variant == "uds":
+    return _uds()
+  raise ValueError(f"unknown variant {variant!r}; expected s3ft | uds")
