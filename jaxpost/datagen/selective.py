@@ -1,12 +1,15 @@
-"""S3FT and SSR: train on the model's own answer where a judge accepts it.
+"""Training targets a model chose itself: S3FT, SSR and self-data distillation.
 
-Both are data construction followed by plain SFT (``../shared/methods`` sft card 8a/8b).
-For each training problem x with gold answer y, the start model M writes ŷ = M(x):
+All three are data construction followed by plain SFT. For each training problem x with
+gold answer y, a model M writes its own answer and / or a rewrite of the gold, and a
+judge decides which becomes the target (``METHODS``: the branches tried, in order):
 
-  S3FT (Gupta et al. 2025)   ŷ if Judge(ŷ ≡ y); else ỹ = M(paraphrase prompt [x; y]), the
-                             gold rewritten in the model's words, if Judge(ỹ correct);
-                             else y
-  SSR  (same group, 2024)    ŷ if Judge(ŷ ≡ y); else y (no paraphrase branch)
+  S3FT (Gupta et al. 2025)       ŷ = M(x) if Judge(ŷ ≡ y); else ỹ = M(rewrite prompt [x; y]),
+                                 the gold in the model's words, if Judge(ỹ correct); else y
+  SSR  (same group, 2024)        ŷ if Judge(ŷ ≡ y); else y (no rewrite branch)
+  self_distill (Thangarasa et     ỹ if it is correct and leaks nothing, else y: M is the
+  al. 2024, after SDFT)          unpruned model and the target trains a pruned copy of it
+                                 (``model.keep_layers``); M itself is only read
 
 ``choose_target`` is the whole decision, a truth table; ``build`` runs it over a task
 mixture's training problems and writes a ``jaxpost.datagen`` dataset (``data.jsonl``,
@@ -14,13 +17,18 @@ mixture's training problems and writes a ``jaxpost.datagen`` dataset (``data.jso
 judge said. With a judge that never accepts (``never``) every target is the gold
 answer: the data of plain SFT on the same problems, the baseline through the same path.
 
-Readings (the paper's paraphrase prompts, Figs. 6-7, were not retrieved): ``PARAPHRASE``
-asks the model to rewrite the shown solution keeping its final answer; the task judge
-checks only the final answer (the card: answer match for GSM8K-like tasks), so a
-paraphrase must keep the task's response format (think block, then the answer) to pass.
+The rewrite prompt (``REWRITES``): ``instruction`` asks to rewrite the shown solution in
+the model's own words keeping its final answer (a chat model's prompt; the papers'
+prompts, S3FT Figs. 6-7 and the Cerebras template, were not retrieved); ``answer`` and
+``trace`` append the gold answer / response to the prompt in the privileged formats the
+tiny task tokenizers can spell (``jaxpost.data.privileged``); ``none`` is the plain
+prompt (the model's own answer, not conditioned on y). A rewrite containing a leak
+phrase (``LEAKS``: SDFT's filter, e.g. "reference answer") is rejected. The task judge
+checks only the final answer (answer match, as the cards read GSM8K), so a rewrite must
+keep the task's response format (think block, then the answer) to pass.
 
   python -m jaxpost.datagen.selective --method=s3ft --model=zoo:rl-start --levels=mul2x2 \\
-      --n=1024 --out=runs/data/s3ft-mul2x2 [--judge=task|never|model:smollm2]
+      --n=1024 --out=runs/data/s3ft-mul2x2 [--judge=task|never|model:smollm2 --rewrite=trace]
 """
 
 from __future__ import annotations
@@ -32,12 +40,37 @@ from collections.abc import Sequence
 from jaxpost.data import template
 from jaxpost.datagen import core
 
-METHODS = ("s3ft", "ssr")
+METHODS = {  # the branches tried before the gold answer, in order
+  "s3ft": ("model", "paraphrase"),
+  "ssr": ("model",),
+  "self_distill": ("paraphrase",),
+}
 TARGETS = ("model", "paraphrase", "gold")
 PARAPHRASE = (
   "{problem}\n\nHere is a correct solution:\n{gold}\n\n"
   "Rewrite this solution in your own words, in the same format. Keep its final answer."
 )
+REWRITES = ("instruction", "answer", "trace", "none")
+LEAKS = ("reference answer", "reference solution", "your response", "correct solution")
+
+
+def rewrite_prompt(problem, kind: str) -> str:
+  """The prompt that asks for problem's gold rewritten (``REWRITES``)."""
+  from jaxpost.data import privileged
+
+  if kind == "instruction":
+    return PARAPHRASE.format(problem=problem.prompt, gold=template.render_response(problem.example))
+  if kind == "none":
+    return problem.prompt
+  if kind in ("answer", "trace"):
+    return privileged.problem_prompt(problem, kind)
+  raise ValueError(f"rewrite {kind!r}: expected one of {REWRITES}")
+
+
+def leaks(text: str) -> bool:
+  """The rewrite talks about the prompt it saw instead of solving the problem."""
+  low = text.lower()
+  return any(phrase in low for phrase in LEAKS)
 
 
 def choose_target(own_ok: bool, paraphrase_ok: bool | None) -> str:
@@ -68,15 +101,23 @@ def make_judge(spec: str):
 
 
 def select_targets(
-  problems: Sequence, writer, judge, *, paraphrase: bool, judge_name: str = ""
+  problems: Sequence,
+  writer,
+  judge,
+  *,
+  branches: Sequence[str] = METHODS["s3ft"],
+  rewrite: str = "instruction",
+  judge_name: str = "",
 ) -> tuple[list[dict], dict]:
-  """The records of S3FT (``paraphrase``) or SSR over ``problems`` (task ``Problem``s).
+  """The records of a method of ``METHODS`` over ``problems`` (task ``Problem``s).
 
   Args:
     problems: what to answer; each has ``prompt``, ``level`` and a gold ``example``.
     writer: prompts -> responses (``core.Writer``; ``salt=`` separates the calls).
     judge: ``core.JudgeFn``.
-    paraphrase: S3FT's paraphrase branch for the answers the judge rejected.
+    branches: ``model`` (the own answer) and / or ``paraphrase`` (the rewrite, for
+      the problems the branches before it did not settle), in order.
+    rewrite: the rewrite prompt (``REWRITES``).
     judge_name: how records name the judge.
 
   Returns:
@@ -84,22 +125,29 @@ def select_targets(
     ``model_differs``: model targets that are not the gold response verbatim (where
     the data differs from SFT's).
   """
+  unknown = set(branches) - {"model", "paraphrase"}
+  if unknown or not branches:
+    raise ValueError(f"branches {tuple(branches)}: expected model and / or paraphrase")
   golds = [template.render_response(p.example) for p in problems]
-  own = writer([p.prompt for p in problems], salt=0)
-  own_verdicts = judge(problems, own)
-  para, para_verdicts = {}, {}
-  rejected = [i for i, v in enumerate(own_verdicts) if not v.ok]
-  if paraphrase and rejected:
-    prompts = [PARAPHRASE.format(problem=problems[i].prompt, gold=golds[i]) for i in rejected]
-    texts = writer(prompts, salt=1)
+  own, own_verdicts = [None] * len(problems), [None] * len(problems)
+  if "model" in branches:
+    own = writer([p.prompt for p in problems], salt=0)
+    own_verdicts = judge(problems, own)
+  para, para_verdicts, leaked = {}, {}, 0
+  rejected = [i for i, v in enumerate(own_verdicts) if v is None or not v.ok]
+  if "paraphrase" in branches and rejected:
+    texts = writer([rewrite_prompt(problems[i], rewrite) for i in rejected], salt=1)
     verdicts = judge([problems[i] for i in rejected], texts)
-    para = dict(zip(rejected, texts, strict=True))
-    para_verdicts = dict(zip(rejected, verdicts, strict=True))
+    for i, text, v in zip(rejected, texts, verdicts, strict=True):
+      if leaks(text):
+        v, leaked = core.Verdict(False, v.score), leaked + 1
+      para[i], para_verdicts[i] = text, v
   author = getattr(writer, "author", None)
-  records, counts = [], {**dict.fromkeys(TARGETS, 0), "model_differs": 0}
+  records = []
+  counts = {**dict.fromkeys(TARGETS, 0), "model_differs": 0, "leaked": leaked}
   for i, p in enumerate(problems):
-    pv = para_verdicts.get(i)
-    target = choose_target(own_verdicts[i].ok, None if pv is None else pv.ok)
+    pv, ov = para_verdicts.get(i), own_verdicts[i]
+    target = choose_target(ov is not None and ov.ok, None if pv is None else pv.ok)
     response = {"model": own[i], "paraphrase": para.get(i), "gold": golds[i]}[target]
     counts[target] += 1
     counts["model_differs"] += target == "model" and response != golds[i]
@@ -108,11 +156,11 @@ def select_targets(
       model=getattr(author, "name", None),
       step=getattr(author, "step", None),
       judge=judge_name,
-      own_verdict=own_verdicts[i].ok,
-      own_score=own_verdicts[i].score,
       level=p.level,
       index=i,
     )
+    if ov is not None:
+      provenance.update(own_verdict=ov.ok, own_score=ov.score)
     if pv is not None:
       provenance.update(paraphrase_verdict=pv.ok, paraphrase_score=pv.score)
     records.append(core.record(p.prompt, response, **provenance))
@@ -127,6 +175,7 @@ def build(
   *,
   method: str = "s3ft",
   judge: str = "task",
+  rewrite: str = "instruction",
   seed: int = 0,
   max_new_tokens: int = 96,
   batch_size: int = 64,
@@ -137,22 +186,26 @@ def build(
   from jaxpost.data import tasks
 
   if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+  if rewrite not in REWRITES:
+    raise ValueError(f"rewrite must be one of {REWRITES}, got {rewrite!r}")
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}")
   judge_fn = make_judge(judge)
   mixture = tasks.mixture(levels, "train", seed)
   problems = [mixture.problem_at(i) for i in range(n)]
   writer = core.Writer(author, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+  branches = METHODS[method]
   records, counts = select_targets(
-    problems, writer, judge_fn, paraphrase=method == "s3ft", judge_name=judge
+    problems, writer, judge_fn, branches=branches, rewrite=rewrite, judge_name=judge
   )
   cost = writer.cost
-  cost.judged = n + (counts["paraphrase"] + counts["gold"] if method == "s3ft" else 0)
+  cost.judged = cost.prompts  # every response written was judged once
+  rewrites = "paraphrase" in branches
   inputs = dict(
     model=author.name, step=author.step, levels=levels, n=n, seed=seed, judge=judge,
-    max_new_tokens=max_new_tokens, batch_size=batch_size,
-    paraphrase_prompt=PARAPHRASE if method == "s3ft" else None,
+    max_new_tokens=max_new_tokens, batch_size=batch_size, rewrite=rewrite if rewrites else None,
+    rewrite_prompt=PARAPHRASE if rewrites and rewrite == "instruction" else None,
   )  # fmt: skip
   fractions = {f"{k}_frac": counts[k] / n for k in TARGETS}
   return core.write_dataset(
@@ -164,12 +217,13 @@ def main(argv=None) -> None:
   from jaxpost import config_lib
 
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--method", choices=METHODS, default="s3ft")
+  p.add_argument("--method", choices=tuple(METHODS), default="s3ft")
   p.add_argument("--model", required=True, help="a run, zoo:NAME, smollm2 or a .gguf file")
   p.add_argument("--levels", required=True, help="data.levels, e.g. 'mul2x2:1.0'")
   p.add_argument("--n", type=int, required=True, help="training problems")
   p.add_argument("--out", required=True, help="the dataset's directory")
   p.add_argument("--judge", default="task", help="task | never | model:SOURCE")
+  p.add_argument("--rewrite", choices=REWRITES, default="instruction", help="the rewrite prompt")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max_new_tokens", type=int, default=96)
   p.add_argument("--batch_size", type=int, default=64)
@@ -181,6 +235,7 @@ def main(argv=None) -> None:
     a.out,
     method=a.method,
     judge=a.judge,
+    rewrite=a.rewrite,
     seed=a.seed,
     max_new_tokens=a.max_new_tokens,
     batch_size=a.batch_size,

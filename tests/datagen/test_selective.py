@@ -58,14 +58,23 @@ def _judge(accept_own, accept_para):
   return judge
 
 
-@pytest.mark.parametrize("method", ["s3ft", "ssr"])
+@pytest.mark.parametrize("method", ["s3ft", "ssr", "self_distill"])
 def test_targets_follow_the_table_and_say_where_they_came_from(method):
   ps = _problems(4)
   # problem 0: own accepted; 1: own rejected, paraphrase accepted; 2, 3: both rejected.
   judge = _judge({ps[0].prompt}, {ps[1].prompt, ps[0].prompt})
   writer = FakeWriter()
-  records, counts = selective.select_targets(ps, writer, judge, paraphrase=method == "s3ft")
+  records, counts = selective.select_targets(ps, writer, judge, branches=selective.METHODS[method])
   golds = [template.render_response(p.example) for p in ps]
+  if method == "self_distill":  # no own answers: every problem's gold is rewritten
+    want = ["paraphrase", "paraphrase", "gold", "gold"]
+    responses = [f"para:{ps[0].prompt}", f"para:{ps[1].prompt}", golds[2], golds[3]]
+    assert [s for s, _ in writer.calls] == [1] and len(writer.calls[0][1]) == 4
+    assert [r["response"] for r in records] == responses
+    assert [r["provenance"]["target"] for r in records] == want
+    assert "own_verdict" not in records[0]["provenance"]
+    assert counts["paraphrase"] == 2 and counts["gold"] == 2 and counts["model_differs"] == 0
+    return
   if method == "s3ft":
     want = ["model", "paraphrase", "gold", "gold"]
     responses = [f"own:{ps[0].prompt}", f"para:{ps[1].prompt}", golds[2], golds[3]]
@@ -80,22 +89,51 @@ def test_targets_follow_the_table_and_say_where_they_came_from(method):
   assert [r["provenance"]["target"] for r in records] == want
   assert [r["response"] for r in records] == responses
   assert [r["prompt"] for r in records] == [p.prompt for p in ps]
-  assert counts == {**{t: want.count(t) for t in selective.TARGETS}, "model_differs": 1}
+  assert counts == {**{t: want.count(t) for t in selective.TARGETS}, "model_differs": 1,
+                    "leaked": 0}  # fmt: skip
   assert [r["provenance"]["own_verdict"] for r in records] == [True, False, False, False]
   assert ("paraphrase_verdict" in records[1]["provenance"]) == (method == "s3ft")
 
 
 def test_a_judge_that_never_accepts_gives_exactly_the_sft_data(tmp_path):
   ps = _problems(6)
-  for paraphrase in (False, True):
+  for method, branches in selective.METHODS.items():
     records, counts = selective.select_targets(
-      ps, FakeWriter(), selective.never_judge, paraphrase=paraphrase
+      ps, FakeWriter(), selective.never_judge, branches=branches
     )
     assert counts["gold"] == 6
-    path = tmp_path / f"gold{paraphrase}.jsonl"
+    path = tmp_path / f"gold-{method}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     # What data.source=jsonl trains on is the task's own examples, field for field.
     assert jsonl.read_jsonl(str(path)).examples == [p.example for p in ps]
+
+
+def test_a_rewrite_that_leaks_the_prompt_is_rejected_even_if_correct():
+  ps = _problems(2)
+
+  def writer(prompts, *, salt=0):
+    p = ps[0]
+    return [f"<think>as the Reference Answer says, {p.thinking}</think>{p.answer}",
+            template.render_response(ps[1].example)]  # fmt: skip
+
+  records, counts = selective.select_targets(
+    ps, writer, core.task_judge, branches=("paraphrase",), rewrite="trace"
+  )
+  assert [r["provenance"]["target"] for r in records] == ["gold", "paraphrase"]
+  assert counts["leaked"] == 1 and records[0]["provenance"]["paraphrase_score"] == 1.0
+
+
+def test_rewrite_prompts():
+  p = _problems(1)[0]
+  gold = template.render_response(p.example)
+  assert selective.rewrite_prompt(p, "none") == p.prompt
+  assert selective.rewrite_prompt(p, "answer") == f"{p.prompt}\nA: {p.answer}"
+  assert selective.rewrite_prompt(p, "trace") == f"{p.prompt}\nA: {gold}"
+  assert selective.rewrite_prompt(p, "instruction").startswith(
+    f"{p.prompt}\n\nHere is a correct solution:\n{gold}\n"
+  )
+  with pytest.raises(ValueError, match="rewrite"):
+    selective.rewrite_prompt(p, "poem")
 
 
 def test_unknown_judge_and_method_are_refused():
@@ -170,15 +208,35 @@ def test_embeddings_do_not_depend_on_the_batch(author):
   assert not np.allclose(together[0], together[1])
 
 
-@pytest.mark.parametrize("name", ["s3ft_mul2x2", "ssr_mul2x2"])
-def test_the_shipped_datasets_match_their_manifests(name):
+@pytest.mark.parametrize(
+  "name, config",
+  [
+    ("s3ft_mul2x2", "s3ft.py:tiny"),
+    ("ssr_mul2x2", "s3ft.py:tiny-ssr"),
+    ("self_distill_mul2x2", "self_distill.py:tiny"),
+  ],
+)
+def test_the_shipped_datasets_match_their_manifests(name, config):
   from jaxpost.config_lib import load_config
 
   folder = os.path.join(REPO, "configs", "data", name)
   manifest = core.read_manifest(folder)  # the hash of the file as shipped
-  assert manifest["method"] == name.split("_")[0] and manifest["records"] == 256
+  assert manifest["method"] == name.removesuffix("_mul2x2") and manifest["records"] == 256
   examples = jsonl.read_jsonl(os.path.join(folder, core.DATA_FILE)).examples
   assert len(examples) == 256
-  variant = "tiny" if name.startswith("s3ft") else "tiny-ssr"
-  c = load_config(os.path.join(REPO, f"configs/s3ft.py:{variant}"))
+  c = load_config(os.path.join(REPO, "configs", config))
   assert c.data.path == os.path.join(folder, core.DATA_FILE)
+
+
+def test_self_distillation_only_reads_the_unpruned_teacher(tmp_path, author):
+  """Building the pruned student's data leaves the teacher's parameters as they were."""
+  import jax
+  from flax import nnx
+
+  before = [np.array(x) for x in jax.tree.leaves(nnx.state(author.model))]
+  manifest = selective.build(author, {"mul2x2": 1.0}, 8, str(tmp_path / "sd"),
+                             method="self_distill", rewrite="none", max_new_tokens=16,
+                             batch_size=8)  # fmt: skip
+  after = jax.tree.leaves(nnx.state(author.model))
+  assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, after, strict=True))
+  assert manifest["inputs"]["rewrite"] == "none" and manifest["counts"]["model"] == 0
