@@ -18,6 +18,18 @@ the cell's own start, on the same 1600 training problems (seed 1234), 16 per ste
   ssr    the start's own answer where the task's checker accepts it, else the gold
   s3ft   ssr, plus the start's paraphrase of the gold where it is correct
 
+``self_distill`` variant: the start cut to its first block (of 2) and fine-tuned, on the
+gold data (``sft_pruned``) or on data its unpruned self wrote (``self_distill``: its own
+greedy answer where correct, else the gold; the tiny models cannot read a prompt that
+shows them the gold, hence ``--rewrite=none``), against the uncut start on the gold data
+(``sft_full``); the data of the ``s3ft`` variant's root plus
+
+  for s in 0 1 2; do python -m jaxpost.datagen.selective --method=self_distill \\
+    --rewrite=none --model=zoo:rl-start@$s --levels=mul2x2 --n=1600 --seed=1234 \\
+    --out=runs/sweeps/s3ft/data/self_distill-rl-start@$s; done
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:self_distill \\
+    --root=runs/sweeps/self_distill
+
 ``uds`` variant: online batch selection, 16 rows trained per step; the selecting cells
 draw 64 candidates per step and keep 1 of every 4 (configs/uds.py):
 
@@ -50,6 +62,22 @@ def _s3ft() -> Sweep:
     seeds=(0, 1, 2),
     fixed=COMMON,
     report=_report("sft"),
+  )
+
+
+def _self_distill() -> Sweep:
+  jsonl = {"data.batch_size": 16, "data.pack": False, "data.seq_len": 52}
+  data = "{root}/../s3ft/data/%s-rl-start@{seed}/data.jsonl"
+  return Sweep(
+    base="configs/self_distill.py:quickstart",
+    cells=cells(
+      {"name": "sft_pruned", **jsonl, "data.path": data % "gold"},
+      {"name": "self_distill", **jsonl, "data.path": data % "self_distill"},
+      {"name": "sft_full", **jsonl, "data.path": data % "gold", "model.keep_layers": ""},
+    ),
+    seeds=(0, 1, 2),
+    fixed=COMMON,
+    report=_report("sft_pruned"),
   )
 
 
@@ -87,4 +115,6 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _s3ft()
   if variant == "uds":
     return _uds()
-  raise ValueError(f"unknown variant {variant!r}; expected s3ft | uds")
+  if variant == "self_distill":
+    return _self_distill()
+  raise ValueError(f"unknown variant {variant!r}; expected s3ft | self_distill | uds")

@@ -103,6 +103,9 @@ def test_load_sweep_files(tmp_path):
     "sft_lr.py:tiny",
     "smollm2.py",
     "detect.py",
+    "data_methods.py",
+    "data_methods.py:uds",
+    "data_methods.py:self_distill",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
