@@ -30,6 +30,20 @@ shows them the gold, hence ``--rewrite=none``), against the uncut start on the g
   python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:self_distill \\
     --root=runs/sweeps/self_distill
 
+``dmt1`` / ``dmt2`` variants: DMT against sequential and multi-task training, mul2x2 as
+the specialised data and expr2 + add5 (new to the start) as the general data, 1600
+problems each, the same data for every seed:
+
+  for k in 0 0.0625; do python -m jaxpost.datagen.mixture --spec=mul2x2:1.0 \\
+    --general=expr2:1.0,add5:1.0 --n_spec=1600 --n_general=1600 --k=$k \\
+    --out=runs/sweeps/dmt/data/k$k; done
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:dmt1 --root=runs/sweeps/dmt1
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:dmt2 --root=runs/sweeps/dmt2
+
+  dmt1  stage1 (300 steps on D_spec) and multitask (600 steps on D_spec ∪ D_general)
+  dmt2  from each seed's stage1: sequential (300 steps on D_general) and dmt (on
+        D_general ∪ a stratified 1/16 of D_spec: 100 examples)
+
 ``uds`` variant: online batch selection, 16 rows trained per step; the selecting cells
 draw 64 candidates per step and keep 1 of every 4 (configs/uds.py):
 
@@ -81,6 +95,45 @@ def _self_distill() -> Sweep:
   )
 
 
+DMT_DATA = "{root}/../dmt/data/k%s/%s/data.jsonl"
+DMT_FIXED = {**COMMON, "data.batch_size": 16, "data.pack": False, "data.seq_len": 52}
+
+
+def _dmt1() -> Sweep:
+  return Sweep(
+    base="configs/dmt.py:quickstart",
+    cells=cells(
+      {"name": "stage1", "data.path": DMT_DATA % ("0", "stage1")},
+      {"name": "multitask", "data.path": DMT_DATA % ("0", "multitask"), "train.steps": 600},
+    ),
+    seeds=(0, 1, 2),
+    fixed=DMT_FIXED,
+    report={**_report("stage1"), "metrics": _DMT_METRICS},
+  )
+
+
+def _dmt2() -> Sweep:
+  start = {"train.init_from": "{root}/../dmt1/runs/stage1/seed{seed}"}
+  return Sweep(
+    base="configs/dmt.py:quickstart-stage2",
+    cells=cells(
+      {"name": "sequential", **start, "data.path": DMT_DATA % ("0", "stage2")},
+      {"name": "dmt", **start, "data.path": DMT_DATA % ("0.0625", "stage2")},
+    ),
+    seeds=(0, 1, 2),
+    fixed=DMT_FIXED,
+    report={**_report("sequential"), "metrics": _DMT_METRICS},
+  )
+
+
+_DMT_METRICS = [
+  "eval/accuracy/mul2x2",
+  "eval/accuracy/expr2",
+  "eval/accuracy/add5",
+  "eval/accuracy/add3",
+]
+
+
 def _uds() -> Sweep:
   select = [{"name": n, "select.name": n} for n in ("random", "max_loss", "fit", "uds")]
   return Sweep(
@@ -102,7 +155,6 @@ def _report(baseline: str) -> dict:
       "eval/accuracy/add3",
       "eval/accuracy/mul3x2",
       "train/loss:last=1",
-      "wall_minutes:last=1",
     ],
     "baseline": baseline,
     "curves": ["eval/accuracy"],
@@ -117,4 +169,8 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _uds()
   if variant == "self_distill":
     return _self_distill()
-  raise ValueError(f"unknown variant {variant!r}; expected s3ft | self_distill | uds")
+  if variant == "dmt1":
+    return _dmt1()
+  if variant == "dmt2":
+    return _dmt2()
+  raise ValueError(f"unknown variant {variant!r}; expected s3ft | self_distill | dmt1 | dmt2 | uds")
