@@ -17,6 +17,8 @@ CORE = [
   "gguf>=0.17",
   # Chat templates (jaxpost.data.chat), rendered in Jinja's sandbox.
   "jinja2>=3.1.6",
+  # Agent trajectories' schema and its checks (jaxpost.data.adp).
+  "pydantic>=2.6",
   # Read through `tfds.data_source` (array_record); TensorFlow itself is never imported.
   "tensorflow-datasets>=4.9.9",
   "array-record>=0.8",

@@ -238,6 +238,18 @@ def _read_groups(reader: str, group: int | None = None):
   return read
 
 
+def _read_adp(path, split, skip_malformed):
+  import logging
+
+  from jaxpost.data.adp import read_adp
+  from jaxpost.data.pipeline import Dataset
+
+  examples, where, skipped = read_adp(path, skip_malformed=skip_malformed)
+  if skipped:
+    logging.warning("skipped %d malformed trajectories in %s", skipped, path)
+  return Dataset(examples, where, skipped)
+
+
 def _choices_fingerprint(d) -> dict:
   return {"choice_formats": d.choice_formats, "choices": d.choices}
 
@@ -256,6 +268,8 @@ register(Source("jsonl", _shuffled, read=_read_jsonl, file=True))
 register(Source("parquet", _shuffled, read=_read_table("parquet"), validate=_path_exists))
 register(Source("arrow", _shuffled, read=_read_table("arrow"), validate=_path_exists))
 register(Source("tfds", _shuffled, read=_read_tfds))
+# Agent trajectories (jaxpost/data/adp.py): one example per agent turn, its past as context.
+register(Source("adp", _shuffled, read=_read_adp, file=True))
 for _name, _reader in (("pairs", "read_pairs"), ("rationales", "read_rationales")):
   # A preference pair / a record's label and rationale tasks, two adjacent rows.
   register(Source(_name, _paired, read=_read_groups(_reader, 2), file=True, rows=lambda d: 2))
