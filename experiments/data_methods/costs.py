@@ -49,14 +49,17 @@ def main(argv=None) -> None:
     "`manifests/`: means over the 3 starts (`rl-start@0,1,2`), 1600 mul2x2 training problems",
     "each, greedy decoding, the task's answer checker as the judge; seconds on 2 CPU cores.",
     "",
-    "| dataset | starts | model % | rewrite % | gold % | model ≠ gold | tokens generated | seconds |",
+    "| dataset | starts | model % | rewrite % | gold % | model ≠ gold | tokens | seconds |",
     "|---|---|---|---|---|---|---|---|",
   ]
   for key, label in LABELS.items():
     ms = rows.get(key)
     if not ms:
       continue
-    mean = lambda f: float(np.mean([f(m) for m in ms]))  # noqa: E731
+
+    def mean(f, ms=ms):
+      return float(np.mean([f(m) for m in ms]))
+
     n = mean(lambda m: m["records"])
     lines.append(
       f"| {label} | {len(ms)} | {100 * mean(lambda m: m['counts']['model']) / n:.1f} "
