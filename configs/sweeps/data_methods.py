@@ -44,6 +44,16 @@ problems each, the same data for every seed:
   dmt2  from each seed's stage1: sequential (300 steps on D_general) and dmt (on
         D_general ∪ a stratified 1/16 of D_spec: 100 examples)
 
+``aft`` variant: aggregation fine-tuning against SFT on the same 1600 problems; the AFT
+data holds 4 of the start's own samples at T 0.7 per problem in the prompt (compact
+layout) and the gold as the target; both evaluate greedy single answers during the run,
+then ``experiments/data_methods/aft_eval.py`` adds propose-and-aggregate inference:
+
+  for s in 0 1 2; do python -m jaxpost.datagen.aggregate --model=zoo:rl-start@$s \\
+    --levels=mul2x2 --n=1600 --seed=1234 --proposals=4 \\
+    --out=runs/sweeps/s3ft/data/aft-rl-start@$s; done
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:aft --root=runs/sweeps/aft
+
 ``uds`` variant: online batch selection, 16 rows trained per step; the selecting cells
 draw 64 candidates per step and keep 1 of every 4 (configs/uds.py):
 
@@ -92,6 +102,21 @@ def _self_distill() -> Sweep:
     seeds=(0, 1, 2),
     fixed=COMMON,
     report=_report("sft_pruned"),
+  )
+
+
+def _aft() -> Sweep:
+  data = "{root}/../s3ft/data/%s-rl-start@{seed}/data.jsonl"
+  rows = {"data.batch_size": 16, "data.pack": False}
+  return Sweep(
+    base="configs/aft.py:quickstart",
+    cells=cells(
+      {"name": "sft", **rows, "data.seq_len": 52, "data.path": data % "gold"},
+      {"name": "aft", **rows, "data.seq_len": 256, "data.path": data % "aft"},
+    ),
+    seeds=(0, 1, 2),
+    fixed=COMMON,
+    report=_report("sft"),
   )
 
 
@@ -169,8 +194,12 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _uds()
   if variant == "self_distill":
     return _self_distill()
+  if variant == "aft":
+    return _aft()
   if variant == "dmt1":
     return _dmt1()
   if variant == "dmt2":
     return _dmt2()
-  raise ValueError(f"unknown variant {variant!r}; expected s3ft | self_distill | dmt1 | dmt2 | uds")
+  raise ValueError(
+    f"unknown variant {variant!r}; expected s3ft | self_distill | aft | dmt1 | dmt2 | uds"
+  )

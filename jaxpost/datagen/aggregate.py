@@ -52,27 +52,38 @@ def aggregation_prompt(query: str, proposals: Sequence[str], style: str = "chat"
 
 def propose_and_aggregate(
   sample: Callable[[list[str]], list[str]],
-  query: str,
+  queries: Sequence[str],
   *,
   n: int = 5,
   num_aggregation: int = 2,
   style: str = "chat",
-) -> tuple[str, list[list[str]]]:
-  """The answer to ``query`` and every layer's proposals.
+) -> tuple[list[str], list[list[list[str]]]]:
+  """The answer to each query and every layer's proposals (``layers[l][q]``: query q's n
+  proposals of layer l); one ``sample`` call per layer over all queries.
 
   Args:
     sample: prompts -> one sampled response each (e.g. a ``core.Writer`` at T > 0).
+    queries: the questions.
     n: proposals per layer.
     num_aggregation: layers before the final aggregation, the proposers' included (1:
       propose once, then aggregate).
+    style: the aggregation prompt's layout (``STYLES``).
   """
   if n < 1 or num_aggregation < 1:
     raise ValueError(f"n and num_aggregation must be >= 1, got {n}, {num_aggregation}")
-  layers = [sample([query] * n)]
+
+  def layer(prompts):  # each prompt n times, the answers grouped back per query
+    flat = sample([p for p in prompts for _ in range(n)])
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+  layers = [layer(list(queries))]
   for _ in range(num_aggregation - 1):
-    layers.append(sample([aggregation_prompt(query, layers[-1], style)] * n))
-  (answer,) = sample([aggregation_prompt(query, layers[-1], style)])
-  return answer, layers
+    layers.append(layer([aggregation_prompt(q, props, style)
+                         for q, props in zip(queries, layers[-1], strict=True)]))  # fmt: skip
+  final = [
+    aggregation_prompt(q, props, style) for q, props in zip(queries, layers[-1], strict=True)
+  ]
+  return sample(final), layers
 
 
 def records(problems: Sequence, proposals: Sequence[Sequence[str]], style: str) -> list[dict]:

@@ -37,24 +37,29 @@ class Counter:
 @pytest.mark.parametrize("n, layers", [(5, 1), (5, 2), (3, 3), (1, 1)])
 def test_samples_per_query_are_n_times_layers_plus_one(n, layers):
   sample = Counter()
-  answer, props = aggregate.propose_and_aggregate(sample, "q", n=n, num_aggregation=layers)
+  answers, props = aggregate.propose_and_aggregate(sample, ["q"], n=n, num_aggregation=layers)
   assert len(sample.prompts) == n * layers + 1
-  assert len(props) == layers and all(len(p) == n for p in props)
+  assert len(props) == layers and all(len(p[0]) == n for p in props)
   assert sample.prompts[:n] == ["q"] * n  # the proposers see the plain query
   # each later layer aggregates the layer before it; the final head the last one
   for layer in range(1, layers):
-    assert sample.prompts[n * layer] == aggregate.aggregation_prompt("q", props[layer - 1])
-  assert sample.prompts[-1] == aggregate.aggregation_prompt("q", props[-1])
-  assert answer == f"s{n * layers}"
+    assert sample.prompts[n * layer] == aggregate.aggregation_prompt("q", props[layer - 1][0])
+  assert sample.prompts[-1] == aggregate.aggregation_prompt("q", props[-1][0])
+  assert answers == [f"s{n * layers}"]
+  # several queries: the same per query, one call per layer
+  sample = Counter()
+  answers, props = aggregate.propose_and_aggregate(sample, ["a", "b"], n=n, num_aggregation=layers)
+  assert len(sample.prompts) == 2 * (n * layers + 1) and len(answers) == 2
+  assert sample.prompts[:n] == ["a"] * n and sample.prompts[n : 2 * n] == ["b"] * n
 
 
 def test_one_layer_is_the_proposer_and_the_final_head_only():
   sample = Counter()
-  aggregate.propose_and_aggregate(sample, "q", n=4, num_aggregation=1)
+  aggregate.propose_and_aggregate(sample, ["q"], n=4, num_aggregation=1)
   assert sample.prompts[:4] == ["q"] * 4
   assert sample.prompts[4:] == [aggregate.aggregation_prompt("q", ["s0", "s1", "s2", "s3"])]
   with pytest.raises(ValueError, match="num_aggregation"):
-    aggregate.propose_and_aggregate(sample, "q", n=4, num_aggregation=0)
+    aggregate.propose_and_aggregate(sample, ["q"], n=4, num_aggregation=0)
 
 
 def test_the_loss_mask_excludes_the_proposals(tmp_path):
