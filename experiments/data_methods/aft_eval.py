@@ -45,11 +45,16 @@ def evaluate(workdir: str, problems, seed: int) -> dict[str, float]:
     parsed = [template.parse_response(x).answer.strip() for x in props]
     return collections.Counter(parsed).most_common(1)[0][0] == p.answer
 
+  def right(responses):
+    return float(
+      np.mean([tasks.check_answer(p, y) for p, y in zip(problems, responses, strict=True)])
+    )
+
   return {
-    "single": float(np.mean([tasks.check_answer(p, y) for p, y in zip(problems, single, strict=True)])),
+    "single": right(single),
     "vote": float(np.mean([voted(p, props) for p, props in zip(problems, layers[0], strict=True)])),
-    "aggregate": float(np.mean([tasks.check_answer(p, y) for p, y in zip(problems, answers, strict=True)])),
-  }  # fmt: skip
+    "aggregate": right(answers),
+  }
 
 
 def main(argv=None) -> None:
