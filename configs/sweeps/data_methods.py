@@ -30,6 +30,9 @@ shows them the gold, hence ``--rewrite=none``), against the uncut start on the g
   python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:self_distill \\
     --root=runs/sweeps/self_distill
 
+``self_distill_long``: the two pruned cells for 1500 steps at lr 2e-3 (at 300 steps of
+5e-4 the cut model is still at ~0.5%), root ``runs/sweeps/self_distill_long``.
+
 ``dmt1`` / ``dmt2`` variants: DMT against sequential and multi-task training, mul2x2 as
 the specialised data and expr2 + add5 (new to the start) as the general data, 1600
 problems each, the same data for every seed:
@@ -89,18 +92,25 @@ def _s3ft() -> Sweep:
   )
 
 
-def _self_distill() -> Sweep:
+def _self_distill(long: bool = False) -> Sweep:
   jsonl = {"data.batch_size": 16, "data.pack": False, "data.seq_len": 52}
   data = "{root}/../s3ft/data/%s-rl-start@{seed}/data.jsonl"
+  chosen = [
+    {"name": "sft_pruned", **jsonl, "data.path": data % "gold"},
+    {"name": "self_distill", **jsonl, "data.path": data % "self_distill"},
+  ]
+  fixed = dict(COMMON)
+  if long:  # the cut model recovers slowly: 5x the steps at the from-scratch rate
+    fixed.update({"train.steps": 1500, "optim.lr": 2e-3, "eval.every": 500})
+  else:
+    chosen.append(
+      {"name": "sft_full", **jsonl, "data.path": data % "gold", "model.keep_layers": ""}
+    )
   return Sweep(
     base="configs/self_distill.py:quickstart",
-    cells=cells(
-      {"name": "sft_pruned", **jsonl, "data.path": data % "gold"},
-      {"name": "self_distill", **jsonl, "data.path": data % "self_distill"},
-      {"name": "sft_full", **jsonl, "data.path": data % "gold", "model.keep_layers": ""},
-    ),
+    cells=cells(*chosen),
     seeds=(0, 1, 2),
-    fixed=COMMON,
+    fixed=fixed,
     report=_report("sft_pruned"),
   )
 
@@ -194,6 +204,8 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _uds()
   if variant == "self_distill":
     return _self_distill()
+  if variant == "self_distill_long":
+    return _self_distill(long=True)
   if variant == "aft":
     return _aft()
   if variant == "dmt1":
@@ -201,5 +213,6 @@ def get_config(variant: str = "s3ft") -> Sweep:
   if variant == "dmt2":
     return _dmt2()
   raise ValueError(
-    f"unknown variant {variant!r}; expected s3ft | self_distill | aft | dmt1 | dmt2 | uds"
+    f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
+    "dmt1 | dmt2 | uds"
   )

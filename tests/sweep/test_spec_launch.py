@@ -108,6 +108,7 @@ def test_load_sweep_files(tmp_path):
     "data_methods.py:self_distill",
     "data_methods.py:dmt1",
     "data_methods.py:aft",
+    "data_methods.py:self_distill_long",
     "data_methods.py:dmt2",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
