@@ -25,8 +25,6 @@ the gold is what such a model would be checked against here).
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable, Sequence
 
 from jaxpost.data import tasks, template
@@ -132,26 +130,10 @@ def build(
 
 
 def main(argv=None) -> None:
-  from jaxpost import config_lib
-
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="a run, zoo:NAME, smollm2 or a .gguf file")
-  p.add_argument("--levels", required=True)
-  p.add_argument("--n", type=int, required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--proposals", type=int, default=4)
-  p.add_argument("--style", choices=STYLES, default="compact")
-  p.add_argument("--temperature", type=float, default=0.7)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max_new_tokens", type=int, default=96)
-  p.add_argument("--batch_size", type=int, default=64)
-  a = p.parse_args(argv)
-  manifest = build(
-    core.load_author(a.model), config_lib.parse_levels(a.levels), a.n, a.out,
-    proposals=a.proposals, style=a.style, temperature=a.temperature, seed=a.seed,
-    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+  core.run_cli(
+    __doc__.split("\n")[0], build, argv, proposals=(int, 4, None),
+    style=(str, "compact", STYLES), temperature=(float, 0.7, None),
   )  # fmt: skip
-  print(json.dumps({"out": a.out, **manifest["counts"], "cost": manifest["cost"]}))
 
 
 if __name__ == "__main__":

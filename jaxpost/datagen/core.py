@@ -336,3 +336,33 @@ def read_manifest(out_dir: str, *, verify: bool = True) -> dict:
     if actual != manifest["sha256"]:
       raise ValueError(f"{out_dir}/{manifest['file']} changed since it was written (sha256)")
   return manifest
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def run_cli(description: str, build, argv=None, **options) -> dict:
+  """The command line every builder shares: ``--model --levels --n --out --seed
+  --max_new_tokens --batch_size`` plus its own ``options`` (``name=(type, default,
+  choices_or_None)``), then ``build(author, levels, n, out, **rest)``; prints and returns
+  the manifest's counts and cost."""
+  import argparse
+
+  from jaxpost import config_lib
+
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--model", required=True, help="a run, zoo:NAME, smollm2 or a .gguf file")
+  p.add_argument("--levels", required=True, help="data.levels, e.g. 'mul2x2:1.0'")
+  p.add_argument("--n", type=int, required=True, help="training problems")
+  p.add_argument("--out", required=True, help="the dataset's directory")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--max_new_tokens", type=int, default=96)
+  p.add_argument("--batch_size", type=int, default=64)
+  for name, (kind, default, choices) in options.items():
+    p.add_argument(f"--{name}", type=kind, default=default, choices=choices)
+  a = vars(p.parse_args(argv))
+  model, levels, n, out = a.pop("model"), a.pop("levels"), a.pop("n"), a.pop("out")
+  manifest = build(load_author(model), config_lib.parse_levels(levels), n, out, **a)
+  summary = {"out": out, **manifest["counts"], "cost": manifest["cost"]}
+  print(json.dumps(summary))
+  return summary

@@ -23,8 +23,6 @@ records, (q, y): the baseline through the same path.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable, Sequence
 
 from jaxpost.data import tasks, template
@@ -116,24 +114,7 @@ def build(
 
 
 def main(argv=None) -> None:
-  from jaxpost import config_lib
-
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="a run, zoo:NAME, smollm2 or a .gguf file")
-  p.add_argument("--levels", required=True)
-  p.add_argument("--n", type=int, required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--temperature", type=float, default=0.7)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max_new_tokens", type=int, default=96)
-  p.add_argument("--batch_size", type=int, default=64)
-  a = p.parse_args(argv)
-  manifest = build(
-    core.load_author(a.model), config_lib.parse_levels(a.levels), a.n, a.out,
-    temperature=a.temperature, seed=a.seed, max_new_tokens=a.max_new_tokens,
-    batch_size=a.batch_size,
-  )  # fmt: skip
-  print(json.dumps({"out": a.out, **manifest["counts"], "cost": manifest["cost"]}))
+  core.run_cli(__doc__.split("\n")[0], build, argv, temperature=(float, 0.7, None))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ keep the task's response format (think block, then the answer) to pass.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 
 from jaxpost.data import template
@@ -214,33 +212,11 @@ def build(
 
 
 def main(argv=None) -> None:
-  from jaxpost import config_lib
-
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--method", choices=tuple(METHODS), default="s3ft")
-  p.add_argument("--model", required=True, help="a run, zoo:NAME, smollm2 or a .gguf file")
-  p.add_argument("--levels", required=True, help="data.levels, e.g. 'mul2x2:1.0'")
-  p.add_argument("--n", type=int, required=True, help="training problems")
-  p.add_argument("--out", required=True, help="the dataset's directory")
-  p.add_argument("--judge", default="task", help="task | never | model:SOURCE")
-  p.add_argument("--rewrite", choices=REWRITES, default="instruction", help="the rewrite prompt")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max_new_tokens", type=int, default=96)
-  p.add_argument("--batch_size", type=int, default=64)
-  a = p.parse_args(argv)
-  manifest = build(
-    core.load_author(a.model),
-    config_lib.parse_levels(a.levels),
-    a.n,
-    a.out,
-    method=a.method,
-    judge=a.judge,
-    rewrite=a.rewrite,
-    seed=a.seed,
-    max_new_tokens=a.max_new_tokens,
-    batch_size=a.batch_size,
-  )
-  print(json.dumps({"out": a.out, **manifest["counts"], "cost": manifest["cost"]}))
+  core.run_cli(
+    __doc__.split("\n")[0], build, argv,
+    method=(str, "s3ft", tuple(METHODS)), judge=(str, "task", None),
+    rewrite=(str, "instruction", REWRITES),
+  )  # fmt: skip
 
 
 if __name__ == "__main__":
