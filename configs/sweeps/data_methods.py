@@ -131,7 +131,7 @@ def _aft() -> Sweep:
 
 
 DMT_DATA = "{root}/../dmt/data/k%s/%s/data.jsonl"
-DMT_FIXED = {**COMMON, "data.batch_size": 16, "data.pack": False, "data.seq_len": 52}
+DMT_FIXED = {**COMMON, "data.batch_size": 16, "data.pack": False, "data.seq_len": 96}  # add5: ~70
 
 
 def _dmt1() -> Sweep:
