@@ -24,8 +24,10 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 LABELS = {  # dataset prefix -> what it is
   "gold": "SFT data (judge `never`: every target the gold)",
   "ssr": "SSR",
+  "ssr_trace": "SSR, `--judge=trace` (every step checked)",
   "s3ft": "S3FT",
   "self_distill": "self-data distillation (`--rewrite=none`)",
+  "aft": "AFT (4 drafts at T 0.7 per problem)",
 }
 
 

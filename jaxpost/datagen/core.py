@@ -183,6 +183,18 @@ def task_judge(problems: Sequence, responses: Sequence[str]) -> list[Verdict]:
   return out
 
 
+def trace_judge(problems: Sequence, responses: Sequence[str]) -> list[Verdict]:
+  """The answer checker plus every ``lhs=value`` step of the think block: a right answer
+  reached through a wrong step is rejected (``task_judge`` accepts it)."""
+  from jaxpost.data import tasks
+
+  out = []
+  for p, r in zip(problems, responses, strict=True):
+    ok = tasks.check_answer(p, r) and not tasks.trace_errors(template.parse_response(r).thinking)
+    out.append(Verdict(ok, float(ok)))
+  return out
+
+
 EQUIVALENCE = (
   "Problem: {problem}\n"
   "Reference answer: {gold}\n"

@@ -87,10 +87,13 @@ def never_judge(problems: Sequence, responses: Sequence[str]) -> list[core.Verdi
 
 
 def make_judge(spec: str):
-  """``task`` (the answer checker), ``never``, or ``model:SOURCE`` (a frozen model's
-  p(yes) that the answer matches the reference, ``core.ModelJudge``)."""
+  """``task`` (the answer checker), ``trace`` (the answer and every step), ``never``, or
+  ``model:SOURCE`` (a frozen model's p(yes) that the answer matches the reference,
+  ``core.ModelJudge``)."""
   if spec == "task":
     return core.task_judge
+  if spec == "trace":
+    return core.trace_judge
   if spec == "never":
     return never_judge
   if spec.startswith("model:"):

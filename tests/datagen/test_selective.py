@@ -136,6 +136,16 @@ def test_rewrite_prompts():
     selective.rewrite_prompt(p, "poem")
 
 
+def test_the_trace_judge_rejects_a_right_answer_reached_through_a_wrong_step():
+  p = _problems(1)[0]
+  steps = p.thinking.split(",")
+  lhs, value = steps[0].split("=")
+  slipped = f"<think>{','.join([f'{lhs}={int(value) + 1}', *steps[1:]])}</think>{p.answer}"
+  gold = template.render_response(p.example)
+  assert [v.ok for v in core.task_judge([p, p], [gold, slipped])] == [True, True]
+  assert [v.ok for v in selective.make_judge("trace")([p, p], [gold, slipped])] == [True, False]
+
+
 def test_unknown_judge_and_method_are_refused():
   with pytest.raises(ValueError, match="judge"):
     selective.make_judge("oracle")
