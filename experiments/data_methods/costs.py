@@ -3,8 +3,9 @@
 Reads each ``manifest.json`` under ``runs/sweeps/s3ft/data`` (written by
 ``jaxpost.datagen``), copies it to ``manifests/`` beside this file (the record of what
 was built: inputs, counts, cost, the data file's sha256) and writes ``costs.md``: per
-method, the mean over the 3 starts of the targets of each kind, the model targets that
-differ from the gold verbatim, the tokens generated and the seconds taken (2 CPU cores).
+method, the mean over the 3 starts of the targets of each kind, the targets that differ
+from the gold verbatim (read from the data), the tokens generated and the seconds taken
+(2 CPU cores).
 
   python experiments/data_methods/costs.py [--data=runs/sweeps/s3ft/data]
 """
@@ -19,6 +20,15 @@ from collections import defaultdict
 
 import numpy as np
 
+from jaxpost.data import tasks, template
+
+nan = float("nan")
+
+
+def pct(x: float, n: float) -> str:
+  return "—" if np.isnan(x) else f"{100 * x / n:.1f}"
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 LABELS = {  # dataset prefix -> what it is
@@ -29,6 +39,18 @@ LABELS = {  # dataset prefix -> what it is
   "self_distill": "self-data distillation (`--rewrite=none`)",
   "aft": "AFT (4 drafts at T 0.7 per problem)",
 }
+
+
+def differing(path: str, inputs: dict) -> int:
+  """Records whose response is not the task's gold response for their problem."""
+  mixture = tasks.mixture(inputs["levels"], "train", inputs["seed"])
+  n = 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      gold = template.render_response(mixture.problem_at(r["provenance"]["index"]).example)
+      n += r["response"] != gold
+  return n
 
 
 def main(argv=None) -> None:
@@ -43,7 +65,9 @@ def main(argv=None) -> None:
       continue
     shutil.copy(path, os.path.join(HERE, "manifests", f"{name}.json"))
     with open(path, encoding="utf-8") as f:
-      rows[name.split("-rl-start@")[0]].append(json.load(f))
+      manifest = json.load(f)
+    manifest["differ"] = differing(os.path.join(a.data, name, "data.jsonl"), manifest["inputs"])
+    rows[name.split("-rl-start@")[0]].append(manifest)
   lines = [
     "# Data construction: targets and cost",
     "",
@@ -51,7 +75,7 @@ def main(argv=None) -> None:
     "`manifests/`: means over the 3 starts (`rl-start@0,1,2`), 1600 mul2x2 training problems",
     "each, greedy decoding, the task's answer checker as the judge; seconds on 2 CPU cores.",
     "",
-    "| dataset | starts | model % | rewrite % | gold % | model ≠ gold | tokens | seconds |",
+    "| dataset | starts | own % | rewrite % | gold % | targets ≠ gold | tokens | seconds |",
     "|---|---|---|---|---|---|---|---|",
   ]
   for key, label in LABELS.items():
@@ -64,10 +88,10 @@ def main(argv=None) -> None:
 
     n = mean(lambda m: m["records"])
     lines.append(
-      f"| {label} | {len(ms)} | {100 * mean(lambda m: m['counts']['model']) / n:.1f} "
-      f"| {100 * mean(lambda m: m['counts']['paraphrase']) / n:.1f} "
-      f"| {100 * mean(lambda m: m['counts']['gold']) / n:.1f} "
-      f"| {mean(lambda m: m['counts']['model_differs']):.0f} "
+      f"| {label} | {len(ms)} | {pct(mean(lambda m: m['counts'].get('model', nan)), n)} "
+      f"| {pct(mean(lambda m: m['counts'].get('paraphrase', nan)), n)} "
+      f"| {pct(mean(lambda m: m['counts'].get('gold', nan)), n)} "
+      f"| {mean(lambda m: m['differ']):.0f} "
       f"| {mean(lambda m: m['cost']['generated_tokens']):,.0f} "
       f"| {mean(lambda m: m['cost']['seconds']):.1f} |"
     )
