@@ -122,7 +122,13 @@ def _aft() -> Sweep:
     base="configs/aft.py:quickstart",
     cells=cells(
       {"name": "sft", **rows, "data.seq_len": 52, "data.path": data % "gold"},
-      {"name": "aft", **rows, "data.seq_len": 320, "data.path": data % "aft"},
+      {
+        "name": "aft",
+        **rows,
+        "data.seq_len": 320,
+        "model.max_seq_len": 320,
+        "data.path": data % "aft",
+      },
     ),
     seeds=(0, 1, 2),
     fixed=COMMON,
