@@ -286,3 +286,13 @@ def test_command_parsing_rejects_unknown_keys_and_bad_types(monkeypatch):
   assert _commands("a && python -m jaxpost.main --config=c.py \\\n  --x=1 | tee log") == [
     ["--config=c.py", "--x=1"]
   ]
+
+
+def test_no_two_test_modules_share_a_basename():
+  """pytest imports test modules by basename (no packages under tests/): a second
+  test_x.py anywhere is not collected, and the run ends in a collection error."""
+  import collections
+
+  tests = pathlib.Path(__file__).resolve().parent
+  names = collections.Counter(p.name for p in tests.rglob("test_*.py"))
+  assert not [n for n, k in names.items() if k > 1]
