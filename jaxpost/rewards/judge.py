@@ -32,17 +32,6 @@ PROMPT = (
 BUCKET = 64  # prompt columns are a multiple of this
 
 
-def _load(source: str):
-  from jaxpost.models import gguf
-
-  if source == "smollm2" or source.endswith(".gguf"):
-    return gguf.load_model_and_tokenizer(source)
-  from jaxpost.data import generated  # a run directory or zoo:NAME
-
-  model, tok, _ = generated.load_run(source)
-  return model, tok
-
-
 def _last_logits(graphdef, state, tokens, segment_ids, last):
   model = nnx.merge(graphdef, state)
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
@@ -91,7 +80,10 @@ class Judge:
 @functools.cache
 def get(source: str = "smollm2") -> Judge:
   """The judge of ``source``, loaded once per process."""
-  return Judge(*_load(source))
+  from jaxpost.datagen import core  # one loader for every model spec
+
+  author = core.load_author(source)
+  return Judge(author.model, author.tok)
 
 
 def grade(
