@@ -65,6 +65,15 @@ draw 64 candidates per step and keep 1 of every 4 (configs/uds.py):
   max_loss  the highest-loss 1 of 4
   fit       the lowest-loss 1 of 4 with token-mean NLL in [0.05, 2.0]
   uds       UDS (nuclear norm + 2.5e-3 x queue distance, queue 1024)
+
+``cycle`` variant: Cycle-Instruct (configs/cycle_instruct.py:quickstart: an adapter pair
+on ``rl-start@SEED``, 512 unpaired questions + 512 answers of mul2x2, 2 cycles of 100
+steps per model); held-out mul2x2 of
+
+  gold   ALL-SFT: a fresh adapter, 200 steps on the 512 answers with their true questions
+  cycle  the same 200 steps on the last cycle's (pseudo question -> real answer) pairs
+  filt   cycle after Cycle-Filt (ceil 5% farthest reconstructions per cluster dropped)
+  qa     the last question -> answer adapter itself (2 x 100 steps on pseudo pairs)
 """
 
 from jaxpost.sweep import Sweep, cells
@@ -189,6 +198,33 @@ def _uds() -> Sweep:
   )
 
 
+def _cycle() -> Sweep:
+  finals = {"gold": "gold", "cycle": "retrain", "filt": "retrain", "qa": "qa"}
+  return Sweep(
+    base="configs/cycle_instruct.py:quickstart",
+    cells=cells(
+      *(
+        {"name": name, "cycle.final": final, "cycle.filter_frac": 0.05 if name == "filt" else 0.0}
+        for name, final in finals.items()
+      )
+    ),
+    seeds=(0, 1, 2),
+    fixed={**COMMON, "eval.every": 0, "eval.final_levels": "mul2x2,add3"},
+    report={
+      **_report("gold"),
+      "metrics": [
+        "eval/accuracy/mul2x2",
+        "cycle/questions_exact_c2",
+        "cycle/answers_correct_c2",
+        "cycle/generated_tokens",
+        "cycle/generation_seconds",
+        "cycle/final_pairs",
+      ],
+      "curves": [],
+    },
+  )
+
+
 def _report(baseline: str) -> dict:
   return {
     "metrics": [
@@ -218,7 +254,9 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _dmt1()
   if variant == "dmt2":
     return _dmt2()
+  if variant == "cycle":
+    return _cycle()
   raise ValueError(
     f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
-    "dmt1 | dmt2 | uds"
+    "dmt1 | dmt2 | uds | cycle"
   )

@@ -8,12 +8,16 @@ always on the gold side. This module holds the parts that are not training:
   split_corpus   the card's heuristic: a paragraph with a "?" is a question, any other
                  an answer (blank ones dropped)
   task_corpus    an unpaired raw corpus from the embedded tasks: questions of one set of
-                 problems, worked answers of another (no question has its answer)
+                 problems, worked answers of another (no question has its answer);
+                 ``task_problems`` says which problem each paragraph is (diagnostics and
+                 the ALL-SFT reference, never the cycle), ``rewrite_question`` is the
+                 fixed rewrite "What is X?" -> X
   kmeans         seeded Lloyd's k-means (k-means++ start) over embeddings
   cycle_filter   Cycle-Filt: within each cluster of the gold side, drop the ceil(5%)
                  pairs whose reconstruction is farthest from the original
 
-The cycle itself (``configs/cycle_instruct.py``, the two LoRA models) is not built yet.
+The cycle itself, the two LoRA models trained on each other's outputs, is the
+``cycle_instruct`` recipe (``jaxpost/recipes/cycle_instruct.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,24 @@ def task_corpus(levels: dict[str, float], n: int, seed: int = 0) -> list[str]:
   out = [f"What is {mixture.problem_at(i).prompt}?" for i in range(n)]
   out += [template.render_response(mixture.problem_at(n + i).example) for i in range(n)]
   return [out[i] for i in np.random.default_rng(seed).permutation(len(out))]
+
+
+def task_problems(levels: dict[str, float], n: int, seed: int = 0) -> dict:
+  """{paragraph: Problem} for every paragraph of ``task_corpus(levels, n, seed)``."""
+  mixture = tasks.mixture(levels, "train", seed)
+  out = {f"What is {mixture.problem_at(i).prompt}?": mixture.problem_at(i) for i in range(n)}
+  for i in range(n, 2 * n):
+    p = mixture.problem_at(i)
+    out[template.render_response(p.example)] = p
+  return out
+
+
+def rewrite_question(text: str) -> str:
+  """The task corpus's fixed rewrite: "What is X?" -> X (other text unchanged)."""
+  text = text.strip()
+  if text.startswith("What is ") and text.endswith("?"):
+    return text[len("What is ") : -1].strip()
+  return text
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50) -> np.ndarray:

@@ -19,7 +19,7 @@ import sys
 from jaxpost.registry import Registry
 
 # config.recipe -> its ``run(config, workdir) -> dict`` (registered in its module).
-_BUILTINS = ("sft", "rl", "mot", "gkd", "detect", "merge", "federated", "p2d")
+_BUILTINS = ("sft", "rl", "mot", "gkd", "detect", "merge", "federated", "p2d", "cycle_instruct")
 RECIPES = Registry("recipe", builtins=tuple(f"jaxpost.recipes.{m}" for m in _BUILTINS))
 register = RECIPES.register
 

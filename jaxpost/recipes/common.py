@@ -778,3 +778,18 @@ def finish(run: Run, step: int, data: dict, last: dict, *, panels=None, extra=No
   result["wall_minutes"] = (time.time() - run.t_start) / 60
   jaxpost_workdir.release(run.workdir)
   return result
+
+
+def as_sft_config(config, **overrides):
+  """``config`` as an SFT run's: every field the SFT recipe shares with it (the
+  orchestrating recipe's own sections dropped), then ``overrides`` (dotted fields).
+
+  Recipes that run SFT phases (MoT branches, Cycle-Instruct's models) build them here.
+  """
+  from jaxpost.workdir import flat_config
+
+  flat = {k: v for k, v in flat_config(config).items() if k != "recipe"}
+  c, _ = config_lib.from_flat("sft", flat, strict=False)  # the others: its own sections
+  for field, value in overrides.items():
+    config_lib.set_field(c, field, value)
+  return c

@@ -28,8 +28,7 @@ import os
 from ml_collections import config_dict
 
 from jaxpost import config_lib, fields, merging
-from jaxpost.recipes import register, sft
-from jaxpost.workdir import flat_config
+from jaxpost.recipes import common, register, sft
 
 LOSS_FAMILIES = ("token",)
 DEFAULT_LOSS = "cross_entropy"
@@ -105,12 +104,12 @@ def run(config, workdir: str) -> dict:
   # The final model is evaluated in the MoT workdir itself, so its metrics.jsonl is where
   # a sweep or a person looks.
   final = {"train.init_from": start, "train.steps": 0, "tokenizer.path": config.tokenizer.path}
-  return sft.run(_sft_config(config, **final), workdir)
+  return sft.run(common.as_sft_config(config, **final), workdir)
 
 
 def _branch_config(config, corpus: str, start: str, tokens: str, steps: int):
   """This config as an SFT run of ``steps`` steps on ``corpus`` from ``start``."""
-  return _sft_config(
+  return common.as_sft_config(
     config,
     **{
       "data.source": "jsonl",
@@ -126,14 +125,3 @@ def _branch_config(config, corpus: str, start: str, tokens: str, steps: int):
       "tokenizer.path": tokens,
     },
   )
-
-
-def _sft_config(config, **overrides):
-  """An SFT config with every field this MoT config shares, then ``overrides``."""
-  flat = {
-    k: v for k, v in flat_config(config).items() if not k.startswith("mot.") and k != "recipe"
-  }
-  c, _ = config_lib.from_flat("sft", flat)
-  for field, value in overrides.items():
-    config_lib.set_field(c, field, value)
-  return c
