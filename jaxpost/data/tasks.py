@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import math
 import operator
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -290,6 +291,22 @@ def check_answer(problem: Problem, answer_text: str) -> bool:
   if not isinstance(answer_text, str):
     raise TypeError(f"answer_text must be str, got {type(answer_text).__name__}")
   return parse_response(answer_text).answer.strip() == problem.answer
+
+
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?!\d)|-?\d+")  # 1,213 is one number; 3,5 two
+
+
+def last_number(text: str) -> str | None:
+  """The last integer written in ``text`` (thousands commas dropped), or None."""
+  numbers = _NUMBER.findall(text)
+  return numbers[-1].replace(",", "") if numbers else None
+
+
+def check_last_number(problem: Problem, response_text: str) -> bool:
+  """Lenient match: the response's last integer is the answer, whatever the format
+  ("663 + 550 = 1,213." is right). For models that do not write the task's format
+  (an instruct model zero-shot, or trained on its own phrasing)."""
+  return last_number(response_text) == problem.answer
 
 
 def score_response(problem: Problem, response_text: str) -> dict[str, bool]:

@@ -4,7 +4,8 @@ decide, and a writer that makes the result a dataset a run trains on.
   generate   ``Writer``: batched generation with the RL sampler from any jaxpost model
              (a run, ``zoo:NAME``, ``smollm2``, a ``.gguf`` file), counting the tokens
              it wrote and the seconds it took (the construction cost a method reports)
-  judge      ``task_judge`` (the task's answer checker), ``ModelJudge`` (a frozen model's
+  judge      ``task_judge`` (the task's answer checker; ``trace_judge`` every step too,
+             ``number_judge`` only the last number, any format), ``ModelJudge`` (a frozen model's
              probability of a verdict token, ``jaxpost.rewards.judge``), ``Embedder``
              (a frozen model's mean final hidden state: distances between texts)
   write      ``write_dataset``: ``data.jsonl`` (one record per line, provenance in each)
@@ -191,6 +192,18 @@ def trace_judge(problems: Sequence, responses: Sequence[str]) -> list[Verdict]:
   out = []
   for p, r in zip(problems, responses, strict=True):
     ok = tasks.check_answer(p, r) and not tasks.trace_errors(template.parse_response(r).thinking)
+    out.append(Verdict(ok, float(ok)))
+  return out
+
+
+def number_judge(problems: Sequence, responses: Sequence[str]) -> list[Verdict]:
+  """Lenient: the response's last integer is the answer, in any wording or format (an
+  instruct model's own phrasing, which ``task_judge`` always rejects)."""
+  from jaxpost.data import tasks
+
+  out = []
+  for p, r in zip(problems, responses, strict=True):
+    ok = tasks.check_last_number(p, r)
     out.append(Verdict(ok, float(ok)))
   return out
 

@@ -25,10 +25,13 @@ tiny task tokenizers can spell (``jaxpost.data.privileged``); ``none`` is the pl
 prompt (the model's own answer, not conditioned on y). A rewrite containing a leak
 phrase (``LEAKS``: SDFT's filter, e.g. "reference answer") is rejected. The task judge
 checks only the final answer (answer match, as the cards read GSM8K), so a rewrite must
-keep the task's response format (think block, then the answer) to pass.
+keep the task's response format (think block, then the answer) to pass; the ``number``
+judge accepts any wording whose last number is the answer (a chat model's own phrasing,
+as the papers' answer-match judges do on GSM8K).
 
   python -m jaxpost.datagen.selective --method=s3ft --model=zoo:rl-start --levels=mul2x2 \\
-      --n=1024 --out=runs/data/s3ft-mul2x2 [--judge=task|never|model:smollm2 --rewrite=trace]
+      --n=1024 --out=runs/data/s3ft-mul2x2 [--judge=task|trace|number|never|model:smollm2]
+      [--rewrite=trace]
 """
 
 from __future__ import annotations
@@ -87,18 +90,21 @@ def never_judge(problems: Sequence, responses: Sequence[str]) -> list[core.Verdi
 
 
 def make_judge(spec: str):
-  """``task`` (the answer checker), ``trace`` (the answer and every step), ``never``, or
+  """``task`` (the answer checker), ``trace`` (the answer and every step), ``number``
+  (the last number only, any wording: a chat model's own phrasing), ``never``, or
   ``model:SOURCE`` (a frozen model's p(yes) that the answer matches the reference,
   ``core.ModelJudge``)."""
   if spec == "task":
     return core.task_judge
   if spec == "trace":
     return core.trace_judge
+  if spec == "number":
+    return core.number_judge
   if spec == "never":
     return never_judge
   if spec.startswith("model:"):
     return core.ModelJudge(spec.split(":", 1)[1])
-  raise ValueError(f"judge {spec!r}: expected task | never | model:SOURCE")
+  raise ValueError(f"judge {spec!r}: expected task | trace | number | never | model:SOURCE")
 
 
 def select_targets(

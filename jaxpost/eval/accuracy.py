@@ -29,6 +29,7 @@ class LevelResult:
   trace_error_rate: float | None = None  # responses with a wrong lhs=value step in the trace
   pass_k: float | None = None  # problems with a right answer among k samples (eval.pass_k)
   distinct: float | None = None  # mean number of different answers among the k samples
+  last_number: float | None = None  # responses whose last integer is the answer (any format)
 
 
 class Evaluator:
@@ -182,6 +183,9 @@ class Evaluator:
       trace_error_rate=float(np.mean([bool(tasks.trace_errors(t)) for t in thinking])),
       pass_k=pass_k,
       distinct=distinct,
+      last_number=float(
+        np.mean([tasks.check_last_number(p, r) for p, r in zip(problems, responses, strict=True)])
+      ),
     )
 
   def evaluate(self, state, levels) -> dict[str, LevelResult]:
@@ -227,6 +231,8 @@ def as_metrics(
       m[f"{prefix}/repeats/{level}"] = r.repeat_rate
     if r.trace_error_rate is not None:
       m[f"{prefix}/trace_errors/{level}"] = r.trace_error_rate
+    if r.last_number is not None:
+      m[f"{prefix}/last_number/{level}"] = r.last_number
     if r.pass_k is not None:
       m[f"{prefix}/pass_k/{level}"] = r.pass_k
       m[f"{prefix}/distinct/{level}"] = r.distinct

@@ -225,3 +225,24 @@ def test_bad_arguments():
     tasks.make_problem("add3", "train", 0, -1)
   with pytest.raises(TypeError):
     tasks.make_problem("add3", "train", 0, 1.5)
+
+
+@pytest.mark.parametrize(
+  "text, number",
+  [
+    ("663 + 550 = 1,213.", "1213"),
+    ("<think>3+0=3,5+5=10</think>1213", "1213"),  # a trace's commas separate steps
+    ("x = -7.", "-7"),
+    ("1, 2, 3", "3"),
+    ("no digits", None),
+  ],
+)
+def test_last_number(text, number):
+  assert tasks.last_number(text) == number
+
+
+def test_check_last_number_is_lenient_about_format_only():
+  p = tasks.make_problem("add3", "train", 0, 0)
+  assert tasks.check_last_number(p, f"The sum is {p.answer}.")
+  assert not tasks.check_answer(p, f"The sum is {p.answer}.")
+  assert not tasks.check_last_number(p, f"{p.answer}, or maybe {int(p.answer) + 1}")

@@ -146,6 +146,19 @@ def test_the_trace_judge_rejects_a_right_answer_reached_through_a_wrong_step():
   assert [v.ok for v in selective.make_judge("trace")([p, p], [gold, slipped])] == [True, False]
 
 
+def test_the_number_judge_accepts_any_wording_whose_last_number_is_the_answer():
+  p = _problems(1)[0]
+  answers = [
+    template.render_response(p.example),  # the task's format
+    f"The product is {int(p.answer):,}.",  # a chat model's, thousands comma included
+    f"{p.answer} is wrong; it is {int(p.answer) + 1}",  # the last number decides
+    "I cannot help with that.",
+  ]
+  judge = selective.make_judge("number")
+  assert [v.ok for v in judge([p] * 4, answers)] == [True, True, False, False]
+  assert [v.ok for v in core.task_judge([p] * 4, answers)] == [True, False, False, False]
+
+
 def test_unknown_judge_and_method_are_refused():
   with pytest.raises(ValueError, match="judge"):
     selective.make_judge("oracle")

@@ -43,6 +43,18 @@ def test_the_tokens_metric_and_a_stop_bias_that_ends_answers_at_once(setup):
   assert max(lengths) <= 2 and short.mean_tokens < 1.5
 
 
+def test_the_last_number_metric_scores_the_same_responses_leniently(setup):
+  result, responses, _ = _evaluate(setup)
+  problems = accuracy.Evaluator(setup[1], setup[0], num_examples=16, batch_size=16,
+                                max_new_tokens=24).problems("add3")  # fmt: skip
+  expected = np.mean(
+    [tasks.check_last_number(p, r) for p, r in zip(problems, responses, strict=True)]
+  )
+  m = accuracy.as_metrics({"add3": result})
+  assert m["eval/last_number/add3"] == result.last_number == pytest.approx(expected)
+  assert result.last_number >= result.accuracy  # exact-match answers' last number is right
+
+
 def test_budget_forcing_writes_the_close_tag_once_the_budget_is_spent(setup):
   tok = setup[0]
   close = tok.encode(template.THINK_CLOSE)
