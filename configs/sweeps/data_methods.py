@@ -74,6 +74,10 @@ steps per model); held-out mul2x2 of
   cycle  the same 200 steps on the last cycle's (pseudo question -> real answer) pairs
   filt   cycle after Cycle-Filt (ceil 5% farthest reconstructions per cluster dropped)
   qa     the last question -> answer adapter itself (2 x 100 steps on pseudo pairs)
+
+``cycle_smollm2``: the same on SmolLM2-135M-Instruct (configs/cycle_instruct.py:smollm2:
+64 + 64 add3 paragraphs, 1 cycle of 20 steps per adapter, 40 final steps), cells gold
+and cycle, root ``runs/sweeps/cycle_smollm2``.
 """
 
 from jaxpost.sweep import Sweep, cells
@@ -225,6 +229,28 @@ def _cycle() -> Sweep:
   )
 
 
+def _cycle_smollm2() -> Sweep:
+  return Sweep(
+    base="configs/cycle_instruct.py:smollm2",
+    cells=cells({"name": "gold", "cycle.final": "gold"}, {"name": "cycle"}),
+    seeds=(0, 1, 2),
+    fixed={"train.log_every": 5, "eval.levels": "add3"},
+    report={
+      "metrics": [
+        "eval/accuracy/add3",
+        "eval/last_number/add3",
+        "cycle/answers_correct_c1",
+        "cycle/questions_exact_c1",
+        "cycle/generated_tokens",
+        "cycle/generation_seconds",
+      ],
+      "baseline": "gold",
+      "curves": [],
+      "scale": 1.0,
+    },
+  )
+
+
 def _report(baseline: str) -> dict:
   return {
     "metrics": [
@@ -256,7 +282,9 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _dmt2()
   if variant == "cycle":
     return _cycle()
+  if variant == "cycle_smollm2":
+    return _cycle_smollm2()
   raise ValueError(
     f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
-    "dmt1 | dmt2 | uds | cycle"
+    "dmt1 | dmt2 | uds | cycle | cycle_smollm2"
   )

@@ -44,15 +44,20 @@ def task_corpus(levels: dict[str, float], n: int, seed: int = 0) -> list[str]:
   """2n paragraphs, shuffled: "What is {prompt}?" for training problems 0 .. n-1 and the
   worked responses of problems n .. 2n-1 (so the two sides never pair up)."""
   mixture = tasks.mixture(levels, "train", seed)
-  out = [f"What is {mixture.problem_at(i).prompt}?" for i in range(n)]
+  out = [question_paragraph(mixture.problem_at(i)) for i in range(n)]
   out += [template.render_response(mixture.problem_at(n + i).example) for i in range(n)]
   return [out[i] for i in np.random.default_rng(seed).permutation(len(out))]
+
+
+def question_paragraph(problem) -> str:
+  """A task problem as a corpus question: "What is {prompt}?"."""
+  return f"What is {problem.prompt}?"
 
 
 def task_problems(levels: dict[str, float], n: int, seed: int = 0) -> dict:
   """{paragraph: Problem} for every paragraph of ``task_corpus(levels, n, seed)``."""
   mixture = tasks.mixture(levels, "train", seed)
-  out = {f"What is {mixture.problem_at(i).prompt}?": mixture.problem_at(i) for i in range(n)}
+  out = {question_paragraph(mixture.problem_at(i)): mixture.problem_at(i) for i in range(n)}
   for i in range(n, 2 * n):
     p = mixture.problem_at(i)
     out[template.render_response(p.example)] = p

@@ -3,7 +3,8 @@
 The training-free inference controls are options of the evaluator, so one trained model
 can be compared under each: TLDR's temperature-scaled stopping (``eval.stop_bias``), s1
 budget forcing (``eval.force_after``), a prompt prefix such as a length-level tag
-(``eval.prompt_prefix``); also ``eval.max_new_tokens`` and ``eval.num_examples``.
+(``eval.prompt_prefix``, and ``eval.prompt_suffix``); also ``eval.max_new_tokens`` and
+``eval.num_examples``.
 ``--exit=N`` decodes with the model's first N blocks only, through its own final norm and
 head: the early exits of sorted fine-tuning (configs/sorted_ft.py).
 
@@ -31,6 +32,7 @@ EVAL_OPTIONS = (
   "eval.stop_bias",
   "eval.force_after",
   "eval.prompt_prefix",
+  "eval.prompt_suffix",
   "eval.max_new_tokens",
   "eval.num_examples",
   "eval.batch_size",

@@ -47,6 +47,7 @@ class Evaluator:
     stop_bias: float = 0.0,
     force_after: int = 0,
     prompt_prefix: str = "",
+    prompt_suffix: str = "",
     tool_turns: int = 0,
     pass_k: int = 0,
     sample_temperature: float = 1.0,
@@ -56,6 +57,7 @@ class Evaluator:
     self.max_new_tokens = max_new_tokens
     self.tool_turns = tool_turns  # > 0: each answer is a greedy tool rollout
     self.prompt_prefix = prompt_prefix  # before every task prompt (a level tag, ...)
+    self.prompt_suffix = prompt_suffix  # after it ("What is " X "?" for a chat model)
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.seed = seed
@@ -87,6 +89,7 @@ class Evaluator:
       stop_bias=e.get("stop_bias", 0.0),
       force_after=e.get("force_after", 0),
       prompt_prefix=e.get("prompt_prefix", ""),
+      prompt_suffix=e.get("prompt_suffix", ""),
       tool_turns=e.get("tool_turns", 0),
       pass_k=e.get("pass_k", 0),
       sample_temperature=e.get("sample_temperature", 1.0),
@@ -157,13 +160,14 @@ class Evaluator:
 
   def evaluate_level(self, state, level: str) -> LevelResult:
     problems = self.problems(level)
-    responses = self.responses(state, [self.prompt_prefix + p.prompt for p in problems])
+    prompts = [self.prompt_prefix + p.prompt + self.prompt_suffix for p in problems]
+    responses = self.responses(state, prompts)
     scores = [tasks.score_response(p, r) for p, r in zip(problems, responses, strict=True)]
     n = len(problems)
     thinking = [template.parse_response(r).thinking for r in responses]
     pass_k = distinct = None
     if self.pass_k:
-      drawn = self.samples(state, [self.prompt_prefix + p.prompt for p in problems], self.pass_k)
+      drawn = self.samples(state, prompts, self.pass_k)
       pass_k = float(
         np.mean(
           [any(tasks.check_answer(p, r) for r in rs) for p, rs in zip(problems, drawn, strict=True)]

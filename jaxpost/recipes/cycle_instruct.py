@@ -153,7 +153,9 @@ def run(config, workdir: str) -> dict:
       pseudo_questions, stats = _generate(
         config, aq, [cy.aq_prompt.format(text=a) for a in answers]
       )
-      state[f"cycle{c}/questions"] = stats | _question_check(answers, pseudo_questions, truth)
+      state[f"cycle{c}/questions"] = stats | _question_check(
+        config, answers, pseudo_questions, truth
+      )
       _phase(config, os.path.join(here, "qa"), qa, tokens, [
         core.record(cy.qa_prompt.format(text=q), a, model=name(aq), generated=q, cycle=c,
                     side="answer")
@@ -185,7 +187,7 @@ def _final_records(config, qa: str, aq: str, base: str, answers, truth, state) -
   ``cycle.final=gold`` the answers' true questions."""
   cy = config.cycle
   if cy.final == "gold":
-    pairs, by = [(truth[a].prompt, a) for a in answers], "corpus"
+    pairs, by = [(_question(config, truth[a]), a) for a in answers], "corpus"
   else:
     last = _read_records(qa + "_data")  # what the last M_QA phase trained on
     pairs, by = [(r["provenance"]["generated"], r["response"]) for r in last], aq
@@ -220,6 +222,7 @@ def _corpus(config):
   if cy.rewrite == "task":
     truth = {cycle_data.rewrite_question(t): p for t, p in truth.items()}
     questions = [cycle_data.rewrite_question(q) for q in questions]
+
   if not questions or not answers:
     raise config_lib.ConfigError(
       f"cycle.corpus: {len(questions)} question and {len(answers)} answer paragraphs; "
@@ -237,10 +240,18 @@ def _answer_check(questions, pseudo_answers, truth) -> dict:
   return {"answers_correct": float(np.mean(right))}
 
 
-def _question_check(answers, pseudo_questions, truth) -> dict:
+def _question(config, problem) -> str:
+  """The corpus's question paragraph of a task problem, rewritten like the corpus."""
+  text = cycle_data.question_paragraph(problem)
+  return cycle_data.rewrite_question(text) if config.cycle.rewrite == "task" else text
+
+
+def _question_check(config, answers, pseudo_questions, truth) -> dict:
   if not truth:
     return {}
-  exact = [truth[a].prompt == q.strip() for a, q in zip(answers, pseudo_questions, strict=True)]
+  exact = [
+    _question(config, truth[a]) == q.strip() for a, q in zip(answers, pseudo_questions, strict=True)
+  ]
   return {"questions_exact": float(np.mean(exact))}
 
 

@@ -77,13 +77,14 @@ def test_the_eval_fields_are_config_fields():
 def test_a_prompt_prefix_reaches_every_prompt(setup, monkeypatch):
   tok, graphdef, state = setup
   ev = accuracy.Evaluator(
-    graphdef, tok, num_examples=4, batch_size=4, max_new_tokens=4, prompt_prefix="1+"
-  )
+    graphdef, tok, num_examples=4, batch_size=4, max_new_tokens=4, prompt_prefix="1+",
+    prompt_suffix="+2",
+  )  # fmt: skip
   seen = []
   real = ev.responses
   monkeypatch.setattr(ev, "responses", lambda s, prompts: seen.extend(prompts) or real(s, prompts))
   ev.evaluate_level(state, "add3")
-  assert seen == ["1+" + p.prompt for p in ev.problems("add3")]
+  assert seen == ["1+" + p.prompt + "+2" for p in ev.problems("add3")]
 
 
 def test_the_eval_cli_evaluates_a_run_under_options(tmp_path, capsys):

@@ -111,6 +111,7 @@ def test_load_sweep_files(tmp_path):
     "data_methods.py:self_distill_long",
     "data_methods.py:dmt2",
     "data_methods.py:cycle",
+    "data_methods.py:cycle_smollm2",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
