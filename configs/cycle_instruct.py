@@ -47,6 +47,7 @@ def get_config(variant: str = "tiny"):
     c.cycle.rewrite = "none"
     c.eval.prompt_prefix = "What is "
     c.eval.prompt_suffix = "?"
+    c.eval.levels = "add3"
     c.cycle.aq_prompt = "Write the question that this answers.\n\n{text}"
     c.cycle.corpus_size = 64
     c.cycle.cycles = 1
