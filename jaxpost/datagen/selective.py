@@ -55,14 +55,16 @@ REWRITES = ("instruction", "answer", "trace", "none")
 LEAKS = ("reference answer", "reference solution", "your response", "correct solution")
 
 
-def rewrite_prompt(problem, kind: str) -> str:
-  """The prompt that asks for problem's gold rewritten (``REWRITES``)."""
+def rewrite_prompt(problem, kind: str, ask: str = "{prompt}") -> str:
+  """The prompt that asks for problem's gold rewritten (``REWRITES``); ``ask`` is how
+  the problem itself is asked (``{prompt}``: as the task writes it)."""
   from jaxpost.data import privileged
 
+  question = ask.format(prompt=problem.prompt)
   if kind == "instruction":
-    return PARAPHRASE.format(problem=problem.prompt, gold=template.render_response(problem.example))
+    return PARAPHRASE.format(problem=question, gold=template.render_response(problem.example))
   if kind == "none":
-    return problem.prompt
+    return question
   if kind in ("answer", "trace"):
     return privileged.problem_prompt(problem, kind)
   raise ValueError(f"rewrite {kind!r}: expected one of {REWRITES}")
@@ -115,6 +117,7 @@ def select_targets(
   branches: Sequence[str] = METHODS["s3ft"],
   rewrite: str = "instruction",
   judge_name: str = "",
+  ask: str = "{prompt}",
 ) -> tuple[list[dict], dict]:
   """The records of a method of ``METHODS`` over ``problems`` (task ``Problem``s).
 
@@ -126,6 +129,8 @@ def select_targets(
       the problems the branches before it did not settle), in order.
     rewrite: the rewrite prompt (``REWRITES``).
     judge_name: how records name the judge.
+    ask: each problem's prompt, in the model's answer and in the record (``{prompt}``:
+      as the task writes it; "What is {prompt}?" asks a chat model a question).
 
   Returns:
     (records, counts): one record per problem, in order; counts of each target, and
@@ -138,12 +143,12 @@ def select_targets(
   golds = [template.render_response(p.example) for p in problems]
   own, own_verdicts = [None] * len(problems), [None] * len(problems)
   if "model" in branches:
-    own = writer([p.prompt for p in problems], salt=0)
+    own = writer([ask.format(prompt=p.prompt) for p in problems], salt=0)
     own_verdicts = judge(problems, own)
   para, para_verdicts, leaked = {}, {}, 0
   rejected = [i for i, v in enumerate(own_verdicts) if v is None or not v.ok]
   if "paraphrase" in branches and rejected:
-    texts = writer([rewrite_prompt(problems[i], rewrite) for i in rejected], salt=1)
+    texts = writer([rewrite_prompt(problems[i], rewrite, ask) for i in rejected], salt=1)
     verdicts = judge([problems[i] for i in rejected], texts)
     for i, text, v in zip(rejected, texts, verdicts, strict=True):
       if leaks(text):
@@ -170,7 +175,7 @@ def select_targets(
       provenance.update(own_verdict=ov.ok, own_score=ov.score)
     if pv is not None:
       provenance.update(paraphrase_verdict=pv.ok, paraphrase_score=pv.score)
-    records.append(core.record(p.prompt, response, **provenance))
+    records.append(core.record(ask.format(prompt=p.prompt), response, **provenance))
   return records, counts
 
 
@@ -186,6 +191,7 @@ def build(
   seed: int = 0,
   max_new_tokens: int = 96,
   batch_size: int = 64,
+  ask: str = "{prompt}",
 ) -> dict:
   """Writes the S3FT / SSR dataset of training problems ``0 .. n - 1`` of the mixture
   ``levels`` (seed ``seed``: a run with these ``data.levels`` and seed draws the same
@@ -198,13 +204,15 @@ def build(
     raise ValueError(f"rewrite must be one of {REWRITES}, got {rewrite!r}")
   if n < 1:
     raise ValueError(f"n must be >= 1, got {n}")
+  if "{prompt}" not in ask:
+    raise ValueError(f"ask must contain {{prompt}}, got {ask!r}")
   judge_fn = make_judge(judge)
   mixture = tasks.mixture(levels, "train", seed)
   problems = [mixture.problem_at(i) for i in range(n)]
   writer = core.Writer(author, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
   branches = METHODS[method]
   records, counts = select_targets(
-    problems, writer, judge_fn, branches=branches, rewrite=rewrite, judge_name=judge
+    problems, writer, judge_fn, branches=branches, rewrite=rewrite, judge_name=judge, ask=ask
   )
   cost = writer.cost
   cost.judged = cost.prompts  # every response written was judged once
@@ -213,6 +221,7 @@ def build(
     model=author.name, step=author.step, levels=levels, n=n, seed=seed, judge=judge,
     max_new_tokens=max_new_tokens, batch_size=batch_size, rewrite=rewrite if rewrites else None,
     rewrite_prompt=PARAPHRASE if rewrites and rewrite == "instruction" else None,
+    **({"ask": ask} if ask != "{prompt}" else {}),  # (the shipped manifests predate it)
   )  # fmt: skip
   fractions = {f"{k}_frac": counts[k] / n for k in TARGETS}
   return core.write_dataset(
@@ -224,7 +233,7 @@ def main(argv=None) -> None:
   core.run_cli(
     __doc__.split("\n")[0], build, argv,
     method=(str, "s3ft", tuple(METHODS)), judge=(str, "task", None),
-    rewrite=(str, "instruction", REWRITES),
+    rewrite=(str, "instruction", REWRITES), ask=(str, "{prompt}", None),
   )  # fmt: skip
 
 

@@ -146,6 +146,20 @@ def test_the_trace_judge_rejects_a_right_answer_reached_through_a_wrong_step():
   assert [v.ok for v in selective.make_judge("trace")([p, p], [gold, slipped])] == [True, False]
 
 
+def test_ask_phrases_every_prompt_the_model_and_the_record_see():
+  problems = _problems(3)
+  writer = FakeWriter()
+  judge = _judge({problems[0].prompt}, set())
+  records, _ = selective.select_targets(problems, writer, judge, ask="What is {prompt}?")
+  asked = [f"What is {p.prompt}?" for p in problems]
+  assert writer.calls[0] == (0, asked)  # the own answers
+  assert all(prompt.startswith(f"What is {problems[i].prompt}?\n")
+             for i, prompt in zip((1, 2), writer.calls[1][1], strict=True))  # fmt: skip
+  assert [r["prompt"] for r in records] == asked
+  with pytest.raises(ValueError, match="ask"):
+    selective.build(None, {"mul2x2": 1.0}, 4, "/tmp/x", ask="What is it?")
+
+
 def test_the_number_judge_accepts_any_wording_whose_last_number_is_the_answer():
   p = _problems(1)[0]
   answers = [
