@@ -17,6 +17,15 @@ Variants (``-ssr`` suffix: the SSR file):
       --n=1600 --out=runs/data/s3ft
   python -m jaxpost.main --config=configs/s3ft.py:quickstart --workdir=runs/s3ft \\
       --config.data.path=runs/data/s3ft/data.jsonl
+
+  ``smollm2``     configs/sft.py:smollm2, 60 steps, on add3 problems asked "What is X?",
+                  the data built from SmolLM2-135M-Instruct itself with the lenient judge
+                  (its own wording is right when its last number is):
+
+  python -m jaxpost.datagen.selective --method=s3ft --judge=number --ask='What is {prompt}?' \\
+      --model=smollm2 --levels=add3 --n=128 --max_new_tokens=64 --batch_size=32 \\
+      --out=runs/data/s3ft-smollm2
+  python -m jaxpost.main --config=configs/s3ft.py:smollm2 --workdir=runs/s3ft-smollm2
 """
 
 import os
@@ -28,10 +37,29 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 def get_config(variant: str = "tiny"):
   base, _, method = variant.partition("-")
-  if method not in ("", "ssr") or base not in ("tiny", "quickstart"):
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart [-ssr]")
+  if method not in ("", "ssr") or base not in ("tiny", "quickstart", "smollm2"):
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | quickstart | smollm2 [-ssr]")
+  if base == "smollm2":
+    return _smollm2(method or "s3ft")
   c = load_sibling(__file__, "sft_objectives").get_config(base)
   c.data.source = "jsonl"
   c.data.path = os.path.join(DATA, f"{method or 's3ft'}_mul2x2", "data.jsonl")
   c.data.levels = "mul2x2:1.0"  # the held-out problems evaluated
+  return c
+
+
+def _smollm2(method: str):
+  """configs/sft.py:smollm2 (full fine-tuning of SmolLM2-135M-Instruct) for 60 steps on
+  a dataset built from the model itself, asked "What is X?" in the data and in the
+  evaluation (eval/last_number/add3: the answer in any wording)."""
+  c = load_sibling(__file__, "sft").get_config("smollm2")
+  c.data.source = "jsonl"
+  c.data.path = f"runs/data/{method}-smollm2/data.jsonl"  # build it first (docstring)
+  c.data.levels = "add3:1.0"
+  c.eval.levels = "add3"
+  c.eval.prompt_prefix = "What is "
+  c.eval.prompt_suffix = "?"
+  c.eval.max_new_tokens = 64
+  c.eval.every = 0
+  c.train.steps = 60
   return c

@@ -144,3 +144,14 @@ def test_cosine_distance():
 def test_bad_configs_are_refused(overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(_config(**overrides))
+
+
+@pytest.mark.parametrize(
+  "variant, final, frac",
+  [("quickstart", "retrain", 0.0), ("quickstart-gold", "gold", 0.0),
+   ("smollm2-filt", "retrain", 0.05), ("smollm2-qa", "qa", 0.0)],
+)  # fmt: skip
+def test_every_variant_validates(variant, final, frac):
+  c = _config(variant)
+  config_lib.validate(c)
+  assert (c.cycle.final, c.cycle.filter_frac) == (final, frac)
