@@ -18,6 +18,17 @@ the cell's own start, on the same 1600 training problems (seed 1234), 16 per ste
   ssr    the start's own answer where the task's checker accepts it, else the gold
   s3ft   ssr, plus the start's paraphrase of the gold where it is correct
 
+``s3ft_smollm2``: S3FT against SFT on SmolLM2-135M-Instruct (configs/s3ft.py:smollm2,
+60 steps of 8), 128 add3 problems per seed asked "What is X?", the lenient judge (the
+last number): root ``runs/sweeps/s3ft_smollm2``, data first:
+
+  for s in 0 1 2; do python -m jaxpost.datagen.selective --method=s3ft --judge=number \
+    --ask='What is {prompt}?' --model=smollm2 --levels=add3 --n=128 --seed=$s \
+    --max_new_tokens=64 --batch_size=32 --out=runs/sweeps/s3ft_smollm2/data/s3ft-seed$s
+    python -m jaxpost.datagen.selective --method=ssr --judge=never --ask='What is {prompt}?' \
+    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=8 --batch_size=32 \
+    --out=runs/sweeps/s3ft_smollm2/data/gold-seed$s; done
+
 ``self_distill`` variant: the start cut to its first block (of 2) and fine-tuned, on the
 gold data (``sft_pruned``) or on data its unpruned self wrote (``self_distill``: its own
 greedy answer where correct, else the gold; the tiny models cannot read a prompt that
@@ -229,6 +240,24 @@ def _cycle() -> Sweep:
   )
 
 
+def _s3ft_smollm2() -> Sweep:
+  data = "{root}/data/%s-seed{seed}/data.jsonl"
+  return Sweep(
+    base="configs/s3ft.py:smollm2",
+    cells=cells(
+      {"name": "sft", "data.path": data % "gold"}, {"name": "s3ft", "data.path": data % "s3ft"}
+    ),
+    seeds=(0, 1, 2),
+    fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},
+    report={
+      "metrics": ["eval/accuracy/add3", "eval/last_number/add3", "train/loss:last=1"],
+      "baseline": "sft",
+      "curves": [],
+      "scale": 1.0,
+    },
+  )
+
+
 def _cycle_smollm2() -> Sweep:
   return Sweep(
     base="configs/cycle_instruct.py:smollm2",
@@ -284,7 +313,9 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _cycle()
   if variant == "cycle_smollm2":
     return _cycle_smollm2()
+  if variant == "s3ft_smollm2":
+    return _s3ft_smollm2()
   raise ValueError(
     f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
-    "dmt1 | dmt2 | uds | cycle | cycle_smollm2"
+    "dmt1 | dmt2 | uds | cycle | cycle_smollm2 | s3ft_smollm2"
   )
