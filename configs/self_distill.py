@@ -6,7 +6,12 @@ with ``--rewrite=none``, its own answer: the tiny task models cannot read a prom
 shows them the gold); a correct target that leaks nothing is kept, else the gold. The
 student is the same start with a contiguous block of decoder blocks removed
 (``model.keep_layers``: the embeddings, final norm and head stay), fine-tuned with plain
-NLL on that data. The unpruned model is only read, while the data is built.
+NLL on that data. The unpruned model is only read, while the data is built. The span
+removed is the one whose input and output residual streams are closest in angle (the
+paper's choice, after Gromov et al.; jaxpost/models/depth.py): for ``rl-start``,
+
+  python -m jaxpost.models.depth --model=zoo:rl-start --levels=mul2x2 --drop=1
+  -> distances [0.406, 0.366]: remove block 1, model.keep_layers=0
 
 Variants:
   ``tiny``        configs/sft_objectives.py:tiny, the zoo's ``tiny-sft`` cut to its first
