@@ -2,8 +2,9 @@
 
 ``data.source=adp`` reads a JSONL file of trajectories and trains on every agent turn
 (tool calls and messages) with the turns before it as context: observations and user
-turns are never trained on. 10% of the turns are held out (``data.eval_fraction``): the
-held-out loss on agent turns and the exact-match rate of the generated turn.
+turns are never trained on. 10% of the trajectories are held out, every turn of each
+(``data.eval_fraction``; no question on both sides): the held-out loss on agent turns
+and the exact-match rate of the generated turn.
 
 Variant ``tiny``: configs/sft.py:tiny (a tokenizer and model from scratch) on
 configs/data/adp_tir_256.jsonl, 256 tool-use trajectories (a question, a python call,

@@ -263,10 +263,11 @@ def from_tir(record: dict, trajectory_id: str) -> Trajectory:
 
 
 def read_adp(path: str, *, harness: str = "openhands", skip_malformed: bool = False):
-  """(examples, where, skipped) of a JSONL file of trajectories (one per line)."""
+  """(examples, where, skipped, units) of a JSONL file of trajectories (one per line):
+  ``units[i]`` is the line of example i's trajectory (its turns are held out together)."""
   from jaxpost.data.jsonl import DataError
 
-  examples, places, skipped = [], [], 0
+  examples, places, skipped, units = [], [], 0, []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
@@ -281,9 +282,10 @@ def read_adp(path: str, *, harness: str = "openhands", skip_malformed: bool = Fa
         continue
       examples += turns
       places += [f"{path}:{number} (turn {k})" for k in range(len(turns))]
+      units += [number] * len(turns)
   if not examples:
     raise DataError(f"{path} holds no agent trajectory with an agent turn")
-  return examples, places.__getitem__, skipped
+  return examples, places.__getitem__, skipped, units
 
 
 def main(argv=None) -> None:

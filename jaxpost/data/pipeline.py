@@ -46,12 +46,16 @@ class Dataset:
     where: index -> the example's place, ``path:line`` or ``name[split][index]``.
     skipped: malformed records dropped under ``data.skip_malformed``.
     group: examples per record, adjacent (pairs: 2; negatives: 1 + the pool size).
+    units: example -> the record it came from, when one record gives several examples
+      that must be held out together (an agent trajectory's turns); None = each
+      example its own.
   """
 
   examples: Sequence[template.Example]
   where: Callable[[int], str]
   skipped: int = 0
   group: int = 1
+  units: Sequence[int] | None = None
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -178,25 +182,28 @@ class _Subset(Sequence):
 
 
 def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
-  """(training part, held-out part): ``round(fraction * n)`` examples (at least one)
-  drawn with `HELDOUT_SEED`, both parts in the original order.
+  """(training part, held-out part): ``round(fraction * n)`` of the n units (examples,
+  or with ``dataset.units`` the records they came from, whole) drawn with
+  `HELDOUT_SEED`, both parts in the original order.
 
   Raises:
     DataError: the held-out part would leave no training example.
   """
-  n = len(dataset)
-  k = max(1, round(fraction * n))
-  if k >= n:
+  units = np.arange(len(dataset)) if dataset.units is None else np.asarray(dataset.units)
+  ids = np.unique(units)
+  k = max(1, round(fraction * len(ids)))
+  if k >= len(ids):
+    what = "examples" if dataset.units is None else "records"
     raise DataError(
-      f"data.eval_fraction={fraction} of {n} examples leaves none to train on; lower it"
+      f"data.eval_fraction={fraction} of {len(ids)} {what} leaves none to train on; lower it"
     )
-  order = np.random.default_rng(HELDOUT_SEED).permutation(n)
+  held = np.isin(units, np.random.default_rng(HELDOUT_SEED).permutation(ids)[:k])
 
   def part(indices: np.ndarray, skipped: int = 0) -> Dataset:
     where = lambda i: dataset.where(int(indices[i]))  # noqa: E731 (a place per index)
     return Dataset(_Subset(dataset.examples, indices), where, skipped)
 
-  return part(np.sort(order[k:]), dataset.skipped), part(np.sort(order[:k]))
+  return part(np.flatnonzero(~held), dataset.skipped), part(np.flatnonzero(held))
 
 
 def _load(source: str, path: str, split: str, skip_malformed: bool) -> Dataset:

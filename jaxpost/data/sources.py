@@ -244,10 +244,10 @@ def _read_adp(path, split, skip_malformed):
   from jaxpost.data.adp import read_adp
   from jaxpost.data.pipeline import Dataset
 
-  examples, where, skipped = read_adp(path, skip_malformed=skip_malformed)
+  examples, where, skipped, units = read_adp(path, skip_malformed=skip_malformed)
   if skipped:
     logging.warning("skipped %d malformed trajectories in %s", skipped, path)
-  return Dataset(examples, where, skipped)
+  return Dataset(examples, where, skipped, units=units)  # held out by trajectory
 
 
 def _choices_fingerprint(d) -> dict:

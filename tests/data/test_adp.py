@@ -140,6 +140,20 @@ def test_the_adp_source_reads_a_file_and_names_bad_lines(tmp_path):
   path.write_text("".join(adp.dump(t) + "\n" for t in trajs) + '{"id": "x"}\n')
   with pytest.raises(ValueError, match="trajs.jsonl:6"):
     adp.read_adp(str(path))
-  examples, where, skipped = adp.read_adp(str(path), skip_malformed=True)
+  examples, where, skipped, units = adp.read_adp(str(path), skip_malformed=True)
   assert skipped == 1 and len(examples) == 2 * 5  # a tool call and an answer each
   assert where(3) == f"{path}:2 (turn 1)"
+  assert units == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]  # each turn's trajectory (its line)
+
+
+def test_held_out_turns_are_whole_trajectories(tmp_path):
+  from jaxpost.data import pipeline, sources
+
+  path = tmp_path / "trajs.jsonl"
+  trajs = [adp.from_tir(r, f"t{i}") for i, r in enumerate(_tir_records(40))]
+  path.write_text("".join(adp.dump(t) + "\n" for t in trajs))
+  dataset = sources.get("adp").read(str(path), "", False)
+  train, held = pipeline.split_heldout(dataset, 0.1)
+  assert len(held) == 2 * 4 and len(train) == 2 * 36  # 4 of 40 trajectories, both turns
+  prompts = lambda d: {d.examples[i].context[0][1] for i in range(len(d))}  # noqa: E731
+  assert not prompts(train) & prompts(held)  # no question on both sides
