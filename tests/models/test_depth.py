@@ -1,5 +1,6 @@
 """Which blocks to prune (jaxpost/models/depth.py): the angular distance of each span."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,12 +10,27 @@ from jaxpost import models
 from jaxpost.models import depth
 
 
-def _model(n_layers=5):
+@pytest.fixture
+def model(random_decoder):
   config = models.named_config(
-    "tiny", vocab_size=48, d_model=32, n_layers=n_layers, n_heads=4, n_kv_heads=2,
-    head_dim=8, mlp_dim=64,
+    "tiny", vocab_size=48, d_model=32, n_layers=5, n_heads=4, n_kv_heads=2, head_dim=8,
+    mlp_dim=64,
   )  # fmt: skip
-  return models.create_model(config, 0)
+  return random_decoder(config)
+
+
+def _jit(fn, model, *args):
+  """``fn(model, *args)`` compiled (eager decoding of a forward pass is slow)."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda state, *a: fn(nnx.merge(graphdef, state), *a))(state, *args)
+
+
+def _streams(model, tokens, segments):
+  return _jit(depth.block_inputs, model, tokens, segments)
+
+
+def _logits(model, tokens, segments):
+  return _jit(lambda m, t, s: m.forward(t, segment_ids=s).logits, model, tokens, segments)
 
 
 def _silence(model, blocks):
@@ -50,10 +66,9 @@ def _reference(streams, segments, n, last=False):
 
 
 @pytest.mark.parametrize("position", ["all", "last"])
-def test_distances_match_a_direct_computation(position):
-  model = _model()
+def test_distances_match_a_direct_computation(model, position):
   tokens, segments = _batch()
-  streams = depth.block_inputs(model, tokens, segments)
+  streams = _streams(model, tokens, segments)
   assert streams.shape[0] == model.config.n_layers + 1
   np.testing.assert_allclose(streams[0], model.embed[...][tokens], rtol=1e-6)
   for n in (1, 2, 5):
@@ -63,21 +78,21 @@ def test_distances_match_a_direct_computation(position):
     assert d.shape == (model.config.n_layers - n + 1,) and np.all((d >= 0) & (d <= 1))
 
 
-def test_silent_blocks_are_chosen_and_removing_them_changes_nothing():
-  model = _silence(_model(), [1, 2])
+def test_silent_blocks_are_chosen_and_removing_them_changes_nothing(model):
+  model = _silence(model, [1, 2])
   tokens, segments = _batch()
-  d = depth.angular_distances(depth.block_inputs(model, tokens, segments), segments, 2)
+  d = depth.angular_distances(_streams(model, tokens, segments), segments, 2)
   assert (
     depth.best_span(d) == 1 and d[1] == pytest.approx(0.0, abs=1e-6) and min(d[[0, 2, 3]]) > 0.01
   )
   spec = depth.prune_spec(5, 1, 2)
   assert spec == "0,3,4"
-  full = model.forward(tokens, segment_ids=segments).logits
+  full = _logits(model, tokens, segments)
   pruned = models.keep_layers(nnx.clone(model), models.parse_layers(spec, 5))
-  np.testing.assert_allclose(pruned.forward(tokens, segment_ids=segments).logits, full, atol=1e-5)
+  np.testing.assert_allclose(_logits(pruned, tokens, segments), full, atol=1e-5)
 
 
-def test_measure_over_texts_and_bad_arguments():
+def test_measure_over_texts_and_bad_arguments(model):
   from jaxpost.data import tasks, template
 
   class Tok:  # digits as ids (the model's vocabulary is 48)
@@ -89,7 +104,7 @@ def test_measure_over_texts_and_bad_arguments():
   texts = [
     template.render_example(tasks.make_problem("add3", "train", 0, i).example) for i in range(5)
   ]
-  model = _silence(_model(), [3])
+  model = _silence(model, [3])
   d = depth.measure(model, Tok(), texts, 1, batch_size=2)
   assert depth.best_span(d) == 3 and d[3] == pytest.approx(0.0, abs=1e-6)
   with pytest.raises(ValueError, match="n must be"):
