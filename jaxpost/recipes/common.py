@@ -793,3 +793,25 @@ def as_sft_config(config, **overrides):
   for field, value in overrides.items():
     config_lib.set_field(c, field, value)
   return c
+
+
+def phase_config(config, corpus: str, start: str, tokens: str, steps: int):
+  """``config`` as one SFT phase of a recipe that chains them (MoT's branches,
+  Cycle-Instruct's adapters): ``steps`` steps on the JSONL ``corpus`` from ``start``'s
+  parameters with a fresh optimizer, one checkpoint at the end, no evaluation."""
+  return as_sft_config(
+    config,
+    **{
+      "data.source": "jsonl",
+      "data.path": corpus,
+      "train.init_from": start,
+      "train.init_mode": "params",
+      "train.steps": steps,
+      "train.checkpoint_every": steps,
+      "train.stop_when": "",
+      "eval.every": 0,
+      "eval.levels": "",
+      "eval.final_levels": "",
+      "tokenizer.path": tokens,
+    },
+  )

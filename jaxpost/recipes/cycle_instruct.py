@@ -320,22 +320,7 @@ def _phase(config, run: str, start: str, tokens: str, records: list[dict], state
   steps = config.cycle.steps
   data = run + "_data"
   _write(data, records, config)
-  phase = common.as_sft_config(
-    config,
-    **{
-      "data.source": "jsonl",
-      "data.path": os.path.join(data, core.DATA_FILE),
-      "train.init_from": start,
-      "train.init_mode": "params",
-      "train.steps": steps,
-      "train.checkpoint_every": steps,
-      "train.stop_when": "",
-      "eval.every": 0,
-      "eval.levels": "",
-      "eval.final_levels": "",
-      "tokenizer.path": tokens,
-    },
-  )
+  phase = common.phase_config(config, os.path.join(data, core.DATA_FILE), start, tokens, steps)
   sft.run(phase, run)
   _save_state(os.path.dirname(os.path.dirname(run)), state)
 

@@ -95,7 +95,7 @@ def run(config, workdir: str) -> dict:
       branches = []
       for k, corpus in enumerate(m.branch_data):
         branch = os.path.join(round_dir, f"branch{k}")
-        sft.run(_branch_config(config, corpus, start, tokens, m.steps_per_round), branch)
+        sft.run(common.phase_config(config, corpus, start, tokens, m.steps_per_round), branch)
         branches.append(branch)
         tokens = tokens or branch
       merging.merge_runs(branches, merged, m.weights or None, tokenizer=tokens)
@@ -105,23 +105,3 @@ def run(config, workdir: str) -> dict:
   # a sweep or a person looks.
   final = {"train.init_from": start, "train.steps": 0, "tokenizer.path": config.tokenizer.path}
   return sft.run(common.as_sft_config(config, **final), workdir)
-
-
-def _branch_config(config, corpus: str, start: str, tokens: str, steps: int):
-  """This config as an SFT run of ``steps`` steps on ``corpus`` from ``start``."""
-  return common.as_sft_config(
-    config,
-    **{
-      "data.source": "jsonl",
-      "data.path": corpus,
-      "train.init_from": start,
-      "train.init_mode": "params",
-      "train.steps": steps,
-      "train.checkpoint_every": steps,
-      "train.stop_when": "",
-      "eval.every": 0,
-      "eval.levels": "",
-      "eval.final_levels": "",
-      "tokenizer.path": tokens,
-    },
-  )
