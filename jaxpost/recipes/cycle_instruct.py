@@ -236,8 +236,11 @@ def _answer_check(questions, pseudo_answers, truth) -> dict:
 
   if not truth:
     return {}
-  right = [tasks.check_answer(truth[q], a) for q, a in zip(questions, pseudo_answers, strict=True)]
-  return {"answers_correct": float(np.mean(right))}
+  pairs = list(zip(questions, pseudo_answers, strict=True))
+  return {  # exact (the task's format) and lenient (the last number, any wording)
+    "answers_correct": float(np.mean([tasks.check_answer(truth[q], a) for q, a in pairs])),
+    "answers_last_number": float(np.mean([tasks.check_last_number(truth[q], a) for q, a in pairs])),
+  }
 
 
 def _question(config, problem) -> str:
@@ -386,7 +389,7 @@ def _totals(state: dict) -> dict:
     if isinstance(stats, dict):
       out["cycle/generated_tokens"] += stats.get("generated_tokens", 0)
       out["cycle/generation_seconds"] += stats.get("seconds", 0.0)
-      for name in ("answers_correct", "questions_exact", "kept"):
+      for name in ("answers_correct", "answers_last_number", "questions_exact", "kept"):
         if name in stats:  # cycle<c>/answers -> cycle/answers_correct_c<c>; filter/kept
           where = key.split("/")[0].replace("cycle", "c")
           out[f"cycle/{name}_{where}" if where != "filter" else "cycle/filter_kept"] = stats[name]

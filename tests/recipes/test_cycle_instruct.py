@@ -87,6 +87,7 @@ def test_cycle_filt_drops_ceil_five_percent_per_cluster_the_farthest(filtered):
   assert summary["step"] == config.cycle.final_steps
   assert summary["cycle/generated_tokens"] > 0 and summary["cycle/filter_kept"] == len(kept)
   assert 0 <= summary["cycle/questions_exact_c1"] <= 1
+  assert summary["cycle/answers_last_number_c1"] >= summary["cycle/answers_correct_c1"]
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     logged = [json.loads(line) for line in f]
   assert sum("cycle/generated_tokens" in r for r in logged) == 1
