@@ -32,6 +32,9 @@ ROLE_ANSWER = 3
 # undesirable span); it counts in the loss like any response token, and token-weighting
 # losses can weight it on its own (token_priority's ``marked_weight``).
 ROLE_MARKED = 4
+# A response token the model read but did not write (``template.Example.observed``: a
+# tool's output inside a tool-use trace): context, never a loss target.
+ROLE_OBSERVED = 5
 RESPONSE_ROLES = (ROLE_THINK, ROLE_ANSWER, ROLE_MARKED)
 
 

@@ -86,6 +86,16 @@ steps per model); held-out mul2x2 of
   filt   cycle after Cycle-Filt (ceil 5% farthest reconstructions per cluster dropped)
   qa     the last question -> answer adapter itself (2 x 100 steps on pseudo pairs)
 
+``adp`` variant: the agent-data protocol's loss on agent turns only. The 1500 tool-use
+records of configs/data/tir_sft.jsonl, trained as they are (``raw``: the tool's output
+fence is a loss target) or converted to ADP and rendered back in jaxpost's rollout layout
+(``adp``: the same text, the output read but not trained on); configs/simpletir.py:sft
+for 600 steps, greedy tool rollouts on mul3x3 and mul4x3; root ``runs/sweeps/adp``:
+
+  python -m jaxpost.data.adp --from_tir=configs/data/tir_sft.jsonl \
+    --out=runs/sweeps/adp/data/adp_tir_1500.jsonl
+  python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:adp --root=runs/sweeps/adp
+
 ``cycle_smollm2``: the same on SmolLM2-135M-Instruct (configs/cycle_instruct.py:smollm2:
 64 + 64 add3 paragraphs, 1 cycle of 20 steps per adapter, 40 final steps), cells gold
 and cycle, root ``runs/sweeps/cycle_smollm2``.
@@ -280,6 +290,24 @@ def _cycle_smollm2() -> Sweep:
   )
 
 
+def _adp() -> Sweep:
+  return Sweep(
+    base="configs/adp.py:rollout",
+    cells=cells(
+      {"name": "raw", "data.source": "jsonl", "data.path": "configs/data/tir_sft.jsonl"},
+      {"name": "adp", "data.path": "{root}/data/adp_tir_1500.jsonl"},
+    ),
+    seeds=(0, 1, 2),
+    fixed={"train.steps": 600, "eval.every": 200, "train.progress": False},
+    report={
+      "metrics": ["eval/accuracy", "eval/accuracy/mul3x3", "eval/accuracy/mul4x3"],
+      "baseline": "raw",
+      "curves": ["eval/accuracy"],
+      "scale": 1.0,
+    },
+  )
+
+
 def _report(baseline: str) -> dict:
   return {
     "metrics": [
@@ -315,7 +343,9 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _cycle_smollm2()
   if variant == "s3ft_smollm2":
     return _s3ft_smollm2()
+  if variant == "adp":
+    return _adp()
   raise ValueError(
     f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
-    "dmt1 | dmt2 | uds | cycle | cycle_smollm2 | s3ft_smollm2"
+    "dmt1 | dmt2 | uds | cycle | cycle_smollm2 | s3ft_smollm2 | adp"
   )

@@ -222,6 +222,40 @@ def to_examples(trajectory: Trajectory, harness: str = "openhands") -> list[Exam
   return out
 
 
+def to_rollout(trajectory: Trajectory) -> Example:
+  """The trajectory as one example in the layout of jaxpost's own tool rollouts
+  (``jaxpost/tools/tir.py``): the user's question as the prompt; in the think block each
+  code action's reasoning and fenced code, then its output as the harness writes it
+  (``tool_text``'s fence), marked ``observed`` (read, never trained on, as RL's tool
+  turns); the final message as the answer. Only python code actions and text
+  observations have a place in that layout: anything else is an error."""
+  from jaxpost.tools.tir import CODE_END, OUTPUT_CLOSE, OUTPUT_OPEN
+
+  steps = list(trajectory.content)
+  first, last = steps[0] if steps else None, steps[-1] if steps else None
+  if not (isinstance(first, TextObservation) and first.source == "user"):
+    raise ValueError(f"trajectory {trajectory.id!r} must start with the user's question")
+  if not isinstance(last, MessageAction):
+    raise ValueError(f"trajectory {trajectory.id!r} must end with the agent's answer (a message)")
+  thinking, observed = "", []
+  for step in steps[1:-1]:
+    if isinstance(step, CodeAction) and step.language == "python":
+      thinking += f"{step.reasoning_content}\n" if step.reasoning_content else ""
+      thinking += f"```python\n{step.content}{CODE_END}"
+    elif isinstance(step, TextObservation) and step.source == "environment":
+      start = len(thinking)
+      thinking += f"{OUTPUT_OPEN}{step.content}{OUTPUT_CLOSE}"
+      observed.append((start, len(thinking)))
+    else:
+      raise ValueError(
+        f"trajectory {trajectory.id!r}: a {step.kind} has no place in a python tool rollout"
+      )
+  if last.reasoning_content:
+    thinking += last.reasoning_content
+  return Example(prompt=first.content, thinking=thinking, answer=last.content,
+                 observed=tuple(observed))  # fmt: skip
+
+
 def _turn_text(turn: dict) -> str:
   if turn["role"] == "assistant" and turn["reasoning"]:
     return f"<think>{turn['reasoning']}</think>{turn['content']}"
@@ -264,7 +298,9 @@ def from_tir(record: dict, trajectory_id: str) -> Trajectory:
 
 def read_adp(path: str, *, harness: str = "openhands", skip_malformed: bool = False):
   """(examples, where, skipped, units) of a JSONL file of trajectories (one per line):
-  ``units[i]`` is the line of example i's trajectory (its turns are held out together)."""
+  ``units[i]`` is the line of example i's trajectory (its turns are held out together).
+  ``harness``: one of ``HARNESSES`` (one example per agent turn), or ``rollout`` (one
+  example per trajectory, ``to_rollout``)."""
   from jaxpost.data.jsonl import DataError
 
   examples, places, skipped, units = [], [], 0, []
@@ -274,7 +310,7 @@ def read_adp(path: str, *, harness: str = "openhands", skip_malformed: bool = Fa
         continue
       try:
         traj = load(line)
-        turns = to_examples(traj, harness)
+        turns = [to_rollout(traj)] if harness == "rollout" else to_examples(traj, harness)
       except ValueError as e:
         if not skip_malformed:
           raise DataError(f"{path}:{number}: {e}") from None

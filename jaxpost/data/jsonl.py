@@ -131,20 +131,22 @@ def record_to_example(record: object) -> Example:
   thinking, answer = split_response(response)
   if not (thinking + answer).strip():
     raise ValueError("empty response (an empty think block and no answer)")
-  marks = _marks(record.get("marks", []), thinking)
-  return Example(prompt=prompt, thinking=thinking, answer=answer, context=context, marks=marks)
+  marks = _spans("marks", record.get("marks", []))
+  observed = _spans("observed", record.get("observed", []))
+  marked_pieces(thinking, marks, observed)  # sorted, disjoint, in the thinking: else ValueError
+  return Example(prompt=prompt, thinking=thinking, answer=answer, context=context, marks=marks,
+                 observed=observed)  # fmt: skip
 
 
-def _marks(value, thinking: str) -> tuple[tuple[int, int], ...]:
-  """A record's optional ``"marks"``: [[start, end], ...] character spans of its thinking
-  whose tokens are marked (``ROLE_MARKED``; e.g. CFT's critical tokens)."""
+def _spans(name: str, value) -> tuple[tuple[int, int], ...]:
+  """A record's optional ``"marks"`` / ``"observed"``: [[start, end], ...] character
+  spans of its thinking whose tokens are marked (``ROLE_MARKED``; e.g. CFT's critical
+  tokens) / read but not written by the model (``ROLE_OBSERVED``: a tool's output)."""
   if not isinstance(value, list) or not all(
     isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in value
   ):
-    raise ValueError(f"'marks' must be a list of [start, end] integer pairs, got {value!r}")
-  marks = tuple((m[0], m[1]) for m in value)
-  marked_pieces(thinking, marks)  # sorted, disjoint, inside the thinking: else ValueError
-  return marks
+    raise ValueError(f"'{name}' must be a list of [start, end] integer pairs, got {value!r}")
+  return tuple((m[0], m[1]) for m in value)
 
 
 def read_jsonl(path: str | os.PathLike, *, skip_malformed: bool = False) -> ReadResult:

@@ -238,16 +238,19 @@ def _read_groups(reader: str, group: int | None = None):
   return read
 
 
-def _read_adp(path, split, skip_malformed):
-  import logging
+def _read_adp(harness: str):
+  def read(path, split, skip_malformed):
+    import logging
 
-  from jaxpost.data.adp import read_adp
-  from jaxpost.data.pipeline import Dataset
+    from jaxpost.data.adp import read_adp
+    from jaxpost.data.pipeline import Dataset
 
-  examples, where, skipped, units = read_adp(path, skip_malformed=skip_malformed)
-  if skipped:
-    logging.warning("skipped %d malformed trajectories in %s", skipped, path)
-  return Dataset(examples, where, skipped, units=units)  # held out by trajectory
+    examples, where, skipped, units = read_adp(path, harness=harness, skip_malformed=skip_malformed)
+    if skipped:
+      logging.warning("skipped %d malformed trajectories in %s", skipped, path)
+    return Dataset(examples, where, skipped, units=units)  # held out by trajectory
+
+  return read
 
 
 def _choices_fingerprint(d) -> dict:
@@ -268,8 +271,11 @@ register(Source("jsonl", _shuffled, read=_read_jsonl, file=True))
 register(Source("parquet", _shuffled, read=_read_table("parquet"), validate=_path_exists))
 register(Source("arrow", _shuffled, read=_read_table("arrow"), validate=_path_exists))
 register(Source("tfds", _shuffled, read=_read_tfds))
-# Agent trajectories (jaxpost/data/adp.py): one example per agent turn, its past as context.
-register(Source("adp", _shuffled, read=_read_adp, file=True))
+# Agent trajectories (jaxpost/data/adp.py): one example per agent turn, its past as context
+# (OpenHands' rendering); or one per trajectory in jaxpost's tool-rollout layout, the
+# tools' outputs read but never trained on (``adp_rollout``).
+register(Source("adp", _shuffled, read=_read_adp("openhands"), file=True))
+register(Source("adp_rollout", _shuffled, read=_read_adp("rollout"), file=True))
 for _name, _reader in (("pairs", "read_pairs"), ("rationales", "read_rationales")):
   # A preference pair / a record's label and rationale tasks, two adjacent rows.
   register(Source(_name, _paired, read=_read_groups(_reader, 2), file=True, rows=lambda d: 2))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxpost.types import ROLE_ANSWER, ROLE_MARKED, ROLE_PROMPT, ROLE_THINK
+from jaxpost.types import ROLE_ANSWER, ROLE_MARKED, ROLE_OBSERVED, ROLE_PROMPT, ROLE_THINK
 
 if TYPE_CHECKING:
   from jaxpost.data.tokenizer import Tokenizer
@@ -60,6 +60,9 @@ class Example:
     marks: ``(start, end)`` character spans of ``thinking`` whose tokens get
       ``ROLE_MARKED`` (noise or an undesirable span the data knows of, e.g. injected by
       ``data.corrupt``); sorted, disjoint. Each span is tokenised on its own.
+    observed: spans of ``thinking`` the model read but did not write (a tool's output
+      in a tool-use trace): ``ROLE_OBSERVED`` tokens, never trained on; sorted, disjoint
+      from each other and from ``marks``, each tokenised on its own.
   """
 
   prompt: str
@@ -67,6 +70,7 @@ class Example:
   answer: str
   context: tuple[tuple[str, str], ...] = ()
   marks: tuple[tuple[int, int], ...] = ()
+  observed: tuple[tuple[int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +298,7 @@ def encode_example(
   spans = [
     (encode_prompt(tok, ex.prompt, add_bos=add_bos, context=ex.context), ROLE_PROMPT),
     (tok.encode(THINK_OPEN), ROLE_THINK),
-    *((tok.encode(text), role) for text, role in marked_pieces(ex.thinking, ex.marks)),
+    *((tok.encode(text), role) for text, role in marked_pieces(ex.thinking, ex.marks, ex.observed)),
     (tok.encode(THINK_CLOSE), ROLE_THINK),
     (tok.encode(ex.answer), ROLE_ANSWER),
   ]
@@ -305,14 +309,19 @@ def encode_example(
   return Encoded(tokens=tokens, roles=roles)
 
 
-def marked_pieces(thinking: str, marks) -> list[tuple[str, int]]:
-  """``thinking`` cut at the ``marks`` spans: ``(text, ROLE_THINK | ROLE_MARKED)`` pieces
-  (no empty ones); without marks, the whole text as one piece."""
+def marked_pieces(thinking: str, marks, observed=()) -> list[tuple[str, int]]:
+  """``thinking`` cut at the ``marks`` and ``observed`` spans: ``(text, ROLE_THINK |
+  ROLE_MARKED | ROLE_OBSERVED)`` pieces (no empty ones); without spans, the whole text
+  as one piece."""
+  spans = sorted([(*m, ROLE_MARKED) for m in marks] + [(*o, ROLE_OBSERVED) for o in observed])
   pieces, at = [], 0
-  for start, end in marks:
+  for start, end, role in spans:
     if not at <= start < end <= len(thinking):
-      raise ValueError(f"Example.marks {tuple(marks)} are not sorted, disjoint spans of thinking")
-    pieces += [(thinking[at:start], ROLE_THINK), (thinking[start:end], ROLE_MARKED)]
+      raise ValueError(
+        f"Example.marks {tuple(marks)} and observed {tuple(observed)} are not sorted, "
+        "disjoint spans of thinking"
+      )
+    pieces += [(thinking[at:start], ROLE_THINK), (thinking[start:end], role)]
     at = end
   pieces.append((thinking[at:], ROLE_THINK))
   return [(text, role) for text, role in pieces if text] or [("", ROLE_THINK)]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -157,3 +158,49 @@ def test_held_out_turns_are_whole_trajectories(tmp_path):
   assert len(held) == 2 * 4 and len(train) == 2 * 36  # 4 of 40 trajectories, both turns
   prompts = lambda d: {d.examples[i].context[0][1] for i in range(len(d))}  # noqa: E731
   assert not prompts(train) & prompts(held)  # no question on both sides
+
+
+def test_the_rollout_layout_gives_the_raw_tool_trace_back_with_outputs_observed(tmp_path):
+  from jaxpost.data.tokenizer import SentencePieceTokenizer
+  from jaxpost.tools.tir import OUTPUT_CLOSE, OUTPUT_OPEN
+  from jaxpost.types import RESPONSE_ROLES, ROLE_OBSERVED
+
+  records = _tir_records(30)
+  examples = [adp.to_rollout(adp.from_tir(r, f"t{i}")) for i, r in enumerate(records)]
+  tok = SentencePieceTokenizer.train([template.render_example(e) for e in examples] * 4,
+                                     str(tmp_path / "tok"), vocab_size=96,
+                                     byte_fallback=False)  # fmt: skip
+  for record, ex in zip(records, examples, strict=True):
+    assert ex.prompt == record["prompt"]
+    assert template.render_response(ex) == record["response"]  # byte for byte
+    assert [ex.thinking[a:b] for a, b in ex.observed] == [
+      OUTPUT_OPEN + o + OUTPUT_CLOSE for o in re.findall(r"```output\n(.*?)\n```", ex.thinking)
+    ] and ex.observed
+    enc = template.encode_example(tok, ex)
+    observed = enc.roles == ROLE_OBSERVED
+    assert tok.decode(enc.tokens[observed].tolist()).replace(" ", "") == "".join(
+      ex.thinking[a:b] for a, b in ex.observed
+    ).replace(" ", "")
+    assert not np.isin(ROLE_OBSERVED, RESPONSE_ROLES)  # never a loss target
+    code = ex.thinking[: ex.observed[0][0]]
+    assert code.startswith("```python\n") and "print(" in code
+
+
+def test_the_rollout_layout_refuses_what_it_cannot_hold():
+  with pytest.raises(ValueError, match="no place in a python tool rollout"):
+    adp.to_rollout(_rich())
+  traj = adp.from_tir(_tir_records(1)[0], "t")
+  no_answer = traj.model_copy(update={"content": traj.content[:-1]})
+  with pytest.raises(ValueError, match="must end with the agent's answer"):
+    adp.to_rollout(no_answer)
+
+
+def test_the_adp_rollout_source_reads_one_example_per_trajectory(tmp_path):
+  from jaxpost.data import sources
+
+  path = tmp_path / "trajs.jsonl"
+  trajs = [adp.from_tir(r, f"t{i}") for i, r in enumerate(_tir_records(6))]
+  path.write_text("".join(adp.dump(t) + "\n" for t in trajs))
+  dataset = sources.get("adp_rollout").read(str(path), "", False)
+  assert len(dataset) == 6 and list(dataset.units) == [1, 2, 3, 4, 5, 6]
+  assert all(ex.observed for ex in dataset.examples)

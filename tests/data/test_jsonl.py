@@ -186,3 +186,35 @@ def test_pipeline_reads_a_dataset_once_for_tokenizer_and_source(tmp_path, monkey
   assert len(source(0)[0]) > 0
   _write(path, [json.dumps({"prompt": "1+1", "response": "2"})])
   assert len(pipeline.load_examples(c)) == 1 and len(reads) == 2
+
+
+def test_observed_spans_are_read_and_never_trained_on(tmp_path):
+  import numpy as np
+
+  from jaxpost.data import packing, template
+  from jaxpost.data.jsonl import record_to_example
+  from jaxpost.data.tokenizer import SentencePieceTokenizer
+  from jaxpost.types import RESPONSE_ROLES, ROLE_OBSERVED
+
+  thinking = "```python\nprint(6*7)\n```\n```output\n42\n```\n"
+  start = thinking.index("```output")
+  record = {"prompt": "6*7", "response": f"<think>{thinking}</think>42",
+            "observed": [[start, len(thinking)]]}  # fmt: skip
+  ex = record_to_example(record)
+  assert ex.observed == ((start, len(thinking)),) and ex.marks == ()
+  tok = SentencePieceTokenizer.train([template.render_example(ex)] * 50, str(tmp_path / "tok"),
+                                     vocab_size=40, byte_fallback=False)  # fmt: skip
+  enc = template.encode_example(tok, ex)
+  observed = enc.roles == ROLE_OBSERVED
+  assert tok.decode(enc.tokens[observed].tolist()) == thinking[start:]
+  arrays = packing._to_batch_arrays(
+    enc.tokens[None], enc.roles[None], np.ones((1, len(enc)), np.int32), np.arange(len(enc))[None]
+  )
+  mask, roles = arrays["loss_mask"][0], arrays["roles"][0]
+  assert (
+    mask[roles == ROLE_OBSERVED].sum() == 0 and (roles == ROLE_OBSERVED).sum() == observed.sum()
+  )
+  assert mask.sum() == np.isin(enc.roles[1:], RESPONSE_ROLES).sum()  # every other response token
+  for bad in ([[0, start + 3]], [[start, len(thinking) + 1]]):  # overlaps a mark / leaves it
+    with pytest.raises(ValueError, match="spans"):
+      record_to_example({**record, "observed": bad, "marks": [[0, 3]]})

@@ -113,6 +113,7 @@ def test_load_sweep_files(tmp_path):
     "data_methods.py:cycle",
     "data_methods.py:cycle_smollm2",
     "data_methods.py:s3ft_smollm2",
+    "data_methods.py:adp",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
