@@ -58,7 +58,8 @@ class Author:
   step: int | None = None
 
 
-def _latest_step(workdir: str) -> int | None:
+def latest_step(workdir: str) -> int | None:
+  """The step of a run's latest checkpoint, or None (no checkpoint yet)."""
   ckpts = os.path.join(workdir, "checkpoints")
   steps = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
   return max(steps) if steps else None
@@ -77,7 +78,7 @@ def load_author(spec: str) -> Author:
   from jaxpost.data import generated
 
   model, tok, _ = generated.load_run(spec)
-  return Author(model, tok, spec, _latest_step(zoo.resolve(spec)))
+  return Author(model, tok, spec, latest_step(zoo.resolve(spec)))
 
 
 # ------------------------------------------------------------------------ generation

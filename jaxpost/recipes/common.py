@@ -209,13 +209,16 @@ def trainable_filter(config, model_config=None):
   return nnx.Any(peft.adapter_filter(), train.trainable_filter(config.train.trainable))
 
 
-def _load_chain(run: str, params, depth: int = 0):
+def _load_chain(run: str, params, seen: frozenset = frozenset()):
   """``checkpoint.load_params`` of ``run``; the leaves it lacks (it trained a subset:
-  adapters, ``train.trainable``) come from the run it started from, recursively."""
+  adapters, ``train.trainable``) come from the run it started from, recursively (a
+  chain as long as the runs make it: Cycle-Instruct's phases start from each other;
+  a run met twice ends it)."""
   loaded, kept = checkpoint.load_params(run, params)
   start = zoo.resolve(jaxpost_workdir.recorded_config(run).get("train.init_from", ""))
-  if kept and start and depth < 8 and os.path.isdir(start):
-    below, kept_below = _load_chain(start, params, depth + 1)
+  seen = seen | {os.path.abspath(run)}
+  if kept and start and os.path.abspath(start) not in seen and os.path.isdir(start):
+    below, kept_below = _load_chain(start, params, seen)
     loaded, _ = checkpoint.load_params(run, below)
     kept = [k for k in kept if k in set(kept_below)]
   return loaded, kept

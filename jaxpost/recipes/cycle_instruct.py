@@ -85,7 +85,7 @@ def config_sections(c: config_dict.ConfigDict) -> None:
     corpus=fields.TEXT,
     corpus_size=fields.integer(ge=1),
     rewrite=fields.one_of(REWRITES),
-    cycles=fields.integer(ge=1, le=32),
+    cycles=fields.integer(ge=1),
     steps=fields.integer(ge=1),
     qa_prompt=fields.Custom("a template with {text}", _check_prompt),
     aq_prompt=fields.Custom("a template with {text}", _check_prompt),
@@ -308,7 +308,7 @@ def _write(out_dir: str, records: list[dict], config) -> None:
 
 
 def _finished(run: str, steps: int) -> bool:
-  return core._latest_step(run) == steps
+  return core.latest_step(run) == steps
 
 
 def _read_records(data_dir: str) -> list[dict]:

@@ -156,3 +156,30 @@ def test_every_variant_validates(variant, final, frac):
   c = _config(variant)
   config_lib.validate(c)
   assert (c.cycle.final, c.cycle.filter_frac) == (final, frac)
+
+
+def test_a_chain_of_adapter_runs_is_followed_to_its_base_however_long(monkeypatch, tmp_path):
+  """Cycle-Instruct's phase c starts from phase c - 1: the base's leaves come from the
+  bottom of a chain as long as the cycles (and a chain that loops ends)."""
+  runs = [str(tmp_path / f"run{i}") for i in range(12)]
+  for r in runs:
+    os.makedirs(r)
+  starts = {r: (runs[i - 1] if i else "") for i, r in enumerate(runs)}
+
+  bases = {runs[0]}
+
+  def load_params(run, params):
+    if run in bases:  # the base: every leaf
+      return {"base": "from run0", "lora": "from run0"}, []
+    return {"base": params["base"], "lora": f"from {os.path.basename(run)}"}, ["base"]
+
+  monkeypatch.setattr(common.checkpoint, "load_params", load_params)
+  monkeypatch.setattr(
+    common.jaxpost_workdir, "recorded_config", lambda run: {"train.init_from": starts[run]}
+  )
+  loaded, kept = common._load_chain(runs[-1], {"base": "built", "lora": "built"})
+  assert loaded == {"base": "from run0", "lora": "from run11"} and kept == []
+  bases.clear()  # no run holds the base's leaves, and run0 starts from run5: a loop
+  starts[runs[0]] = runs[5]
+  loaded, kept = common._load_chain(runs[-1], {"base": "built", "lora": "built"})
+  assert kept == ["base"]
