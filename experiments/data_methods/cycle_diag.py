@@ -29,10 +29,12 @@ def _kind(question: str, truth: str) -> str:
   rest = re.sub(r"</?think>", "", question).strip()
   if rest == truth:
     return "the true question"
-  if re.fullmatch(r"What is \d+\+\d+\?", rest):
+  if re.fullmatch(r"what is \d+\+\d+\?", rest, re.IGNORECASE):
     return "another sum (What is A+B?)"
-  if re.fullmatch(r"What is -?\d+\?", rest):
+  if re.fullmatch(r"what is -?\d+\?", rest, re.IGNORECASE):
     return "the answer itself (What is N?)"
+  if not rest:
+    return "nothing but think tags"
   return "other"
 
 
