@@ -146,7 +146,8 @@ def run(config, workdir: str) -> dict:
         core.record(cy.aq_prompt.format(text=a), q, model=name(qa), generated=a, cycle=c,
                     side="question")
         for a, q in zip(pseudo_answers, questions, strict=True)
-      ], state)  # fmt: skip
+      ])  # fmt: skip
+      _save_state(workdir, state)  # a finished phase's numbers survive a kill
     aq = os.path.join(here, "aq")
     # 3-4: M_AQ asks the questions of the real answers; M_QA learns to give the answer.
     if not _finished(os.path.join(here, "qa"), cy.steps):
@@ -160,12 +161,13 @@ def run(config, workdir: str) -> dict:
         core.record(cy.qa_prompt.format(text=q), a, model=name(aq), generated=q, cycle=c,
                     side="answer")
         for q, a in zip(pseudo_questions, answers, strict=True)
-      ], state)  # fmt: skip
+      ])  # fmt: skip
+      _save_state(workdir, state)  # a finished phase's numbers survive a kill
     qa = os.path.join(here, "qa")
-  data = os.path.join(workdir, "final_data")
   if cy.final == "qa":
     final = {"train.init_from": qa, "train.steps": 0}
   else:
+    data = os.path.join(workdir, "final_data")
     if "final_pairs" not in state:  # D_final not written yet
       _write(data, _final_records(config, qa, aq, base, answers, truth, state), config)
       state["final_pairs"] = core.read_manifest(data)["records"]
@@ -317,15 +319,14 @@ def _read_records(data_dir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def _phase(config, run: str, start: str, tokens: str, records: list[dict], state: dict) -> None:
+def _phase(config, run: str, start: str, tokens: str, records: list[dict]) -> None:
   """``cycle.steps`` SFT steps from ``start`` on ``records`` in ``run``, its data in
-  ``run + "_data"``; then the cycle's state saved (a finished phase is not redone)."""
+  ``run + "_data"`` (a finished phase is not redone: ``_finished``)."""
   steps = config.cycle.steps
   data = run + "_data"
   _write(data, records, config)
   phase = common.phase_config(config, os.path.join(data, core.DATA_FILE), start, tokens, steps)
   sft.run(phase, run)
-  _save_state(os.path.dirname(os.path.dirname(run)), state)
 
 
 # --------------------------------------------------------------------------- Cycle-Filt
