@@ -35,7 +35,7 @@ def get_config(variant: str = "tiny"):
   c.train.progress = False
   c.train.max_minutes = 0.0
   if base == "smollm2":
-    smol = load_sibling(__file__, "sft").get_config("smollm2")
+    smol = load_sibling(__file__, "sft").get_config("smollm2-ask")
     for section in ("model", "data", "optim", "eval"):
       for key, value in smol[section].items():
         c[section][key] = value
@@ -43,11 +43,8 @@ def get_config(variant: str = "tiny"):
     c.eval.every = 0
     c.eval.final_levels = ""
     # The corpus's own phrasing, which a chat model answers ("What is 663+550?"), in the
-    # cycle and in the evaluation; eval/last_number/add3 scores any wording of the answer.
+    # cycle as in the evaluation (smollm2-ask).
     c.cycle.rewrite = "none"
-    c.eval.prompt_prefix = "What is "
-    c.eval.prompt_suffix = "?"
-    c.eval.levels = "add3"
     c.cycle.aq_prompt = "Write the question that this answers.\n\n{text}"
     c.cycle.corpus_size = 64
     c.cycle.cycles = 1

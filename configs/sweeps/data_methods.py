@@ -18,16 +18,20 @@ the cell's own start, on the same 1600 training problems (seed 1234), 16 per ste
   ssr    the start's own answer where the task's checker accepts it, else the gold
   s3ft   ssr, plus the start's paraphrase of the gold where it is correct
 
-``s3ft_smollm2``: S3FT against SFT on SmolLM2-135M-Instruct (configs/s3ft.py:smollm2,
-60 steps of 8), 128 add3 problems per seed asked "What is X?", the lenient judge (the
-last number): root ``runs/sweeps/s3ft_smollm2``, data first:
+``s3ft_smollm2``: S3FT and critique fine-tuning against SFT on SmolLM2-135M-Instruct
+(configs/s3ft.py:smollm2, 60 steps of 8), 128 add3 problems per seed asked "What is X?",
+the lenient judge (the last number); CFT (configs/critique_ft.py:smollm2) trains on
+critiques of the model's own T 0.7 answers: root ``runs/sweeps/s3ft_smollm2``, data first:
 
   for s in 0 1 2; do python -m jaxpost.datagen.selective --method=s3ft --judge=number \
     --ask='What is {prompt}?' --model=smollm2 --levels=add3 --n=128 --seed=$s \
     --max_new_tokens=64 --batch_size=32 --out=runs/sweeps/s3ft_smollm2/data/s3ft-seed$s
     python -m jaxpost.datagen.selective --method=ssr --judge=never --ask='What is {prompt}?' \
     --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=8 --batch_size=32 \
-    --out=runs/sweeps/s3ft_smollm2/data/gold-seed$s; done
+    --out=runs/sweeps/s3ft_smollm2/data/gold-seed$s
+    python -m jaxpost.datagen.critique --teacher=number --ask='What is {prompt}?' \
+    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=64 --batch_size=32 \
+    --out=runs/sweeps/s3ft_smollm2/data/cft-seed$s; done
 
 ``self_distill`` variant: the start cut to its first block (of 2) and fine-tuned, on the
 gold data (``sft_pruned``) or on data its unpruned self wrote (``self_distill``: its own
@@ -255,7 +259,10 @@ def _s3ft_smollm2() -> Sweep:
   return Sweep(
     base="configs/s3ft.py:smollm2",
     cells=cells(
-      {"name": "sft", "data.path": data % "gold"}, {"name": "s3ft", "data.path": data % "s3ft"}
+      {"name": "sft", "data.path": data % "gold"},
+      {"name": "s3ft", "data.path": data % "s3ft"},
+      # critique rows are ~2x longer than SFT rows: twice the row, the same examples a step
+      {"name": "cft", "data.path": data % "cft", "data.seq_len": 320},
     ),
     seeds=(0, 1, 2),
     fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},

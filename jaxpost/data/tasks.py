@@ -317,6 +317,15 @@ def score_response(problem: Problem, response_text: str) -> dict[str, bool]:
   }
 
 
+def evaluate(expression: str) -> int:
+  """The value of an integer expression of +, - and * (a prompt, a step's left side);
+  ValueError for anything else (no names, calls or division: safe on generated text)."""
+  try:
+    return _eval_arith(ast.parse(expression.strip(), mode="eval"))
+  except SyntaxError as e:
+    raise ValueError(f"cannot parse {expression!r}") from e
+
+
 def _eval_arith(node: ast.AST) -> int:
   if isinstance(node, ast.Expression):
     return _eval_arith(node.body)
@@ -341,8 +350,8 @@ def trace_errors(thinking: str) -> list[str]:
       errors.append(f"step {i} {step!r}: not of the form lhs=value")
       continue
     try:
-      value = _eval_arith(ast.parse(lhs.strip(), mode="eval"))
-    except (SyntaxError, ValueError) as e:
+      value = evaluate(lhs)
+    except ValueError as e:
       errors.append(f"step {i} {step!r}: cannot evaluate {lhs!r} ({e})")
       continue
     if value != int(rhs):

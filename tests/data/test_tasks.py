@@ -108,6 +108,13 @@ def test_trace_errors_flags_wrong_steps():
   assert "cannot evaluate" in errors[2] and "cannot evaluate" in errors[3]
 
 
+def test_evaluate_is_integer_arithmetic_only():
+  assert tasks.evaluate(" (12+7)*3-5 ") == 52
+  for text in ("2**8", "7/2", "x+1", "__import__('os')", "1+", "1.5*2"):
+    with pytest.raises(ValueError):
+      tasks.evaluate(text)
+
+
 @pytest.mark.parametrize("level", list(tasks.LEVELS))
 def test_deterministic(level):
   assert tasks.make_problem(level, "train", 3, 17) == tasks.make_problem(level, "train", 3, 17)

@@ -39,6 +39,44 @@ def test_the_teacher_names_each_wrong_step_and_concludes():
   assert critique.task_critique(p, "no think block").endswith("Conclusion: wrong [END]")
 
 
+def test_the_number_teacher_checks_every_written_step_then_the_last_number():
+  p = next(q for q in _problems(50) if int(q.answer) > 1000)  # a thousands comma to read
+  a, b = p.prompt.split("*")
+  wrong = int(p.answer) + 1
+  cases = {
+    # response -> (wrong steps named, the final answer's line, conclusion)
+    f"{a} * {b} = {int(p.answer):,}.": ([], "is correct", "right"),
+    f"({a} x {b}) is {wrong}. So {wrong}": ([f"'({a} x {b}) is {wrong}'"], "is wrong", "wrong"),
+    f"3+4=8, so {p.answer}": (["'3+4=8'"], "is correct", "wrong"),  # right answer, bad step
+    f"{a}*{b} equals 1.5 units": ([], "is wrong", "wrong"),  # 1.5 is no integer: no step
+    "I cannot say.": ([], "no final number", "wrong"),
+    f"<think>3+4+0=07,4+2+0=16</think>{p.answer}": (["'4+2+0=16'"], "is correct", "wrong"),
+  }
+  for response, (steps, final, verdict) in cases.items():
+    text = critique.number_critique(p, response)
+    named = [line.split(" is wrong")[0].removeprefix("The step ") for line in text.splitlines()
+             if line.startswith("The step")]  # fmt: skip
+    assert named == steps, (response, text)
+    assert final in text and text.endswith(f"Conclusion: {verdict} [END]"), (response, text)
+    assert ("Every written step is correct." in text) == (verdict == "right")
+  assert f"should be {p.answer}" in critique.number_critique(p, f"{wrong}")
+
+
+def test_ask_phrases_the_question_in_the_record_and_the_answer_check_is_the_teachers():
+  ps = _problems(2)
+  noisy = [f"It is {ps[0].answer}.", f"<think>{ps[1].thinking}</think>{ps[1].answer}"]
+  critic, check = critique.TEACHERS["number"]
+  recs = critique.records(ps, noisy, critic, check=check, ask="What is {prompt}?")
+  for r, p, y in zip(recs, ps, noisy, strict=True):
+    assert r["prompt"] == critique.prompt(f"What is {p.prompt}?", y)
+    assert r["provenance"]["solution_correct"] is True
+  # the task check wants the think block: the free-text answer is not "correct" for it
+  strict = critique.records(ps, noisy)
+  assert [r["provenance"]["solution_correct"] for r in strict] == [False, True]
+  gold = critique.records(ps, None, ask="What is {prompt}?")
+  assert [r["prompt"] for r in gold] == [f"What is {p.prompt}?" for p in ps]
+
+
 def test_the_loss_covers_exactly_the_critique(tmp_path):
   ps = _problems(4)
   noisy = [template.render_response(p.example) for p in ps[:2]] + ["7", "<think>1+1=3</think>2"]
@@ -80,3 +118,11 @@ def test_the_shipped_dataset_matches_its_manifest():
   assert len(jsonl.read_jsonl(os.path.join(folder, core.DATA_FILE)).examples) == 256
   c = load_config(os.path.join(repo, "configs", "critique_ft.py:tiny"))
   assert c.data.path == os.path.join(folder, core.DATA_FILE)
+
+
+def test_bad_teacher_or_ask_is_refused_before_any_generation():
+  import pytest
+
+  for kwargs, match in (({"teacher": "gpt4o"}, "teacher"), ({"ask": "What is it?"}, "ask")):
+    with pytest.raises(ValueError, match=match):
+      critique.build(None, {"add3": 1.0}, 4, "/nonexistent", **kwargs)
