@@ -39,7 +39,10 @@ def get_config(variant: str = "tiny"):
   c.data.source = "jsonl"
   c.data.path = "runs/data/cft-smollm2/data.jsonl"  # build it first (docstring)
   c.data.levels = "add3:1.0"  # the training problems the data was built from
-  c.data.seq_len = 320  # the chat template, a sampled answer (<= 64 tokens), the critique
+  # The chat template, a sampled answer (<= 64 tokens) and its critique: ~140 tokens, so
+  # two a row, as many examples a step as SFT's rows of 160.
+  c.data.seq_len = 320
+  c.model.max_seq_len = 320
   c.eval.max_new_tokens = 64
   c.eval.every = 0
   c.train.steps = 60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import math
 import operator
@@ -238,7 +239,7 @@ def run_dir(path: str, field: str) -> None:
     except ValueError as e:
       raise ConfigError(f"{field}={path!r}: {e}") from None
     return
-  if path and not os.path.isdir(os.path.join(path, "checkpoints")):
+  if path and checks_paths() and not os.path.isdir(os.path.join(path, "checkpoints")):
     raise ConfigError(f"{field}={path!r} has no checkpoints/ directory")
 
 
@@ -254,24 +255,42 @@ def rows_split_over_mesh(c: config_dict.ConfigDict, rows: int, what: str) -> Non
     raise ConfigError(f"{rows} {what} do not split over mesh data*fsdp={shards}")
 
 
-def validate(c: config_dict.ConfigDict) -> None:
+_CHECK_PATHS = contextvars.ContextVar("jaxpost_check_paths", default=True)
+
+
+def checks_paths() -> bool:
+  """Whether the running ``validate`` checks that paths exist (not for a sweep's plan,
+  whose data and runs earlier cells or steps make)."""
+  return _CHECK_PATHS.get()
+
+
+def validate(c: config_dict.ConfigDict, *, paths: bool = True) -> None:
   """Checks a config before any work starts; raises ConfigError naming the field.
 
   First every field against its declared rule (``check_fields``: ranges and choices,
   declared next to the fields in ``configs/base.py``, the recipes' sections and the
   registered losses and rewards), then what no single value shows: the loss against the
-  recipe, shapes that must divide, paths that must exist, and the recipe's own
-  conditions (its ``validate``). Recipes call this once, first thing, before touching
-  the workdir.
+  recipe, shapes that must divide, paths that must exist (``paths=False``: all but
+  those, for a config whose files are made later), and the recipe's own conditions
+  (its ``validate``). Recipes call this once, first thing, before touching the workdir.
   """
+  token = _CHECK_PATHS.set(paths)
+  try:
+    _validate(c)
+  finally:
+    _CHECK_PATHS.reset(token)
+
+
+def _validate(c: config_dict.ConfigDict) -> None:
   from jaxpost import recipes
 
   check_fields(c)
-  if c.model.hf_dir and not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
-    raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
-  if c.model.gguf:
-    if c.model.hf_dir:
-      raise ConfigError("set one of model.hf_dir and model.gguf, not both")
+  if c.model.gguf and c.model.hf_dir:
+    raise ConfigError("set one of model.hf_dir and model.gguf, not both")
+  if checks_paths() and c.model.hf_dir:
+    if not os.path.isfile(os.path.join(c.model.hf_dir, "config.json")):
+      raise ConfigError(f"model.hf_dir={c.model.hf_dir!r} has no config.json")
+  if checks_paths() and c.model.gguf:
     from jaxpost.models import gguf
 
     try:
@@ -320,7 +339,7 @@ def _validate_source(c: config_dict.ConfigDict) -> None:
     raise ConfigError(f"data.levels is empty: the {c.data.source} source needs a level mixture")
   if not spec.generated and not c.data.path:
     raise ConfigError(f"data.source={c.data.source!r} needs data.path")
-  if spec.file and not os.path.isfile(c.data.path):
+  if spec.file and checks_paths() and not os.path.isfile(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file")
   if spec.validate is not None:
     spec.validate(c)
@@ -351,7 +370,7 @@ def _validate_heldout(c: config_dict.ConfigDict) -> None:
     raise ConfigError("set data.eval_fraction or data.eval_path / eval_split, not both")
   if d.eval_split and d.source not in ("tfds", "arrow"):
     raise ConfigError(f"data.eval_split is for tfds / arrow sources, not {d.source!r}")
-  if d.eval_path and d.source != "tfds" and not os.path.exists(d.eval_path):
+  if d.eval_path and d.source != "tfds" and checks_paths() and not os.path.exists(d.eval_path):
     raise ConfigError(f"data.eval_path={d.eval_path!r}: no such file or directory")
   from jaxpost.eval import checkers
 

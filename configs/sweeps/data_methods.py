@@ -262,7 +262,7 @@ def _s3ft_smollm2() -> Sweep:
       {"name": "sft", "data.path": data % "gold"},
       {"name": "s3ft", "data.path": data % "s3ft"},
       # critique rows are ~2x longer than SFT rows: twice the row, the same examples a step
-      {"name": "cft", "data.path": data % "cft", "data.seq_len": 320},
+      {"name": "cft", "data.path": data % "cft", "data.seq_len": 320, "model.max_seq_len": 320},
     ),
     seeds=(0, 1, 2),
     fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},

@@ -177,9 +177,9 @@ def _validate_negatives(c) -> None:
 
 
 def _path_exists(c) -> None:
-  from jaxpost.config_lib import ConfigError
+  from jaxpost.config_lib import ConfigError, checks_paths
 
-  if not os.path.exists(c.data.path):
+  if checks_paths() and not os.path.exists(c.data.path):
     raise ConfigError(f"data.path={c.data.path!r}: no such file or directory")
 
 

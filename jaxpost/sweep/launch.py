@@ -53,9 +53,10 @@ class SweepError(ValueError):
 def plan(sweep: spec_lib.Sweep) -> list[dict]:
   """The manifest entries of every run, each config checked before anything starts.
 
-  Loads each cell's config, applies its overrides and checks every field's rule, so
-  a typo fails the sweep now, not one process at a time. (Paths and zoo entries are
-  checked by the runs themselves.)
+  Loads each cell's config, applies its overrides and validates it, so a typo or a
+  conflict (a row longer than the model's) fails the sweep now, not one process at a
+  time. (Paths and zoo entries are checked by the runs themselves: an earlier step or
+  cell makes them.)
   """
   from jaxpost import config_lib, workdir
 
@@ -65,7 +66,7 @@ def plan(sweep: spec_lib.Sweep) -> list[dict]:
       c = config_lib.load_config(_repo_path(run.config))
       for field, value in run.overrides.items():
         config_lib.set_field(c, field, value)
-      config_lib.check_fields(c)
+      config_lib.validate(c, paths=False)
     except (config_lib.ConfigError, FileNotFoundError, ValueError, TypeError) as e:
       problems.append(f"{run.id}: {e}")
       continue

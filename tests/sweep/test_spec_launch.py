@@ -132,15 +132,21 @@ def test_plan_lists_every_bad_run():
   sweep = Sweep(
     "configs/sft.py:tiny",
     cells=cells(
-      {"name": "ok"}, {"name": "typo", "optim.lrr": 1.0}, {"name": "neg", "optim.lr": -1.0}
+      {"name": "ok"},
+      {"name": "typo", "optim.lrr": 1.0},
+      {"name": "neg", "optim.lr": -1.0},
+      {"name": "long", "data.seq_len": 4096},  # each field fine, together not
+      # data an earlier step writes: its path is the run's to check
+      {"name": "later", "data.source": "jsonl", "data.path": "/not/written/yet.jsonl"},
     ),
     seeds=(0, 1),
   )
-  with pytest.raises(launch.SweepError, match=r"4 run\(s\)") as e:
+  with pytest.raises(launch.SweepError, match=r"6 run\(s\)") as e:
     launch.plan(sweep)
   text = str(e.value)
   assert "typo/seed0" in text and "typo/seed1" in text and "neg/seed0" in text
-  assert "ok/seed" not in text
+  assert "long/seed0: data.seq_len=4096 > model.max_seq_len" in text
+  assert "ok/seed" not in text and "later/seed" not in text
 
 
 # --- backends' commands ---------------------------------------------------------------
