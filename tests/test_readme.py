@@ -296,3 +296,23 @@ def test_no_two_test_modules_share_a_basename():
   tests = pathlib.Path(__file__).resolve().parent
   names = collections.Counter(p.name for p in tests.rglob("test_*.py"))
   assert not [n for n, k in names.items() if k > 1]
+
+
+def test_no_docstring_joins_its_command_lines():
+  """A shell command in a docstring continues with `\\` at the end of a line; in a
+  plain (not raw) string a single backslash there joins the two lines instead, so the
+  printed command loses its line break. Written `\\\\`, it shows as `\\`."""
+  import ast
+
+  joined = []
+  for folder in ("jaxpost", "configs", "experiments", "tpu"):
+    for path in sorted((ROOT / folder).rglob("*.py")):
+      source = path.read_text(encoding="utf-8")
+      for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if not (isinstance(body, list) and body and isinstance(body[0], ast.Expr)):
+          continue
+        doc = ast.get_source_segment(source, body[0].value) or ""
+        if doc[:1] in "\"'" and re.search(r"(?<!\\)(\\\\)*\\\n", doc):
+          joined.append(f"{path.relative_to(ROOT)}:{body[0].lineno}")
+  assert not joined, joined

@@ -23,14 +23,14 @@ the cell's own start, on the same 1600 training problems (seed 1234), 16 per ste
 the lenient judge (the last number); CFT (configs/critique_ft.py:smollm2) trains on
 critiques of the model's own T 0.7 answers: root ``runs/sweeps/s3ft_smollm2``, data first:
 
-  for s in 0 1 2; do python -m jaxpost.datagen.selective --method=s3ft --judge=number \
-    --ask='What is {prompt}?' --model=smollm2 --levels=add3 --n=128 --seed=$s \
+  for s in 0 1 2; do python -m jaxpost.datagen.selective --method=s3ft --judge=number \\
+    --ask='What is {prompt}?' --model=smollm2 --levels=add3 --n=128 --seed=$s \\
     --max_new_tokens=64 --batch_size=32 --out=runs/sweeps/s3ft_smollm2/data/s3ft-seed$s
-    python -m jaxpost.datagen.selective --method=ssr --judge=never --ask='What is {prompt}?' \
-    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=8 --batch_size=32 \
+    python -m jaxpost.datagen.selective --method=ssr --judge=never --ask='What is {prompt}?' \\
+    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=8 --batch_size=32 \\
     --out=runs/sweeps/s3ft_smollm2/data/gold-seed$s
-    python -m jaxpost.datagen.critique --teacher=number --ask='What is {prompt}?' \
-    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=64 --batch_size=32 \
+    python -m jaxpost.datagen.critique --teacher=number --ask='What is {prompt}?' \\
+    --model=smollm2 --levels=add3 --n=128 --seed=$s --max_new_tokens=64 --batch_size=32 \\
     --out=runs/sweeps/s3ft_smollm2/data/cft-seed$s; done
 
 ``self_distill`` variant: the start cut to its first block (of 2) and fine-tuned, on the
@@ -47,6 +47,19 @@ shows them the gold, hence ``--rewrite=none``), against the uncut start on the g
 
 ``self_distill_long``: the two pruned cells for 1500 steps at lr 2e-3 (at 300 steps of
 5e-4 the cut model is still at ~0.5%), root ``runs/sweeps/self_distill_long``.
+
+``self_distill_smollm2``: the same on SmolLM2-135M-Instruct without blocks 13-18 of 30
+(configs/self_distill.py:smollm2, 60 steps of 8, add3 asked "What is X?"): the pruned
+model on the gold (``sft_pruned``; the s3ft_smollm2 gold files) or on the unpruned
+model's rewrites of it where their last number is right (``self_distill``); root
+``runs/sweeps/self_distill_smollm2``, data first:
+
+  for s in 0 1 2; do python -m jaxpost.datagen.selective --method=self_distill \\
+    --judge=number --ask='What is {prompt}?' --model=smollm2 --levels=add3 --n=128 \\
+    --seed=$s --max_new_tokens=64 --batch_size=32 \\
+    --out=runs/sweeps/self_distill_smollm2/data/self_distill-seed$s
+    cp -r runs/sweeps/s3ft_smollm2/data/gold-seed$s runs/sweeps/self_distill_smollm2/data/
+  done
 
 ``dmt1`` / ``dmt2`` variants: DMT against sequential and multi-task training, mul2x2 as
 the specialised data and expr2 + add5 (new to the start) as the general data, 1600
@@ -96,7 +109,7 @@ fence is a loss target) or converted to ADP and rendered back in jaxpost's rollo
 (``adp``: the same text, the output read but not trained on); configs/simpletir.py:sft
 for 600 steps, greedy tool rollouts on mul3x3 and mul4x3; root ``runs/sweeps/adp``:
 
-  python -m jaxpost.data.adp --from_tir=configs/data/tir_sft.jsonl \
+  python -m jaxpost.data.adp --from_tir=configs/data/tir_sft.jsonl \\
     --out=runs/sweeps/adp/data/adp_tir_1500.jsonl
   python -m jaxpost.sweep --config=configs/sweeps/data_methods.py:adp --root=runs/sweeps/adp
 
@@ -297,6 +310,25 @@ def _cycle_smollm2() -> Sweep:
   )
 
 
+def _self_distill_smollm2() -> Sweep:
+  data = "{root}/data/%s-seed{seed}/data.jsonl"
+  return Sweep(
+    base="configs/self_distill.py:smollm2",
+    cells=cells(
+      {"name": "sft_pruned", "data.path": data % "gold"},
+      {"name": "self_distill", "data.path": data % "self_distill"},
+    ),
+    seeds=(0, 1, 2),
+    fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},
+    report={
+      "metrics": ["eval/accuracy/add3", "eval/last_number/add3", "train/loss:last=1"],
+      "baseline": "sft_pruned",
+      "curves": [],
+      "scale": 1.0,
+    },
+  )
+
+
 def _adp() -> Sweep:
   return Sweep(
     base="configs/adp.py:rollout",
@@ -352,7 +384,9 @@ def get_config(variant: str = "s3ft") -> Sweep:
     return _s3ft_smollm2()
   if variant == "adp":
     return _adp()
+  if variant == "self_distill_smollm2":
+    return _self_distill_smollm2()
   raise ValueError(
     f"unknown variant {variant!r}; expected s3ft | self_distill | self_distill_long | aft | "
-    "dmt1 | dmt2 | uds | cycle | cycle_smollm2 | s3ft_smollm2 | adp"
+    "dmt1 | dmt2 | uds | cycle | cycle_smollm2 | s3ft_smollm2 | adp | self_distill_smollm2"
   )

@@ -38,7 +38,7 @@ the token-signal families only (no hidden states).
 
   python -m jaxpost.sweep --config=configs/sweeps/detect.py --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/detect --out experiments/detection
-  python -m jaxpost.sweep --config=configs/sweeps/detect.py:ablation --name=detect_ablation \
+  python -m jaxpost.sweep --config=configs/sweeps/detect.py:ablation --name=detect_ablation \\
       --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/detect_ablation --out experiments/detection/ablation
 """

@@ -23,7 +23,7 @@ eval/accuracy = their mean) and on add3 at the end (what the base knew: forgetti
 
   python -m jaxpost.sweep --config=configs/sweeps/merging.py --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/merging --out experiments/merging
-  python -m jaxpost.sweep --config=configs/sweeps/merging.py:lora --name=merging_lora \
+  python -m jaxpost.sweep --config=configs/sweeps/merging.py:lora --name=merging_lora \\
       --workers=1 --report
   python -m jaxpost.sweep.report runs/sweeps/merging_lora --out experiments/merging/lora
 

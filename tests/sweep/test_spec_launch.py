@@ -114,6 +114,7 @@ def test_load_sweep_files(tmp_path):
     "data_methods.py:cycle_smollm2",
     "data_methods.py:s3ft_smollm2",
     "data_methods.py:adp",
+    "data_methods.py:self_distill_smollm2",
   ):
     sweep = load(os.path.join(REPO, "configs", "sweeps", name))
     assert isinstance(sweep, Sweep) and len(sweep.seeds) >= 3
