@@ -17,4 +17,5 @@ def get_config(variant: str = "tiny"):
   c = load_sibling(__file__, "sft_objectives").get_config(variant)
   c.data.masked_copy = 0.5  # half the examples restore a masked copy; half stay plain
   c.data.seq_len = 2 * c.data.seq_len  # room for the copy
+  c.model.max_seq_len = max(c.model.max_seq_len, c.data.seq_len)
   return c

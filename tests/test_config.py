@@ -3,6 +3,7 @@
 import ast
 import io
 import os
+import re
 import subprocess
 import sys
 import tokenize
@@ -277,3 +278,40 @@ def test_bad_lm_head_fails_before_work():
   c.kernels.lm_head = "fast"
   with pytest.raises(config_lib.ConfigError, match="kernels.lm_head"):
     config_lib.validate(c)
+
+
+def _named_variants(module) -> list[str]:
+  """The variants a config file names when asked for one it lacks ("expected a | b"),
+  suffix options in brackets ("smollm2 [-filt | -gold]") left out."""
+  try:
+    module.get_config("__no_such_variant__")
+  except ValueError as e:
+    found = re.search(r"expected (?:one of )?(.+)$", str(e))
+    listed = re.sub(r"\[.*?\]|,.*$", "", found.group(1)) if found else ""
+    return [v.strip() for v in listed.split("|") if re.fullmatch(r"[\w.\-]+", v.strip())]
+  except TypeError:  # get_config() takes no variant
+    return []
+  return []
+
+
+# Fields a config leaves for its user to fill in (the data they built, the runs to merge).
+USER_SUPPLIED = ("needs data.path", "merge.models is empty")
+
+
+def test_every_named_variant_of_every_config_validates():
+  """Each variant a shipped config names (not only its default) passes every check but
+  the existence of paths, which its docstring's commands create: a variant whose rows
+  are longer than its model's, say, fails here and not minutes into a run."""
+  checked, failures = 0, []
+  for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
+    if not name.endswith(".py") or name == "base.py":
+      continue
+    module = config_lib.load_sibling(BASE, name.removesuffix(".py"))
+    for variant in _named_variants(module):
+      try:
+        config_lib.validate(module.get_config(variant), paths=False)
+      except config_lib.ConfigError as e:
+        if not any(s in str(e) for s in USER_SUPPLIED):
+          failures.append(f"{name}:{variant}: {e}")
+      checked += 1
+  assert checked > 80 and not failures, failures
