@@ -63,5 +63,7 @@ def get_config(variant: str = "tiny"):
     c.optim.warmup_steps = 100
     c.train.steps = 2000
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected tiny | smollm2 | smollm2-ask | qwen2.5-0.5b")
+    raise ValueError(
+      f"unknown variant {variant!r}; expected tiny | smollm2 | smollm2-ask | qwen2.5-0.5b"
+    )
   return c

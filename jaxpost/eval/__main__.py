@@ -6,7 +6,10 @@ budget forcing (``eval.force_after``), a prompt prefix such as a length-level ta
 (``eval.prompt_prefix``, and ``eval.prompt_suffix``); also ``eval.max_new_tokens`` and
 ``eval.num_examples``.
 ``--exit=N`` decodes with the model's first N blocks only, through its own final norm and
-head: the early exits of sorted fine-tuning (configs/sorted_ft.py).
+head: the early exits of sorted fine-tuning (configs/sorted_ft.py). ``--heldout=FILE``
+also scores a JSONL file of prompt / response records teacher-forced: ``loss`` (nats per
+response token) and ``perplexity`` as level ``heldout`` (e.g. a base model's own answers
+to general prompts, ``jaxpost.datagen.responses``: the drift of a tuned model).
 
   python -m jaxpost.eval runs/tldr --levels=mul2x2 --set eval.stop_bias=2 --out=ts2.json
 
@@ -26,7 +29,7 @@ from flax import nnx
 
 from jaxpost import config_lib, models
 from jaxpost.data import generated
-from jaxpost.eval import accuracy
+from jaxpost.eval import accuracy, heldout
 
 EVAL_OPTIONS = (
   "eval.stop_bias",
@@ -60,9 +63,12 @@ def parse_options(items: list[str], error) -> dict:
   return options
 
 
-def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0) -> dict:
+def evaluate_run(
+  run: str, levels: list[str], options: dict, exit_layer: int = 0, heldout_path: str = ""
+) -> dict:
   """{level: {accuracy, format_rate, mean_tokens, n}} of ``run`` under ``options``, read
-  at ``exit_layer`` (its first that many blocks; 0 = all)."""
+  at ``exit_layer`` (its first that many blocks; 0 = all); with ``heldout_path`` also
+  ``{"heldout": {loss, perplexity, n}}`` of that JSONL file's responses."""
   model, tok, config = generated.load_run(run)
   if exit_layer:
     n = model.config.n_layers
@@ -76,7 +82,10 @@ def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0
   config_lib.validate(config)
   graphdef, state = nnx.split(model)
   evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
-  return {
+  scored = {}
+  if heldout_path:
+    scored[heldout.LEVEL] = heldout_loss(graphdef, state, evaluator, config, heldout_path)
+  return scored | {
     level: {
       "accuracy": r.accuracy,
       "format_rate": r.format_rate,
@@ -91,12 +100,32 @@ def evaluate_run(run: str, levels: list[str], options: dict, exit_layer: int = 0
   }
 
 
+def heldout_loss(graphdef, state, evaluator, config, path: str) -> dict:
+  """Teacher-forced NLL of ``path``'s responses (every record, rows as long as its
+  longest): ``{loss, perplexity, n}``."""
+  from jaxpost import scoring
+  from jaxpost.data import jsonl, template
+
+  examples = jsonl.read_jsonl(path).examples
+  longest = max(len(template.encode_example(evaluator.tok, ex).tokens) for ex in examples)
+  scorer = scoring.make_scorer(
+    graphdef, lm_head=config.kernels.lm_head, chunk_size=config.kernels.chunk_size
+  )
+  held = heldout.HeldOutEvaluator(
+    scorer, evaluator, examples, batch_size=config.eval.batch_size, overlong="error",
+    seq_len=max(config.data.seq_len, longest), checker=config.eval.checker,
+  )  # fmt: skip
+  r = held.loss(state)
+  return {"loss": r["eval/loss"], "perplexity": r["eval/perplexity"], "n": len(examples)}
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m jaxpost.eval", description=__doc__.split("\n")[0]
   )
   parser.add_argument("run", help="a run directory or zoo:NAME[@SEED]")
-  parser.add_argument("--levels", required=True, help="comma-separated task levels")
+  parser.add_argument("--levels", default="", help="comma-separated task levels")
+  parser.add_argument("--heldout", default="", help="a JSONL file scored teacher-forced")
   parser.add_argument(
     "--set", action="append", default=[], metavar="FIELD=VALUE", help="an evaluation option"
   )
@@ -108,8 +137,13 @@ def main(argv=None) -> int:
   options = parse_options(args.set, parser.error)
   logging.basicConfig(level=logging.WARNING)
   levels = [x for x in args.levels.split(",") if x]
-  results = evaluate_run(args.run, levels, options, exit_layer=args.exit)
+  if not levels and not args.heldout:
+    parser.error("give --levels, --heldout or both")
+  results = evaluate_run(args.run, levels, options, exit_layer=args.exit, heldout_path=args.heldout)
   for level, r in results.items():
+    if level == heldout.LEVEL:
+      print(f"{level:10s} loss {r['loss']:.4f}  perplexity {r['perplexity']:.3f}  (n={r['n']})")
+      continue
     sampled = ""
     if r["pass_k"] is not None:
       sampled = f"  pass@k {100 * r['pass_k']:5.1f}%  distinct {r['distinct']:4.2f}"
@@ -120,7 +154,15 @@ def main(argv=None) -> int:
   if args.out:
     with open(args.out, "w") as f:
       json.dump(
-        {"run": args.run, "options": options, "exit": args.exit, "levels": results}, f, indent=1
+        {
+          "run": args.run,
+          "options": options,
+          "exit": args.exit,
+          "heldout": args.heldout,
+          "levels": results,
+        },
+        f,
+        indent=1,  # fmt: skip
       )
   return 0
 

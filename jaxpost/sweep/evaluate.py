@@ -4,9 +4,10 @@ A sweep's own report reads what its runs logged. Questions asked after the runs 
 (how many traces hold a wrong step, pass@k at temperature 1, an early exit) need the
 final models read again: this evaluates each done cell of ``ROOT/manifest.json`` with
 ``jaxpost.eval``'s ``evaluate_run`` (held-out levels, ``--set eval.*`` options, an
-``--exit``), caches every run's numbers in ``<out>/<name>.json`` (a rerun evaluates only
-new runs), and writes ``<out>/<name>.md``: per group and measure the mean and 95%
-t-interval over seeds and the paired difference to a baseline group.
+``--exit``, ``--heldout=FILE``: the loss of a JSONL file's responses), caches every
+run's numbers in ``<out>/<name>.json`` (a rerun evaluates only new runs), and writes
+``<out>/<name>.md``: per group and measure the mean and 95% t-interval over seeds and the
+paired difference to a baseline group.
 
   python -m jaxpost.sweep.evaluate runs/sweeps/token_priority/noise --levels=mul2x2 \\
       --baseline=ce --out=experiments/token_priority --name=noise_process
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from jaxpost.sweep import stats
 
 MEASURES = ("accuracy", "trace_error_rate", "repeat_rate", "mean_tokens", "pass_k", "distinct")
+HELDOUT_MEASURES = ("loss", "perplexity")  # --heldout: teacher-forced, not percentages
 
 
 def done_cells(root: str) -> list[dict]:
@@ -87,7 +89,8 @@ def main(argv=None) -> int:
 
   parser = argparse.ArgumentParser(prog="python -m jaxpost.sweep.evaluate")
   parser.add_argument("root")
-  parser.add_argument("--levels", required=True)
+  parser.add_argument("--levels", default="")
+  parser.add_argument("--heldout", default="", help="a JSONL file scored teacher-forced")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
   parser.add_argument("--exit", type=int, default=0)
   parser.add_argument("--baseline", default="")
@@ -96,8 +99,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   options = parse_options(args.set, parser.error)
   levels = [x for x in args.levels.split(",") if x]
+  if not levels and not args.heldout:
+    parser.error("give --levels, --heldout or both")
   path = os.path.join(args.out, args.name + ".json")
   setting = {"levels": levels, "options": options, "exit": args.exit}
+  if args.heldout:
+    setting["heldout"] = args.heldout
   cache = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
       cache = previous["runs"]
 
   def measure(workdir: str) -> dict[str, float]:
-    results = evaluate_run(workdir, levels, options, exit_layer=args.exit)
+    results = evaluate_run(workdir, levels, options, args.exit, heldout_path=args.heldout)
     return {f"{k}/{level}": v for level, r in results.items() for k, v in r.items()}
 
   groups = collect(args.root, measure, cache)
@@ -129,6 +136,10 @@ def main(argv=None) -> int:
       if any(r.get(f"{m}/{level}") is not None for r in cache.values())
     ]
     lines += [f"## {level}", "", *table(groups, measures, args.baseline or None), ""]
+  if args.heldout:
+    measures = [(f"{m}/heldout", 1.0, 3) for m in HELDOUT_MEASURES]
+    title = f"## {args.heldout}, teacher-forced (nats per response token)"
+    lines += [title, "", *table(groups, measures, args.baseline or None), ""]
   with open(os.path.join(args.out, args.name + ".md"), "w") as f:
     f.write("\n".join(lines))
   print("\n".join(lines))

@@ -48,3 +48,28 @@ def test_table_reports_means_and_paired_differences():
   assert ce.startswith("| ce | 51.0 [") and ce.endswith("| — |")
   assert "| +10.0 [+10.0, +10.0] |" in drop  # the same +10 on every seed: no spread
   assert float(drop.split("|")[2].split()[0]) == pytest.approx(61.0)
+
+
+def test_main_tabulates_a_heldout_files_loss_without_levels(tmp_path, monkeypatch):
+  from jaxpost.eval import __main__ as cli
+
+  (tmp_path / "sweep").mkdir()
+  root, seen = _root(tmp_path / "sweep"), []
+
+  def fake(workdir, levels, options, exit_layer=0, heldout_path=""):
+    seen.append((levels, heldout_path))
+    group, seed = workdir.split("/")[-2:]
+    loss = (1.0 if group == "ce" else 1.5) + 0.1 * int(seed[-1])
+    return {"heldout": {"loss": loss, "perplexity": 2.718**loss, "n": 64}}
+
+  monkeypatch.setattr(cli, "evaluate_run", fake)
+  out = tmp_path / "out"
+  argv = [root, "--heldout=general.jsonl", "--baseline=ce", f"--out={out}", "--name=drift"]
+  assert evaluate.main(argv) == 0
+  assert seen == [([], "general.jsonl")] * 6
+  text = (out / "drift.md").read_text()
+  assert "## general.jsonl, teacher-forced" in text
+  row = next(line for line in text.splitlines() if line.startswith("| drop |"))
+  assert "| +0.500 [+0.500, +0.500] |" in row  # loss/heldout, paired by seed
+  with pytest.raises(SystemExit):
+    evaluate.main([root, f"--out={out}"])  # neither levels nor a held-out file
