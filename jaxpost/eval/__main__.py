@@ -9,7 +9,9 @@ budget forcing (``eval.force_after``), a prompt prefix such as a length-level ta
 head: the early exits of sorted fine-tuning (configs/sorted_ft.py). ``--heldout=FILE``
 also scores a JSONL file of prompt / response records teacher-forced: ``loss`` (nats per
 response token) and ``perplexity`` as level ``heldout`` (e.g. a base model's own answers
-to general prompts, ``jaxpost.datagen.responses``: the drift of a tuned model).
+to general prompts, ``jaxpost.datagen.responses``: the drift of a tuned model);
+``--heldout_span=answer`` counts the answer and EOS only, not the think tags jaxpost's
+template writes before an answer with no reasoning (which the base never wrote).
 
   python -m jaxpost.eval runs/tldr --levels=mul2x2 --set eval.stop_bias=2 --out=ts2.json
 
@@ -30,6 +32,7 @@ from flax import nnx
 from jaxpost import config_lib, models
 from jaxpost.data import generated
 from jaxpost.eval import accuracy, heldout
+from jaxpost.types import RESPONSE_ROLES, ROLE_ANSWER
 
 EVAL_OPTIONS = (
   "eval.stop_bias",
@@ -63,12 +66,23 @@ def parse_options(items: list[str], error) -> dict:
   return options
 
 
+SPANS = {"response": RESPONSE_ROLES, "answer": (ROLE_ANSWER,)}  # --heldout_span
+
+
 def evaluate_run(
-  run: str, levels: list[str], options: dict, exit_layer: int = 0, heldout_path: str = ""
+  run: str,
+  levels: list[str],
+  options: dict,
+  exit_layer: int = 0,
+  heldout_path: str = "",
+  heldout_span: str = "response",
 ) -> dict:
   """{level: {accuracy, format_rate, mean_tokens, n}} of ``run`` under ``options``, read
   at ``exit_layer`` (its first that many blocks; 0 = all); with ``heldout_path`` also
-  ``{"heldout": {loss, perplexity, n}}`` of that JSONL file's responses."""
+  ``{"heldout": {loss, perplexity, n}}`` of that JSONL file's responses (the tokens of
+  ``SPANS[heldout_span]``)."""
+  if heldout_span not in SPANS:
+    raise ValueError(f"heldout_span must be one of {tuple(SPANS)}, got {heldout_span!r}")
   model, tok, config = generated.load_run(run)
   if exit_layer:
     n = model.config.n_layers
@@ -84,7 +98,9 @@ def evaluate_run(
   evaluator = accuracy.Evaluator.from_config(graphdef, tok, config)
   scored = {}
   if heldout_path:
-    scored[heldout.LEVEL] = heldout_loss(graphdef, state, evaluator, config, heldout_path)
+    scored[heldout.LEVEL] = heldout_loss(
+      graphdef, state, evaluator, config, heldout_path, SPANS[heldout_span]
+    )
   return scored | {
     level: {
       "accuracy": r.accuracy,
@@ -100,9 +116,9 @@ def evaluate_run(
   }
 
 
-def heldout_loss(graphdef, state, evaluator, config, path: str) -> dict:
-  """Teacher-forced NLL of ``path``'s responses (every record, rows as long as its
-  longest): ``{loss, perplexity, n}``."""
+def heldout_loss(graphdef, state, evaluator, config, path: str, roles=RESPONSE_ROLES) -> dict:
+  """Teacher-forced NLL of ``path``'s responses, the target tokens of ``roles`` (every
+  record, rows as long as its longest): ``{loss, perplexity, n}``."""
   from jaxpost import scoring
   from jaxpost.data import jsonl, template
 
@@ -113,7 +129,7 @@ def heldout_loss(graphdef, state, evaluator, config, path: str) -> dict:
   )
   held = heldout.HeldOutEvaluator(
     scorer, evaluator, examples, batch_size=config.eval.batch_size, overlong="error",
-    seq_len=max(config.data.seq_len, longest), checker=config.eval.checker,
+    seq_len=max(config.data.seq_len, longest), checker=config.eval.checker, roles=roles,
   )  # fmt: skip
   r = held.loss(state)
   return {"loss": r["eval/loss"], "perplexity": r["eval/perplexity"], "n": len(examples)}
@@ -126,6 +142,7 @@ def main(argv=None) -> int:
   parser.add_argument("run", help="a run directory or zoo:NAME[@SEED]")
   parser.add_argument("--levels", default="", help="comma-separated task levels")
   parser.add_argument("--heldout", default="", help="a JSONL file scored teacher-forced")
+  parser.add_argument("--heldout_span", default="response", choices=tuple(SPANS))
   parser.add_argument(
     "--set", action="append", default=[], metavar="FIELD=VALUE", help="an evaluation option"
   )
@@ -139,7 +156,9 @@ def main(argv=None) -> int:
   levels = [x for x in args.levels.split(",") if x]
   if not levels and not args.heldout:
     parser.error("give --levels, --heldout or both")
-  results = evaluate_run(args.run, levels, options, exit_layer=args.exit, heldout_path=args.heldout)
+  results = evaluate_run(
+    args.run, levels, options, args.exit, heldout_path=args.heldout, heldout_span=args.heldout_span
+  )
   for level, r in results.items():
     if level == heldout.LEVEL:
       print(f"{level:10s} loss {r['loss']:.4f}  perplexity {r['perplexity']:.3f}  (n={r['n']})")

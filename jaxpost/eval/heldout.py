@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxpost import scoring
 from jaxpost.data import packing, template
 from jaxpost.eval import accuracy, checkers
-from jaxpost.types import Batch
+from jaxpost.types import RESPONSE_ROLES, Batch
 
 LEVEL = "heldout"
 
@@ -41,6 +41,7 @@ class HeldOutEvaluator:
     overlong: str,
     checker: str,
     where=None,
+    roles: tuple[int, ...] = RESPONSE_ROLES,
   ):
     """Args:
     scorer: reads the model (its LM head option); ``generator`` decodes.
@@ -49,6 +50,8 @@ class HeldOutEvaluator:
     overlong: ``data.overlong`` for an example longer than ``seq_len``.
     checker: an ``eval.checker`` spec.
     where: index -> place of an example, for errors.
+    roles: the target tokens the loss averages over (``(ROLE_ANSWER,)``: the answer and
+      EOS only, not the think tags the template puts around an empty reasoning).
     """
     if not examples:
       raise ValueError("no held-out examples to evaluate")
@@ -68,10 +71,13 @@ class HeldOutEvaluator:
       )
       self.batches.append(Batch(**arrays))
 
+    counted = jnp.asarray(roles, jnp.int32)
+
     @jax.jit
     def nll_sum(state, batch):
       logp = scorer.target_stats(state, batch).logp
-      return -jnp.sum(logp * batch.loss_mask), jnp.sum(batch.loss_mask)
+      mask = batch.loss_mask * jnp.isin(batch.roles, counted)
+      return -jnp.sum(logp * mask), jnp.sum(mask)
 
     self._nll_sum = nll_sum
 

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
   parser.add_argument("root")
   parser.add_argument("--levels", default="")
   parser.add_argument("--heldout", default="", help="a JSONL file scored teacher-forced")
+  parser.add_argument("--heldout_span", default="response", choices=("response", "answer"))
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
   parser.add_argument("--exit", type=int, default=0)
   parser.add_argument("--baseline", default="")
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
   path = os.path.join(args.out, args.name + ".json")
   setting = {"levels": levels, "options": options, "exit": args.exit}
   if args.heldout:
-    setting["heldout"] = args.heldout
+    setting["heldout"], setting["heldout_span"] = args.heldout, args.heldout_span
   cache = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -113,7 +114,9 @@ def main(argv=None) -> int:
       cache = previous["runs"]
 
   def measure(workdir: str) -> dict[str, float]:
-    results = evaluate_run(workdir, levels, options, args.exit, heldout_path=args.heldout)
+    results = evaluate_run(
+      workdir, levels, options, args.exit, args.heldout, heldout_span=args.heldout_span
+    )
     return {f"{k}/{level}": v for level, r in results.items() for k, v in r.items()}
 
   groups = collect(args.root, measure, cache)
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
     lines += [f"## {level}", "", *table(groups, measures, args.baseline or None), ""]
   if args.heldout:
     measures = [(f"{m}/heldout", 1.0, 3) for m in HELDOUT_MEASURES]
-    title = f"## {args.heldout}, teacher-forced (nats per response token)"
+    title = f"## {args.heldout}, teacher-forced (nats per {args.heldout_span} token)"
     lines += [title, "", *table(groups, measures, args.baseline or None), ""]
   with open(os.path.join(args.out, args.name + ".md"), "w") as f:
     f.write("\n".join(lines))

@@ -11,7 +11,7 @@ import pytest
 from jaxpost.data import generated, tasks, template
 from jaxpost.datagen import core, responses
 from jaxpost.eval import __main__ as cli
-from jaxpost.types import RESPONSE_ROLES
+from jaxpost.types import RESPONSE_ROLES, ROLE_ANSWER
 
 RUN = "zoo:tiny-sft"
 
@@ -60,19 +60,24 @@ def test_heldout_loss_is_the_mean_nll_of_the_response_tokens(tmp_path):
     for ex in examples:
       f.write(json.dumps({"prompt": ex.prompt, "response": template.render_response(ex)}) + "\n")
   options = {"eval.batch_size": 4}
-  got = cli.evaluate_run(RUN, [], options, heldout_path=str(path))["heldout"]
+  response = cli.evaluate_run(RUN, [], options, heldout_path=str(path))["heldout"]
+  answer = cli.evaluate_run(RUN, [], options, heldout_path=str(path), heldout_span="answer")
   model, tok, _ = generated.load_run(RUN)
   encoded = [template.encode_example(tok, ex) for ex in examples]
   width = max(len(e.tokens) for e in encoded)
   # one causal forward of every example, padded at its end (no token sees the padding)
   rows = np.asarray([list(e.tokens) + [tok.pad_id] * (width - len(e.tokens)) for e in encoded])
   logp = np.asarray(jax.nn.log_softmax(model(rows), axis=-1))
-  total, count = 0.0, 0
-  for row, enc in zip(logp, encoded, strict=True):
-    for t in range(len(enc.tokens) - 1):
-      if enc.roles[t + 1] in RESPONSE_ROLES:
-        total -= row[t, enc.tokens[t + 1]]
-        count += 1
-  assert got["n"] == 6
-  np.testing.assert_allclose(got["loss"], total / count, rtol=1e-4)
-  np.testing.assert_allclose(got["perplexity"], math.exp(total / count), rtol=1e-4)
+  for got, roles in ((response, RESPONSE_ROLES), (answer["heldout"], (ROLE_ANSWER,))):
+    nll = [
+      -row[t, enc.tokens[t + 1]]
+      for row, enc in zip(logp, encoded, strict=True)
+      for t in range(len(enc.tokens) - 1)
+      if enc.roles[t + 1] in roles
+    ]
+    assert got["n"] == 6
+    np.testing.assert_allclose(got["loss"], np.mean(nll), rtol=1e-4)
+    np.testing.assert_allclose(got["perplexity"], math.exp(np.mean(nll)), rtol=1e-4)
+  assert answer["heldout"]["loss"] != response["loss"]  # the trace's tokens left out
+  with pytest.raises(ValueError, match="heldout_span"):
+    cli.evaluate_run(RUN, [], options, heldout_path=str(path), heldout_span="think")

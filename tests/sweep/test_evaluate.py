@@ -56,19 +56,20 @@ def test_main_tabulates_a_heldout_files_loss_without_levels(tmp_path, monkeypatc
   (tmp_path / "sweep").mkdir()
   root, seen = _root(tmp_path / "sweep"), []
 
-  def fake(workdir, levels, options, exit_layer=0, heldout_path=""):
-    seen.append((levels, heldout_path))
+  def fake(workdir, levels, options, exit_layer=0, heldout_path="", heldout_span="response"):
+    seen.append((levels, heldout_path, heldout_span))
     group, seed = workdir.split("/")[-2:]
     loss = (1.0 if group == "ce" else 1.5) + 0.1 * int(seed[-1])
     return {"heldout": {"loss": loss, "perplexity": 2.718**loss, "n": 64}}
 
   monkeypatch.setattr(cli, "evaluate_run", fake)
   out = tmp_path / "out"
-  argv = [root, "--heldout=general.jsonl", "--baseline=ce", f"--out={out}", "--name=drift"]
+  argv = [root, "--heldout=general.jsonl", "--heldout_span=answer", "--baseline=ce",
+          f"--out={out}", "--name=drift"]  # fmt: skip
   assert evaluate.main(argv) == 0
-  assert seen == [([], "general.jsonl")] * 6
+  assert seen == [([], "general.jsonl", "answer")] * 6
   text = (out / "drift.md").read_text()
-  assert "## general.jsonl, teacher-forced" in text
+  assert "## general.jsonl, teacher-forced (nats per answer token)" in text
   row = next(line for line in text.splitlines() if line.startswith("| drop |"))
   assert "| +0.500 [+0.500, +0.500] |" in row  # loss/heldout, paired by seed
   with pytest.raises(SystemExit):
