@@ -267,24 +267,36 @@ def _cycle() -> Sweep:
   )
 
 
-def _s3ft_smollm2() -> Sweep:
+def _smollm2_data(base: str, *named: dict) -> Sweep:
+  """SmolLM2 cells on each seed's built data (``{root}/data/<data>-seed<seed>``: a cell's
+  ``data`` key), 3 seeds, against the first cell; add3 exact and by the last number."""
   data = "{root}/data/%s-seed{seed}/data.jsonl"
   return Sweep(
-    base="configs/s3ft.py:smollm2",
+    base=base,
     cells=cells(
-      {"name": "sft", "data.path": data % "gold"},
-      {"name": "s3ft", "data.path": data % "s3ft"},
-      # critique rows are ~2x longer than SFT rows: twice the row, the same examples a step
-      {"name": "cft", "data.path": data % "cft", "data.seq_len": 320, "model.max_seq_len": 320},
-    ),
+      *(
+        {**{k: v for k, v in c.items() if k != "data"}, "data.path": data % c["data"]}
+        for c in named
+      )
+    ),  # fmt: skip
     seeds=(0, 1, 2),
     fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},
     report={
       "metrics": ["eval/accuracy/add3", "eval/last_number/add3", "train/loss:last=1"],
-      "baseline": "sft",
+      "baseline": named[0]["name"],
       "curves": [],
       "scale": 1.0,
     },
+  )
+
+
+def _s3ft_smollm2() -> Sweep:
+  return _smollm2_data(
+    "configs/s3ft.py:smollm2",
+    {"name": "sft", "data": "gold"},
+    {"name": "s3ft", "data": "s3ft"},
+    # critique rows are ~2x longer than SFT rows: twice the row, the same examples a step
+    {"name": "cft", "data": "cft", "data.seq_len": 320, "model.max_seq_len": 320},
   )
 
 
@@ -311,21 +323,10 @@ def _cycle_smollm2() -> Sweep:
 
 
 def _self_distill_smollm2() -> Sweep:
-  data = "{root}/data/%s-seed{seed}/data.jsonl"
-  return Sweep(
-    base="configs/self_distill.py:smollm2",
-    cells=cells(
-      {"name": "sft_pruned", "data.path": data % "gold"},
-      {"name": "self_distill", "data.path": data % "self_distill"},
-    ),
-    seeds=(0, 1, 2),
-    fixed={"train.log_every": 5, "train.progress": False, "eval.num_examples": 64},
-    report={
-      "metrics": ["eval/accuracy/add3", "eval/last_number/add3", "train/loss:last=1"],
-      "baseline": "sft_pruned",
-      "curves": [],
-      "scale": 1.0,
-    },
+  return _smollm2_data(
+    "configs/self_distill.py:smollm2",
+    {"name": "sft_pruned", "data": "gold"},
+    {"name": "self_distill", "data": "self_distill"},
   )
 
 
