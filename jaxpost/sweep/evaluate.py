@@ -126,7 +126,7 @@ def main(argv=None) -> int:
   lines = [
     f"# {args.root}: finished runs evaluated again",
     "",
-    f"Levels {', '.join(levels)}; options {options or 'none'}"
+    f"Levels {', '.join(levels) or 'none'}; options {options or 'none'}"
     + (f"; exit {args.exit}" if args.exit else "")
     + ". Mean [95% t-interval] over seeds"
     + (f"; Δ paired by seed against {args.baseline}." if args.baseline else "."),
