@@ -3,10 +3,11 @@
 Forgetting (S3FT's and self-data distillation's main claim) is a change in what a model
 does outside the fine-tuning task. Without a general benchmark offline, one measure is
 how well a tuned model still predicts its base's own greedy answers to general prompts:
-the base writes them once here, and ``python -m jaxpost.eval RUN --heldout=FILE`` (or
-``jaxpost.sweep.evaluate --heldout=FILE`` over a sweep) scores each tuned run's NLL of
-them, nats per response token. The base itself scores lowest on its own greedy
-answers; the rise after tuning is the drift.
+the base writes them once here, and ``python -m jaxpost.eval RUN --heldout=FILE
+--heldout_span=answer`` (or ``jaxpost.sweep.evaluate`` with the same flags, over a
+sweep) scores each tuned run's NLL of them, nats per answer token. The base's own score
+(``python -m jaxpost.eval smollm2 --heldout=...``) is the reference; the rise after
+tuning is the drift.
 
   python -m jaxpost.datagen.responses --model=smollm2 \\
       --prompts=configs/data/general_prompts.txt --out=runs/data/general-smollm2
