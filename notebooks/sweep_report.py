@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -97,7 +99,10 @@ for run in sweep.runs():
 
 # %%
 root = os.path.join(OUT, "sweeps", sweep.name)
-rc = launch.main([f"--config={sweep_file}", f"--root={root}", "--no-progress", "--workers=1"])
+workers = 2 if TINY else 1  # a tiny run is mostly its start-up: two at a time
+rc = launch.main(
+  [f"--config={sweep_file}", f"--root={root}", "--no-progress", f"--workers={workers}"]
+)
 manifest = launch.read_manifest(root)
 for cell in manifest["cells"]:
   print(f"  {cell['id']:24s} {cell['status']:8s} {cell['wall_s']:6.1f} s  commit {cell['commit']}")

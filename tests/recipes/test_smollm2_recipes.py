@@ -116,7 +116,7 @@ def test_flag_smollm2_scores_user_records_with_the_real_model(run_cli, tmp_path)
   mix = tasks.mixture({"add3": 1.0}, "train", 0)
   path = tmp_path / "records.jsonl"
   with open(path, "w", encoding="utf-8") as f:
-    for i in range(60):
+    for i in range(24):  # one batch: the 135M forward is most of this test's time
       p = mix.problem_at(i)
       answer = p.answer if i % 2 == 0 else str(int(p.answer) + 10 + i)
       f.write(json.dumps({"question": p.prompt, "answer": answer, "label": int(i % 2 == 0),
@@ -131,10 +131,11 @@ def test_flag_smollm2_scores_user_records_with_the_real_model(run_cli, tmp_path)
     "--config.detect.steps=20",
     "--config.detect.bootstrap=20",
     "--config.detect.groups=4",
+    "--config.detect.batch_size=24",
   )
   _check(proc)
   info = json.loads((workdir / "features" / "features.json").read_text())
-  assert info["layers"] == [15, 29] and info["records"] == 60 and info["levels"] == ["add3"]
+  assert info["layers"] == [15, 29] and info["records"] == 24 and info["levels"] == ["add3"]
   (record,) = _records(str(workdir))
   for name in ("flag", "flag_k1", "linear_probe", "perplexity", "instability"):
     assert 0.0 <= record[f"detect/{name}/auroc"] <= 1.0
