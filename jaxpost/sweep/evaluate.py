@@ -85,13 +85,13 @@ def table(
 
 
 def main(argv=None) -> int:
-  from jaxpost.eval.__main__ import evaluate_run, parse_options
+  from jaxpost.eval.__main__ import SPANS, evaluate_run, parse_options
 
   parser = argparse.ArgumentParser(prog="python -m jaxpost.sweep.evaluate")
   parser.add_argument("root")
   parser.add_argument("--levels", default="")
   parser.add_argument("--heldout", default="", help="a JSONL file scored teacher-forced")
-  parser.add_argument("--heldout_span", default="response", choices=("response", "answer"))
+  parser.add_argument("--heldout_span", default="response", choices=tuple(SPANS))
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
   parser.add_argument("--exit", type=int, default=0)
   parser.add_argument("--baseline", default="")
